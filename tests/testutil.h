@@ -1,0 +1,54 @@
+// Helpers shared by the test binaries: where the shared data and the sources are, and a
+// scratch folder that is removed at the end of each test.
+#pragma once
+
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace ladimo::test {
+
+inline std::filesystem::path sharedData()
+{
+    if (const char* env = std::getenv("LADIMO_SHARED_DATA"))
+        return env;
+    return LADIMO_SHARED_DATA_DIR;
+}
+
+inline std::filesystem::path sourceDir() { return LADIMO_SOURCE_DIR; }
+
+// Skips the current test (with the reason) when a file of ../shared/data is absent.
+#define LADIMO_REQUIRE_SHARED(rel)                                                               \
+    do {                                                                                         \
+        if (!std::filesystem::exists(::ladimo::test::sharedData() / (rel)))                      \
+            GTEST_SKIP() << "shared test data absent: " << (::ladimo::test::sharedData() / (rel)) \
+                         << " (see ../shared/data/README.md)";                                   \
+    } while (0)
+
+class TempDir {
+public:
+    TempDir()
+    {
+        std::random_device rd;
+        m_path = std::filesystem::temp_directory_path() /
+                 ("ladimo-test-" + std::to_string(rd()) + std::to_string(rd()));
+        std::filesystem::create_directories(m_path);
+    }
+    ~TempDir()
+    {
+        std::error_code ec;
+        std::filesystem::remove_all(m_path, ec);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const std::filesystem::path& path() const { return m_path; }
+    std::filesystem::path operator/(const std::string& name) const { return m_path / name; }
+
+private:
+    std::filesystem::path m_path;
+};
+
+} // namespace ladimo::test
