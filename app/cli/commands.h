@@ -1,0 +1,16 @@
+// Each `ladimo` subcommand registers itself on the CLI11 app; main() owns the app and turns
+// ladimo::core::Error into a message + exit code 1 at the boundary.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace ladimo::cli {
+
+void registerInspectCommand(CLI::App& app);
+void registerEvalCommand(CLI::App& app);
+void registerGenerateCommand(CLI::App& app);
+void registerBenchCommand(CLI::App& app);
+void registerPretrainCommand(CLI::App& app);
+void registerProjectCommand(CLI::App& app);
+
+} // namespace ladimo::cli
