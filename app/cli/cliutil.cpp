@@ -1,0 +1,87 @@
+#include "cliutil.h"
+
+#include <cstdio>
+
+#include "common/error.h"
+#include "model/device.h"
+#include "model/generate.h"
+#include "model/tokendata.h"
+
+namespace ladimo::cli {
+
+void ModelOptions::add(CLI::App* cmd, bool positional)
+{
+    if (positional)
+        cmd->add_option("model", path, "Model directory (Hugging Face layout)")->required();
+    cmd->add_option("--device", device, "cpu, cuda, cuda:N or auto (CUDA when available)")
+        ->capture_default_str();
+    cmd->add_option("--dtype", dtype, "Compute dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+        ->capture_default_str();
+}
+
+core::LlamaModel ModelOptions::load() const
+{
+    core::LoadOptions o;
+    o.device = core::parseDevice(device);
+    o.dtype = core::parseComputeDType(dtype, o.device);
+    return core::LlamaModel::load(path, o);
+}
+
+void DataOptions::add(CLI::App* cmd)
+{
+    auto* d = cmd->add_option("--data", file, "Token data: .txt, .u16, .u32 or .jsonl");
+    auto* s = cmd->add_option("--self-sample", selfSample,
+                              "Data-free: sample N tokens from the dense model itself (temperature 1, BOS-led)");
+    d->excludes(s);
+    cmd->add_option("--seed", seed, "Seed for --self-sample")->capture_default_str();
+    cmd->add_option("--max-tokens", maxTokens, "Use at most N tokens of the data (0 = all)")->capture_default_str();
+}
+
+std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
+                                       int64_t seqLen, const core::ProgressFn& progress) const
+{
+    if (selfSample > 0) {
+        core::SelfSampleOptions s;
+        s.tokens = maxTokens > 0 ? std::min(selfSample, maxTokens) : selfSample;
+        s.seqLen = seqLen;
+        s.seed = seed;
+        s.progress = progress;
+        return core::selfSample(model, s);
+    }
+    if (file.empty())
+        throw core::Error("give --data FILE or --self-sample N");
+    core::TokenDataOptions o;
+    o.vocabSize = model.config().vocabSize;
+    o.bosId = model.config().bosTokenId;
+    o.maxTokens = maxTokens;
+    return core::loadTokenFile(file, tokenizer, o);
+}
+
+core::ProgressFn ProgressPrinter::fn()
+{
+    return [this](const std::string& stage, double done, double total) {
+        const auto now = std::chrono::steady_clock::now();
+        const double elapsed = std::chrono::duration<double>(now - m_start).count();
+        if (elapsed < 1.0 || (now - m_last < std::chrono::milliseconds(200) && done < total))
+            return;
+        m_last = now;
+        m_printed = true;
+        const double eta = done > 0 ? elapsed * (total - done) / done : 0;
+        std::fprintf(stderr, "\r%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)   ", stage.c_str(), done,
+                     total, total > 0 ? 100.0 * done / total : 0.0, elapsed, eta);
+        std::fflush(stderr);
+    };
+}
+
+ProgressPrinter::~ProgressPrinter()
+{
+    if (m_printed)
+        std::fprintf(stderr, "\n");
+}
+
+std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir)
+{
+    return core::Tokenizer::loadForModel(modelDir);
+}
+
+} // namespace ladimo::cli

@@ -1,0 +1,53 @@
+// Shared pieces of the `ladimo` subcommands: model loading options, data options
+// (--data FILE | --self-sample N), and progress on stderr for anything that takes > 1 s.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "common/progress.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+namespace ladimo::cli {
+
+struct ModelOptions {
+    std::string path;
+    std::string device = "auto";
+    std::string dtype = "auto";
+    void add(CLI::App* cmd, bool positional = true);
+    core::LlamaModel load() const;
+};
+
+struct DataOptions {
+    std::string file;
+    int64_t selfSample = 0;
+    uint64_t seed = 1234;
+    int64_t maxTokens = 0;
+    void add(CLI::App* cmd);
+    // Reads / samples the token stream; `seqLen` sets the self-sampled sequence length.
+    std::vector<int64_t> load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
+                              int64_t seqLen, const core::ProgressFn& progress) const;
+};
+
+// Prints "stage done/total (eta)" on stderr, at most 5 times a second, only after the job has
+// run for a second (so quick commands stay quiet).
+class ProgressPrinter {
+public:
+    core::ProgressFn fn();
+    ~ProgressPrinter();
+
+private:
+    std::chrono::steady_clock::time_point m_start = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point m_last{};
+    bool m_printed = false;
+};
+
+std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir);
+
+} // namespace ladimo::cli

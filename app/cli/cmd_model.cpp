@@ -1,0 +1,274 @@
+// inspect / eval / generate / bench: the dense-model commands.
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cliutil.h"
+#include "commands.h"
+#include "common/error.h"
+#include "eval/perplexity.h"
+#include "model/checkpoint.h"
+#include "model/generate.h"
+#include "model/safetensors.h"
+
+namespace ladimo::cli {
+
+namespace {
+
+std::vector<int64_t> parseIds(const std::string& text)
+{
+    std::vector<int64_t> ids;
+    std::stringstream ss(text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        try {
+            std::size_t used = 0;
+            ids.push_back(std::stoll(item, &used));
+            if (used != item.size())
+                throw std::invalid_argument(item);
+        } catch (const std::exception&) {
+            throw core::Error("--prompt-ids: '" + item + "' is not an integer");
+        }
+    }
+    return ids;
+}
+
+std::string joinIds(const std::vector<int64_t>& ids)
+{
+    std::string out;
+    for (std::size_t i = 0; i < ids.size(); ++i)
+        out += (i ? "," : "") + std::to_string(ids[i]);
+    return out;
+}
+
+} // namespace
+
+void registerInspectCommand(CLI::App& app)
+{
+    struct Opts {
+        std::string path;
+        bool json = false;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = app.add_subcommand("inspect", "Architecture, parameter counts, dtype and layers of a model");
+    cmd->add_option("model", o->path, "Model directory")->required();
+    cmd->add_flag("--json", o->json, "Machine-readable output");
+    cmd->callback([o] {
+        const auto config = core::ModelConfig::load(std::filesystem::path(o->path) / "config.json");
+        const auto files = core::CheckpointFiles::open(o->path);
+        // Verify every expected tensor is present with the right shape without loading data.
+        (void)core::loadLlamaWeights(o->path, config, torch::kCPU, torch::kFloat32).embed;
+        std::map<std::string, int64_t> dtypes;
+        int64_t stored = 0;
+        for (const auto& f : files.files()) {
+            auto st = core::SafetensorsFile::open(f);
+            for (const auto& t : st->tensors()) {
+                dtypes[core::dtypeName(t.dtype)] += t.numel();
+                stored += t.numel();
+            }
+        }
+        const auto p = config.parameterCounts();
+        auto tok = loadTokenizerFor(o->path);
+        nlohmann::json j;
+        j["path"] = o->path;
+        j["architecture"] = config.architecture;
+        j["config"] = config.toJson();
+        j["parameters"] = {{"total", p.total},           {"attention", p.attention}, {"ffn", p.ffn},
+                           {"embeddings", p.embeddings}, {"norms", p.norms},         {"stored", stored}};
+        j["dtypes"] = dtypes;
+        j["files"] = nlohmann::json::array();
+        for (const auto& f : files.files())
+            j["files"].push_back(f.filename().string());
+        j["tokenizer"] = tok ? nlohmann::json(tok->kind()) : nlohmann::json(nullptr);
+        j["layers"] = nlohmann::json::array();
+        for (int64_t i = 0; i < config.numLayers; ++i)
+            j["layers"].push_back({{"index", i},
+                                   {"attention_parameters", p.attentionPerLayer},
+                                   {"ffn_parameters", p.ffnPerLayer},
+                                   {"intermediate_size", config.intermediateSize}});
+        if (o->json) {
+            std::cout << j.dump(2) << "\n";
+            return;
+        }
+        std::printf("%s  (%s)\n", o->path.c_str(), config.architecture.c_str());
+        std::printf("  layers %lld, hidden %lld, intermediate %lld, heads %lld (kv %lld, head dim %lld)\n",
+                    (long long)config.numLayers, (long long)config.hiddenSize, (long long)config.intermediateSize,
+                    (long long)config.numHeads, (long long)config.numKvHeads, (long long)config.headDim);
+        std::printf("  vocab %lld, max positions %lld, rope theta %g, rms eps %g, tied embeddings %s\n",
+                    (long long)config.vocabSize, (long long)config.maxPositions, config.ropeTheta,
+                    config.rmsNormEps, config.tieWordEmbeddings ? "yes" : "no");
+        std::printf("  parameters: total %lld = attention %lld + FFN %lld + embeddings %lld + norms %lld\n",
+                    (long long)p.total, (long long)p.attention, (long long)p.ffn, (long long)p.embeddings,
+                    (long long)p.norms);
+        std::printf("  stored: %s in %s;", files.describe().c_str(), o->path.c_str());
+        for (const auto& [d, n] : dtypes)
+            std::printf(" %s %lld", d.c_str(), (long long)n);
+        std::printf("\n  tokenizer: %s\n", tok ? tok->kind().c_str() : "none (token ids only)");
+        std::printf("  per layer: attention %lld, FFN %lld parameters\n", (long long)p.attentionPerLayer,
+                    (long long)p.ffnPerLayer);
+    });
+}
+
+void registerEvalCommand(CLI::App& app)
+{
+    struct Opts {
+        ModelOptions model;
+        DataOptions data;
+        int64_t seqLen = 256;
+        int64_t batch = 8;
+        bool json = false;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = app.add_subcommand("eval", "Perplexity of a model on token data");
+    o->model.add(cmd);
+    o->data.add(cmd);
+    cmd->add_option("--seq-len", o->seqLen, "Window length in tokens")->capture_default_str();
+    cmd->add_option("--batch", o->batch, "Windows per forward pass")->capture_default_str();
+    cmd->add_flag("--json", o->json, "Machine-readable output");
+    cmd->callback([o] {
+        torch::InferenceMode guard;
+        auto model = o->model.load();
+        auto tok = loadTokenizerFor(o->model.path);
+        ProgressPrinter printer;
+        auto stream = o->data.load(model, tok.get(), o->seqLen, printer.fn());
+        core::EvalOptions e;
+        e.seqLen = o->seqLen;
+        e.batch = o->batch;
+        e.progress = printer.fn();
+        const auto r = core::evaluatePerplexity(model, stream, e);
+        nlohmann::json j = {{"perplexity", r.perplexity},   {"nll", r.nll},
+                            {"tokens", r.tokens},           {"windows", r.windows},
+                            {"seconds", r.seconds},         {"tokens_per_second", r.tokensPerSecond},
+                            {"seq_len", o->seqLen},         {"device", model.device().str()},
+                            {"dtype", c10::toString(model.dtype())}};
+        if (o->json)
+            std::cout << j.dump(2) << "\n";
+        else
+            std::printf("perplexity %.4f  (nll %.5f over %lld tokens, %lld windows, %.0f tokens/s on %s)\n",
+                        r.perplexity, r.nll, (long long)r.tokens, (long long)r.windows, r.tokensPerSecond,
+                        model.device().str().c_str());
+    });
+}
+
+void registerGenerateCommand(CLI::App& app)
+{
+    struct Opts {
+        ModelOptions model;
+        std::string prompt;
+        std::string promptIds;
+        int64_t maxNew = 64;
+        double temperature = 0.8;
+        uint64_t seed = 0;
+        bool ids = false;
+        bool ignoreEos = false;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = app.add_subcommand("generate", "Continue a prompt with the model (KV cache)");
+    o->model.add(cmd);
+    auto* p = cmd->add_option("--prompt", o->prompt, "Prompt text (needs a tokenizer); BOS is added");
+    auto* pi = cmd->add_option("--prompt-ids", o->promptIds, "Prompt as comma-separated token ids, used as given");
+    p->excludes(pi);
+    cmd->add_option("--max-new", o->maxNew, "Tokens to generate")->capture_default_str();
+    cmd->add_option("--temperature", o->temperature, "0 = greedy")->capture_default_str();
+    cmd->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
+    cmd->add_flag("--ids", o->ids, "Print the ids (prompt included), comma-separated");
+    cmd->add_flag("--ignore-eos", o->ignoreEos, "Do not stop at the end-of-sequence token");
+    cmd->callback([o] {
+        torch::InferenceMode guard;
+        auto model = o->model.load();
+        auto tok = loadTokenizerFor(o->model.path);
+        std::vector<int64_t> prompt;
+        if (!o->promptIds.empty()) {
+            prompt = parseIds(o->promptIds);
+        } else {
+            if (!tok)
+                throw core::Error("'" + o->model.path + "' has no tokenizer: use --prompt-ids");
+            prompt.push_back(model.config().bosTokenId);
+            for (int id : tok->encode(o->prompt))
+                prompt.push_back(id);
+        }
+        core::GenerateOptions g;
+        g.maxNew = o->maxNew;
+        g.temperature = o->temperature;
+        g.seed = o->seed;
+        g.stopId = o->ignoreEos ? -1 : model.config().eosTokenId;
+        ProgressPrinter printer;
+        g.progress = printer.fn();
+        const auto out = core::generate(model, {prompt}, g).front();
+        if (o->ids || !tok) {
+            std::cout << joinIds(out) << "\n";
+            return;
+        }
+        std::vector<int> text;
+        for (int64_t id : out)
+            if (id != model.config().bosTokenId && id != model.config().eosTokenId)
+                text.push_back(static_cast<int>(id));
+        std::cout << tok->decode(text) << "\n";
+    });
+}
+
+void registerBenchCommand(CLI::App& app)
+{
+    struct Opts {
+        ModelOptions model;
+        int64_t prefill = 512;
+        int64_t decode = 64;
+        int repeats = 3;
+        bool json = false;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = app.add_subcommand("bench", "Dense forward throughput: prefill (batch of N tokens) and decode (1 token with KV cache)");
+    o->model.add(cmd);
+    cmd->add_option("--prefill", o->prefill, "Prefill length in tokens")->capture_default_str();
+    cmd->add_option("--decode", o->decode, "Decode steps")->capture_default_str();
+    cmd->add_option("--repeats", o->repeats, "Best of N runs")->capture_default_str();
+    cmd->add_flag("--json", o->json, "Machine-readable output");
+    cmd->callback([o] {
+        torch::InferenceMode guard;
+        auto model = o->model.load();
+        const auto& c = model.config();
+        const int64_t prefill = std::min(o->prefill, c.maxPositions - o->decode);
+        if (prefill < 1)
+            throw core::Error("bench: --prefill + --decode exceed max_position_embeddings");
+        torch::manual_seed(0);
+        auto tokens = torch::randint(c.vocabSize, {1, prefill}, torch::kInt64);
+        auto sync = [&] {
+            if (model.device().is_cuda())
+                (void)model.forward(tokens.narrow(1, 0, 1)).sum().item<float>(); // forces completion
+        };
+        double bestPrefill = 1e30, bestDecode = 1e30;
+        for (int r = 0; r < std::max(1, o->repeats) + 1; ++r) { // first run warms up
+            auto cache = model.makeCache(1, prefill + o->decode);
+            auto t0 = std::chrono::steady_clock::now();
+            auto logits = model.forward(tokens, &cache);
+            auto next = logits.select(1, prefill - 1).argmax(-1).view({1, 1});
+            sync();
+            auto t1 = std::chrono::steady_clock::now();
+            for (int64_t s = 0; s < o->decode; ++s)
+                next = model.forward(next, &cache).select(1, 0).argmax(-1).view({1, 1});
+            (void)next.item<int64_t>();
+            auto t2 = std::chrono::steady_clock::now();
+            if (r == 0)
+                continue;
+            bestPrefill = std::min(bestPrefill, std::chrono::duration<double>(t1 - t0).count());
+            bestDecode = std::min(bestDecode, std::chrono::duration<double>(t2 - t1).count());
+        }
+        const double prefillTps = static_cast<double>(prefill) / bestPrefill;
+        const double decodeTps = static_cast<double>(o->decode) / bestDecode;
+        nlohmann::json j = {{"device", model.device().str()}, {"dtype", c10::toString(model.dtype())},
+                            {"threads", torch::get_num_threads()},
+                            {"prefill_tokens", prefill},      {"prefill_tokens_per_second", prefillTps},
+                            {"decode_tokens", o->decode},     {"decode_tokens_per_second", decodeTps}};
+        if (o->json)
+            std::cout << j.dump(2) << "\n";
+        else
+            std::printf("%s on %s (%s, %d threads): prefill %lld tokens (batch %lld) %.0f tokens/s; decode batch 1 %.1f tokens/s\n",
+                        o->model.path.c_str(), model.device().str().c_str(), c10::toString(model.dtype()),
+                        torch::get_num_threads(), (long long)prefill, (long long)prefill, prefillTps, decodeTps);
+    });
+}
+
+} // namespace ladimo::cli

@@ -1,0 +1,41 @@
+// `ladimo`: the headless twin of the workbench. Links ladimo_core only (no Qt).
+#include <cstdio>
+#include <exception>
+
+#include <torch/torch.h>
+
+#include "commands.h"
+#include "common/error.h"
+
+int main(int argc, char** argv)
+{
+    CLI::App app{"LaDiMo Workbench: convert dense LLaMA-family models into Mixture-of-Experts models "
+                 "(layer-wise distillation + adaptive routing policy)",
+                 "ladimo"};
+    app.set_version_flag("--version", std::string("ladimo ") + LADIMO_VERSION);
+    app.require_subcommand(1);
+    ladimo::cli::registerInspectCommand(app);
+    ladimo::cli::registerEvalCommand(app);
+    ladimo::cli::registerGenerateCommand(app);
+    ladimo::cli::registerBenchCommand(app);
+    // PRETRAIN
+    // PROJECT
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    } catch (const ladimo::core::Cancelled&) {
+        std::fprintf(stderr, "ladimo: cancelled\n");
+        return 130;
+    } catch (const ladimo::core::Error& e) {
+        std::fprintf(stderr, "ladimo: error: %s\n", e.what());
+        return 1;
+    } catch (const c10::Error& e) {
+        std::fprintf(stderr, "ladimo: internal tensor error: %s\n", e.what_without_backtrace());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "ladimo: error: %s\n", e.what());
+        return 2;
+    }
+    return 0;
+}

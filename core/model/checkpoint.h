@@ -1,0 +1,45 @@
+// Loading the weights of a Hugging Face LLaMA-family checkpoint directory: a single
+// model.safetensors or shards listed in model.safetensors.index.json. Every tensor is checked
+// against the config (name present, shape as expected); errors name the file and tensor.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <torch/types.h>
+
+#include "model/config.h"
+#include "model/llama.h"
+
+namespace ladimo::core {
+
+class SafetensorsFile;
+
+// All safetensors files of a checkpoint with a name -> file map. Keeps the files mapped.
+class CheckpointFiles {
+public:
+    static CheckpointFiles open(const std::filesystem::path& dir);
+    bool has(const std::string& name) const { return m_where.count(name) != 0; }
+    // CPU tensor in the stored dtype; Error naming the file when absent.
+    torch::Tensor tensor(const std::string& name) const;
+    // Fails with an Error naming tensor, file, expected and actual shape.
+    torch::Tensor tensor(const std::string& name, const std::vector<int64_t>& expectedShape) const;
+    const std::vector<std::filesystem::path>& files() const { return m_files; }
+    std::string describe() const; // "model.safetensors" or "N shards"
+
+private:
+    std::filesystem::path m_dir;
+    std::vector<std::filesystem::path> m_files;
+    std::map<std::string, std::shared_ptr<SafetensorsFile>> m_open; // file name -> file
+    std::map<std::string, std::string> m_where;                     // tensor -> file name
+};
+
+LlamaWeights loadLlamaWeights(const std::filesystem::path& dir, const ModelConfig& config,
+                              torch::Device device, torch::ScalarType dtype);
+
+// Checks a shard file name from an index: a plain file name inside the checkpoint folder.
+void checkShardName(const std::string& name, const std::filesystem::path& indexFile);
+
+} // namespace ladimo::core
