@@ -18,8 +18,8 @@ int main(int argc, char** argv)
     ladimo::cli::registerEvalCommand(app);
     ladimo::cli::registerGenerateCommand(app);
     ladimo::cli::registerBenchCommand(app);
-    // PRETRAIN
-    // PROJECT
+    ladimo::cli::registerPretrainCommand(app);
+    // PROJECT registerProjectCommand
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -2,7 +2,8 @@
 // exported symbols clash with LibTorch's protobuf 3.21 (the process crashes at start-up when both
 // are linked). So libsentencepiece lives in a small plugin, libladimo_spm.so, loaded with
 // dlopen(RTLD_LOCAL | RTLD_DEEPBIND): its protobuf stays private. Only std types cross the
-// boundary (same libstdc++). Thread-safe after loading; a loaded model is immutable.
+// boundary (same libstdc++); nothing in the plugin may write to std::cerr, which DEEPBIND leaves
+// unconstructed for it. Thread-safe after loading; a loaded model is immutable.
 #pragma once
 
 #include <string>
@@ -25,8 +26,6 @@ struct SpmApi {
     int (*type)(const SpmModel* model, int id);
     int (*bos)(const SpmModel* model);
     int (*eos)(const SpmModel* model);
-    // Runs the SentencePiece trainer with its command-line style arguments.
-    bool (*train)(const std::string& args, std::string* error);
 };
 
 constexpr int kSpmApiVersion = 1;

@@ -1,7 +1,6 @@
 // libladimo_spm.so: libsentencepiece behind the SpmApi table (see core/model/spmapi.h for why it
 // is a plugin). Built as a MODULE library; never linked directly.
 #include <sentencepiece_processor.h>
-#include <sentencepiece_trainer.h>
 
 #include "model/spmapi.h"
 
@@ -64,16 +63,8 @@ int type(const SpmModel* m, int id)
 int bos(const SpmModel* m) { return m->processor.bos_id(); }
 int eos(const SpmModel* m) { return m->processor.eos_id(); }
 
-bool train(const std::string& args, std::string* error)
-{
-    const auto status = sentencepiece::SentencePieceTrainer::Train(args);
-    if (!status.ok() && error)
-        *error = status.ToString();
-    return status.ok();
-}
-
 const ladimo::core::SpmApi kApi = {ladimo::core::kSpmApiVersion, load, release, encode, decode, size,
-                                   piece, score, type, bos, eos, train};
+                                   piece, score, type, bos, eos};
 
 } // namespace
 

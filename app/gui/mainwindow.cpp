@@ -1,0 +1,236 @@
+#include "mainwindow.h"
+
+#include <QAction>
+#include <QApplication>
+#include <QCloseEvent>
+#include <QDir>
+#include <QDragEnterEvent>
+#include <QFileDialog>
+#include <QHeaderView>
+#include <QLabel>
+#include <QLocale>
+#include <QMenuBar>
+#include <QMessageBox>
+#include <QMimeData>
+#include <QSettings>
+#include <QSplitter>
+#include <QStatusBar>
+#include <QTabWidget>
+#include <QTableView>
+#include <QToolBar>
+#include <QVBoxLayout>
+#include <QtConcurrent/QtConcurrentRun>
+
+#include "common/error.h"
+#include "layertablemodel.h"
+#include "model/tokenizer.h"
+#include "widgets/barplot.h"
+
+namespace ladimo::gui {
+
+namespace {
+
+OpenedModel openModel(const QString& path)
+{
+    OpenedModel m;
+    m.path = path;
+    try {
+        const std::filesystem::path dir = path.toStdString();
+        m.config = core::ModelConfig::load(dir / "config.json");
+        if (auto tok = core::Tokenizer::loadForModel(dir))
+            m.tokenizer = QString::fromStdString(tok->kind());
+    } catch (const std::exception& e) {
+        m.error = QString::fromStdString(e.what());
+    }
+    return m;
+}
+
+QString count(qint64 n) { return QLocale().toString(n); }
+
+} // namespace
+
+MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
+{
+    buildUi();
+    connect(&m_openWatcher, &QFutureWatcher<OpenedModel>::finished, this, &MainWindow::onOpenFinished);
+    QSettings settings;
+    restoreGeometry(settings.value("window/geometry").toByteArray());
+    restoreState(settings.value("window/state").toByteArray());
+    setAcceptDrops(true);
+}
+
+MainWindow::~MainWindow()
+{
+    m_openWatcher.disconnect();
+    m_openWatcher.waitForFinished();
+}
+
+QString MainWindow::demoModelPath()
+{
+    const QString beside = QDir(QCoreApplication::applicationDirPath()).absoluteFilePath("../../resources/demo");
+    if (QDir(beside).exists())
+        return QDir(beside).canonicalPath();
+    return QStringLiteral(LADIMO_DEMO_DIR);
+}
+
+void MainWindow::buildUi()
+{
+    setWindowTitle(tr("LaDiMo Workbench"));
+    resize(1100, 720);
+
+    auto* fileMenu = menuBar()->addMenu(tr("&File"));
+    auto* openAction = fileMenu->addAction(tr("&Open model folder..."), this, &MainWindow::onOpenTriggered);
+    openAction->setShortcut(QKeySequence::Open);
+    openAction->setToolTip(tr("Open a Hugging Face LLaMA-family model folder (config.json + safetensors)"));
+    auto* demoAction = fileMenu->addAction(tr("Open &demo model"), this, [this] { openPath(demoModelPath()); });
+    demoAction->setShortcut(QKeySequence(Qt::CTRL | Qt::Key_D));
+    demoAction->setToolTip(tr("Open the small Austen model bundled with the workbench"));
+    m_recentMenu = fileMenu->addMenu(tr("Open &recent"));
+    fileMenu->addSeparator();
+    fileMenu->addAction(tr("&Quit"), this, &QWidget::close)->setShortcut(QKeySequence::Quit);
+
+    auto* toolbar = addToolBar(tr("Main"));
+    toolbar->setObjectName("mainToolbar");
+    toolbar->addAction(openAction);
+    toolbar->addAction(demoAction);
+
+    m_tabs = new QTabWidget(this);
+    auto* modelPage = new QWidget;
+    auto* layout = new QVBoxLayout(modelPage);
+    m_summary = new QLabel(tr("No model open. Use File > Open model folder, drop a folder here, or open the demo."));
+    m_summary->setTextFormat(Qt::RichText);
+    m_summary->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    m_summary->setWordWrap(true);
+    layout->addWidget(m_summary);
+    auto* split = new QSplitter(Qt::Horizontal);
+    m_layers = new LayerTableModel(this);
+    m_layerView = new QTableView;
+    m_layerView->setModel(m_layers);
+    m_layerView->horizontalHeader()->setSectionResizeMode(QHeaderView::Stretch);
+    m_layerView->verticalHeader()->hide();
+    m_layerView->setSelectionBehavior(QAbstractItemView::SelectRows);
+    m_layerView->setToolTip(tr("Decoder layers: each FFN becomes an MoE block in the conversion"));
+    split->addWidget(m_layerView);
+    m_breakdown = new widgets::BarPlot;
+    m_breakdown->setAxisLabels(tr("part"), tr("parameters"));
+    m_breakdown->setToolTip(tr("Where the parameters are: the FFNs are what LaDiMo makes sparse"));
+    split->addWidget(m_breakdown);
+    split->setStretchFactor(0, 3);
+    split->setStretchFactor(1, 2);
+    split->setSizes({600, 400});
+    layout->addWidget(split, 1);
+    m_tabs->addTab(modelPage, tr("Model"));
+    setCentralWidget(m_tabs);
+    statusBar()->showMessage(tr("Ready"));
+    rebuildRecentMenu();
+}
+
+void MainWindow::openPath(const QString& path)
+{
+    if (m_openWatcher.isRunning())
+        return;
+    statusBar()->showMessage(tr("Opening %1 ...").arg(path));
+    m_openWatcher.setFuture(QtConcurrent::run(openModel, path));
+}
+
+void MainWindow::onOpenTriggered()
+{
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Open model folder"), m_current.path);
+    if (!dir.isEmpty())
+        openPath(dir);
+}
+
+void MainWindow::onOpenFinished()
+{
+    const OpenedModel m = m_openWatcher.result();
+    if (!m.error.isEmpty()) {
+        statusBar()->showMessage(tr("Could not open %1").arg(m.path));
+        emit openFailed(m.error);
+        if (!property("quiet").toBool())
+            QMessageBox::critical(this, tr("Could not open model"), m.error);
+        return;
+    }
+    showModel(m);
+    rememberRecent(m.path);
+    emit modelOpened(m.path);
+}
+
+void MainWindow::showModel(const OpenedModel& m)
+{
+    m_current = m;
+    const auto& c = m.config;
+    const auto p = c.parameterCounts();
+    m_summary->setText(tr("<b>%1</b> &nbsp; %2<br>%3 layers, hidden %4, FFN width %5, %6 heads (%7 key/value), "
+                          "vocabulary %8, tokenizer: %9<br>Parameters: <b>%10</b> total = attention %11 + FFN %12 + "
+                          "embeddings %13 + norms %14")
+                           .arg(QDir(m.path).dirName().toHtmlEscaped(), QString::fromStdString(c.architecture))
+                           .arg(c.numLayers)
+                           .arg(c.hiddenSize)
+                           .arg(c.intermediateSize)
+                           .arg(c.numHeads)
+                           .arg(c.numKvHeads)
+                           .arg(c.vocabSize)
+                           .arg(m.tokenizer.isEmpty() ? tr("none (token ids only)") : m.tokenizer)
+                           .arg(count(p.total), count(p.attention), count(p.ffn), count(p.embeddings), count(p.norms)));
+    m_layers->setConfig(c);
+    m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
+                         {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
+    setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));
+    statusBar()->showMessage(tr("Opened %1").arg(m.path));
+}
+
+QString MainWindow::summaryText() const { return m_summary->text(); }
+
+bool MainWindow::selectView(const QString& name)
+{
+    for (int i = 0; i < m_tabs->count(); ++i)
+        if (m_tabs->tabText(i).compare(name, Qt::CaseInsensitive) == 0) {
+            m_tabs->setCurrentIndex(i);
+            return true;
+        }
+    return false;
+}
+
+void MainWindow::rememberRecent(const QString& path)
+{
+    QSettings settings;
+    QStringList recent = settings.value("recent").toStringList();
+    recent.removeAll(path);
+    recent.prepend(path);
+    while (recent.size() > 8)
+        recent.removeLast();
+    settings.setValue("recent", recent);
+    rebuildRecentMenu();
+}
+
+void MainWindow::rebuildRecentMenu()
+{
+    m_recentMenu->clear();
+    const QStringList recent = QSettings().value("recent").toStringList();
+    for (const QString& path : recent)
+        m_recentMenu->addAction(path, this, [this, path] { openPath(path); });
+    m_recentMenu->setEnabled(!recent.isEmpty());
+}
+
+void MainWindow::dragEnterEvent(QDragEnterEvent* event)
+{
+    if (event->mimeData()->hasUrls())
+        event->acceptProposedAction();
+}
+
+void MainWindow::dropEvent(QDropEvent* event)
+{
+    const auto urls = event->mimeData()->urls();
+    if (!urls.isEmpty() && urls.front().isLocalFile())
+        openPath(urls.front().toLocalFile());
+}
+
+void MainWindow::closeEvent(QCloseEvent* event)
+{
+    QSettings settings;
+    settings.setValue("window/geometry", saveGeometry());
+    settings.setValue("window/state", saveState());
+    QMainWindow::closeEvent(event);
+}
+
+} // namespace ladimo::gui

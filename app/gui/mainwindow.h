@@ -1,0 +1,77 @@
+// MainWindow: the workbench window. Opens a model directory (menu, recent files, drag and drop,
+// command line, "Open demo"), reads it off the GUI thread, and shows the Model view:
+// architecture, parameter counts and the per-layer table. GUI thread only.
+#pragma once
+
+#include <QFutureWatcher>
+#include <QMainWindow>
+#include <QString>
+
+#include "model/config.h"
+
+class QLabel;
+class QTableView;
+class QTabWidget;
+class QMenu;
+
+namespace ladimo::widgets {
+class BarPlot;
+}
+
+namespace ladimo::gui {
+
+class LayerTableModel;
+
+// What opening a model yields; produced on a worker thread.
+struct OpenedModel {
+    QString path;
+    core::ModelConfig config;
+    QString tokenizer; // kind, or empty
+    QString error;     // non-empty when opening failed
+};
+
+class MainWindow : public QMainWindow {
+    Q_OBJECT
+public:
+    explicit MainWindow(QWidget* parent = nullptr);
+    ~MainWindow() override;
+
+    // Starts opening `path` in the background; modelOpened / openFailed follow.
+    void openPath(const QString& path);
+    static QString demoModelPath();
+
+    const LayerTableModel* layerModel() const { return m_layers; }
+    QString currentPath() const { return m_current.path; }
+    QString summaryText() const;
+    bool selectView(const QString& name);
+
+signals:
+    void modelOpened(const QString& path);
+    void openFailed(const QString& message);
+
+protected:
+    void dragEnterEvent(QDragEnterEvent* event) override;
+    void dropEvent(QDropEvent* event) override;
+    void closeEvent(QCloseEvent* event) override;
+
+private slots:
+    void onOpenTriggered();
+    void onOpenFinished();
+
+private:
+    void buildUi();
+    void showModel(const OpenedModel& m);
+    void rememberRecent(const QString& path);
+    void rebuildRecentMenu();
+
+    QTabWidget* m_tabs = nullptr;
+    QLabel* m_summary = nullptr;
+    QTableView* m_layerView = nullptr;
+    LayerTableModel* m_layers = nullptr;
+    widgets::BarPlot* m_breakdown = nullptr;
+    QMenu* m_recentMenu = nullptr;
+    OpenedModel m_current;
+    QFutureWatcher<OpenedModel> m_openWatcher;
+};
+
+} // namespace ladimo::gui
