@@ -1,0 +1,92 @@
+// The real `ladimo` program on real data: what a user or a script sees.
+#include <array>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "common/fileutil.h"
+#include "testutil.h"
+
+namespace {
+
+struct Run {
+    int status = -1;
+    std::string out;
+};
+
+// Runs build/bin/ladimo; stderr (progress, errors) joins the output unless `stdoutOnly`.
+Run runLadimo(const std::string& args, bool stdoutOnly = false)
+{
+    const std::string cmd = std::string(LADIMO_BIN_DIR) + "/ladimo " + args + (stdoutOnly ? " 2>/dev/null" : " 2>&1");
+    Run r;
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p)
+        return r;
+    std::array<char, 4096> buf{};
+    std::size_t n = 0;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0)
+        r.out.append(buf.data(), n);
+    const int st = pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+std::string stories() { return (ladimo::test::sharedData() / "stories260K").string(); }
+
+} // namespace
+
+TEST(Cli, GreedyGenerationPrintsReferenceIds)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/reference.json");
+    const auto ref = nlohmann::json::parse(ladimo::core::readTextFile(ladimo::test::sharedData() / "stories260K/reference.json"));
+    std::string expected;
+    for (const auto& id : ref["greedy_from_bos_32"])
+        expected += (expected.empty() ? "" : ",") + std::to_string(id.get<int64_t>());
+    const auto r = runLadimo("generate " + stories() + " --prompt-ids 1 --max-new 32 --temperature 0 --ids");
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(r.out, expected + "\n");
+}
+
+TEST(Cli, EvalJsonHasTheContractKeys)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    const auto r = runLadimo("eval " + stories() + " --data " + stories() + "/calib.u16 --seq-len 256 --max-tokens 2560 --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    for (const char* key : {"perplexity", "nll", "tokens", "tokens_per_second"})
+        EXPECT_TRUE(j.contains(key)) << key;
+    EXPECT_EQ(j["tokens"].get<int64_t>(), 10 * 255);
+    EXPECT_NEAR(j["perplexity"].get<double>(), std::exp(j["nll"].get<double>()), 1e-9);
+}
+
+TEST(Cli, InspectJsonCountsParameters)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/config.json");
+    const auto r = runLadimo("inspect " + stories() + " --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["parameters"]["total"].get<int64_t>(), 260032);
+    EXPECT_EQ(j["parameters"]["stored"].get<int64_t>(), 260032);
+    EXPECT_EQ(j["layers"].size(), 5u);
+}
+
+TEST(Cli, ErrorsNameTheProblemAndExitNonZero)
+{
+    ladimo::test::TempDir tmp;
+    auto r = runLadimo("inspect " + tmp.path().string());
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find("config.json"), std::string::npos) << r.out;
+    r = runLadimo("eval " + tmp.path().string());
+    EXPECT_NE(r.status, 0);
+    r = runLadimo("frobnicate");
+    EXPECT_NE(r.status, 0);
+}
+
+TEST(Cli, EveryCommandHasHelp)
+{
+    for (const char* c : {"inspect", "eval", "generate", "bench", "pretrain"}) {
+        const auto r = runLadimo(std::string(c) + " --help");
+        EXPECT_EQ(r.status, 0) << c;
+        EXPECT_NE(r.out.find("Usage"), std::string::npos) << c << ": " << r.out;
+    }
+}

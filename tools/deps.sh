@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what LaDiMo Workbench needs from Debian 12's archive (sudo when not root).
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev libopenblas0-pthread      # LibTorch (CPU) + a fast BLAS (about 30x faster matmul)
+  qt6-base-dev libqcustomplot-dev        # the workbench GUI
+  libsqlite3-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libssl-dev
+  libsentencepiece-dev sentencepiece     # tokenizer.model support and spm_train for the demo tokenizer
+  libgtest-dev libbenchmark-dev          # tests and benchmarks
+  xvfb xauth                             # screenshots / GUI runs without a display
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+echo "Installing: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"

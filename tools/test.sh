@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds and runs the whole test suite (CTest). Tests that need ../shared/data skip when it is
+# absent; GUI tests run offscreen.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/deps.sh
+tools/build.sh "$@"
+export QT_QPA_PLATFORM=offscreen
+ctest --test-dir build --output-on-failure -j2 --timeout 900
