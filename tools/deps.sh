@@ -11,6 +11,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece     # tokenizer.model support and spm_train for the demo tokenizer
   libgtest-dev libbenchmark-dev          # tests and benchmarks
   xvfb xauth                             # screenshots / GUI runs without a display
+  python3-torch                          # the independent Python reference used by the tests
 )
 
 missing=()

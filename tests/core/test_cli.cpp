@@ -14,10 +14,10 @@ struct Run {
     std::string out;
 };
 
-// Runs build/bin/ladimo; stderr (progress, errors) joins the output unless `stdoutOnly`.
-Run runLadimo(const std::string& args, bool stdoutOnly = false)
+// Runs a shell command; stderr (progress, errors) joins the output unless `stdoutOnly`.
+Run runCommand(const std::string& command, bool stdoutOnly = false)
 {
-    const std::string cmd = std::string(LADIMO_BIN_DIR) + "/ladimo " + args + (stdoutOnly ? " 2>/dev/null" : " 2>&1");
+    const std::string cmd = command + (stdoutOnly ? " 2>/dev/null" : " 2>&1");
     Run r;
     FILE* p = popen(cmd.c_str(), "r");
     if (!p)
@@ -29,6 +29,11 @@ Run runLadimo(const std::string& args, bool stdoutOnly = false)
     const int st = pclose(p);
     r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     return r;
+}
+
+Run runLadimo(const std::string& args, bool stdoutOnly = false)
+{
+    return runCommand(std::string(LADIMO_BIN_DIR) + "/ladimo " + args, stdoutOnly);
 }
 
 std::string stories() { return (ladimo::test::sharedData() / "stories260K").string(); }
@@ -89,4 +94,22 @@ TEST(Cli, EveryCommandHasHelp)
         EXPECT_EQ(r.status, 0) << c;
         EXPECT_NE(r.out.find("Usage"), std::string::npos) << c << ": " << r.out;
     }
+}
+
+TEST(Cli, PerplexityMatchesAnIndependentPythonImplementation)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "python3-torch is not installed (tools/deps.sh installs it)";
+    const std::string data = stories() + "/calib.u16";
+    const auto ours = runLadimo("eval " + stories() + " --data " + data + " --seq-len 256 --json", true);
+    ASSERT_EQ(ours.status, 0) << ours.out;
+    const std::string script = (ladimo::test::sourceDir() / "tests/tools/reference_llama.py").string();
+    const auto ref = runCommand("/usr/bin/python3 " + script + " " + stories() + " --data " + data + " --seq-len 256", true);
+    ASSERT_EQ(ref.status, 0) << ref.out;
+    const auto a = nlohmann::json::parse(ours.out);
+    const auto b = nlohmann::json::parse(ref.out);
+    EXPECT_EQ(a["tokens"], b["tokens"]);
+    EXPECT_NEAR(a["nll"].get<double>(), b["nll"].get<double>(), 1e-5);
+    EXPECT_NEAR(a["perplexity"].get<double>(), b["perplexity"].get<double>(), 1e-4 * b["perplexity"].get<double>());
 }
