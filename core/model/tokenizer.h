@@ -35,6 +35,10 @@ public:
     // Picks from what the model directory holds: tokenizer.model first, else tokenizer.json.
     // Returns nullptr when the directory has neither (token-id-only models like stories260K).
     static std::unique_ptr<Tokenizer> loadForModel(const std::filesystem::path& modelDir);
+
+protected:
+    // Returns id, or throws Error when it is outside [0, vocabSize()).
+    int checkedId(int id) const;
 };
 
 } // namespace ladimo::core

@@ -214,16 +214,16 @@ public:
     }
 
     int vocabSize() const override { return static_cast<int>(m_pieces.size()); }
-    std::string piece(int id) const override { return m_pieces.at(static_cast<std::size_t>(checked(id))); }
+    std::string piece(int id) const override { return m_pieces.at(static_cast<std::size_t>(checkedId(id))); }
     // BPE has no piece scores: earlier merges rank higher, which is what a score orders by.
     float score(int id) const override
     {
-        auto it = m_mergeRank.find(checked(id));
+        auto it = m_mergeRank.find(checkedId(id));
         return it == m_mergeRank.end() ? 0.0f : -static_cast<float>(it->second);
     }
     TokenType tokenType(int id) const override
     {
-        checked(id);
+        checkedId(id);
         if (id == m_unk)
             return TokenType::Unknown;
         if (m_special.count(id))
@@ -240,13 +240,6 @@ public:
     std::string kind() const override { return m_byteLevel ? "bpe-byte-level" : "bpe-byte-fallback"; }
 
 private:
-    int checked(int id) const
-    {
-        if (id < 0 || id >= vocabSize())
-            throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                        std::to_string(vocabSize()) + ")");
-        return id;
-    }
 
     int findAny(std::initializer_list<const char*> names) const
     {

@@ -40,26 +40,27 @@ public:
         return m_api.decode(m_model, valid);
     }
     int vocabSize() const override { return m_api.size(m_model); }
-    std::string piece(int id) const override { return m_api.piece(m_model, checked(id)); }
-    float score(int id) const override { return m_api.score(m_model, checked(id)); }
-    TokenType tokenType(int id) const override { return static_cast<TokenType>(m_api.type(m_model, checked(id))); }
+    std::string piece(int id) const override { return m_api.piece(m_model, checkedId(id)); }
+    float score(int id) const override { return m_api.score(m_model, checkedId(id)); }
+    TokenType tokenType(int id) const override { return static_cast<TokenType>(m_api.type(m_model, checkedId(id))); }
     int bosId() const override { return m_api.bos(m_model); }
     int eosId() const override { return m_api.eos(m_model); }
     std::string kind() const override { return "sentencepiece"; }
 
 private:
-    int checked(int id) const
-    {
-        if (id < 0 || id >= vocabSize())
-            throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                        std::to_string(vocabSize()) + ")");
-        return id;
-    }
     const SpmApi& m_api;
     SpmModel* m_model = nullptr;
 };
 
 } // namespace
+
+int Tokenizer::checkedId(int id) const
+{
+    if (id < 0 || id >= vocabSize())
+        throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                    std::to_string(vocabSize()) + ")");
+    return id;
+}
 
 std::unique_ptr<Tokenizer> Tokenizer::loadSentencePiece(const std::filesystem::path& modelFile)
 {
