@@ -257,7 +257,7 @@ void registerBenchCommand(CLI::App& app)
             bestDecode = std::min(bestDecode, std::chrono::duration<double>(t2 - t1).count());
         }
         const double prefillTps = static_cast<double>(prefill) / bestPrefill;
-        const double decodeTps = static_cast<double>(o->decode) / bestDecode;
+        const double decodeTps = o->decode > 0 ? static_cast<double>(o->decode) / bestDecode : 0.0;
         nlohmann::json j = {{"device", model.device().str()}, {"dtype", c10::toString(model.dtype())},
                             {"threads", torch::get_num_threads()},
                             {"prefill_tokens", prefill},      {"prefill_tokens_per_second", prefillTps},
