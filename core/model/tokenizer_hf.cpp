@@ -1,14 +1,22 @@
 // Hugging Face tokenizer.json BPE, written against the tokenizers format: byte-fallback models
 // (LLaMA-2 / Mistral: "▁" metaspace, <0xXX> byte tokens) and byte-level models (GPT-2 /
 // LLaMA-3 / Qwen2: bytes mapped to printable characters, regex pre-tokenization via PCRE2).
+//
+// Pipeline per encode, as the tokenizers library runs it: split off non-special added tokens,
+// then for every remaining segment normalizer -> pre-tokenizer stages -> BPE per pre-token.
+// Deliberate differences from the library, so that the result equals SentencePiece's Encode:
+// special added tokens (<s>, </s>, <|begin_of_text|>) are never read from text, and in
+// byte-fallback mode malformed UTF-8 bytes become U+FFFD one byte at a time (SentencePiece's
+// normaliser does that; the library cannot even hold such a string).
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include <map>
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <queue>
 #include <set>
-#include <cstdio>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -24,16 +32,43 @@ namespace {
 constexpr std::size_t kMaxVocab = 1u << 22;
 constexpr uint64_t kMaxFileBytes = 512ull << 20;
 const std::string kMetaspace = "\xE2\x96\x81"; // U+2581 "▁"
-// GPT-2's pre-tokenizer pattern, used when ByteLevel has use_regex and no Split gives one.
+const std::string kReplacementChar = "\xEF\xBF\xBD"; // U+FFFD
+// GPT-2's pre-tokenizer pattern, used when ByteLevel has use_regex (its default).
 const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
-std::size_t utf8Length(unsigned char c)
+// Length of the well-formed UTF-8 character at s[i], 0 when it is malformed. Same rules as
+// SentencePiece's DecodeUTF8 (no overlongs, no surrogates, nothing above U+10FFFF), so the
+// byte-fallback path replaces exactly the bytes SentencePiece replaces.
+std::size_t validUtf8Length(const std::string& s, std::size_t i)
 {
-    if (c < 0x80) return 1;
-    if ((c >> 5) == 0x6) return 2;
-    if ((c >> 4) == 0xE) return 3;
-    if ((c >> 3) == 0x1E) return 4;
-    return 1; // invalid lead byte: treat as one unit (it will fall back to bytes)
+    const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+    const auto trail = [&](std::size_t k) { return k < s.size() && (byte(k) & 0xC0) == 0x80; };
+    const unsigned char c = byte(i);
+    if (c < 0x80)
+        return 1;
+    uint32_t cp = 0;
+    std::size_t n = 0;
+    if ((c & 0xE0) == 0xC0 && trail(i + 1)) {
+        cp = ((c & 0x1Fu) << 6) | (byte(i + 1) & 0x3Fu);
+        n = cp >= 0x80 ? 2 : 0;
+    } else if ((c & 0xF0) == 0xE0 && trail(i + 1) && trail(i + 2)) {
+        cp = ((c & 0x0Fu) << 12) | ((byte(i + 1) & 0x3Fu) << 6) | (byte(i + 2) & 0x3Fu);
+        n = cp >= 0x800 ? 3 : 0;
+    } else if ((c & 0xF8) == 0xF0 && trail(i + 1) && trail(i + 2) && trail(i + 3)) {
+        cp = ((c & 0x07u) << 18) | ((byte(i + 1) & 0x3Fu) << 12) | ((byte(i + 2) & 0x3Fu) << 6) |
+             (byte(i + 3) & 0x3Fu);
+        n = cp >= 0x10000 ? 4 : 0;
+    }
+    const bool scalar = cp < 0xD800 || (cp >= 0xE000 && cp <= 0x10FFFF);
+    return scalar ? n : 0;
+}
+
+// Length of the unit starting at s[i] for walking text that is not known to be valid: a
+// malformed byte is a unit of its own.
+std::size_t unitLength(const std::string& s, std::size_t i)
+{
+    const std::size_t n = validUtf8Length(s, i);
+    return n == 0 ? 1 : n;
 }
 
 std::string codepointToUtf8(uint32_t cp)
@@ -58,125 +93,85 @@ std::string replaceAll(std::string s, const std::string& from, const std::string
     return s;
 }
 
+// The byte of a "<0xXX>" piece, -1 for any other piece (a hostile vocabulary may hold "<0xZZ>").
+int byteOfPiece(const std::string& p)
+{
+    if (p.size() != 6 || p.compare(0, 3, "<0x") != 0 || p[5] != '>')
+        return -1;
+    int v = 0;
+    for (int k = 3; k < 5; ++k) {
+        const char c = p[static_cast<std::size_t>(k)];
+        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+uint64_t pairKey(int a, int b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
+
 struct PcreDeleter {
     void operator()(pcre2_code* c) const { pcre2_code_free(c); }
+};
+struct MatchDataDeleter {
+    void operator()(pcre2_match_data* m) const { pcre2_match_data_free(m); }
 };
 
 class HfBpeTokenizer final : public Tokenizer {
 public:
-    explicit HfBpeTokenizer(const std::filesystem::path& file)
+    explicit HfBpeTokenizer(const std::filesystem::path& file) : m_file(file.string())
     {
-        const std::string src = file.string();
         std::error_code ec;
         const auto size = std::filesystem::file_size(file, ec);
         if (ec)
-            throw Error("cannot open tokenizer '" + src + "'");
+            throw Error("cannot open tokenizer '" + m_file + "'");
         if (size > kMaxFileBytes)
-            throw Error(src + ": tokenizer file larger than 512 MiB");
+            throw Error(m_file + ": tokenizer file larger than 512 MiB");
         nlohmann::json j;
         try {
             j = nlohmann::json::parse(readTextFile(file));
         } catch (const nlohmann::json::exception& e) {
-            throw Error(src + ": invalid JSON: " + e.what());
+            throw Error(m_file + ": invalid JSON: " + e.what());
         }
-        if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
-            throw Error(src + ": expected an object with a 'model' object");
-        const auto& m = j["model"];
-        const std::string type = m.value("type", "BPE");
-        if (type != "BPE")
-            throw Error(src + ": model type '" + type + "' is not supported (expected BPE)");
-        if (!m.contains("vocab") || !m["vocab"].is_object())
-            throw Error(src + ": 'model.vocab' must be an object of piece -> id");
-        if (m["vocab"].size() > kMaxVocab)
-            throw Error(src + ": vocabulary of " + std::to_string(m["vocab"].size()) + " entries exceeds the limit");
-        int maxId = -1;
-        for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
-            if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-                it.value().get<int64_t>() >= int64_t(kMaxVocab))
-                throw Error(src + ": vocab entry '" + it.key() + "' must have a non-negative integer id");
-            const int id = it.value().get<int>();
-            m_vocab[it.key()] = id;
-            maxId = std::max(maxId, id);
+        // Every structural check below names its key; a wrong type that slips past them still
+        // surfaces as an Error naming the file and the section being read.
+        try {
+            load(j);
+        } catch (const nlohmann::json::exception& e) {
+            throw Error(m_file + ": unexpected structure in '" + m_section + "': " + e.what());
         }
-        if (j.contains("added_tokens") && j["added_tokens"].is_array())
-            for (const auto& a : j["added_tokens"]) {
-                if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
-                    !a["content"].is_string())
-                    throw Error(src + ": 'added_tokens' entries need integer 'id' and string 'content'");
-                const int id = a["id"].get<int>();
-                if (id < 0 || id >= int(kMaxVocab))
-                    throw Error(src + ": added token id out of range");
-                m_vocab[a["content"].get<std::string>()] = id;
-                maxId = std::max(maxId, id);
-                // Special (control) tokens are never read from text, as SentencePiece does: data
-                // cannot inject <s> or </s>. Other added tokens are matched before BPE.
-                if (a.value("special", false))
-                    m_special.insert(id);
-                else
-                    m_added[a["content"].get<std::string>()] = id;
-            }
-        m_pieces.assign(static_cast<std::size_t>(maxId + 1), std::string());
-        for (const auto& [piece, id] : m_vocab)
-            m_pieces[static_cast<std::size_t>(id)] = piece;
-        if (m.contains("merges")) {
-            if (!m["merges"].is_array())
-                throw Error(src + ": 'model.merges' must be an array");
-            int rank = 0;
-            for (const auto& mg : m["merges"]) {
-                std::string a, b;
-                if (mg.is_string()) {
-                    const std::string s = mg.get<std::string>();
-                    const auto sp = s.find(' ', 1);
-                    if (sp == std::string::npos)
-                        throw Error(src + ": merge '" + s + "' is not 'left right'");
-                    a = s.substr(0, sp);
-                    b = s.substr(sp + 1);
-                } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
-                    a = mg[0].get<std::string>();
-                    b = mg[1].get<std::string>();
-                } else {
-                    throw Error(src + ": merges must be strings 'a b' or pairs [a, b]");
-                }
-                m_ranks.emplace(a + '\x01' + b, rank++);
-                auto merged = m_vocab.find(a + b);
-                if (merged != m_vocab.end() && m_mergeRank.find(merged->second) == m_mergeRank.end())
-                    m_mergeRank[merged->second] = rank;
-            }
-        }
-        m_byteFallback = m.value("byte_fallback", false);
-        m_fuseUnk = m.value("fuse_unk", false);
-        if (m.contains("unk_token") && m["unk_token"].is_string()) {
-            auto it = m_vocab.find(m["unk_token"].get<std::string>());
-            m_unk = it == m_vocab.end() ? -1 : it->second;
-        }
-        parsePipeline(j, src);
-        m_bos = findAny({"<s>", "<|begin_of_text|>", "<|endoftext|>"});
-        m_eos = findAny({"</s>", "<|end_of_text|>", "<|endoftext|>"});
-        if (m_byteLevel)
-            buildByteTables();
     }
 
     std::vector<int> encode(const std::string& text) const override
     {
         std::vector<int> out;
-        // Non-special added tokens are matched in the raw text first (as the tokenizers library does).
+        // Non-special added tokens are cut out of the raw text first, leftmost then longest, as
+        // the tokenizers library does. Each token's next occurrence is cached so a long text
+        // with many matches stays linear per token.
+        std::vector<std::size_t> next(m_added.size(), 0);
+        std::vector<bool> fresh(m_added.size(), false);
         std::size_t pos = 0;
+        bool first = true;
         while (pos <= text.size()) {
             std::size_t best = std::string::npos, bestLen = 0;
             int bestId = -1;
-            for (const auto& [content, id] : m_added) {
-                if (content.empty())
-                    continue;
-                const auto f = text.find(content, pos);
-                if (f != std::string::npos && (f < best || (f == best && content.size() > bestLen))) {
+            for (std::size_t k = 0; k < m_added.size(); ++k) {
+                if (!fresh[k] || (next[k] != std::string::npos && next[k] < pos)) {
+                    next[k] = text.find(m_added[k].first, pos);
+                    fresh[k] = true;
+                }
+                const std::size_t f = next[k];
+                if (f != std::string::npos && (f < best || (f == best && m_added[k].first.size() > bestLen))) {
                     best = f;
-                    bestLen = content.size();
-                    bestId = id;
+                    bestLen = m_added[k].first.size();
+                    bestId = m_added[k].second;
                 }
             }
             const std::size_t end = best == std::string::npos ? text.size() : best;
             if (end > pos)
-                encodeSection(text.substr(pos, end - pos), pos == 0, out);
+                encodeSegment(text.substr(pos, end - pos), first, out);
+            first = false;
             if (best == std::string::npos)
                 break;
             out.push_back(bestId);
@@ -189,37 +184,40 @@ public:
     {
         std::string out;
         for (int id : ids) {
-            if (id < 0 || id >= vocabSize())
+            if (id < 0 || id >= vocabSize() || m_special.count(id))
                 continue;
             const std::string& p = m_pieces[static_cast<std::size_t>(id)];
-            if (m_special.count(id))
-                continue;
-            if (m_byteLevel) {
+            if (m_addedIds.count(id)) {
+                out += p; // added tokens are stored as their literal text
+            } else if (m_byteLevel) {
                 for (std::size_t i = 0; i < p.size();) {
-                    const std::size_t n = utf8Length(static_cast<unsigned char>(p[i]));
+                    const std::size_t n = unitLength(p, i);
                     auto it = m_unicodeToByte.find(p.substr(i, n));
                     if (it != m_unicodeToByte.end())
                         out.push_back(static_cast<char>(it->second));
                     i += n;
                 }
-            } else if (p.size() == 6 && p.rfind("<0x", 0) == 0 && p.back() == '>') {
-                out.push_back(static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
+            } else if (const int b = byteOfPiece(p); b >= 0) {
+                out.push_back(static_cast<char>(b));
             } else {
-                out += replaceAll(p, kMetaspace, " ");
+                out += replaceAll(p, m_replacement, " ");
             }
         }
-        if (!m_byteLevel && m_prependMetaspace && !out.empty() && out.front() == ' ')
+        // The Strip decoder of these files removes the one space the prepend added.
+        if (!m_byteLevel && m_prepends && !out.empty() && out.front() == ' ')
             out.erase(0, 1);
         return out;
     }
 
     int vocabSize() const override { return static_cast<int>(m_pieces.size()); }
-    std::string piece(int id) const override { return m_pieces.at(static_cast<std::size_t>(checkedId(id))); }
-    // BPE has no piece scores: earlier merges rank higher, which is what a score orders by.
+    std::string piece(int id) const override { return m_pieces[static_cast<std::size_t>(checkedId(id))]; }
+    // BPE has no piece scores. What a score orders by is merge priority, so a token made by the
+    // merge of rank r (0-based, the first such merge) scores -(r + 1); base tokens, byte tokens
+    // and added tokens score 0.
     float score(int id) const override
     {
         auto it = m_mergeRank.find(checkedId(id));
-        return it == m_mergeRank.end() ? 0.0f : -static_cast<float>(it->second);
+        return it == m_mergeRank.end() ? 0.0f : -static_cast<float>(it->second + 1);
     }
     TokenType tokenType(int id) const override
     {
@@ -228,10 +226,9 @@ public:
             return TokenType::Unknown;
         if (m_special.count(id))
             return TokenType::Control;
-        if (m_added.count(m_pieces[static_cast<std::size_t>(id)]))
+        if (m_addedIds.count(id))
             return TokenType::UserDefined;
-        const std::string& p = m_pieces[static_cast<std::size_t>(id)];
-        if (!m_byteLevel && p.size() == 6 && p.rfind("<0x", 0) == 0)
+        if (!m_byteLevel && byteOfPiece(m_pieces[static_cast<std::size_t>(id)]) >= 0)
             return TokenType::Byte;
         return TokenType::Normal;
     }
@@ -240,6 +237,142 @@ public:
     std::string kind() const override { return m_byteLevel ? "bpe-byte-level" : "bpe-byte-fallback"; }
 
 private:
+    enum class PrependScheme { Never, First, Always };
+    struct NormalizerStep {
+        bool prepend; // else a Replace of `from` by `to`
+        std::string from, to;
+    };
+    struct PreTokenizerStage {
+        enum class Kind { Regex, ByteLevel, Metaspace } kind;
+        std::unique_ptr<pcre2_code, PcreDeleter> regex; // Regex; ByteLevel with use_regex
+        bool addPrefixSpace = false;                    // ByteLevel
+        PrependScheme prepend = PrependScheme::Never;   // Metaspace
+        bool split = true;                              // Metaspace
+        std::string replacement;                        // Metaspace
+    };
+
+    [[noreturn]] void fail(const std::string& what) const { throw Error(m_file + ": " + what); }
+
+    void load(const nlohmann::json& j)
+    {
+        m_section = "model";
+        if (!j.is_object() || !j.contains("model") || !j["model"].is_object())
+            fail("expected an object with a 'model' object");
+        const auto& m = j["model"];
+        if (m.contains("type") && !m["type"].is_string())
+            fail("'model.type' must be a string");
+        const std::string type = m.value("type", "BPE");
+        if (type != "BPE")
+            fail("model type '" + type + "' is not supported (expected BPE)");
+
+        m_section = "model.vocab";
+        if (!m.contains("vocab") || !m["vocab"].is_object())
+            fail("'model.vocab' must be an object of piece -> id");
+        if (m["vocab"].size() > kMaxVocab)
+            fail("'model.vocab' has " + std::to_string(m["vocab"].size()) + " entries, more than the limit of " +
+                 std::to_string(kMaxVocab));
+        int maxId = -1;
+        for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
+            if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
+                it.value().get<int64_t>() >= int64_t(kMaxVocab))
+                fail("'model.vocab' entry '" + it.key() + "' must have an integer id in [0, " +
+                     std::to_string(kMaxVocab) + ")");
+            const int id = it.value().get<int>();
+            m_vocab[it.key()] = id;
+            maxId = std::max(maxId, id);
+        }
+
+        m_section = "added_tokens";
+        if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
+            if (!j["added_tokens"].is_array() || j["added_tokens"].size() > kMaxVocab)
+                fail("'added_tokens' must be an array of at most " + std::to_string(kMaxVocab) + " entries");
+            for (const auto& a : j["added_tokens"]) {
+                if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
+                    !a["content"].is_string() || (a.contains("special") && !a["special"].is_boolean()))
+                    fail("'added_tokens' entries need an integer 'id', a string 'content' and a boolean 'special'");
+                const int64_t id64 = a["id"].get<int64_t>();
+                const std::string content = a["content"].get<std::string>();
+                if (id64 < 0 || id64 >= int64_t(kMaxVocab) || content.empty())
+                    fail("'added_tokens' entry '" + content + "' has an id out of range or empty content");
+                const int id = static_cast<int>(id64);
+                m_vocab[content] = id;
+                maxId = std::max(maxId, id);
+                // Special (control) tokens are never read from text, as SentencePiece does: data
+                // cannot inject <s> or </s>. Other added tokens are matched before BPE.
+                if (a.value("special", false)) {
+                    m_special.insert(id);
+                } else {
+                    m_added.emplace_back(content, id);
+                    m_addedIds.insert(id);
+                }
+            }
+        }
+        m_pieces.assign(static_cast<std::size_t>(maxId + 1), std::string());
+        for (const auto& [piece, id] : m_vocab)
+            m_pieces[static_cast<std::size_t>(id)] = piece;
+
+        m_section = "model.merges";
+        if (m.contains("merges") && !m["merges"].is_null()) {
+            if (!m["merges"].is_array())
+                fail("'model.merges' must be an array");
+            int rank = 0;
+            for (const auto& mg : m["merges"]) {
+                std::string a, b;
+                if (mg.is_string()) {
+                    const std::string s = mg.get<std::string>();
+                    const auto sp = s.find(' ', 1);
+                    if (sp == std::string::npos)
+                        fail("'model.merges' entry '" + s + "' is not 'left right'");
+                    a = s.substr(0, sp);
+                    b = s.substr(sp + 1);
+                } else if (mg.is_array() && mg.size() == 2 && mg[0].is_string() && mg[1].is_string()) {
+                    a = mg[0].get<std::string>();
+                    b = mg[1].get<std::string>();
+                } else {
+                    fail("'model.merges' entries must be strings 'a b' or pairs [a, b]");
+                }
+                // As in the tokenizers library, both halves and the result must be tokens.
+                const auto ia = m_vocab.find(a), ib = m_vocab.find(b), iab = m_vocab.find(a + b);
+                if (ia == m_vocab.end() || ib == m_vocab.end() || iab == m_vocab.end())
+                    fail("'model.merges' entry '" + a + " " + b + "' uses or makes a piece missing from 'model.vocab'");
+                m_merges.emplace(pairKey(ia->second, ib->second), std::make_pair(rank, iab->second));
+                m_mergeRank.emplace(iab->second, rank);
+                ++rank;
+            }
+        }
+
+        m_section = "model";
+        if (m.contains("byte_fallback") && !m["byte_fallback"].is_boolean())
+            fail("'model.byte_fallback' must be a boolean");
+        m_byteFallback = m.value("byte_fallback", false);
+        m_fuseUnk = m.contains("fuse_unk") && m["fuse_unk"].is_boolean() && m["fuse_unk"].get<bool>();
+        if (m.contains("unk_token") && m["unk_token"].is_string()) {
+            auto it = m_vocab.find(m["unk_token"].get<std::string>());
+            m_unk = it == m_vocab.end() ? -1 : it->second;
+        }
+        if (m_byteFallback)
+            for (int b = 0; b < 256; ++b) {
+                char name[8];
+                std::snprintf(name, sizeof name, "<0x%02X>", b);
+                auto it = m_vocab.find(name);
+                m_byteIds[b] = it == m_vocab.end() ? -1 : it->second;
+            }
+
+        m_section = "normalizer";
+        if (j.contains("normalizer") && !j["normalizer"].is_null())
+            parseNormalizer(j["normalizer"]);
+        m_section = "pre_tokenizer";
+        if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null())
+            parsePreTokenizer(j["pre_tokenizer"]);
+        m_section = "model";
+        if (!m_byteLevel && !m_byteFallback && m_unk < 0)
+            fail("BPE without 'model.byte_fallback' or a ByteLevel pre-tokenizer needs a 'model.unk_token' in the vocabulary");
+
+        m_bos = findAny({"<s>", "<|begin_of_text|>", "<|endoftext|>"});
+        m_eos = findAny({"</s>", "<|end_of_text|>", "<|endoftext|>"});
+        if (m_byteLevel)
+            buildByteTables();
+    }
 
     int findAny(std::initializer_list<const char*> names) const
     {
@@ -251,79 +384,105 @@ private:
         return -1;
     }
 
-    void collectPreTokenizers(const nlohmann::json& p, const std::string& src)
+    static std::string stringField(const nlohmann::json& o, const char* key, const std::string& fallback)
     {
-        if (p.is_null())
-            return;
-        if (!p.is_object())
-            throw Error(src + ": 'pre_tokenizer' must be an object");
-        const std::string type = p.value("type", "");
+        return o.contains(key) && o[key].is_string() ? o[key].get<std::string>() : fallback;
+    }
+
+    void parseNormalizer(const nlohmann::json& n)
+    {
+        if (!n.is_object())
+            fail("'normalizer' must be an object");
+        const std::string type = stringField(n, "type", "");
         if (type == "Sequence") {
-            for (const auto& q : p.value("pretokenizers", nlohmann::json::array()))
-                collectPreTokenizers(q, src);
+            if (!n.contains("normalizers") || !n["normalizers"].is_array())
+                fail("'normalizer' Sequence needs a 'normalizers' array");
+            for (const auto& s : n["normalizers"])
+                parseNormalizer(s);
+        } else if (type == "Prepend") {
+            if (!n.contains("prepend") || !n["prepend"].is_string())
+                fail("'normalizer' Prepend needs a string 'prepend'");
+            m_normalizer.push_back({true, "", n["prepend"].get<std::string>()});
+            m_prepends = true;
+        } else if (type == "Replace") {
+            if (!n.contains("pattern") || !n["pattern"].is_object() || !n["pattern"].contains("String") ||
+                !n["pattern"]["String"].is_string() || !n.contains("content") || !n["content"].is_string())
+                fail("'normalizer' Replace is supported with a {\"String\": ...} 'pattern' and a string 'content'");
+            m_normalizer.push_back({false, n["pattern"]["String"].get<std::string>(), n["content"].get<std::string>()});
+            if (n["pattern"]["String"] == " ")
+                m_replacement = n["content"].get<std::string>();
+        } else if (type == "NFC" || type == "NFKC") {
+            // Not applied: text that is already NFC (all ASCII, and what editors write) is
+            // unchanged by it; the models that declare it are byte-level ones, which never fail.
+        } else {
+            fail("normalizer '" + type + "' is not supported");
+        }
+    }
+
+    void parsePreTokenizer(const nlohmann::json& p)
+    {
+        if (!p.is_object())
+            fail("'pre_tokenizer' must be an object");
+        const std::string type = stringField(p, "type", "");
+        PreTokenizerStage stage;
+        if (type == "Sequence") {
+            if (!p.contains("pretokenizers") || !p["pretokenizers"].is_array())
+                fail("'pre_tokenizer' Sequence needs a 'pretokenizers' array");
+            for (const auto& q : p["pretokenizers"])
+                parsePreTokenizer(q);
+            return;
         } else if (type == "ByteLevel") {
             m_byteLevel = true;
-            m_addPrefixSpace = p.value("add_prefix_space", false);
-            if (p.value("use_regex", true) && !m_regex)
-                compileRegex(kGpt2Pattern, src);
+            stage.kind = PreTokenizerStage::Kind::ByteLevel;
+            stage.addPrefixSpace = p.contains("add_prefix_space") && p["add_prefix_space"].is_boolean() &&
+                                   p["add_prefix_space"].get<bool>();
+            if (!(p.contains("use_regex") && p["use_regex"].is_boolean() && !p["use_regex"].get<bool>()))
+                stage.regex = compileRegex(kGpt2Pattern, false);
         } else if (type == "Split") {
-            std::string pattern;
-            if (p.contains("pattern") && p["pattern"].is_object()) {
-                if (p["pattern"].contains("Regex"))
-                    pattern = p["pattern"]["Regex"].get<std::string>();
-                else if (p["pattern"].contains("String"))
-                    throw Error(src + ": Split pre-tokenizer with a plain String pattern is not supported");
-            }
-            if (pattern.empty())
-                throw Error(src + ": Split pre-tokenizer needs a 'pattern' with a 'Regex'");
-            compileRegex(pattern, src);
-        } else if (type == "Metaspace") {
-            const std::string scheme = p.value("prepend_scheme", p.value("add_prefix_space", true) ? "always" : "never");
-            m_prependMetaspace = scheme != "never";
-            m_replaceSpaces = true;
-        } else {
-            throw Error(src + ": pre-tokenizer '" + type + "' is not supported");
-        }
-    }
-
-    void parsePipeline(const nlohmann::json& j, const std::string& src)
-    {
-        if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-            const auto& n = j["normalizer"];
-            std::vector<nlohmann::json> steps;
-            if (n.value("type", "") == "Sequence")
-                for (const auto& s : n.value("normalizers", nlohmann::json::array()))
-                    steps.push_back(s);
+            stage.kind = PreTokenizerStage::Kind::Regex;
+            const std::string behavior = stringField(p, "behavior", "Isolated");
+            if (behavior != "Isolated" || (p.contains("invert") && p["invert"] == true))
+                fail("Split pre-tokenizer is supported with behavior 'Isolated' and no 'invert' (found '" + behavior + "')");
+            const auto& pattern = p.contains("pattern") ? p["pattern"] : nlohmann::json();
+            if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string())
+                stage.regex = compileRegex(pattern["Regex"].get<std::string>(), false);
+            else if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string())
+                stage.regex = compileRegex(pattern["String"].get<std::string>(), true);
             else
-                steps.push_back(n);
-            for (const auto& s : steps) {
-                const std::string type = s.value("type", "");
-                if (type == "Prepend" && s.value("prepend", "") == kMetaspace)
-                    m_prependMetaspace = true;
-                else if (type == "Replace" && s.contains("pattern") && s["pattern"].value("String", "") == " " &&
-                         s.value("content", "") == kMetaspace)
-                    m_replaceSpaces = true;
-                else if (type == "NFC" || type == "NFKC")
-                    ; // ASCII/NFC input passes through; full Unicode normalisation is not applied
-                else
-                    throw Error(src + ": normalizer '" + type + "' is not supported");
-            }
+                fail("Split pre-tokenizer needs a 'pattern' with a string 'Regex' or 'String'");
+        } else if (type == "Metaspace") {
+            stage.kind = PreTokenizerStage::Kind::Metaspace;
+            stage.replacement = stringField(p, "replacement", kMetaspace);
+            if (stage.replacement.empty())
+                fail("Metaspace pre-tokenizer needs a non-empty 'replacement'");
+            // Newer files say prepend_scheme, older ones add_prefix_space.
+            const bool legacyPrefix = !p.contains("add_prefix_space") || p["add_prefix_space"] == true;
+            const std::string scheme = stringField(p, "prepend_scheme", legacyPrefix ? "always" : "never");
+            if (scheme != "always" && scheme != "first" && scheme != "never")
+                fail("Metaspace 'prepend_scheme' must be always, first or never (found '" + scheme + "')");
+            stage.prepend = scheme == "always" ? PrependScheme::Always : scheme == "first" ? PrependScheme::First : PrependScheme::Never;
+            stage.split = !(p.contains("split") && p["split"] == false);
+            m_replacement = stage.replacement;
+            m_prepends = m_prepends || stage.prepend != PrependScheme::Never;
+        } else {
+            fail("pre-tokenizer '" + type + "' is not supported");
         }
-        if (j.contains("pre_tokenizer"))
-            collectPreTokenizers(j["pre_tokenizer"], src);
-        if (!m_byteLevel && !m_byteFallback && m_unk < 0)
-            throw Error(src + ": BPE without byte_fallback needs an unk_token");
+        m_preTokenizer.push_back(std::move(stage));
     }
 
-    void compileRegex(const std::string& pattern, const std::string& src)
+    std::unique_ptr<pcre2_code, PcreDeleter> compileRegex(const std::string& pattern, bool literal) const
     {
         int err = 0;
         PCRE2_SIZE offset = 0;
         pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), pattern.size(),
-                                         PCRE2_UTF | PCRE2_UCP, &err, &offset, nullptr);
-        if (!code)
-            throw Error(src + ": pre-tokenizer regex does not compile at offset " + std::to_string(offset));
-        m_regex.reset(code);
+                                         PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0u), &err, &offset, nullptr);
+        if (!code) {
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(err, msg, sizeof msg);
+            fail("pre-tokenizer pattern does not compile at offset " + std::to_string(offset) + ": " +
+                 reinterpret_cast<const char*>(msg));
+        }
+        return std::unique_ptr<pcre2_code, PcreDeleter>(code);
     }
 
     void buildByteTables()
@@ -338,82 +497,186 @@ private:
         }
     }
 
-    std::vector<std::string> preTokenize(const std::string& text) const
+    // "Isolated" split: matches and the gaps between them are pieces. The regex runs only over
+    // well-formed UTF-8 runs, with PCRE2's own UTF check off: that check rescans the subject
+    // from the start offset to its end on every call, which made a whole book quadratic. A
+    // malformed byte (possible in byte-level mode) is a piece of its own.
+    void splitByRegex(const pcre2_code* re, pcre2_match_data* md, const std::string& s,
+                      std::vector<std::string>& out) const
     {
-        if (!m_regex)
-            return {text};
-        std::vector<std::string> out;
-        std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
-            pcre2_match_data_create_from_pattern(m_regex.get(), nullptr), &pcre2_match_data_free);
+        std::size_t i = 0;
+        while (i < s.size()) {
+            std::size_t j = i;
+            for (std::size_t n; j < s.size() && (n = validUtf8Length(s, j)) != 0;)
+                j += n;
+            if (j > i)
+                splitValidRun(re, md, s.substr(i, j - i), out);
+            if (j < s.size())
+                out.push_back(s.substr(j++, 1));
+            i = j;
+        }
+    }
+
+    void splitValidRun(const pcre2_code* re, pcre2_match_data* md, const std::string& text,
+                       std::vector<std::string>& out) const
+    {
         PCRE2_SIZE start = 0, last = 0;
         while (start <= text.size()) {
-            const int rc = pcre2_match(m_regex.get(), reinterpret_cast<PCRE2_SPTR>(text.c_str()), text.size(), start,
-                                       0, md.get(), nullptr);
-            if (rc < 0)
+            const int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
+                                       PCRE2_NO_UTF_CHECK, md, nullptr);
+            if (rc == PCRE2_ERROR_NOMATCH)
                 break;
-            const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+            if (rc < 0) {
+                PCRE2_UCHAR msg[256];
+                pcre2_get_error_message(rc, msg, sizeof msg);
+                fail("pre-tokenizer regex failed on the input: " + std::string(reinterpret_cast<const char*>(msg)));
+            }
+            const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
             if (ov[0] > last)
-                out.push_back(text.substr(last, ov[0] - last)); // "Isolated": gaps are pieces too
+                out.push_back(text.substr(last, ov[0] - last));
             if (ov[1] > ov[0])
                 out.push_back(text.substr(ov[0], ov[1] - ov[0]));
             last = ov[1];
-            start = ov[1] > ov[0] ? ov[1] : ov[1] + utf8Length(static_cast<unsigned char>(text[ov[1]]));
+            if (ov[1] > ov[0])
+                start = ov[1];
+            else if (ov[1] < text.size())
+                start = ov[1] + validUtf8Length(text, ov[1]);
+            else
+                break;
         }
         if (last < text.size())
             out.push_back(text.substr(last));
-        return out;
     }
 
-    void encodeSection(const std::string& raw, bool first, std::vector<int>& out) const
+    // Metaspace as the library runs it: spaces become the replacement, the replacement is
+    // prepended unless the piece already starts with it, and with `split` every replacement
+    // starts a new piece (MergedWithNext).
+    void metaspace(const PreTokenizerStage& st, const std::string& s, bool atTextStart, std::vector<std::string>& out) const
     {
-        if (m_byteLevel) {
-            const std::string text = (m_addPrefixSpace && first && !raw.empty() && raw[0] != ' ') ? " " + raw : raw;
-            for (const auto& word : preTokenize(text)) {
-                std::string mapped;
-                for (unsigned char c : word)
-                    mapped += m_byteToUnicode[c];
-                bpe(mapped, out);
-            }
+        std::string t = replaceAll(s, " ", st.replacement);
+        const bool prepend = st.prepend == PrependScheme::Always || (st.prepend == PrependScheme::First && atTextStart);
+        if (prepend && t.compare(0, st.replacement.size(), st.replacement) != 0)
+            t = st.replacement + t;
+        if (!st.split) {
+            out.push_back(std::move(t));
             return;
         }
-        std::string text = m_replaceSpaces ? replaceAll(raw, " ", kMetaspace) : raw;
-        if (m_prependMetaspace && first)
-            text = kMetaspace + text;
-        bpe(text, out);
+        std::size_t begin = 0;
+        for (std::size_t f; (f = t.find(st.replacement, begin + 1)) != std::string::npos; begin = f)
+            out.push_back(t.substr(begin, f - begin));
+        if (begin < t.size())
+            out.push_back(t.substr(begin));
     }
 
-    // Classic BPE over the UTF-8 characters of `word`: repeatedly merge the adjacent pair with
-    // the lowest merge rank (a heap of candidate pairs over a linked list of symbols).
+    void encodeSegment(const std::string& raw, bool atTextStart, std::vector<int>& out) const
+    {
+        std::string text;
+        if (m_byteLevel) {
+            text = raw;
+        } else {
+            text.reserve(raw.size());
+            for (std::size_t i = 0; i < raw.size();) {
+                const std::size_t n = validUtf8Length(raw, i);
+                text += n == 0 ? kReplacementChar : raw.substr(i, n);
+                i += n == 0 ? 1 : n;
+            }
+        }
+        for (const auto& step : m_normalizer) {
+            if (step.prepend) {
+                if (!text.empty())
+                    text = step.to + text;
+            } else {
+                text = replaceAll(std::move(text), step.from, step.to);
+            }
+        }
+        std::vector<std::string> pieces{std::move(text)};
+        if (!m_preTokenizer.empty()) {
+            std::unique_ptr<pcre2_match_data, MatchDataDeleter> md(pcre2_match_data_create(4, nullptr));
+            for (const auto& st : m_preTokenizer) {
+                std::vector<std::string> next;
+                for (std::size_t k = 0; k < pieces.size(); ++k) {
+                    const std::string& p = pieces[k];
+                    if (p.empty())
+                        continue;
+                    if (st.kind == PreTokenizerStage::Kind::Metaspace) {
+                        metaspace(st, p, atTextStart && k == 0, next);
+                    } else if (st.kind == PreTokenizerStage::Kind::Regex) {
+                        splitByRegex(st.regex.get(), md.get(), p, next);
+                    } else {
+                        const std::string q = st.addPrefixSpace && p[0] != ' ' ? " " + p : p;
+                        std::vector<std::string> words;
+                        if (st.regex)
+                            splitByRegex(st.regex.get(), md.get(), q, words);
+                        else
+                            words.push_back(q);
+                        for (const auto& w : words) {
+                            std::string mapped;
+                            mapped.reserve(w.size() * 2);
+                            for (unsigned char c : w)
+                                mapped += m_byteToUnicode[c];
+                            next.push_back(std::move(mapped));
+                        }
+                    }
+                }
+                pieces = std::move(next);
+            }
+        }
+        for (const auto& p : pieces)
+            bpe(p, out);
+    }
+
+    // BPE as the tokenizers library runs it: every character is a symbol (a vocabulary id, or
+    // its <0xXX> byte tokens, or <unk>), then the adjacent pair with the lowest merge rank is
+    // merged until none is left. A heap of candidate pairs over a linked list of symbols keeps a
+    // whole book in one word at O(n log n).
     void bpe(const std::string& word, std::vector<int>& out) const
     {
         struct Sym {
-            std::size_t start, len;
-            int prev, next;
+            int id, prev, next;
+            bool alive;
         };
         std::vector<Sym> syms;
+        syms.reserve(word.size());
+        auto add = [&](int id) {
+            syms.push_back({id, static_cast<int>(syms.size()) - 1, static_cast<int>(syms.size()) + 1, true});
+        };
         for (std::size_t i = 0; i < word.size();) {
-            const std::size_t n = std::min(utf8Length(static_cast<unsigned char>(word[i])), word.size() - i);
-            syms.push_back({i, n, static_cast<int>(syms.size()) - 1, static_cast<int>(syms.size()) + 1});
+            const std::size_t n = unitLength(word, i);
+            auto it = m_vocab.find(word.substr(i, n));
+            if (it != m_vocab.end()) {
+                add(it->second);
+            } else {
+                bool all = m_byteFallback;
+                for (std::size_t k = i; all && k < i + n; ++k)
+                    all = m_byteIds[static_cast<unsigned char>(word[k])] >= 0;
+                if (all) {
+                    for (std::size_t k = i; k < i + n; ++k)
+                        add(m_byteIds[static_cast<unsigned char>(word[k])]);
+                } else if (m_unk >= 0 && !(m_fuseUnk && !syms.empty() && syms.back().id == m_unk)) {
+                    add(m_unk);
+                } // with neither, the library drops the character; so do we
+            }
             i += n;
         }
         if (syms.empty())
             return;
         syms.back().next = -1;
+
         struct Cand {
-            int rank, left;
-            std::size_t leftLen, rightLen;
+            int rank, left, right, leftId, rightId;
             bool operator<(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
         };
         std::priority_queue<Cand> heap;
         auto push = [&](int left) {
+            if (left < 0)
+                return;
             const int right = syms[static_cast<std::size_t>(left)].next;
             if (right < 0)
                 return;
-            const auto& a = syms[static_cast<std::size_t>(left)];
-            const auto& b = syms[static_cast<std::size_t>(right)];
-            auto it = m_ranks.find(word.substr(a.start, a.len) + '\x01' + word.substr(b.start, b.len));
-            if (it != m_ranks.end())
-                heap.push({it->second, left, a.len, b.len});
+            const int a = syms[static_cast<std::size_t>(left)].id, b = syms[static_cast<std::size_t>(right)].id;
+            auto it = m_merges.find(pairKey(a, b));
+            if (it != m_merges.end())
+                heap.push({it->second.first, left, right, a, b});
         };
         for (int i = 0; i + 1 < static_cast<int>(syms.size()); ++i)
             push(i);
@@ -421,70 +684,43 @@ private:
             const Cand c = heap.top();
             heap.pop();
             auto& a = syms[static_cast<std::size_t>(c.left)];
-            if (a.len == 0 || a.len != c.leftLen || a.next < 0)
-                continue; // stale: the left symbol changed since this pair was queued
-            auto& b = syms[static_cast<std::size_t>(a.next)];
-            if (b.len != c.rightLen)
+            // Stale entries: a side was merged away or changed since this pair was queued.
+            if (!a.alive || a.next != c.right || a.id != c.leftId)
                 continue;
-            a.len += b.len;
-            b.len = 0;
+            auto& b = syms[static_cast<std::size_t>(c.right)];
+            if (!b.alive || b.id != c.rightId)
+                continue;
+            a.id = m_merges.at(pairKey(c.leftId, c.rightId)).second;
+            b.alive = false;
             a.next = b.next;
             if (b.next >= 0)
                 syms[static_cast<std::size_t>(b.next)].prev = c.left;
-            if (a.prev >= 0)
-                push(a.prev);
+            push(a.prev);
             push(c.left);
         }
-        bool lastUnk = false;
-        for (int i = 0; i >= 0; i = syms[static_cast<std::size_t>(i)].next) {
-            const auto& s = syms[static_cast<std::size_t>(i)];
-            const std::string piece = word.substr(s.start, s.len);
-            auto it = m_vocab.find(piece);
-            if (it != m_vocab.end()) {
-                out.push_back(it->second);
-                lastUnk = false;
-                continue;
-            }
-            if (m_byteFallback) {
-                bool all = true;
-                std::vector<int> bytes;
-                for (unsigned char ch : piece) {
-                    char name[8];
-                    std::snprintf(name, sizeof name, "<0x%02X>", ch);
-                    auto bt = m_vocab.find(name);
-                    if (bt == m_vocab.end()) {
-                        all = false;
-                        break;
-                    }
-                    bytes.push_back(bt->second);
-                }
-                if (all) {
-                    out.insert(out.end(), bytes.begin(), bytes.end());
-                    lastUnk = false;
-                    continue;
-                }
-            }
-            if (m_unk >= 0 && !(m_fuseUnk && lastUnk))
-                out.push_back(m_unk);
-            lastUnk = true;
-        }
+        for (int i = 0; i >= 0; i = syms[static_cast<std::size_t>(i)].next)
+            out.push_back(syms[static_cast<std::size_t>(i)].id);
     }
 
+    std::string m_file;
+    std::string m_section; // the key being read, for error messages
     std::unordered_map<std::string, int> m_vocab;
     std::vector<std::string> m_pieces;
-    std::unordered_map<std::string, int> m_ranks; // "left\x01right" -> merge rank
-    std::unordered_map<int, int> m_mergeRank;     // token id -> rank of the merge that makes it
-    std::map<std::string, int> m_added;
+    std::unordered_map<uint64_t, std::pair<int, int>> m_merges; // (left id, right id) -> (rank, merged id)
+    std::unordered_map<int, int> m_mergeRank;                   // token id -> rank of the first merge making it
+    std::vector<std::pair<std::string, int>> m_added;           // non-special added tokens
+    std::set<int> m_addedIds;
     std::set<int> m_special;
-    std::unique_ptr<pcre2_code, PcreDeleter> m_regex;
+    std::vector<NormalizerStep> m_normalizer;
+    std::vector<PreTokenizerStage> m_preTokenizer;
     std::string m_byteToUnicode[256];
     std::unordered_map<std::string, unsigned char> m_unicodeToByte;
+    int m_byteIds[256] = {};
+    std::string m_replacement = kMetaspace; // what decode turns back into spaces
     bool m_byteLevel = false;
     bool m_byteFallback = false;
     bool m_fuseUnk = false;
-    bool m_prependMetaspace = false;
-    bool m_replaceSpaces = false;
-    bool m_addPrefixSpace = false;
+    bool m_prepends = false; // some step prepends the replacement: decode strips one space
     int m_unk = -1;
     int m_bos = -1;
     int m_eos = -1;
