@@ -1,0 +1,269 @@
+#include "convert/construct.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include "common/error.h"
+
+namespace ladimo::core {
+
+Partition parsePartition(const std::string& name)
+{
+    if (name == "coact")
+        return Partition::Coactivation;
+    if (name == "contiguous")
+        return Partition::Contiguous;
+    if (name == "weights")
+        return Partition::Weights;
+    throw Error("unknown partition '" + name + "' (expected coact, contiguous or weights)");
+}
+
+const char* partitionName(Partition p)
+{
+    switch (p) {
+    case Partition::Coactivation: return "coact";
+    case Partition::Contiguous: return "contiguous";
+    case Partition::Weights: return "weights";
+    }
+    return "?";
+}
+
+namespace {
+
+std::vector<int64_t> capacities(int64_t neurons, int64_t experts)
+{
+    std::vector<int64_t> cap(static_cast<std::size_t>(experts), neurons / experts);
+    for (int64_t e = 0; e < neurons % experts; ++e)
+        ++cap[static_cast<std::size_t>(e)];
+    return cap;
+}
+
+// Balanced k-means on the rows of `features` [I, D] (unit-normalised, cosine geometry): each
+// assignment step gives every cluster exactly its capacity, taking (neuron, cluster) pairs in
+// order of similarity.
+std::vector<int64_t> balancedKMeans(const torch::Tensor& featuresIn, int64_t k, uint64_t seed, int iterations = 25)
+{
+    auto features = torch::nn::functional::normalize(featuresIn.to(torch::kFloat32),
+                                                     torch::nn::functional::NormalizeFuncOptions().dim(1));
+    const int64_t n = features.size(0);
+    const auto cap = capacities(n, k);
+    std::mt19937_64 rng(seed);
+    std::vector<int64_t> perm(static_cast<std::size_t>(n));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    auto centroids = features.index_select(0, torch::tensor(std::vector<int64_t>(perm.begin(), perm.begin() + k)));
+    std::vector<int64_t> assign(static_cast<std::size_t>(n), -1);
+    for (int it = 0; it < iterations; ++it) {
+        auto sim = torch::matmul(features, centroids.t()).contiguous(); // [n, k]
+        auto flat = sim.view(-1);
+        auto order = flat.argsort(/*dim=*/0, /*descending=*/true).to(torch::kCPU);
+        auto oacc = order.accessor<int64_t, 1>();
+        std::vector<int64_t> fill(static_cast<std::size_t>(k), 0), next(static_cast<std::size_t>(n), -1);
+        int64_t placed = 0;
+        for (int64_t i = 0; i < order.size(0) && placed < n; ++i) {
+            const int64_t neuron = oacc[i] / k, cluster = oacc[i] % k;
+            if (next[static_cast<std::size_t>(neuron)] >= 0 || fill[static_cast<std::size_t>(cluster)] >= cap[static_cast<std::size_t>(cluster)])
+                continue;
+            next[static_cast<std::size_t>(neuron)] = cluster;
+            ++fill[static_cast<std::size_t>(cluster)];
+            ++placed;
+        }
+        const bool same = next == assign;
+        assign = next;
+        if (same)
+            break;
+        auto a = torch::tensor(assign, torch::kInt64);
+        auto sums = torch::zeros({k, features.size(1)}).index_add(0, a, features);
+        centroids = torch::nn::functional::normalize(sums, torch::nn::functional::NormalizeFuncOptions().dim(1));
+    }
+    return assign;
+}
+
+// Padding neurons must stay zero so unequal experts stay exact (and counts stay honest).
+void zeroPadding(MoeLayer& l)
+{
+    torch::NoGradGuard ng;
+    const int64_t S = l.gate.size(1);
+    for (int64_t e = 0; e < l.numExperts(); ++e) {
+        const int64_t n = l.sizes[static_cast<std::size_t>(e)];
+        if (n == S)
+            continue;
+        l.gate[e].narrow(0, n, S - n).zero_();
+        l.up[e].narrow(0, n, S - n).zero_();
+        l.down[e].narrow(1, n, S - n).zero_();
+    }
+}
+
+} // namespace
+
+std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts,
+                                      Partition strategy, uint64_t seed)
+{
+    torch::NoGradGuard ng;
+    const int64_t I = ffn.gate.size(0);
+    if (experts < 1 || experts > I)
+        throw Error("cannot split " + std::to_string(I) + " FFN neurons into " + std::to_string(experts) + " experts");
+    if (strategy == Partition::Contiguous) {
+        std::vector<int64_t> a(static_cast<std::size_t>(I));
+        const auto cap = capacities(I, experts);
+        int64_t e = 0, used = 0;
+        for (int64_t i = 0; i < I; ++i) {
+            if (used == cap[static_cast<std::size_t>(e)]) {
+                ++e;
+                used = 0;
+            }
+            a[static_cast<std::size_t>(i)] = e;
+            ++used;
+        }
+        return a;
+    }
+    if (strategy == Partition::Weights)
+        return balancedKMeans(torch::cat({ffn.gate, ffn.up, ffn.down.t()}, 1), experts, seed);
+    // Co-activation: a neuron's profile is the magnitude of its contribution over calibration
+    // tokens; neurons that fire on the same tokens land in the same expert.
+    const int64_t T = std::min<int64_t>(x.size(0), 4096);
+    auto xs = x.narrow(0, 0, T).to(torch::kFloat32);
+    auto act = torch::silu(torch::matmul(xs, ffn.gate.to(torch::kFloat32).t())) * torch::matmul(xs, ffn.up.to(torch::kFloat32).t());
+    auto contribution = act.abs() * ffn.down.to(torch::kFloat32).norm(2, 0).unsqueeze(0); // [T, I]
+    return balancedKMeans(contribution.t(), experts, seed);
+}
+
+MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignment, int64_t experts, Gating gating)
+{
+    torch::NoGradGuard ng;
+    const int64_t H = ffn.gate.size(1);
+    std::vector<std::vector<int64_t>> members(static_cast<std::size_t>(experts));
+    for (std::size_t i = 0; i < assignment.size(); ++i)
+        members.at(static_cast<std::size_t>(assignment[i])).push_back(static_cast<int64_t>(i));
+    int64_t S = 0;
+    for (const auto& m : members)
+        S = std::max<int64_t>(S, static_cast<int64_t>(m.size()));
+    auto opt = ffn.gate.options();
+    MoeLayer l;
+    l.gating = gating;
+    l.gate = torch::zeros({experts, S, H}, opt);
+    l.up = torch::zeros({experts, S, H}, opt);
+    l.down = torch::zeros({experts, H, S}, opt);
+    // Soft gates weigh experts by about 1/N when the router is flat; scale them back up.
+    const double scale = gating == Gating::Hard ? 1.0 : static_cast<double>(experts);
+    for (int64_t e = 0; e < experts; ++e) {
+        const auto& m = members[static_cast<std::size_t>(e)];
+        l.sizes.push_back(static_cast<int64_t>(m.size()));
+        if (m.empty())
+            continue;
+        auto idx = torch::tensor(m, torch::kInt64).to(opt.device());
+        const int64_t n = static_cast<int64_t>(m.size());
+        l.gate[e].narrow(0, 0, n).copy_(ffn.gate.index_select(0, idx));
+        l.up[e].narrow(0, 0, n).copy_(ffn.up.index_select(0, idx));
+        l.down[e].narrow(1, 0, n).copy_(ffn.down.index_select(1, idx) * scale);
+    }
+    l.router = torch::zeros({experts, H}, opt);
+    return l;
+}
+
+double relativeError(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y, const RoutingRule& rule)
+{
+    torch::NoGradGuard ng;
+    double num = 0, den = 0;
+    for (int64_t s = 0; s < x.size(0); s += 4096) {
+        const int64_t n = std::min<int64_t>(4096, x.size(0) - s);
+        auto out = layer.forward(x.narrow(0, s, n), rule);
+        auto yt = y.narrow(0, s, n);
+        num += (out - yt).pow(2).sum().item<double>();
+        den += yt.pow(2).sum().item<double>();
+    }
+    return num / std::max(den, 1e-30);
+}
+
+void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& o)
+{
+    const int64_t T = x.size(0), N = layer.numExperts();
+    torch::Tensor targets;
+    {
+        torch::NoGradGuard ng;
+        std::vector<torch::Tensor> parts;
+        for (int64_t s = 0; s < T; s += 2048) {
+            auto outs = layer.expertOutputs(x.narrow(0, s, std::min<int64_t>(2048, T - s)));
+            auto norms = outs.norm(2, -1); // [t, N]: how much each expert contributes
+            parts.push_back(norms / norms.sum(-1, true).clamp_min(1e-12));
+        }
+        targets = torch::cat(parts);
+    }
+    // Least-squares start (logits ~ log importance), then cross-entropy to the importance shares.
+    auto router = torch::zeros({N, x.size(1)}, x.options()).set_requires_grad(true);
+    torch::optim::Adam opt({router}, torch::optim::AdamOptions(o.routerLr));
+    std::mt19937_64 rng(o.seed + 17);
+    std::vector<int64_t> perm(static_cast<std::size_t>(T));
+    std::iota(perm.begin(), perm.end(), 0);
+    for (int epoch = 0; epoch < o.routerEpochs; ++epoch) {
+        std::shuffle(perm.begin(), perm.end(), rng);
+        auto p = torch::tensor(perm, torch::kInt64);
+        for (int64_t s = 0; s < T; s += o.batch) {
+            o.cancel.throwIfCancelled();
+            auto idx = p.narrow(0, s, std::min<int64_t>(o.batch, T - s));
+            auto logits = torch::matmul(x.index_select(0, idx), router.t());
+            auto loss = -(targets.index_select(0, idx) * torch::log_softmax(logits, -1)).sum(-1).mean();
+            opt.zero_grad();
+            loss.backward();
+            opt.step();
+        }
+    }
+    torch::NoGradGuard ng;
+    layer.router = router.detach().clone();
+}
+
+DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y, const DistillOptions& o)
+{
+    const int64_t T = x.size(0), N = layer.numExperts();
+    DistillResult r;
+    r.initialLoss = relativeError(layer, x, y, RoutingRule::staticK(o.trainTopK));
+    std::vector<torch::Tensor> params = {layer.gate, layer.up, layer.down};
+    for (auto& p : params)
+        p.set_requires_grad(true);
+    const bool trainRouter = layer.gating != Gating::Hard;
+    if (trainRouter) {
+        layer.router.set_requires_grad(true);
+        params.push_back(layer.router);
+    }
+    torch::optim::Adam opt(params, torch::optim::AdamOptions(o.lr));
+    std::mt19937_64 rng(o.seed + 29);
+    const int minK = o.minTrainK > 0 ? o.minTrainK : std::max<int>(1, static_cast<int>(N) / 2);
+    std::uniform_int_distribution<int> kDist(std::min<int>(minK, o.trainTopK), static_cast<int>(N));
+    std::vector<int64_t> perm(static_cast<std::size_t>(T));
+    std::iota(perm.begin(), perm.end(), 0);
+    const int64_t stepsPerEpoch = (T + o.batch - 1) / o.batch;
+    const int64_t totalSteps = std::max<int64_t>(1, stepsPerEpoch * o.epochs);
+    int64_t step = 0;
+    auto energy = y.pow(2).sum(-1).mean().item<double>();
+    for (int epoch = 0; epoch < o.epochs; ++epoch) {
+        std::shuffle(perm.begin(), perm.end(), rng);
+        auto p = torch::tensor(perm, torch::kInt64);
+        for (int64_t s = 0; s < T; s += o.batch, ++step) {
+            o.cancel.throwIfCancelled();
+            const double lr = o.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(totalSteps)));
+            for (auto& g : opt.param_groups())
+                static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
+            auto idx = p.narrow(0, s, std::min<int64_t>(o.batch, T - s));
+            const int k = o.randomK ? kDist(rng) : o.trainTopK;
+            auto out = layer.forward(x.index_select(0, idx), RoutingRule::staticK(k));
+            auto loss = (out - y.index_select(0, idx)).pow(2).sum(-1).mean() / energy;
+            opt.zero_grad();
+            loss.backward();
+            opt.step();
+            zeroPadding(layer);
+            const double l = loss.item<double>();
+            if (!std::isfinite(l))
+                throw Error("distillation diverged (loss " + std::to_string(l) + ") at step " + std::to_string(step));
+            r.lossCurve.emplace_back(step, l);
+            if (o.onStep)
+                o.onStep(epoch, step, l);
+        }
+    }
+    for (auto* t : {&layer.gate, &layer.up, &layer.down, &layer.router})
+        *t = t->detach();
+    r.finalLoss = relativeError(layer, x, y, RoutingRule::staticK(o.trainTopK));
+    return r;
+}
+
+} // namespace ladimo::core

@@ -1,0 +1,60 @@
+// MoeLayer: one converted FFN, N SwiGLU experts plus a linear router, and its token-dispatching
+// forward pass (group tokens by expert, run each expert on its tokens only, scatter-add the
+// weighted outputs). The same code runs in distillation (autograd), evaluation and export checks.
+// Experts may differ in size by a neuron or so; they are stored stacked and zero-padded, which is
+// exact (a zero row/column contributes nothing). Not synchronised: one thread per layer object.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace ladimo::core {
+
+// How routing weights scale the chosen experts.
+//  hard:   every chosen expert has weight 1 (the router only selects); all experts = dense FFN.
+//  renorm: softmax over N, renormalised over the chosen k (Mixtral); experts absorb a factor N
+//          so that a uniform router with all experts active equals the dense FFN.
+//  plain:  softmax over N without renormalisation, experts scaled by N likewise.
+enum class Gating { Hard, Renorm, Plain };
+Gating parseGating(const std::string& name);
+const char* gatingName(Gating g);
+
+// Per-layer routing rule: a static top-k, or token-adaptive top-p (the smallest set of experts
+// whose cumulative routing probability reaches `threshold`, bounded by minK..maxK).
+struct RoutingRule {
+    int topK = 0;           // > 0: static rule
+    double threshold = 0;   // used when topK == 0
+    int minK = 1;
+    int maxK = 0;           // 0 = N
+    static RoutingRule staticK(int k) { return RoutingRule{k, 0, 1, 0}; }
+    static RoutingRule topP(double p, int minK = 1, int maxK = 0) { return RoutingRule{0, p, minK, maxK}; }
+};
+
+struct MoeLayer {
+    torch::Tensor router;        // [N, H]
+    torch::Tensor gate, up;      // [N, S, H] (S = largest expert, zero-padded)
+    torch::Tensor down;          // [N, H, S]
+    std::vector<int64_t> sizes;  // real neurons of each expert
+    Gating gating = Gating::Hard;
+
+    int64_t numExperts() const { return router.size(0); }
+    // Routing probabilities softmax(x router^T), float32 [T, N].
+    torch::Tensor routingProbs(const torch::Tensor& x) const;
+    // Chosen experts per token: a bool mask [T, N] and the gate weight of every chosen expert.
+    void route(const torch::Tensor& probs, const RoutingRule& rule, torch::Tensor* mask, torch::Tensor* weights) const;
+    // x: [..., H]; dispatches tokens to their experts. `activeCount` (optional) receives the
+    // number of (token, expert) pairs evaluated, for counting activated parameters.
+    torch::Tensor forward(const torch::Tensor& x, const RoutingRule& rule, int64_t* activeCount = nullptr) const;
+    // Every expert on every token, masked: the slow reference the dispatch is tested against.
+    torch::Tensor forwardNaive(const torch::Tensor& x, const RoutingRule& rule) const;
+    // Output of each expert alone (unweighted), [T, N, H]; for router fitting and oracles.
+    torch::Tensor expertOutputs(const torch::Tensor& x) const;
+
+    // Parameters touched by one token using the given experts (router included).
+    int64_t expertParameters(int64_t expert) const { return 3 * router.size(1) * sizes[static_cast<std::size_t>(expert)]; }
+};
+
+} // namespace ladimo::core

@@ -1,0 +1,128 @@
+// MoE block and stage-1 construction on real FFNs of stories260K (172 neurons / 8 experts, so
+// experts differ by one neuron) and on random ones.
+#include <numeric>
+
+#include "convert/construct.h"
+#include "model/llama.h"
+#include "moe/moeblock.h"
+#include "testutil.h"
+
+using namespace ladimo::core;
+
+namespace {
+
+// An FFN and FFN inputs: stories260K layer 2 with real activations when present, else random.
+struct Fixture {
+    DenseFfn ffn;
+    torch::Tensor x, y;
+};
+
+Fixture fixture(int64_t tokens = 2048)
+{
+    torch::manual_seed(0);
+    Fixture f;
+    const auto dir = ladimo::test::sharedData() / "stories260K";
+    if (std::filesystem::exists(dir / "model.safetensors")) {
+        torch::NoGradGuard ng;
+        const auto model = LlamaModel::load(dir);
+        const auto& l = model.weights().layers[2];
+        f.ffn = {l.gate.clone(), l.up.clone(), l.down.clone()};
+        ForwardHooks hooks;
+        hooks.lastLayer = 2;
+        hooks.onFfn = [&](int layer, const torch::Tensor& x, const torch::Tensor&) {
+            if (layer == 2)
+                f.x = x.reshape({-1, x.size(-1)}).clone();
+        };
+        model.forward(torch::randint(512, {tokens / 64, 64}, torch::kInt64), nullptr, &hooks);
+    } else {
+        f.ffn = {torch::randn({172, 64}) * 0.2, torch::randn({172, 64}) * 0.2, torch::randn({64, 172}) * 0.2};
+        f.x = torch::randn({tokens, 64});
+    }
+    torch::NoGradGuard ng;
+    f.y = torch::matmul(torch::silu(torch::matmul(f.x, f.ffn.gate.t())) * torch::matmul(f.x, f.ffn.up.t()), f.ffn.down.t());
+    return f;
+}
+
+} // namespace
+
+TEST(Moe, AllExpertsEqualDenseAtInitialisation)
+{
+    const auto f = fixture(512);
+    for (auto part : {Partition::Contiguous, Partition::Coactivation, Partition::Weights})
+        for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain}) {
+            const auto assign = partitionNeurons(f.ffn, f.x, 8, part, 0);
+            std::vector<int64_t> count(8, 0);
+            for (auto a : assign)
+                ++count[static_cast<std::size_t>(a)];
+            EXPECT_EQ(*std::max_element(count.begin(), count.end()), 22); // 172 = 4 x 22 + 4 x 21
+            EXPECT_EQ(*std::min_element(count.begin(), count.end()), 21);
+            auto layer = buildMoeLayer(f.ffn, assign, 8, gating);
+            torch::NoGradGuard ng;
+            auto out = layer.forward(f.x, RoutingRule::staticK(8));
+            EXPECT_TRUE(torch::allclose(out, f.y, 1e-5, 1e-5))
+                << partitionName(part) << "/" << gatingName(gating) << " max diff " << (out - f.y).abs().max().item<double>();
+        }
+}
+
+TEST(Moe, DispatchEqualsNaiveReference)
+{
+    const auto f = fixture(512);
+    for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain}) {
+        auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, gating);
+        layer.router = torch::randn({8, 64});
+        torch::NoGradGuard ng;
+        for (const auto& rule : {RoutingRule::staticK(1), RoutingRule::staticK(6), RoutingRule::topP(0.5), RoutingRule::topP(0.9, 2, 7)}) {
+            int64_t active = 0;
+            auto fast = layer.forward(f.x, rule, &active);
+            auto naive = layer.forwardNaive(f.x, rule);
+            EXPECT_LT((fast - naive).abs().max().item<double>(), 1e-5) << gatingName(gating);
+            torch::Tensor mask, w;
+            layer.route(layer.routingProbs(f.x), rule, &mask, &w);
+            EXPECT_EQ(active, mask.sum().item<int64_t>());
+            if (rule.topK > 0)
+                EXPECT_EQ(active, rule.topK * f.x.size(0));
+            else {
+                auto k = mask.sum(-1);
+                EXPECT_GE(k.min().item<int64_t>(), std::max(1, rule.minK));
+                EXPECT_LE(k.max().item<int64_t>(), rule.maxK > 0 ? rule.maxK : 8);
+            }
+        }
+    }
+}
+
+TEST(Moe, ThresholdRuleTakesSmallestSetReachingTheMass)
+{
+    MoeLayer l;
+    l.router = torch::zeros({4, 2});
+    l.sizes = {1, 1, 1, 1};
+    auto probs = torch::tensor({{0.5f, 0.3f, 0.15f, 0.05f}, {0.1f, 0.7f, 0.1f, 0.1f}});
+    torch::Tensor mask, w;
+    l.route(probs, RoutingRule::topP(0.75), &mask, &w);
+    EXPECT_EQ(mask[0].sum().item<int64_t>(), 2); // 0.5 + 0.3 >= 0.75
+    EXPECT_EQ(mask[1].sum().item<int64_t>(), 2); // 0.7 < 0.75, + 0.1
+    l.gating = Gating::Renorm;
+    l.route(probs, RoutingRule::staticK(2), &mask, &w);
+    EXPECT_NEAR(w[0][0].item<double>(), 0.5 / 0.8, 1e-6);
+}
+
+TEST(Moe, RouterFitAndDistillationLowerTheLayerError)
+{
+    const auto f = fixture(2048);
+    auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, Gating::Hard);
+    DistillOptions o;
+    o.epochs = 5;
+    o.routerEpochs = 10;
+    o.batch = 256;
+    const double flat = relativeError(layer, f.x, f.y, RoutingRule::staticK(6)); // zero router: arbitrary choice
+    fitRouter(layer, f.x, o);
+    const double fitted = relativeError(layer, f.x, f.y, RoutingRule::staticK(6));
+    EXPECT_LT(fitted, flat);
+    const auto r = distill(layer, f.x, f.y, o);
+    EXPECT_NEAR(r.initialLoss, fitted, 1e-6);
+    EXPECT_LT(r.finalLoss, 0.9 * r.initialLoss) << "initial " << r.initialLoss << " final " << r.finalLoss;
+    EXPECT_FALSE(r.lossCurve.empty());
+    // Padding of the 21-neuron experts stayed zero.
+    for (int64_t e = 0; e < 8; ++e)
+        if (layer.sizes[static_cast<std::size_t>(e)] == 21)
+            EXPECT_EQ(layer.down[e].narrow(1, 21, 1).abs().sum().item<double>(), 0.0);
+}
