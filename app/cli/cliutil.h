@@ -13,6 +13,9 @@
 #include "common/progress.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "moe/moeblock.h"
+
+#include <nlohmann/json.hpp>
 
 namespace ladimo::cli {
 
@@ -49,5 +52,14 @@ private:
 };
 
 std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir);
+
+// A conversion folder written by `ladimo convert`: its dense model and every MoE layer.
+struct Converted {
+    core::LlamaModel model;
+    std::vector<core::MoeLayer> layers;
+    nlohmann::json record;
+};
+bool isConversion(const std::string& path);
+Converted loadConversion(const std::string& path, const ModelOptions& modelOptions);
 
 } // namespace ladimo::cli

@@ -1,5 +1,6 @@
 // inspect / eval / generate / bench: the dense-model commands.
 #include <chrono>
+#include <optional>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "model/checkpoint.h"
 #include "model/generate.h"
 #include "model/safetensors.h"
+#include "convert/convert.h"
 
 namespace ladimo::cli {
 
@@ -119,37 +121,68 @@ void registerEvalCommand(CLI::App& app)
         DataOptions data;
         int64_t seqLen = 256;
         int64_t batch = 8;
+        int topK = 0;
+        double topP = 0;
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("eval", "Perplexity of a model on token data");
+    auto* cmd = app.add_subcommand("eval", "Perplexity of a model (dense folder, or a conversion folder) on token data");
     o->model.add(cmd);
     o->data.add(cmd);
     cmd->add_option("--seq-len", o->seqLen, "Window length in tokens")->capture_default_str();
     cmd->add_option("--batch", o->batch, "Windows per forward pass")->capture_default_str();
+    cmd->add_option("--top-k", o->topK, "Converted model: experts per token in every layer (default: the training k)");
+    cmd->add_option("--top-p", o->topP, "Converted model: token-adaptive rule, smallest expert set with routing mass >= P");
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
         torch::InferenceMode guard;
-        auto model = o->model.load();
-        auto tok = loadTokenizerFor(o->model.path);
+        std::optional<Converted> converted;
+        if (isConversion(o->model.path))
+            converted.emplace(loadConversion(o->model.path, o->model));
+        const std::string modelPath = converted ? converted->record.at("model").get<std::string>() : o->model.path;
+        std::optional<core::LlamaModel> dense;
+        if (!converted)
+            dense.emplace(o->model.load());
+        const auto& model = converted ? converted->model : *dense;
+        auto tok = loadTokenizerFor(modelPath);
         ProgressPrinter printer;
         auto stream = o->data.load(model, tok.get(), o->seqLen, printer.fn());
         core::EvalOptions e;
         e.seqLen = o->seqLen;
         e.batch = o->batch;
         e.progress = printer.fn();
+        int64_t active = 0, tokens = 0;
+        core::ForwardHooks hooks;
+        if (converted) {
+            const int k = o->topK > 0 ? o->topK : converted->record.at("settings").at("train_top_k").get<int>();
+            const auto rule = o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(k);
+            hooks = core::moeHooks(converted->layers, std::vector<core::RoutingRule>(converted->layers.size(), rule),
+                                   &active, &tokens);
+            e.hooks = &hooks;
+            e.reference = &model;
+        }
         const auto r = core::evaluatePerplexity(model, stream, e);
         nlohmann::json j = {{"perplexity", r.perplexity},   {"nll", r.nll},
                             {"tokens", r.tokens},           {"windows", r.windows},
                             {"seconds", r.seconds},         {"tokens_per_second", r.tokensPerSecond},
                             {"seq_len", o->seqLen},         {"device", model.device().str()},
                             {"dtype", c10::toString(model.dtype())}};
+        if (converted) {
+            const auto& c = model.config();
+            j["kl_to_dense"] = r.klToReference;
+            j["activated_ffn_fraction"] =
+                static_cast<double>(active) / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
+        }
         if (o->json)
             std::cout << j.dump(2) << "\n";
         else
-            std::printf("perplexity %.4f  (nll %.5f over %lld tokens, %lld windows, %.0f tokens/s on %s)\n",
+            std::printf("perplexity %.4f  (nll %.5f over %lld tokens, %lld windows, %.0f tokens/s on %s)%s\n",
                         r.perplexity, r.nll, (long long)r.tokens, (long long)r.windows, r.tokensPerSecond,
-                        model.device().str().c_str());
+                        model.device().str().c_str(),
+                        converted ? ("; KL to dense " + std::to_string(r.klToReference) + ", activated FFN fraction " +
+                                     std::to_string(j["activated_ffn_fraction"].get<double>()))
+                                        .c_str()
+                                  : "");
     });
 }
 

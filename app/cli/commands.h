@@ -12,5 +12,6 @@ void registerGenerateCommand(CLI::App& app);
 void registerBenchCommand(CLI::App& app);
 void registerPretrainCommand(CLI::App& app);
 void registerProjectCommand(CLI::App& app);
+void registerConvertCommand(CLI::App& app);
 
 } // namespace ladimo::cli

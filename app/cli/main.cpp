@@ -18,6 +18,7 @@ int main(int argc, char** argv)
     ladimo::cli::registerEvalCommand(app);
     ladimo::cli::registerGenerateCommand(app);
     ladimo::cli::registerBenchCommand(app);
+    ladimo::cli::registerConvertCommand(app);
     ladimo::cli::registerPretrainCommand(app);
     // PROJECT registerProjectCommand
     try {

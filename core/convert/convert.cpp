@@ -1,0 +1,175 @@
+#include "convert/convert.h"
+
+#include <chrono>
+#include <sstream>
+
+#include "common/error.h"
+#include "model/safetensors.h"
+#include "model/tokendata.h"
+
+namespace ladimo::core {
+
+nlohmann::json ConvertSettings::toJson() const
+{
+    return {{"experts", experts},
+            {"partition", partitionName(partition)},
+            {"gating", gatingName(gating)},
+            {"mode", mode},
+            {"train_top_k", distill.trainTopK},
+            {"random_k", distill.randomK},
+            {"epochs", distill.epochs},
+            {"router_epochs", distill.routerEpochs},
+            {"lr", distill.lr},
+            {"router_lr", distill.routerLr},
+            {"batch", distill.batch},
+            {"seed", distill.seed},
+            {"seq_len", seqLen}};
+}
+
+void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
+                std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const std::vector<MoeLayer>* moe,
+                const RoutingRule* rule, int upToLayer)
+{
+    torch::InferenceMode guard;
+    const int L = upToLayer >= 0 ? upToLayer : static_cast<int>(model.config().numLayers) - 1;
+    std::vector<std::vector<torch::Tensor>> px(static_cast<std::size_t>(L + 1)), py(static_cast<std::size_t>(L + 1));
+    ForwardHooks hooks;
+    hooks.lastLayer = L;
+    hooks.onFfn = [&](int layer, const torch::Tensor& x, const torch::Tensor& y) {
+        px[static_cast<std::size_t>(layer)].push_back(x.reshape({-1, x.size(-1)}).to(torch::kFloat32).clone());
+        py[static_cast<std::size_t>(layer)].push_back(y.reshape({-1, y.size(-1)}).to(torch::kFloat32).clone());
+    };
+    if (moe && rule)
+        hooks.ffnOverride = [&](int layer, const torch::Tensor& x) {
+            return layer < static_cast<int>(moe->size()) && (*moe)[static_cast<std::size_t>(layer)].router.defined()
+                       ? (*moe)[static_cast<std::size_t>(layer)].forward(x, *rule)
+                       : torch::Tensor();
+        };
+    const auto windows = cutWindows(stream, seqLen);
+    for (std::size_t i = 0; i < windows.size();) {
+        const std::size_t len = windows[i].size();
+        std::vector<int64_t> flat;
+        std::size_t j = i;
+        for (; j < windows.size() && windows[j].size() == len && j - i < 8; ++j)
+            flat.insert(flat.end(), windows[j].begin(), windows[j].end());
+        model.forward(torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(j - i), static_cast<int64_t>(len)}),
+                      nullptr, &hooks);
+        i = j;
+    }
+    xs->clear();
+    ys->clear();
+    for (int l = 0; l <= L; ++l) {
+        xs->push_back(torch::cat(px[static_cast<std::size_t>(l)]));
+        ys->push_back(torch::cat(py[static_cast<std::size_t>(l)]));
+    }
+}
+
+std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
+                                   const ConvertSettings& s, const ConvertCallbacks& cb, const std::set<int>& skip,
+                                   std::vector<MoeLayer> done)
+{
+    const int L = static_cast<int>(model.config().numLayers);
+    done.resize(static_cast<std::size_t>(L));
+    const bool sequential = s.mode == "sequential";
+    if (!sequential && s.mode != "parallel")
+        throw Error("unknown mode '" + s.mode + "' (expected parallel or sequential)");
+    std::vector<torch::Tensor> xs, ys;
+    if (!sequential)
+        captureFfn(model, calibration, s.seqLen, &xs, &ys);
+    const auto trainRule = RoutingRule::staticK(s.distill.trainTopK);
+    for (int l = 0; l < L; ++l) {
+        cb.cancel.throwIfCancelled();
+        if (skip.count(l))
+            continue;
+        const auto start = std::chrono::steady_clock::now();
+        if (sequential) // inputs from the converted layers below, dense target of those inputs
+            captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
+        const auto& w = model.weights().layers[static_cast<std::size_t>(l)];
+        DenseFfn ffn{w.gate.to(torch::kFloat32), w.up.to(torch::kFloat32), w.down.to(torch::kFloat32)};
+        const auto& x = xs[static_cast<std::size_t>(l)];
+        const auto& y = ys[static_cast<std::size_t>(l)];
+        auto layer = buildMoeLayer(ffn, partitionNeurons(ffn, x, s.experts, s.partition, s.distill.seed + l), s.experts, s.gating);
+        DistillOptions d = s.distill;
+        d.seed = s.distill.seed + static_cast<uint64_t>(l);
+        d.cancel = cb.cancel;
+        const int64_t steps = d.epochs * ((x.size(0) + d.batch - 1) / d.batch);
+        d.onStep = [&](int, int64_t step, double) {
+            if (cb.progress)
+                cb.progress("layer " + std::to_string(l), static_cast<double>(step + 1), static_cast<double>(steps));
+        };
+        fitRouter(layer, x, d);
+        const auto r = distill(layer, x, y, d);
+        LayerResult res;
+        res.layer = l;
+        res.initialError = r.initialLoss;
+        res.finalError = r.finalLoss;
+        res.lossCurve = r.lossCurve;
+        res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        done[static_cast<std::size_t>(l)] = layer;
+        if (cb.onLayerDone)
+            cb.onLayerDone(l, layer, res);
+    }
+    return done;
+}
+
+ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules, int64_t* activeParams,
+                      int64_t* tokens)
+{
+    ForwardHooks h;
+    h.ffnOverride = [&layers, rules, activeParams, tokens](int l, const torch::Tensor& x) -> torch::Tensor {
+        if (l >= static_cast<int>(layers.size()) || !layers[static_cast<std::size_t>(l)].router.defined())
+            return {};
+        const auto& layer = layers[static_cast<std::size_t>(l)];
+        const auto& rule = rules.at(static_cast<std::size_t>(l));
+        if (!activeParams)
+            return layer.forward(x, rule);
+        // Count exactly: per chosen (token, expert), that expert's parameters.
+        torch::Tensor mask, w;
+        auto flat = x.reshape({-1, x.size(-1)});
+        layer.route(layer.routingProbs(flat), rule, &mask, &w);
+        auto perExpert = mask.sum(0).to(torch::kCPU);
+        for (int64_t e = 0; e < layer.numExperts(); ++e)
+            *activeParams += perExpert[e].item<int64_t>() * layer.expertParameters(e);
+        if (tokens && l == 0)
+            *tokens += flat.size(0);
+        return layer.forward(x, rule);
+    };
+    return h;
+}
+
+void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& l)
+{
+    std::string sizes;
+    for (auto s : l.sizes)
+        sizes += (sizes.empty() ? "" : ",") + std::to_string(s);
+    writeSafetensors(file, {{"router", l.router}, {"gate", l.gate}, {"up", l.up}, {"down", l.down}},
+                     {{"gating", gatingName(l.gating)}, {"sizes", sizes}, {"format", "ladimo-moe-layer-1"}});
+}
+
+MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, torch::ScalarType dtype)
+{
+    auto st = SafetensorsFile::open(file);
+    MoeLayer l;
+    const auto& meta = st->metadata();
+    if (!meta.count("gating") || !meta.count("sizes"))
+        throw Error(file.string() + ": not a LaDiMo MoE layer file (missing 'gating'/'sizes' metadata)");
+    l.gating = parseGating(meta.at("gating"));
+    l.router = st->tensor("router").to(device, dtype);
+    l.gate = st->tensor("gate").to(device, dtype);
+    l.up = st->tensor("up").to(device, dtype);
+    l.down = st->tensor("down").to(device, dtype);
+    std::stringstream ss(meta.at("sizes"));
+    std::string item;
+    while (std::getline(ss, item, ','))
+        l.sizes.push_back(std::stoll(item));
+    const int64_t N = l.router.size(0);
+    if (static_cast<int64_t>(l.sizes.size()) != N || l.gate.dim() != 3 || l.gate.size(0) != N ||
+        l.up.sizes() != l.gate.sizes() || l.down.size(0) != N || l.down.size(2) != l.gate.size(1))
+        throw Error(file.string() + ": inconsistent MoE layer shapes");
+    for (auto s : l.sizes)
+        if (s < 0 || s > l.gate.size(1))
+            throw Error(file.string() + ": expert size " + std::to_string(s) + " exceeds the stored width");
+    return l;
+}
+
+} // namespace ladimo::core

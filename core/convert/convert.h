@@ -1,0 +1,64 @@
+// Whole-model stage 1: capture every layer's FFN input/output on calibration tokens, then build,
+// route and distil each layer's MoE block. Finished layers are handed to `onLayerDone` at once
+// so the caller can persist them (a rerun passes the finished layers in `skipLayers`).
+// Runs on the calling thread; honours the cancel token between batches and layers.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/progress.h"
+#include "convert/construct.h"
+#include "model/llama.h"
+#include "moe/moeblock.h"
+
+namespace ladimo::core {
+
+struct ConvertSettings {
+    int64_t experts = 8;
+    Partition partition = Partition::Coactivation;
+    Gating gating = Gating::Hard;
+    std::string mode = "parallel"; // parallel: X from the dense model; sequential: from converted layers below
+    DistillOptions distill;
+    int64_t seqLen = 256;
+    nlohmann::json toJson() const;
+};
+
+struct LayerResult {
+    int layer = 0;
+    double initialError = 0; // relative error at trainTopK after router fit, before distillation
+    double finalError = 0;
+    double seconds = 0;
+    std::vector<std::pair<int64_t, double>> lossCurve;
+};
+
+struct ConvertCallbacks {
+    std::function<void(int layer, const MoeLayer&, const LayerResult&)> onLayerDone;
+    ProgressFn progress;
+    CancelToken cancel;
+};
+
+// Captured (x, y) of each layer's FFN, flattened to [tokens, H]. With `moe` given, layers that
+// have an entry use it in the forward pass (sequential mode).
+void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
+                std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys,
+                const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr, int upToLayer = -1);
+
+std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
+                                   const ConvertSettings& settings, const ConvertCallbacks& callbacks,
+                                   const std::set<int>& skipLayers = {}, std::vector<MoeLayer> done = {});
+
+// Forward hooks that replace every FFN that has an MoE layer, under per-layer rules.
+ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules,
+                      int64_t* activeParams = nullptr, int64_t* tokens = nullptr);
+
+void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& layer);
+MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, torch::ScalarType dtype);
+
+} // namespace ladimo::core
