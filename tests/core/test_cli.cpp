@@ -113,3 +113,37 @@ TEST(Cli, PerplexityMatchesAnIndependentPythonImplementation)
     EXPECT_NEAR(a["nll"].get<double>(), b["nll"].get<double>(), 1e-5);
     EXPECT_NEAR(a["perplexity"].get<double>(), b["perplexity"].get<double>(), 1e-4 * b["perplexity"].get<double>());
 }
+
+TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    const std::string args = "convert " + stories() + " --data " + stories() +
+                             "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --out ";
+    auto r = runLadimo(args + (tmp / "a").string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    // An interrupted run: layers 3 and 4 never finished.
+    std::filesystem::copy(tmp / "a", tmp / "b");
+    std::filesystem::remove(tmp / "b/layer_003.safetensors");
+    std::filesystem::remove(tmp / "b/layer_004.safetensors");
+    r = runLadimo(args + (tmp / "b").string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(r.out.find("layer 0:"), std::string::npos) << "finished layers must be skipped";
+    EXPECT_NE(r.out.find("layer 3:"), std::string::npos) << r.out;
+    for (const char* f : {"layer_000.safetensors", "layer_003.safetensors", "layer_004.safetensors"})
+        EXPECT_EQ(ladimo::core::sha256File(tmp / "a" / f), ladimo::core::sha256File(tmp / "b" / f)) << f;
+    // Other settings into the same folder are refused rather than mixed.
+    r = runLadimo(args + (tmp / "b").string() + " --experts 4");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find("other settings"), std::string::npos) << r.out;
+    // The converted model evaluates, with the measures of a conversion.
+    r = runLadimo("eval " + (tmp / "b").string() + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 8 --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_NEAR(j["activated_ffn_fraction"].get<double>(), 1.0, 1e-12);
+    EXPECT_GE(j["kl_to_dense"].get<double>(), 0.0);
+    r = runLadimo("eval " + (tmp / "b").string() + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 4 --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    // 4 of 8 experts of 21 or 22 neurons each: close to half the FFN, exactly counted.
+    EXPECT_NEAR(nlohmann::json::parse(r.out)["activated_ffn_fraction"].get<double>(), 0.5, 0.01);
+}
