@@ -20,7 +20,7 @@ int main(int argc, char** argv)
     ladimo::cli::registerBenchCommand(app);
     ladimo::cli::registerConvertCommand(app);
     ladimo::cli::registerPretrainCommand(app);
-    // PROJECT registerProjectCommand
+    ladimo::cli::registerProjectCommand(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
