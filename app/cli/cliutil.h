@@ -14,6 +14,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "moe/moeblock.h"
+#include "store/records.h"
 
 #include <nlohmann/json.hpp>
 
@@ -53,13 +54,19 @@ private:
 
 std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir);
 
-// A conversion folder written by `ladimo convert`: its dense model and every MoE layer.
+// A project's source-model record for a dense model folder (config, weights checksum, counts).
+core::SourceModel describeSourceModel(const std::string& modelDir);
+
+// The latest conversion run of a project (`ladimo convert --project`): its dense model and every
+// MoE layer. Throws Error naming the unfinished layers when the run is incomplete.
 struct Converted {
     core::LlamaModel model;
     std::vector<core::MoeLayer> layers;
-    nlohmann::json record;
+    nlohmann::json settings;
+    int64_t runId = 0;
+    std::string modelPath;
 };
-bool isConversion(const std::string& path);
-Converted loadConversion(const std::string& path, const ModelOptions& modelOptions);
+bool isProjectFile(const std::string& path);
+Converted loadConverted(const std::string& projectFile, const ModelOptions& modelOptions);
 
 } // namespace ladimo::cli

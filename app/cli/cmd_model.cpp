@@ -137,9 +137,9 @@ void registerEvalCommand(CLI::App& app)
     cmd->callback([o] {
         torch::InferenceMode guard;
         std::optional<Converted> converted;
-        if (isConversion(o->model.path))
-            converted.emplace(loadConversion(o->model.path, o->model));
-        const std::string modelPath = converted ? converted->record.at("model").get<std::string>() : o->model.path;
+        if (isProjectFile(o->model.path))
+            converted.emplace(loadConverted(o->model.path, o->model));
+        const std::string modelPath = converted ? converted->modelPath : o->model.path;
         std::optional<core::LlamaModel> dense;
         if (!converted)
             dense.emplace(o->model.load());
@@ -154,7 +154,7 @@ void registerEvalCommand(CLI::App& app)
         int64_t active = 0, tokens = 0;
         core::ForwardHooks hooks;
         if (converted) {
-            const int k = o->topK > 0 ? o->topK : converted->record.at("settings").at("train_top_k").get<int>();
+            const int k = o->topK > 0 ? o->topK : converted->settings.at("train_top_k").get<int>();
             const auto rule = o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(k);
             hooks = core::moeHooks(converted->layers, std::vector<core::RoutingRule>(converted->layers.size(), rule),
                                    &active, &tokens);

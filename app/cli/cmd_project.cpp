@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cliutil.h"
 #include "commands.h"
 #include "common/error.h"
 #include "common/fileutil.h"
@@ -156,6 +157,23 @@ void printText(core::Project& p, std::optional<int64_t> runId, const core::Verif
 
 } // namespace
 
+core::SourceModel describeSourceModel(const std::string& modelDir)
+{
+    const fs::path dir = modelDir;
+    const auto configFile = dir / "config.json";
+    const auto config = core::ModelConfig::load(configFile);
+    const auto counts = config.parameterCounts();
+    core::SourceModel m;
+    m.path = fs::absolute(dir).lexically_normal().string();
+    m.config = nlohmann::json::parse(core::readTextFile(configFile));
+    m.weightsSha256 = weightsChecksum(dir);
+    m.totalParams = counts.total;
+    m.embeddingParams = counts.embeddings;
+    m.attentionParams = counts.attention;
+    m.ffnParams = counts.ffn;
+    return m;
+}
+
 void registerProjectCommand(CLI::App& app)
 {
     auto* project = app.add_subcommand("project", "Workbench projects (P.ladimo + folder P.ladimo.d)");
@@ -169,18 +187,7 @@ void registerProjectCommand(CLI::App& app)
     initCmd->add_option("project", init->file, "Project file to create (*.ladimo)")->required();
     initCmd->add_option("--model", init->model, "Dense model folder (config.json + *.safetensors)")->required();
     initCmd->callback([init] {
-        const fs::path dir = init->model;
-        const auto configFile = dir / "config.json";
-        const auto config = core::ModelConfig::load(configFile);
-        const auto counts = config.parameterCounts();
-        core::SourceModel m;
-        m.path = fs::absolute(dir).lexically_normal().string();
-        m.config = nlohmann::json::parse(core::readTextFile(configFile));
-        m.weightsSha256 = weightsChecksum(dir);
-        m.totalParams = counts.total;
-        m.embeddingParams = counts.embeddings;
-        m.attentionParams = counts.attention;
-        m.ffnParams = counts.ffn;
+        const core::SourceModel m = describeSourceModel(init->model);
         auto p = core::Project::create(init->file);
         p.addModel(m);
         std::cout << "created " << init->file << " (folder " << p.dataDir().string() << ") for " << m.path << "\n";

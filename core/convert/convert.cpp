@@ -81,6 +81,8 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         cb.cancel.throwIfCancelled();
         if (skip.count(l))
             continue;
+        if (cb.onLayerStart)
+            cb.onLayerStart(l);
         const auto start = std::chrono::steady_clock::now();
         if (sequential) // inputs from the converted layers below, dense target of those inputs
             captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
@@ -99,7 +101,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         };
         fitRouter(layer, x, d);
         const auto r = distill(layer, x, y, d);
-        LayerResult res;
+        LayerConversion res;
         res.layer = l;
         res.initialError = r.initialLoss;
         res.finalError = r.finalLoss;

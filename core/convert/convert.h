@@ -30,7 +30,7 @@ struct ConvertSettings {
     nlohmann::json toJson() const;
 };
 
-struct LayerResult {
+struct LayerConversion {
     int layer = 0;
     double initialError = 0; // relative error at trainTopK after router fit, before distillation
     double finalError = 0;
@@ -39,7 +39,8 @@ struct LayerResult {
 };
 
 struct ConvertCallbacks {
-    std::function<void(int layer, const MoeLayer&, const LayerResult&)> onLayerDone;
+    std::function<void(int layer)> onLayerStart;
+    std::function<void(int layer, const MoeLayer&, const LayerConversion&)> onLayerDone;
     ProgressFn progress;
     CancelToken cancel;
 };

@@ -119,30 +119,40 @@ TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories() +
-                             "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --out ";
-    auto r = runLadimo(args + (tmp / "a").string());
+                             "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project ";
+    const std::string a = (tmp / "a.ladimo").string(), b = (tmp / "b.ladimo").string();
+    auto r = runLadimo(args + a);
     ASSERT_EQ(r.status, 0) << r.out;
-    // An interrupted run: layers 3 and 4 never finished.
-    std::filesystem::copy(tmp / "a", tmp / "b");
-    std::filesystem::remove(tmp / "b/layer_003.safetensors");
-    std::filesystem::remove(tmp / "b/layer_004.safetensors");
-    r = runLadimo(args + (tmp / "b").string());
+    r = runLadimo(args + b);
     ASSERT_EQ(r.status, 0) << r.out;
+    // Layers 3 and 4 of b are lost (as after a crash); verify --repair marks them pending.
+    std::filesystem::remove(tmp / "b.ladimo.d/runs/1/layer-003.safetensors");
+    std::filesystem::remove(tmp / "b.ladimo.d/runs/1/layer-004.safetensors");
+    r = runLadimo("project verify " + b + " --repair");
+    EXPECT_NE(r.out.find("layer-003"), std::string::npos) << r.out;
+    r = runLadimo(args + b);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("resuming run #1: 2 of 5 layers left"), std::string::npos) << r.out;
     EXPECT_EQ(r.out.find("layer 0:"), std::string::npos) << "finished layers must be skipped";
-    EXPECT_NE(r.out.find("layer 3:"), std::string::npos) << r.out;
-    for (const char* f : {"layer_000.safetensors", "layer_003.safetensors", "layer_004.safetensors"})
-        EXPECT_EQ(ladimo::core::sha256File(tmp / "a" / f), ladimo::core::sha256File(tmp / "b" / f)) << f;
-    // Other settings into the same folder are refused rather than mixed.
-    r = runLadimo(args + (tmp / "b").string() + " --experts 4");
-    EXPECT_EQ(r.status, 1);
-    EXPECT_NE(r.out.find("other settings"), std::string::npos) << r.out;
-    // The converted model evaluates, with the measures of a conversion.
-    r = runLadimo("eval " + (tmp / "b").string() + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 8 --json", true);
+    for (const char* f : {"layer-000.safetensors", "layer-003.safetensors", "layer-004.safetensors"})
+        EXPECT_EQ(ladimo::core::sha256File(tmp / "a.ladimo.d/runs/1" / f), ladimo::core::sha256File(tmp / "b.ladimo.d/runs/1" / f)) << f;
+    r = runLadimo("project show " + b + " --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto shown = nlohmann::json::parse(r.out);
+    ASSERT_EQ(shown["layers"].size(), 5u);
+    for (const auto& l : shown["layers"])
+        EXPECT_EQ(l["status"], "done");
+    // Other settings start a second run in the same project instead of mixing layers.
+    r = runLadimo(args + b + " --experts 4 --train-top-k 3");
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("run #2"), std::string::npos) << r.out;
+    // The converted model evaluates with the measures of a conversion.
+    r = runLadimo("eval " + a + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 8 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto j = nlohmann::json::parse(r.out);
     EXPECT_NEAR(j["activated_ffn_fraction"].get<double>(), 1.0, 1e-12);
     EXPECT_GE(j["kl_to_dense"].get<double>(), 0.0);
-    r = runLadimo("eval " + (tmp / "b").string() + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 4 --json", true);
+    r = runLadimo("eval " + a + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 4 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
     // 4 of 8 experts of 21 or 22 neurons each: close to half the FFN, exactly counted.
     EXPECT_NEAR(nlohmann::json::parse(r.out)["activated_ffn_fraction"].get<double>(), 0.5, 0.01);
