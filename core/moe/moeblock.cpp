@@ -86,8 +86,10 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
             auto idx = tokens.narrow(0, start, n);
             auto xe = x.index_select(0, idx);
             auto g = gate[e].narrow(0, 0, s), u = up[e].narrow(0, 0, s), d = down[e].narrow(1, 0, s);
-            auto h = torch::silu(torch::matmul(xe, g.t())) * torch::matmul(xe, u.t());
-            out = out.index_add(0, idx, torch::matmul(h, d.t()) * w.narrow(0, start, n));
+            // Weight the hidden activations (S wide) rather than the output (H wide), and
+            // accumulate in place: an out-of-place index_add would copy `out` once per expert.
+            auto h = torch::silu(torch::matmul(xe, g.t())) * torch::matmul(xe, u.t()) * w.narrow(0, start, n);
+            out.index_add_(0, idx, torch::matmul(h, d.t()));
             start += n;
             active += n;
         }

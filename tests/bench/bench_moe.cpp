@@ -1,0 +1,92 @@
+// MoE block forward (token dispatch) against the dense FFN it came from, on the same tokens,
+// and a distillation step. Ratios in one run are what count: the machine is noisy.
+//   build/bin/bench_moe --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include "convert/construct.h"
+#include "moe/moeblock.h"
+
+using namespace ladimo::core;
+
+namespace {
+
+struct Setup {
+    DenseFfn ffn;
+    MoeLayer moe;
+    torch::Tensor x, y;
+};
+
+// H, I: hidden and FFN width; T tokens; experts N (75% active = 6 of 8).
+Setup makeSetup(int64_t H, int64_t I, int64_t T, int64_t N = 8)
+{
+    torch::manual_seed(0);
+    Setup s;
+    s.ffn = {torch::randn({I, H}) / std::sqrt(double(H)), torch::randn({I, H}) / std::sqrt(double(H)),
+             torch::randn({H, I}) / std::sqrt(double(I))};
+    s.x = torch::randn({T, H});
+    std::vector<int64_t> assign(static_cast<std::size_t>(I));
+    for (int64_t i = 0; i < I; ++i)
+        assign[static_cast<std::size_t>(i)] = i * N / I;
+    s.moe = buildMoeLayer(s.ffn, assign, N, Gating::Hard);
+    s.moe.router = torch::randn({N, H});
+    s.y = torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()), s.ffn.down.t());
+    return s;
+}
+
+void denseFfn(benchmark::State& state)
+{
+    torch::InferenceMode guard;
+    auto s = makeSetup(state.range(0), state.range(1), state.range(2));
+    for (auto _ : state) {
+        auto out = torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()), s.ffn.down.t());
+        benchmark::DoNotOptimize(out.data_ptr());
+    }
+    state.counters["tokens/s"] = benchmark::Counter(double(state.range(2)), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void moeTop6of8(benchmark::State& state)
+{
+    torch::InferenceMode guard;
+    auto s = makeSetup(state.range(0), state.range(1), state.range(2));
+    for (auto _ : state) {
+        auto out = s.moe.forward(s.x, RoutingRule::staticK(6));
+        benchmark::DoNotOptimize(out.data_ptr());
+    }
+    state.counters["tokens/s"] = benchmark::Counter(double(state.range(2)), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void distillStep(benchmark::State& state)
+{
+    auto s = makeSetup(state.range(0), state.range(1), state.range(2));
+    std::vector<torch::Tensor> params = {s.moe.gate, s.moe.up, s.moe.down};
+    for (auto& p : params)
+        p.set_requires_grad(true);
+    torch::optim::Adam opt(params, torch::optim::AdamOptions(1e-3));
+    const double energy = s.y.pow(2).sum(-1).mean().item<double>();
+    for (auto _ : state) {
+        auto out = s.moe.forward(s.x, RoutingRule::staticK(6));
+        auto loss = (out - s.y).pow(2).sum(-1).mean() / energy;
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+    }
+    state.counters["steps/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// {hidden, FFN width, tokens}: the demo model's FFN, and a LLaMA-style 1024 x 2816 one.
+void sizes(benchmark::internal::Benchmark* b)
+{
+    for (int64_t t : {512, 4096}) {
+        b->Args({256, 768, t});
+        b->Args({1024, 2816, t});
+    }
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+} // namespace
+
+BENCHMARK(denseFfn)->Apply(sizes);
+BENCHMARK(moeTop6of8)->Apply(sizes);
+BENCHMARK(distillStep)->Args({256, 768, 512})->Args({1024, 2816, 512})->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_MAIN();
