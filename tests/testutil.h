@@ -2,6 +2,10 @@
 // scratch folder that is removed at the end of each test.
 #pragma once
 
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -27,6 +31,33 @@ inline std::filesystem::path sourceDir() { return LADIMO_SOURCE_DIR; }
             GTEST_SKIP() << "shared test data absent: " << (::ladimo::test::sharedData() / (rel)) \
                          << " (see ../shared/data/README.md)";                                   \
     } while (0)
+
+struct CommandResult {
+    int status = -1; // exit status; -1 when it could not run or died by a signal
+    std::string out;
+};
+
+// Runs a shell command; stderr (progress, errors) joins the output unless `stdoutOnly`.
+inline CommandResult runCommand(const std::string& command, bool stdoutOnly = false)
+{
+    CommandResult r;
+    FILE* p = popen((command + (stdoutOnly ? " 2>/dev/null" : " 2>&1")).c_str(), "r");
+    if (!p)
+        return r;
+    std::array<char, 4096> buf{};
+    std::size_t n = 0;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0)
+        r.out.append(buf.data(), n);
+    const int st = pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+// Runs the built `ladimo` program (build/bin/ladimo) with `args`.
+inline CommandResult runLadimo(const std::string& args, bool stdoutOnly = false)
+{
+    return runCommand(std::string(LADIMO_BIN_DIR) + "/ladimo " + args, stdoutOnly);
+}
 
 class TempDir {
 public:

@@ -9,32 +9,8 @@
 
 namespace {
 
-struct Run {
-    int status = -1;
-    std::string out;
-};
-
-// Runs a shell command; stderr (progress, errors) joins the output unless `stdoutOnly`.
-Run runCommand(const std::string& command, bool stdoutOnly = false)
-{
-    const std::string cmd = command + (stdoutOnly ? " 2>/dev/null" : " 2>&1");
-    Run r;
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p)
-        return r;
-    std::array<char, 4096> buf{};
-    std::size_t n = 0;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0)
-        r.out.append(buf.data(), n);
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
-
-Run runLadimo(const std::string& args, bool stdoutOnly = false)
-{
-    return runCommand(std::string(LADIMO_BIN_DIR) + "/ladimo " + args, stdoutOnly);
-}
+using ladimo::test::runCommand;
+using ladimo::test::runLadimo;
 
 std::string stories() { return (ladimo::test::sharedData() / "stories260K").string(); }
 

@@ -14,42 +14,16 @@
 
 namespace fs = std::filesystem;
 using namespace ladimo::core;
+using ladimo::test::CommandResult;
 
 namespace {
 
-struct Output {
-    int status = -1;
-    std::string out;
-};
-
-Output runCli(const std::string& args)
-{
-    Output r;
-    FILE* p = popen((std::string(LADIMO_BIN_DIR) + "/ladimo " + args + " 2>&1").c_str(), "r");
-    if (!p)
-        return r;
-    std::array<char, 4096> buf{};
-    std::size_t n = 0;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0)
-        r.out.append(buf.data(), n);
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
-
-#define REQUIRE_PROJECT_COMMAND()                                                                  \
-    do {                                                                                           \
-        if (!fs::exists(fs::path(LADIMO_BIN_DIR) / "ladimo"))                                      \
-            GTEST_SKIP() << "ladimo binary not built";                                             \
-        if (runCli("--help").out.find("\n  project ") == std::string::npos)                         \
-            GTEST_SKIP() << "this ladimo has no `project` subcommand (main.cpp does not register it)"; \
-    } while (0)
+CommandResult runCli(const std::string& args) { return ladimo::test::runLadimo(args); }
 
 } // namespace
 
 TEST(StoreCli, ShowJsonListsTheLatestRunsLayers)
 {
-    REQUIRE_PROJECT_COMMAND();
     ladimo::test::TempDir dir;
     const auto file = dir / "P.ladimo";
     {
