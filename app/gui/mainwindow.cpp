@@ -22,9 +22,11 @@
 #include <QtConcurrent/QtConcurrentRun>
 
 #include "common/error.h"
+#include "conversiontablemodel.h"
 #include "layertablemodel.h"
 #include "model/tokenizer.h"
 #include "widgets/barplot.h"
+#include "widgets/lineplot.h"
 
 namespace ladimo::gui {
 
@@ -34,8 +36,25 @@ OpenedModel openModel(const QString& path)
 {
     OpenedModel m;
     m.path = path;
+    m.modelPath = path;
     try {
-        const std::filesystem::path dir = path.toStdString();
+        std::filesystem::path dir = path.toStdString();
+        if (path.endsWith(".ladimo")) {
+            // Read-only: the GUI is a reader; a converter may be writing at the same time.
+            auto p = core::Project::open(dir, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
+            m.isProject = true;
+            const auto runId = p.latestRunId();
+            const auto models = p.models();
+            if (runId) {
+                m.run = p.snapshot(*runId);
+                dir = p.model(m.run->run.modelId).path;
+            } else if (!models.empty()) {
+                dir = models.front().path;
+            } else {
+                throw core::Error(path.toStdString() + ": the project has no model yet");
+            }
+            m.modelPath = QString::fromStdString(dir.string());
+        }
         m.config = core::ModelConfig::load(dir / "config.json");
         if (auto tok = core::Tokenizer::loadForModel(dir))
             m.tokenizer = QString::fromStdString(tok->kind());
@@ -79,7 +98,7 @@ void MainWindow::buildUi()
     resize(1100, 720);
 
     auto* fileMenu = menuBar()->addMenu(tr("&File"));
-    auto* openAction = fileMenu->addAction(tr("&Open model folder..."), this, &MainWindow::onOpenTriggered);
+    auto* openAction = fileMenu->addAction(tr("&Open project or model..."), this, &MainWindow::onOpenTriggered);
     openAction->setShortcut(QKeySequence::Open);
     openAction->setToolTip(tr("Open a Hugging Face LLaMA-family model folder (config.json + safetensors)"));
     auto* demoAction = fileMenu->addAction(tr("Open &demo model"), this, [this] { openPath(demoModelPath()); });
@@ -120,6 +139,33 @@ void MainWindow::buildUi()
     split->setSizes({600, 400});
     layout->addWidget(split, 1);
     m_tabs->addTab(modelPage, tr("Model"));
+
+    auto* convertPage = new QWidget;
+    auto* convertLayout = new QVBoxLayout(convertPage);
+    m_runSummary = new QLabel(tr("No conversion yet. Convert with: ladimo convert MODEL --data FILE --project P.ladimo, then open P.ladimo."));
+    m_runSummary->setWordWrap(true);
+    m_runSummary->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    convertLayout->addWidget(m_runSummary);
+    auto* convertSplit = new QSplitter(Qt::Horizontal);
+    m_conversion = new ConversionTableModel(this);
+    m_conversionView = new QTableView;
+    m_conversionView->setModel(m_conversion);
+    m_conversionView->horizontalHeader()->setSectionResizeMode(QHeaderView::Stretch);
+    m_conversionView->verticalHeader()->hide();
+    m_conversionView->setSelectionBehavior(QAbstractItemView::SelectRows);
+    m_conversionView->setSelectionMode(QAbstractItemView::SingleSelection);
+    m_conversionView->setToolTip(tr("Per-layer results of the latest conversion run: select a layer to see its loss curve"));
+    convertSplit->addWidget(m_conversionView);
+    m_lossPlot = new widgets::LinePlot;
+    m_lossPlot->setAxisLabels(tr("distillation step"), tr("normalised MSE"));
+    m_lossPlot->setLogY(true);
+    m_lossPlot->setToolTip(tr("Layer-wise distillation loss: MSE of the MoE block against the dense FFN, divided by the FFN output energy"));
+    convertSplit->addWidget(m_lossPlot);
+    convertSplit->setSizes({500, 500});
+    convertLayout->addWidget(convertSplit, 1);
+    connect(m_conversionView->selectionModel(), &QItemSelectionModel::currentRowChanged, this,
+            [this](const QModelIndex& current) { showLossCurve(current.row()); });
+    m_tabs->addTab(convertPage, tr("Convert"));
     setCentralWidget(m_tabs);
     statusBar()->showMessage(tr("Ready"));
     rebuildRecentMenu();
@@ -135,6 +181,13 @@ void MainWindow::openPath(const QString& path)
 
 void MainWindow::onOpenTriggered()
 {
+    // A project is a file, a model is a folder: offer the project file first, folders on cancel.
+    const QString file = QFileDialog::getOpenFileName(this, tr("Open project"), m_current.path,
+                                                      tr("LaDiMo projects (*.ladimo)"));
+    if (!file.isEmpty()) {
+        openPath(file);
+        return;
+    }
     const QString dir = QFileDialog::getExistingDirectory(this, tr("Open model folder"), m_current.path);
     if (!dir.isEmpty())
         openPath(dir);
@@ -163,7 +216,7 @@ void MainWindow::showModel(const OpenedModel& m)
     m_summary->setText(tr("<b>%1</b> &nbsp; %2<br>%3 layers, hidden %4, FFN width %5, %6 heads (%7 key/value), "
                           "vocabulary %8, tokenizer: %9<br>Parameters: <b>%10</b> total = attention %11 + FFN %12 + "
                           "embeddings %13 + norms %14")
-                           .arg(QDir(m.path).dirName().toHtmlEscaped(), QString::fromStdString(c.architecture))
+                           .arg(QDir(m.modelPath).dirName().toHtmlEscaped(), QString::fromStdString(c.architecture))
                            .arg(c.numLayers)
                            .arg(c.hiddenSize)
                            .arg(c.intermediateSize)
@@ -173,10 +226,73 @@ void MainWindow::showModel(const OpenedModel& m)
                            .arg(m.tokenizer.isEmpty() ? tr("none (token ids only)") : m.tokenizer)
                            .arg(count(p.total), count(p.attention), count(p.ffn), count(p.embeddings), count(p.norms)));
     m_layers->setConfig(c);
+    showRun(m);
     m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
                          {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
     setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));
     statusBar()->showMessage(tr("Opened %1").arg(m.path));
+}
+
+void MainWindow::showRun(const OpenedModel& m)
+{
+    if (!m.run) {
+        m_conversion->clear();
+        m_lossPlot->clear();
+        m_runSummary->setText(m.isProject ? tr("This project has no conversion run yet.")
+                                          : tr("No conversion yet. Convert with: ladimo convert MODEL --data FILE --project P.ladimo, then open P.ladimo."));
+        return;
+    }
+    const auto& r = m.run->run;
+    int done = 0;
+    for (const auto& l : m.run->layers)
+        done += l.status == core::LayerStatus::Done;
+    m_runSummary->setText(tr("Run #%1 (%2): %3 experts, %4 partition, %5 gating, trained at top-%6, %7 epochs, lr %8, batch %9, "
+                             "%10 mode on %11, seed %12. %13 of %14 layers done.")
+                              .arg(r.id)
+                              .arg(QString::fromLatin1(core::runStatusName(r.status)))
+                              .arg(r.experts)
+                              .arg(QString::fromStdString(r.partition), QString::fromStdString(r.gating))
+                              .arg(r.trainTopK)
+                              .arg(r.epochs)
+                              .arg(r.lr)
+                              .arg(r.batch)
+                              .arg(QString::fromStdString(r.mode), QString::fromStdString(r.device))
+                              .arg(r.seed)
+                              .arg(done)
+                              .arg(m.run->layers.size()));
+    m_conversion->setSnapshot(*m.run);
+    selectConversionLayer(0);
+}
+
+void MainWindow::selectConversionLayer(int layer)
+{
+    if (layer < 0 || layer >= m_conversion->rowCount())
+        return;
+    m_conversionView->selectRow(layer);
+    showLossCurve(layer);
+}
+
+void MainWindow::showLossCurve(int row)
+{
+    m_lossPlot->clear();
+    const auto& snap = m_conversion->snapshot();
+    if (row < 0 || row >= static_cast<int>(snap.lossCurves.size()))
+        return;
+    QVector<double> x, y;
+    for (const auto& p : snap.lossCurves[static_cast<std::size_t>(row)]) {
+        x << static_cast<double>(p.step);
+        y << std::max(p.loss, 1e-12);
+    }
+    m_lossPlot->addSeries(tr("layer %1, per batch").arg(row), x, y);
+    // Batches draw k at random, so single-batch losses jump; a moving average shows the trend.
+    const int window = std::max(1, static_cast<int>(y.size()) / 40);
+    QVector<double> avg(y.size());
+    double sum = 0;
+    for (int i = 0; i < y.size(); ++i) {
+        sum += y[i] - (i >= window ? y[i - window] : 0.0);
+        avg[i] = sum / std::min(i + 1, window);
+    }
+    m_lossPlot->addSeries(tr("moving average (%1 steps)").arg(window), x, avg);
 }
 
 QString MainWindow::summaryText() const { return m_summary->text(); }

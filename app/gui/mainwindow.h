@@ -1,6 +1,7 @@
-// MainWindow: the workbench window. Opens a model directory (menu, recent files, drag and drop,
-// command line, "Open demo"), reads it off the GUI thread, and shows the Model view:
-// architecture, parameter counts and the per-layer table. GUI thread only.
+// MainWindow: the workbench window. Opens a model directory or a *.ladimo project (menu, recent
+// files, drag and drop, command line, "Open demo"), reads it off the GUI thread, and shows the
+// Model view (architecture, parameter counts, per-layer table) and the Convert view (the latest
+// run's settings, per-layer results and loss curves). GUI thread only.
 #pragma once
 
 #include <QFutureWatcher>
@@ -8,6 +9,7 @@
 #include <QString>
 
 #include "model/config.h"
+#include "store/project.h"
 
 class QLabel;
 class QTableView;
@@ -16,18 +18,23 @@ class QMenu;
 
 namespace ladimo::widgets {
 class BarPlot;
+class LinePlot;
 }
 
 namespace ladimo::gui {
 
 class LayerTableModel;
+class ConversionTableModel;
 
 // What opening a model yields; produced on a worker thread.
 struct OpenedModel {
-    QString path;
+    QString path;            // what the user opened: a model folder or a *.ladimo project
+    QString modelPath;       // the dense model folder
     core::ModelConfig config;
-    QString tokenizer; // kind, or empty
-    QString error;     // non-empty when opening failed
+    QString tokenizer;       // kind, or empty
+    bool isProject = false;
+    std::optional<core::RunSnapshot> run; // the project's latest conversion run
+    QString error;           // non-empty when opening failed
 };
 
 class MainWindow : public QMainWindow {
@@ -41,6 +48,9 @@ public:
     static QString demoModelPath();
 
     const LayerTableModel* layerModel() const { return m_layers; }
+    const ConversionTableModel* conversionModel() const { return m_conversion; }
+    const widgets::LinePlot* lossPlot() const { return m_lossPlot; }
+    void selectConversionLayer(int layer);
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
     bool selectView(const QString& name);
@@ -61,6 +71,8 @@ private slots:
 private:
     void buildUi();
     void showModel(const OpenedModel& m);
+    void showRun(const OpenedModel& m);
+    void showLossCurve(int row);
     void rememberRecent(const QString& path);
     void rebuildRecentMenu();
 
@@ -69,6 +81,10 @@ private:
     QTableView* m_layerView = nullptr;
     LayerTableModel* m_layers = nullptr;
     widgets::BarPlot* m_breakdown = nullptr;
+    QLabel* m_runSummary = nullptr;
+    QTableView* m_conversionView = nullptr;
+    ConversionTableModel* m_conversion = nullptr;
+    widgets::LinePlot* m_lossPlot = nullptr;
     QMenu* m_recentMenu = nullptr;
     OpenedModel m_current;
     QFutureWatcher<OpenedModel> m_openWatcher;

@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include "common/fileutil.h"
+#include "conversiontablemodel.h"
 #include "layertablemodel.h"
+#include "widgets/lineplot.h"
 #include "mainwindow.h"
 #include "testutil.h"
 
@@ -38,6 +41,53 @@ TEST(MainWindow, BadFolderReportsAnErrorAndKeepsState)
     ASSERT_TRUE(failed.wait(10000));
     EXPECT_TRUE(failed.front().front().toString().contains("config.json"));
     EXPECT_EQ(w.layerModel()->rowCount(), 0);
+}
+
+TEST(MainWindow, OpensAProjectIntoTheConvertView)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/config.json");
+    ladimo::test::TempDir tmp;
+    const auto file = tmp / "p.ladimo";
+    {
+        // A project as `ladimo convert` leaves it: three layers done with curves, two pending.
+        auto p = ladimo::core::Project::create(file);
+        ladimo::core::SourceModel m;
+        m.path = (ladimo::test::sharedData() / "stories260K").string();
+        ladimo::core::ConversionRun run;
+        run.modelId = p.addModel(m);
+        run.layers = 5;
+        run.trainTopK = 6;
+        const auto id = p.startRun(run);
+        for (int l = 0; l < 3; ++l) {
+            const auto rel = ladimo::core::Project::layerWeightsPath(id, l);
+            ladimo::core::atomicWriteFile(p.prepareFile(rel), std::string("weights"));
+            ladimo::core::LayerOutcome out;
+            out.weightsPath = rel;
+            out.relativeError = 0.01 * (l + 1);
+            out.finalLoss = 0.02;
+            ladimo::core::LossCurve curve;
+            for (int s = 0; s < 10 + l; ++s)
+                curve.push_back({s, 1.0 / (s + 1)});
+            p.finishLayer(id, l, out, curve);
+        }
+    }
+    MainWindow w;
+    w.setProperty("quiet", true);
+    QAbstractItemModelTester tester(const_cast<ladimo::gui::ConversionTableModel*>(w.conversionModel()),
+                                    QAbstractItemModelTester::FailureReportingMode::Fatal);
+    QSignalSpy opened(&w, &MainWindow::modelOpened);
+    w.openPath(QString::fromStdString(file.string()));
+    ASSERT_TRUE(opened.wait(10000));
+    EXPECT_EQ(w.layerModel()->rowCount(), 5); // the project's source model fills the Model view
+    const auto* conv = w.conversionModel();
+    ASSERT_EQ(conv->rowCount(), 5);
+    EXPECT_EQ(conv->index(1, ladimo::gui::ConversionTableModel::StatusColumn).data().toString(), "done");
+    EXPECT_EQ(conv->index(4, ladimo::gui::ConversionTableModel::StatusColumn).data().toString(), "pending");
+    EXPECT_NEAR(conv->index(2, ladimo::gui::ConversionTableModel::ErrorColumn).data(Qt::UserRole).toDouble(), 0.03, 1e-12);
+    ASSERT_TRUE(w.selectView("convert"));
+    w.selectConversionLayer(2);
+    ASSERT_EQ(w.lossPlot()->seriesCount(), 2); // per batch + moving average
+    EXPECT_EQ(w.lossPlot()->pointCount(0), 12);
 }
 
 int main(int argc, char** argv)

@@ -1,0 +1,31 @@
+// ConversionTableModel: one row per layer of a conversion run (status, final loss, relative
+// error, wall time, loss-curve points), over a value snapshot read from the project and replaced
+// as a whole. GUI thread only.
+#pragma once
+
+#include <QAbstractTableModel>
+
+#include "store/project.h"
+
+namespace ladimo::gui {
+
+class ConversionTableModel : public QAbstractTableModel {
+    Q_OBJECT
+public:
+    enum Column { LayerColumn, StatusColumn, FinalLossColumn, ErrorColumn, SecondsColumn, PointsColumn, ColumnCount };
+    using QAbstractTableModel::QAbstractTableModel;
+
+    void setSnapshot(const core::RunSnapshot& snapshot);
+    void clear();
+    const core::RunSnapshot& snapshot() const { return m_snapshot; }
+
+    int rowCount(const QModelIndex& parent = {}) const override;
+    int columnCount(const QModelIndex& parent = {}) const override;
+    QVariant data(const QModelIndex& index, int role = Qt::DisplayRole) const override;
+    QVariant headerData(int section, Qt::Orientation orientation, int role = Qt::DisplayRole) const override;
+
+private:
+    core::RunSnapshot m_snapshot;
+};
+
+} // namespace ladimo::gui
