@@ -1,5 +1,6 @@
 #include "cliutil.h"
 
+#include <csignal>
 #include <cstdio>
 
 #include "common/error.h"
@@ -46,6 +47,7 @@ std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core
         s.seqLen = seqLen;
         s.seed = seed;
         s.progress = progress;
+        s.cancel = interruptToken();
         return core::selfSample(model, s);
     }
     if (file.empty())
@@ -77,6 +79,31 @@ ProgressPrinter::~ProgressPrinter()
 {
     if (m_printed)
         std::fprintf(stderr, "\n");
+}
+
+namespace {
+std::atomic<bool>* g_interrupted = nullptr;
+
+extern "C" void onInterrupt(int sig)
+{
+    if (g_interrupted)
+        g_interrupted->store(true);
+    std::signal(sig, SIG_DFL); // the next one terminates at once
+}
+} // namespace
+
+const core::CancelToken& interruptToken()
+{
+    static const core::CancelToken token;
+    return token;
+}
+
+void installInterruptHandler()
+{
+    static_assert(std::atomic<bool>::is_always_lock_free, "signal-safe flag");
+    g_interrupted = interruptToken().flag();
+    std::signal(SIGINT, onInterrupt);
+    std::signal(SIGTERM, onInterrupt);
 }
 
 std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir)

@@ -54,6 +54,11 @@ private:
 
 std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir);
 
+// The process-wide cancel token: Ctrl-C (SIGINT) or SIGTERM cancels it, long jobs stop at the
+// next batch boundary and leave their project consistent. A second Ctrl-C kills as usual.
+const core::CancelToken& interruptToken();
+void installInterruptHandler();
+
 // A project's source-model record for a dense model folder (config, weights checksum, counts).
 core::SourceModel describeSourceModel(const std::string& modelDir);
 

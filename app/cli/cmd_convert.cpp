@@ -147,6 +147,7 @@ void registerConvertCommand(CLI::App& app)
 
         core::ConvertCallbacks cb;
         cb.progress = printer.fn();
+        cb.cancel = interruptToken();
         int current = -1;
         cb.onLayerStart = [&](int l) {
             current = l;
@@ -180,12 +181,13 @@ void registerConvertCommand(CLI::App& app)
             torch::InferenceMode off(false);
             core::convertModel(model, calibration, o->s, cb, skip, done);
         } catch (const core::Cancelled&) {
-            if (current >= 0)
+            if (current >= 0 && project.layer(runId, current).status != core::LayerStatus::Done)
                 project.resetLayers(runId, {current});
             project.setRunStatus(runId, core::RunStatus::Cancelled);
+            std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
             throw;
         } catch (const std::exception& e) {
-            if (current >= 0)
+            if (current >= 0 && project.layer(runId, current).status != core::LayerStatus::Done)
                 project.failLayer(runId, current, e.what());
             project.setRunStatus(runId, core::RunStatus::Failed);
             throw;

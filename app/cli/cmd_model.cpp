@@ -151,6 +151,7 @@ void registerEvalCommand(CLI::App& app)
         e.seqLen = o->seqLen;
         e.batch = o->batch;
         e.progress = printer.fn();
+        e.cancel = interruptToken();
         int64_t active = 0, tokens = 0;
         core::ForwardHooks hooks;
         if (converted) {

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "cliutil.h"
 #include "commands.h"
 #include "common/error.h"
 
@@ -21,6 +22,7 @@ int main(int argc, char** argv)
     ladimo::cli::registerConvertCommand(app);
     ladimo::cli::registerPretrainCommand(app);
     ladimo::cli::registerProjectCommand(app);
+    ladimo::cli::installInterruptHandler();
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

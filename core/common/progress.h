@@ -22,6 +22,8 @@ public:
         if (isCancelled())
             throw Cancelled();
     }
+    // The flag itself, for a signal handler (a lock-free atomic store is async-signal-safe).
+    std::atomic<bool>* flag() const { return m_flag.get(); }
 
 private:
     // Shared so copies of a token (handed to worker threads) observe the same flag.

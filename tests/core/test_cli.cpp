@@ -133,3 +133,36 @@ TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
     // 4 of 8 experts of 21 or 22 neurons each: close to half the FFN, exactly counted.
     EXPECT_NEAR(nlohmann::json::parse(r.out)["activated_ffn_fraction"].get<double>(), 0.5, 0.01);
 }
+
+TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    const std::string args = "convert " + stories() + " --data " + stories() +
+                             "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --project ";
+    const std::string a = (tmp / "a.ladimo").string(), b = (tmp / "b.ladimo").string();
+    auto r = runLadimo(args + a);
+    ASSERT_EQ(r.status, 0) << r.out;
+    // Interrupt b with SIGINT as soon as its first layer is reported done (mid-layer 1).
+    const std::string log = (tmp / "b.log").string();
+    const std::string script = std::string(LADIMO_BIN_DIR) + "/ladimo " + args + b + " > " + log + " 2>&1 & pid=$!; " +
+                               "for i in $(seq 1 600); do grep -q 'layer 0:' " + log + " && break; sleep 0.05; done; " +
+                               "kill -INT $pid; wait $pid; echo exit=$?";
+    ladimo::core::atomicWriteFile(tmp / "interrupt.sh", script + "\n");
+    r = runCommand("sh " + (tmp / "interrupt.sh").string());
+    EXPECT_NE(r.out.find("exit=130"), std::string::npos) << r.out << ladimo::core::readTextFile(log);
+    EXPECT_NE(ladimo::core::readTextFile(log).find("cancelled"), std::string::npos);
+    r = runLadimo("project show " + b + " --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    auto shown = nlohmann::json::parse(r.out);
+    EXPECT_EQ(shown["layers"][0]["status"], "done");
+    for (std::size_t l = 1; l < shown["layers"].size(); ++l)
+        EXPECT_NE(shown["layers"][l]["status"], "running") << l;
+    r = runLadimo(args + b);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("resuming run #1"), std::string::npos) << r.out;
+    for (int l = 0; l < 5; ++l) {
+        const std::string f = "runs/1/layer-00" + std::to_string(l) + ".safetensors";
+        EXPECT_EQ(ladimo::core::sha256File(tmp / ("a.ladimo.d/" + f)), ladimo::core::sha256File(tmp / ("b.ladimo.d/" + f))) << f;
+    }
+}
