@@ -14,7 +14,7 @@ void ModelOptions::add(CLI::App* cmd, bool positional)
 {
     if (positional)
         cmd->add_option("model", path, "Model directory (Hugging Face layout)")->required();
-    cmd->add_option("--device", device, "cpu, cuda, cuda:N or auto (CUDA when available)")
+    cmd->add_option("--device", device, "cpu, cuda, cuda:N or auto (CUDA when available); convert takes a list, one worker per entry")
         ->capture_default_str();
     cmd->add_option("--dtype", dtype, "Compute dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
         ->capture_default_str();
@@ -23,7 +23,7 @@ void ModelOptions::add(CLI::App* cmd, bool positional)
 core::LlamaModel ModelOptions::load() const
 {
     core::LoadOptions o;
-    o.device = core::parseDevice(device);
+    o.device = core::parseDevices(device).front(); // a device list: the model lives on the first
     o.dtype = core::parseComputeDType(dtype, o.device);
     return core::LlamaModel::load(path, o);
 }

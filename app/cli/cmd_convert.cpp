@@ -78,6 +78,7 @@ void registerConvertCommand(CLI::App& app)
         o->s.distill.seed = o->data.seed;
         const auto source = describeSourceModel(o->model.path);
         auto model = o->model.load();
+        o->s.devices = core::parseDevices(o->model.device);
         const int L = static_cast<int>(model.config().numLayers);
 
         auto project = fs::exists(o->project) ? core::Project::open(o->project, {core::Project::Access::ReadWrite,
@@ -138,7 +139,9 @@ void registerConvertCommand(CLI::App& app)
             run.lr = o->s.distill.lr;
             run.batch = o->s.distill.batch;
             run.mode = o->s.mode;
-            run.device = model.device().str();
+            run.device.clear();
+            for (const auto& d : o->s.devices)
+                run.device += (run.device.empty() ? "" : ",") + d.str();
             run.seed = o->s.distill.seed;
             run.extra = settings;
             runId = project.startRun(run);

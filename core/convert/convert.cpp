@@ -1,6 +1,8 @@
 #include "convert/convert.h"
 
 #include <chrono>
+#include <mutex>
+#include <thread>
 #include <sstream>
 
 #include "common/error.h"
@@ -77,25 +79,21 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
     if (!sequential)
         captureFfn(model, calibration, s.seqLen, &xs, &ys);
     const auto trainRule = RoutingRule::staticK(s.distill.trainTopK);
-    for (int l = 0; l < L; ++l) {
-        cb.cancel.throwIfCancelled();
-        if (skip.count(l))
-            continue;
-        if (cb.onLayerStart)
-            cb.onLayerStart(l);
+    // One layer, on one device: partition, router fit, distillation. Deterministic for a seed,
+    // whichever worker runs it.
+    auto convertLayer = [&](int l, const torch::Device& device, const CancelToken& cancel) {
         const auto start = std::chrono::steady_clock::now();
-        if (sequential) // inputs from the converted layers below, dense target of those inputs
-            captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
         const auto& w = model.weights().layers[static_cast<std::size_t>(l)];
-        DenseFfn ffn{w.gate.to(torch::kFloat32), w.up.to(torch::kFloat32), w.down.to(torch::kFloat32)};
-        const auto& x = xs[static_cast<std::size_t>(l)];
-        const auto& y = ys[static_cast<std::size_t>(l)];
+        DenseFfn ffn{w.gate.to(device, torch::kFloat32), w.up.to(device, torch::kFloat32), w.down.to(device, torch::kFloat32)};
+        const auto x = xs[static_cast<std::size_t>(l)].to(device);
+        const auto y = ys[static_cast<std::size_t>(l)].to(device);
         auto layer = buildMoeLayer(ffn, partitionNeurons(ffn, x, s.experts, s.partition, s.distill.seed + l), s.experts, s.gating);
         DistillOptions d = s.distill;
         d.seed = s.distill.seed + static_cast<uint64_t>(l);
-        d.cancel = cb.cancel;
+        d.cancel = cancel;
         const int64_t steps = d.epochs * ((x.size(0) + d.batch - 1) / d.batch);
         d.onStep = [&](int, int64_t step, double) {
+            cb.cancel.throwIfCancelled(); // the caller's token, besides the workers' shared one
             if (cb.progress)
                 cb.progress("layer " + std::to_string(l), static_cast<double>(step + 1), static_cast<double>(steps));
         };
@@ -107,10 +105,70 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         res.finalError = r.finalLoss;
         res.lossCurve = r.lossCurve;
         res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        done[static_cast<std::size_t>(l)] = layer;
-        if (cb.onLayerDone)
-            cb.onLayerDone(l, layer, res);
+        for (auto* t : {&layer.router, &layer.gate, &layer.up, &layer.down})
+            *t = t->to(torch::kCPU);
+        return std::make_pair(layer, res);
+    };
+
+    const std::vector<torch::Device> devices = s.devices.empty() ? std::vector<torch::Device>{torch::kCPU} : s.devices;
+    if (sequential || devices.size() == 1) {
+        for (int l = 0; l < L; ++l) {
+            cb.cancel.throwIfCancelled();
+            if (skip.count(l))
+                continue;
+            if (cb.onLayerStart)
+                cb.onLayerStart(l);
+            if (sequential) // inputs from the converted layers below, dense target of those inputs
+                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
+            auto [layer, res] = convertLayer(l, devices.front(), cb.cancel);
+            done[static_cast<std::size_t>(l)] = layer;
+            if (cb.onLayerDone)
+                cb.onLayerDone(l, layer, res);
+        }
+        return done;
     }
+
+    // Parallel mode, several devices: one worker thread per device takes the next layer.
+    // Callbacks (which write the project) are serialised; the first failure stops the others.
+    std::mutex mutex;               // guards next, firstError and the callbacks
+    int next = 0;                   // guarded by mutex
+    std::exception_ptr firstError;  // guarded by mutex
+    CancelToken stopAll;            // set by the first failure or by the caller's token
+    auto worker = [&](torch::Device device) {
+        try {
+            for (;;) {
+                int l = -1;
+                {
+                    std::lock_guard<std::mutex> lock(mutex);
+                    while (next < L && skip.count(next))
+                        ++next;
+                    if (next >= L || firstError || cb.cancel.isCancelled())
+                        return;
+                    l = next++;
+                    if (cb.onLayerStart)
+                        cb.onLayerStart(l);
+                }
+                auto [layer, res] = convertLayer(l, device, stopAll);
+                std::lock_guard<std::mutex> lock(mutex);
+                done[static_cast<std::size_t>(l)] = layer;
+                if (cb.onLayerDone)
+                    cb.onLayerDone(l, layer, res);
+            }
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(mutex);
+            if (!firstError)
+                firstError = std::current_exception();
+            stopAll.cancel();
+        }
+    };
+    std::vector<std::thread> threads;
+    for (const auto& d : devices)
+        threads.emplace_back(worker, d);
+    for (auto& t : threads)
+        t.join();
+    if (firstError)
+        std::rethrow_exception(firstError);
+    cb.cancel.throwIfCancelled();
     return done;
 }
 

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/types.h>
+
 #include <nlohmann/json.hpp>
 
 #include "common/progress.h"
@@ -27,6 +29,9 @@ struct ConvertSettings {
     std::string mode = "parallel"; // parallel: X from the dense model; sequential: from converted layers below
     DistillOptions distill;
     int64_t seqLen = 256;
+    // Parallel mode trains one layer per device at a time ("cpu,cpu", "cuda:0,cuda:1"); not part
+    // of toJson(): the result does not depend on it, so a run may resume on other devices.
+    std::vector<torch::Device> devices;
     nlohmann::json toJson() const;
 };
 

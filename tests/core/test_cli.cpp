@@ -166,3 +166,22 @@ TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
         EXPECT_EQ(ladimo::core::sha256File(tmp / ("a.ladimo.d/" + f)), ladimo::core::sha256File(tmp / ("b.ladimo.d/" + f))) << f;
     }
 }
+
+TEST(Cli, TwoCpuWorkersGiveTheSameWeightsAsOne)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    const std::string args = "convert " + stories() + " --data " + stories() +
+                             "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --project ";
+    auto r = runLadimo(args + (tmp / "one.ladimo").string() + " --device cpu");
+    ASSERT_EQ(r.status, 0) << r.out;
+    r = runLadimo(args + (tmp / "two.ladimo").string() + " --device cpu,cpu");
+    ASSERT_EQ(r.status, 0) << r.out;
+    for (int l = 0; l < 5; ++l) {
+        const std::string f = "runs/1/layer-00" + std::to_string(l) + ".safetensors";
+        EXPECT_EQ(ladimo::core::sha256File(tmp / ("one.ladimo.d/" + f)), ladimo::core::sha256File(tmp / ("two.ladimo.d/" + f))) << f;
+    }
+    r = runLadimo("project show " + (tmp / "two.ladimo").string() + " --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["run"]["device"], "cpu,cpu");
+}
