@@ -32,6 +32,7 @@ namespace {
 // v1: project, model, calibration sets, runs, per-layer results, routing profiles, policies,
 //     evaluations.
 // v2: loss curves (per layer and step), exports, free-form extra run settings.
+// v3: free-form extra routing-profile measures (cumulative top-k mass, threshold grid).
 const char* const kMigrations[] = {
     R"sql(
 CREATE TABLE project (
@@ -151,6 +152,10 @@ CREATE TABLE export_record (
 CREATE INDEX evaluation_by_policy ON evaluation(policy_id);
 ALTER TABLE conversion_run ADD COLUMN extra_json TEXT NOT NULL DEFAULT '{}';
 PRAGMA user_version = 2;
+)sql",
+    R"sql(
+ALTER TABLE routing_profile ADD COLUMN extra_json TEXT NOT NULL DEFAULT '{}';
+PRAGMA user_version = 3;
 )sql",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == Project::kSchemaVersion,
@@ -313,7 +318,7 @@ Policy readPolicy(const Statement& st)
 }
 
 const char* const kProfileColumns =
-    "run_id, layer, tokens, bin_edges, ranks, rank_histograms, expert_load, entropy, error_by_k";
+    "run_id, layer, tokens, bin_edges, ranks, rank_histograms, expert_load, entropy, error_by_k, extra_json";
 
 RoutingProfile readProfile(const Statement& st)
 {
@@ -335,6 +340,11 @@ RoutingProfile readProfile(const Statement& st)
     p.expertLoad = blobToDoubles(st.columnBlob(6), what);
     p.entropy = st.columnDouble(7);
     p.errorByK = blobToDoubles(st.columnBlob(8), what);
+    try {
+        p.extra = nlohmann::json::parse(st.columnText(9));
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(what + ": extra measures are not valid JSON: " + e.what());
+    }
     return p;
 }
 
@@ -917,10 +927,11 @@ void Project::saveRoutingProfile(const RoutingProfile& p)
     const auto edges = doublesToBlob(p.binEdges), hist = doublesToBlob(flat), load = doublesToBlob(p.expertLoad),
                err = doublesToBlob(p.errorByK);
     auto st = m_db.prepare("INSERT OR REPLACE INTO routing_profile (run_id, layer, tokens, bin_edges, ranks, "
-                           "rank_histograms, expert_load, entropy, error_by_k) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+                           "rank_histograms, expert_load, entropy, error_by_k, extra_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
     st.bind(1, p.runId).bind(2, p.layer).bind(3, p.tokens).bindBlob(4, edges.data(), edges.size());
     st.bind(5, static_cast<int64_t>(p.rankHistograms.size())).bindBlob(6, hist.data(), hist.size());
-    st.bindBlob(7, load.data(), load.size()).bind(8, p.entropy).bindBlob(9, err.data(), err.size()).run();
+    st.bindBlob(7, load.data(), load.size()).bind(8, p.entropy).bindBlob(9, err.data(), err.size());
+    st.bind(10, p.extra.dump()).run();
 }
 
 std::optional<RoutingProfile> Project::routingProfile(int64_t runId, int layer)

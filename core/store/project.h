@@ -55,7 +55,7 @@ struct VerifyReport {
 
 class Project {
 public:
-    static constexpr int kSchemaVersion = 2;
+    static constexpr int kSchemaVersion = 3;
     static constexpr int32_t kApplicationId = 0x4C444D4F; // "LDMO" in PRAGMA application_id
 
     enum class Access { ReadOnly, ReadWrite };

@@ -112,7 +112,8 @@ nlohmann::json toJson(const RoutingProfile& v)
 {
     return {{"run_id", v.runId},         {"layer", v.layer},           {"tokens", v.tokens},
             {"bin_edges", v.binEdges},   {"rank_histograms", v.rankHistograms},
-            {"expert_load", v.expertLoad}, {"entropy", v.entropy},     {"error_by_k", v.errorByK}};
+            {"expert_load", v.expertLoad}, {"entropy", v.entropy},     {"error_by_k", v.errorByK},
+            {"extra", v.extra}};
 }
 
 nlohmann::json toJson(const Policy& v)

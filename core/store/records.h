@@ -119,6 +119,9 @@ struct RoutingProfile {
     std::vector<double> expertLoad;                   // fraction of tokens per expert (top-1)
     double entropy = 0;                               // mean routing entropy (nats)
     std::vector<double> errorByK;                     // [k-1]: relative error with top-k
+    // Further measures (schema v3): "cumulative_mass" [k-1] (mean top-k routing mass),
+    // "thresholds", "error_by_threshold", "mean_k_by_threshold" (token-adaptive top-p grid).
+    nlohmann::json extra = nlohmann::json::object();
 };
 
 struct Policy {

@@ -175,6 +175,7 @@ TEST(StoreProject, EveryEntityRoundTrips)
         profile.expertLoad = {0.25, 0.125, 0.5, 0.125};
         profile.entropy = 1.2345678901234567;
         profile.errorByK = {0.9, 0.4, 0.1, 1e-17};
+        profile.extra = {{"cumulative_mass", {0.5, 0.8, 0.95, 1.0}}, {"thresholds", {0.9}}};
         p.saveRoutingProfile(profile);
 
         Policy pol;
@@ -297,6 +298,7 @@ TEST(StoreProject, EveryEntityRoundTrips)
     EXPECT_EQ(prof->expertLoad, profile.expertLoad);
     EXPECT_EQ(prof->entropy, profile.entropy);
     EXPECT_EQ(prof->errorByK, profile.errorByK);
+    EXPECT_EQ(prof->extra, profile.extra);
     EXPECT_FALSE(p.routingProfile(runId, 2).has_value());
     EXPECT_EQ(p.routingProfiles(runId).size(), 1u);
 
@@ -385,6 +387,7 @@ TEST(StoreMigration, VersionOneFixtureMigratesToTheCurrentSchema)
         EXPECT_EQ(p.policy(1).rules.size(), 3u);
         EXPECT_EQ(p.evaluations().at(0).metrics["perplexity"], 42.5);
         EXPECT_EQ(p.routingProfile(1, 0)->errorByK, std::vector<double>{1.0});
+        EXPECT_EQ(p.routingProfile(1, 0)->extra, nlohmann::json::object()); // the v3 column's default
         // What v2 added works on the migrated project.
         EXPECT_TRUE(p.exports().empty());
         p.addExport({0, "gguf", "/out/model.gguf", std::string(64, 'd'), 1, 1, ""});
