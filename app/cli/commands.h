@@ -13,5 +13,6 @@ void registerBenchCommand(CLI::App& app);
 void registerPretrainCommand(CLI::App& app);
 void registerProjectCommand(CLI::App& app);
 void registerConvertCommand(CLI::App& app);
+void registerProfileCommand(CLI::App& app);
 
 } // namespace ladimo::cli

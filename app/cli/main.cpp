@@ -20,6 +20,7 @@ int main(int argc, char** argv)
     ladimo::cli::registerGenerateCommand(app);
     ladimo::cli::registerBenchCommand(app);
     ladimo::cli::registerConvertCommand(app);
+    ladimo::cli::registerProfileCommand(app);
     ladimo::cli::registerPretrainCommand(app);
     ladimo::cli::registerProjectCommand(app);
     ladimo::cli::installInterruptHandler();

@@ -185,3 +185,45 @@ TEST(Cli, TwoCpuWorkersGiveTheSameWeightsAsOne)
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_EQ(nlohmann::json::parse(r.out)["run"]["device"], "cpu,cpu");
 }
+
+TEST(Cli, ProfileStoresConsistentRoutingDistributions)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    const std::string project = (tmp / "p.ladimo").string();
+    auto r = runLadimo("convert " + stories() + " --data " + stories() +
+                       "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project " + project);
+    ASSERT_EQ(r.status, 0) << r.out;
+    r = runLadimo("profile " + project + " --self-sample 2048 --seed 5 --bins 10 --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto profiles = nlohmann::json::parse(r.out);
+    ASSERT_EQ(profiles.size(), 5u);
+    for (const auto& p : profiles) {
+        const auto tokens = p["tokens"].get<double>();
+        EXPECT_EQ(tokens, 2048);
+        ASSERT_EQ(p["rank_histograms"].size(), 8u);
+        for (const auto& hist : p["rank_histograms"]) {
+            double sum = 0;
+            for (const auto& c : hist)
+                sum += c.get<double>();
+            EXPECT_EQ(sum, tokens); // every token has a weight at every rank
+        }
+        const auto& mass = p["extra"]["cumulative_mass"];
+        EXPECT_NEAR(mass[7].get<double>(), 1.0, 1e-6); // float32 softmax
+        EXPECT_GE(mass[0].get<double>(), 1.0 / 8 - 1e-9); // the top-1 weight is at least the mean
+        double load = 0;
+        for (const auto& l : p["expert_load"])
+            load += l.get<double>();
+        EXPECT_NEAR(load, 1.0, 1e-12);
+        const auto& err = p["error_by_k"];
+        EXPECT_LT(err[7].get<double>(), err[0].get<double>()); // all experts beat one
+        EXPECT_GT(p["entropy"].get<double>(), 0.0);
+        EXPECT_LE(p["entropy"].get<double>(), std::log(8.0) + 1e-9);
+        const auto& meanK = p["extra"]["mean_k_by_threshold"];
+        for (std::size_t i = 1; i < meanK.size(); ++i)
+            EXPECT_GE(meanK[i].get<double>(), meanK[i - 1].get<double>()); // higher p, more experts
+    }
+    r = runLadimo("project show " + project + " --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("routing_profiles"), std::string::npos);
+}

@@ -1,0 +1,75 @@
+// `ladimo profile P.ladimo`: LaDiMo stage 2a. Routing profile of every layer of the latest
+// conversion run on held-out tokens, stored in the project.
+#include <cstdio>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "cliutil.h"
+#include "commands.h"
+#include "common/error.h"
+#include "convert/convert.h"
+#include "routing/profile.h"
+#include "store/project.h"
+
+namespace ladimo::cli {
+
+void registerProfileCommand(CLI::App& app)
+{
+    struct Opts {
+        ModelOptions model;
+        DataOptions data;
+        int64_t seqLen = 256;
+        int bins = 20;
+        bool json = false;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = app.add_subcommand("profile", "LaDiMo stage 2a: routing-weight distributions and error for each k, per layer");
+    cmd->add_option("project", o->model.path, "Project file (*.ladimo) with a finished conversion run")->required();
+    o->model.add(cmd, /*positional=*/false);
+    o->data.add(cmd);
+    cmd->add_option("--seq-len", o->seqLen, "Window length")->capture_default_str();
+    cmd->add_option("--bins", o->bins, "Histogram bins on [0, 1]")->capture_default_str();
+    cmd->add_flag("--json", o->json, "Machine-readable output");
+    cmd->callback([o] {
+        if (!isProjectFile(o->model.path))
+            throw core::Error("profile needs a project file (*.ladimo), got '" + o->model.path + "'");
+        const std::string projectFile = o->model.path;
+        // The writer first: it upgrades an older project before the read-only load below.
+        auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
+        auto converted = loadConverted(projectFile, o->model);
+        ProgressPrinter printer;
+        auto stream = o->data.load(converted.model, loadTokenizerFor(converted.modelPath).get(), o->seqLen, printer.fn());
+        std::vector<torch::Tensor> xs, ys;
+        core::captureFfn(converted.model, stream, o->seqLen, &xs, &ys);
+        core::ProfileOptions po;
+        po.bins = o->bins;
+        nlohmann::json out = nlohmann::json::array();
+        for (std::size_t l = 0; l < converted.layers.size(); ++l) {
+            interruptToken().throwIfCancelled();
+            auto p = core::profileLayer(converted.layers[l], xs[l], ys[l], po);
+            p.runId = converted.runId;
+            p.layer = static_cast<int>(l);
+            project.saveRoutingProfile(p);
+            out.push_back(core::toJson(p));
+            if (printer.fn())
+                printer.fn()("profile", static_cast<double>(l + 1), static_cast<double>(converted.layers.size()));
+        }
+        if (o->json) {
+            std::cout << out.dump(2) << "\n";
+            return;
+        }
+        std::printf("routing profile of run #%lld on %lld tokens (stored in %s)\n", (long long)converted.runId,
+                    (long long)xs.front().size(0), projectFile.c_str());
+        std::printf("layer  entropy  top-1 mass  relative error for k = 1..N\n");
+        for (const auto& j : out) {
+            std::printf("%5d  %7.3f  %10.3f ", j["layer"].get<int>(), j["entropy"].get<double>(),
+                        j["extra"]["cumulative_mass"][0].get<double>());
+            for (const auto& e : j["error_by_k"])
+                std::printf(" %.4f", e.get<double>());
+            std::printf("\n");
+        }
+    });
+}
+
+} // namespace ladimo::cli

@@ -1,0 +1,24 @@
+// Stage 2a: the routing profile of one converted layer on held-out FFN inputs: histograms of
+// the routing weight at each rank (rank 1 = top-1 weight), mean cumulative top-k mass, expert
+// load, routing entropy, and the relative output error against the dense FFN for every static
+// k and for a grid of top-p thresholds (with the mean k each threshold uses).
+// Pure function; runs on the calling thread.
+#pragma once
+
+#include <torch/types.h>
+
+#include "moe/moeblock.h"
+#include "store/records.h"
+
+namespace ladimo::core {
+
+struct ProfileOptions {
+    int bins = 20; // fixed bins on [0, 1]
+    std::vector<double> thresholds = {0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99};
+};
+
+// x: FFN inputs [T, H]; y: the dense FFN outputs of x. Fills every field but runId / layer.
+RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y,
+                            const ProfileOptions& options = {});
+
+} // namespace ladimo::core
