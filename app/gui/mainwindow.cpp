@@ -1,6 +1,9 @@
 #include "mainwindow.h"
 
 #include <QAction>
+#include <QComboBox>
+#include <QHBoxLayout>
+#include <QSignalBlocker>
 #include <QApplication>
 #include <QCloseEvent>
 #include <QDir>
@@ -20,6 +23,9 @@
 #include <QToolBar>
 #include <QVBoxLayout>
 #include <QtConcurrent/QtConcurrentRun>
+
+#include <cmath>
+#include <set>
 
 #include "common/error.h"
 #include "conversiontablemodel.h"
@@ -47,6 +53,7 @@ OpenedModel openModel(const QString& path)
             const auto models = p.models();
             if (runId) {
                 m.run = p.snapshot(*runId);
+                m.profiles = p.routingProfiles(*runId);
                 dir = p.model(m.run->run.modelId).path;
             } else if (!models.empty()) {
                 dir = models.front().path;
@@ -166,6 +173,38 @@ void MainWindow::buildUi()
     connect(m_conversionView->selectionModel(), &QItemSelectionModel::currentRowChanged, this,
             [this](const QModelIndex& current) { showLossCurve(current.row()); });
     m_tabs->addTab(convertPage, tr("Convert"));
+
+    auto* routingPage = new QWidget;
+    auto* routingLayout = new QVBoxLayout(routingPage);
+    auto* routingTop = new QHBoxLayout;
+    m_routingSummary = new QLabel(tr("No routing profile yet: run ladimo profile P.ladimo --data FILE."));
+    m_routingSummary->setWordWrap(true);
+    m_routingLayer = new QComboBox;
+    m_routingLayer->setToolTip(tr("Layer whose routing profile is shown"));
+    routingTop->addWidget(new QLabel(tr("Layer:")));
+    routingTop->addWidget(m_routingLayer);
+    routingTop->addWidget(m_routingSummary, 1);
+    routingLayout->addLayout(routingTop);
+    auto* routingGrid = new QSplitter(Qt::Horizontal);
+    m_rankPlot = new widgets::LinePlot;
+    m_rankPlot->setAxisLabels(tr("routing weight"), tr("tokens"));
+    m_rankPlot->setToolTip(tr("Histogram of the routing weight of the 1st, 2nd, ... ranked expert of each token: "
+                              "a tall top-1 curve near 1 means one expert dominates and few experts are needed"));
+    routingGrid->addWidget(m_rankPlot);
+    auto* rightSplit = new QSplitter(Qt::Vertical);
+    m_massPlot = new widgets::LinePlot;
+    m_massPlot->setAxisLabels(tr("experts per token (k)"), tr("value"));
+    m_massPlot->setToolTip(tr("Mean cumulative routing mass of the top-k experts, and the MoE block's relative error at each k"));
+    rightSplit->addWidget(m_massPlot);
+    m_loadPlot = new widgets::BarPlot;
+    m_loadPlot->setAxisLabels(tr("expert"), tr("share of tokens (top-1)"));
+    m_loadPlot->setToolTip(tr("Fraction of tokens whose top-1 expert is each expert"));
+    rightSplit->addWidget(m_loadPlot);
+    routingGrid->addWidget(rightSplit);
+    routingGrid->setSizes({550, 450});
+    routingLayout->addWidget(routingGrid, 1);
+    connect(m_routingLayer, qOverload<int>(&QComboBox::currentIndexChanged), this, [this](int i) { selectRoutingLayer(i); });
+    m_tabs->addTab(routingPage, tr("Routing"));
     setCentralWidget(m_tabs);
     statusBar()->showMessage(tr("Ready"));
     rebuildRecentMenu();
@@ -227,6 +266,7 @@ void MainWindow::showModel(const OpenedModel& m)
                            .arg(count(p.total), count(p.attention), count(p.ffn), count(p.embeddings), count(p.norms)));
     m_layers->setConfig(c);
     showRun(m);
+    showProfiles(m);
     m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
                          {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
     setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));
@@ -293,6 +333,65 @@ void MainWindow::showLossCurve(int row)
         avg[i] = sum / std::min(i + 1, window);
     }
     m_lossPlot->addSeries(tr("moving average (%1 steps)").arg(window), x, avg);
+}
+
+void MainWindow::showProfiles(const OpenedModel& m)
+{
+    const QSignalBlocker block(m_routingLayer);
+    m_routingLayer->clear();
+    for (const auto& p : m.profiles)
+        m_routingLayer->addItem(tr("layer %1").arg(p.layer), p.layer);
+    m_routingLayer->setEnabled(!m.profiles.empty());
+    if (m.profiles.empty()) {
+        m_rankPlot->clear();
+        m_massPlot->clear();
+        m_loadPlot->setBars({}, {});
+        m_routingSummary->setText(tr("No routing profile yet: run ladimo profile P.ladimo --data FILE."));
+        return;
+    }
+    selectRoutingLayer(0);
+}
+
+bool MainWindow::selectRoutingLayer(int index)
+{
+    const auto& profiles = m_current.profiles;
+    if (index < 0 || index >= static_cast<int>(profiles.size()))
+        return false;
+    if (m_routingLayer->currentIndex() != index) {
+        const QSignalBlocker block(m_routingLayer);
+        m_routingLayer->setCurrentIndex(index);
+    }
+    const auto& p = profiles[static_cast<std::size_t>(index)];
+    QVector<double> centers;
+    for (std::size_t b = 0; b + 1 < p.binEdges.size(); ++b)
+        centers << 0.5 * (p.binEdges[b] + p.binEdges[b + 1]);
+    m_rankPlot->clear();
+    const std::size_t N = p.rankHistograms.size();
+    // Ranks 1, 2, the middle one and the last: enough to see how peaked the routing is.
+    for (std::size_t r : std::set<std::size_t>{0, std::min<std::size_t>(1, N - 1), N / 2, N - 1}) {
+        m_rankPlot->addSeries(tr("rank %1").arg(r + 1), centers,
+                              QVector<double>(p.rankHistograms[r].begin(), p.rankHistograms[r].end()));
+    }
+    m_massPlot->clear();
+    QVector<double> ks, mass, err;
+    const auto cumulative = p.extra.value("cumulative_mass", nlohmann::json::array());
+    for (std::size_t k = 0; k < p.errorByK.size(); ++k) {
+        ks << static_cast<double>(k + 1);
+        err << p.errorByK[k];
+        mass << (k < cumulative.size() ? cumulative[k].get<double>() : 0.0);
+    }
+    m_massPlot->addSeries(tr("cumulative routing mass"), ks, mass);
+    m_massPlot->addSeries(tr("relative error"), ks, err);
+    QStringList labels;
+    for (std::size_t e = 0; e < p.expertLoad.size(); ++e)
+        labels << QString::number(e);
+    m_loadPlot->setBars(labels, QVector<double>(p.expertLoad.begin(), p.expertLoad.end()));
+    m_routingSummary->setText(tr("%1 tokens; routing entropy %2 nats (uniform: %3); mean top-1 weight %4")
+                                  .arg(p.tokens)
+                                  .arg(p.entropy, 0, 'f', 3)
+                                  .arg(std::log(static_cast<double>(std::max<std::size_t>(N, 1))), 0, 'f', 3)
+                                  .arg(cumulative.empty() ? 0.0 : cumulative[0].get<double>(), 0, 'f', 3));
+    return true;
 }
 
 QString MainWindow::summaryText() const { return m_summary->text(); }

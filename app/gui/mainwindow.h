@@ -11,6 +11,7 @@
 #include "model/config.h"
 #include "store/project.h"
 
+class QComboBox;
 class QLabel;
 class QTableView;
 class QTabWidget;
@@ -34,6 +35,7 @@ struct OpenedModel {
     QString tokenizer;       // kind, or empty
     bool isProject = false;
     std::optional<core::RunSnapshot> run; // the project's latest conversion run
+    std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
     QString error;           // non-empty when opening failed
 };
 
@@ -51,6 +53,9 @@ public:
     const ConversionTableModel* conversionModel() const { return m_conversion; }
     const widgets::LinePlot* lossPlot() const { return m_lossPlot; }
     void selectConversionLayer(int layer);
+    // Routing view: shows the profile of `layer`; false when there is none.
+    bool selectRoutingLayer(int layer);
+    const widgets::LinePlot* rankPlot() const { return m_rankPlot; }
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
     bool selectView(const QString& name);
@@ -73,6 +78,7 @@ private:
     void showModel(const OpenedModel& m);
     void showRun(const OpenedModel& m);
     void showLossCurve(int row);
+    void showProfiles(const OpenedModel& m);
     void rememberRecent(const QString& path);
     void rebuildRecentMenu();
 
@@ -85,6 +91,11 @@ private:
     QTableView* m_conversionView = nullptr;
     ConversionTableModel* m_conversion = nullptr;
     widgets::LinePlot* m_lossPlot = nullptr;
+    QLabel* m_routingSummary = nullptr;
+    QComboBox* m_routingLayer = nullptr;
+    widgets::LinePlot* m_rankPlot = nullptr;   // weight histogram per rank
+    widgets::LinePlot* m_massPlot = nullptr;   // cumulative top-k mass and error by k
+    widgets::BarPlot* m_loadPlot = nullptr;    // expert load
     QMenu* m_recentMenu = nullptr;
     OpenedModel m_current;
     QFutureWatcher<OpenedModel> m_openWatcher;

@@ -69,6 +69,17 @@ TEST(MainWindow, OpensAProjectIntoTheConvertView)
             for (int s = 0; s < 10 + l; ++s)
                 curve.push_back({s, 1.0 / (s + 1)});
             p.finishLayer(id, l, out, curve);
+            ladimo::core::RoutingProfile prof;
+            prof.runId = id;
+            prof.layer = l;
+            prof.tokens = 100;
+            prof.binEdges = {0, 0.5, 1};
+            prof.rankHistograms = {{10, 90}, {70, 30}, {95, 5}, {100, 0}};
+            prof.expertLoad = {0.4, 0.3, 0.2, 0.1};
+            prof.entropy = 1.0;
+            prof.errorByK = {0.3, 0.1, 0.05, 0.01};
+            prof.extra = {{"cumulative_mass", {0.6, 0.85, 0.95, 1.0}}};
+            p.saveRoutingProfile(prof);
         }
     }
     MainWindow w;
@@ -88,6 +99,12 @@ TEST(MainWindow, OpensAProjectIntoTheConvertView)
     w.selectConversionLayer(2);
     ASSERT_EQ(w.lossPlot()->seriesCount(), 2); // per batch + moving average
     EXPECT_EQ(w.lossPlot()->pointCount(0), 12);
+    // Routing view: the three profiled layers, four rank curves over two bins.
+    ASSERT_TRUE(w.selectView("routing"));
+    EXPECT_TRUE(w.selectRoutingLayer(2));
+    EXPECT_FALSE(w.selectRoutingLayer(3)); // layer 3 has no profile
+    EXPECT_EQ(w.rankPlot()->seriesCount(), 4); // ranks 1, 2, middle (3) and last (4) of 4 experts
+    EXPECT_EQ(w.rankPlot()->pointCount(0), 2);  // one point per bin
 }
 
 int main(int argc, char** argv)
