@@ -106,9 +106,5 @@ void installInterruptHandler()
     std::signal(SIGTERM, onInterrupt);
 }
 
-std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir)
-{
-    return core::Tokenizer::loadForModel(modelDir);
-}
 
 } // namespace ladimo::cli

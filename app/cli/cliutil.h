@@ -52,8 +52,6 @@ private:
     bool m_printed = false;
 };
 
-std::unique_ptr<core::Tokenizer> loadTokenizerFor(const std::string& modelDir);
-
 // The process-wide cancel token: Ctrl-C (SIGINT) or SIGTERM cancels it, long jobs stop at the
 // next batch boundary and leave their project consistent. A second Ctrl-C kills as usual.
 const core::CancelToken& interruptToken();

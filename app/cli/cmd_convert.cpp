@@ -102,7 +102,7 @@ void registerConvertCommand(CLI::App& app)
                 runId = *latest;
         }
         ProgressPrinter printer;
-        auto calibration = o->data.load(model, loadTokenizerFor(o->model.path).get(), o->s.seqLen, printer.fn());
+        auto calibration = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->s.seqLen, printer.fn());
         std::set<int> skip;
         std::vector<core::MoeLayer> done(static_cast<std::size_t>(L));
         if (runId) {
@@ -110,8 +110,10 @@ void registerConvertCommand(CLI::App& app)
             for (const auto& layer : project.layers(runId))
                 if (layer.status == core::LayerStatus::Done) {
                     skip.insert(layer.layer);
-                    done[static_cast<std::size_t>(layer.layer)] =
-                        core::loadMoeLayer(project.absolutePath(layer.weightsPath), torch::kCPU, torch::kFloat32);
+                    // Only sequential mode feeds finished layers forward; parallel mode never reads them.
+                    if (o->s.mode == "sequential")
+                        done[static_cast<std::size_t>(layer.layer)] =
+                            core::loadMoeLayer(project.absolutePath(layer.weightsPath), torch::kCPU, torch::kFloat32);
                 }
             project.setRunStatus(runId, core::RunStatus::Running);
             std::fprintf(stderr, "resuming run #%lld: %zu of %d layers left\n", (long long)runId, todo.size(), L);

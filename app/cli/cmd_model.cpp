@@ -61,19 +61,16 @@ void registerInspectCommand(CLI::App& app)
     cmd->callback([o] {
         const auto config = core::ModelConfig::load(std::filesystem::path(o->path) / "config.json");
         const auto files = core::CheckpointFiles::open(o->path);
-        // Verify every expected tensor is present with the right shape without loading data.
-        (void)core::loadLlamaWeights(o->path, config, torch::kCPU, torch::kFloat32).embed;
+        // Every expected tensor present with the right shape; stored dtype, so nothing is copied.
+        (void)core::loadLlamaWeights(files, config, torch::kCPU, std::nullopt);
         std::map<std::string, int64_t> dtypes;
         int64_t stored = 0;
-        for (const auto& f : files.files()) {
-            auto st = core::SafetensorsFile::open(f);
-            for (const auto& t : st->tensors()) {
-                dtypes[core::dtypeName(t.dtype)] += t.numel();
-                stored += t.numel();
-            }
+        for (const auto& t : files.tensorInfos()) {
+            dtypes[core::dtypeName(t.dtype)] += t.numel();
+            stored += t.numel();
         }
         const auto p = config.parameterCounts();
-        auto tok = loadTokenizerFor(o->path);
+        auto tok = core::Tokenizer::loadForModel(o->path);
         nlohmann::json j;
         j["path"] = o->path;
         j["architecture"] = config.architecture;
@@ -144,7 +141,7 @@ void registerEvalCommand(CLI::App& app)
         if (!converted)
             dense.emplace(o->model.load());
         const auto& model = converted ? converted->model : *dense;
-        auto tok = loadTokenizerFor(modelPath);
+        auto tok = core::Tokenizer::loadForModel(modelPath);
         ProgressPrinter printer;
         auto stream = o->data.load(model, tok.get(), o->seqLen, printer.fn());
         core::EvalOptions e;
@@ -213,7 +210,7 @@ void registerGenerateCommand(CLI::App& app)
     cmd->callback([o] {
         torch::InferenceMode guard;
         auto model = o->model.load();
-        auto tok = loadTokenizerFor(o->model.path);
+        auto tok = core::Tokenizer::loadForModel(o->model.path);
         std::vector<int64_t> prompt;
         if (!o->promptIds.empty()) {
             prompt = parseIds(o->promptIds);

@@ -39,7 +39,8 @@ void registerProfileCommand(CLI::App& app)
         auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
         auto converted = loadConverted(projectFile, o->model);
         ProgressPrinter printer;
-        auto stream = o->data.load(converted.model, loadTokenizerFor(converted.modelPath).get(), o->seqLen, printer.fn());
+        const auto progress = printer.fn();
+        auto stream = o->data.load(converted.model, core::Tokenizer::loadForModel(converted.modelPath).get(), o->seqLen, progress);
         std::vector<torch::Tensor> xs, ys;
         core::captureFfn(converted.model, stream, o->seqLen, &xs, &ys);
         core::ProfileOptions po;
@@ -52,8 +53,7 @@ void registerProfileCommand(CLI::App& app)
             p.layer = static_cast<int>(l);
             project.saveRoutingProfile(p);
             out.push_back(core::toJson(p));
-            if (printer.fn())
-                printer.fn()("profile", static_cast<double>(l + 1), static_cast<double>(converted.layers.size()));
+            progress("profile", static_cast<double>(l + 1), static_cast<double>(converted.layers.size()));
         }
         if (o->json) {
             std::cout << out.dump(2) << "\n";

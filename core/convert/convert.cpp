@@ -183,16 +183,12 @@ ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<Rou
         const auto& rule = rules.at(static_cast<std::size_t>(l));
         if (!activeParams)
             return layer.forward(x, rule);
-        // Count exactly: per chosen (token, expert), that expert's parameters.
-        torch::Tensor mask, w;
-        auto flat = x.reshape({-1, x.size(-1)});
-        layer.route(layer.routingProbs(flat), rule, &mask, &w);
-        auto perExpert = mask.sum(0).to(torch::kCPU);
-        for (int64_t e = 0; e < layer.numExperts(); ++e)
-            *activeParams += perExpert[e].item<int64_t>() * layer.expertParameters(e);
         if (tokens && l == 0)
-            *tokens += flat.size(0);
-        return layer.forward(x, rule);
+            *tokens += x.numel() / x.size(-1);
+        DispatchStats stats;
+        auto out = layer.forward(x, rule, &stats);
+        *activeParams += stats.parameters;
+        return out;
     };
     return h;
 }

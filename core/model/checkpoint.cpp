@@ -104,16 +104,28 @@ std::string CheckpointFiles::describe() const
     return std::to_string(m_files.size()) + " shards";
 }
 
-LlamaWeights loadLlamaWeights(const fs::path& dir, const ModelConfig& c, torch::Device device,
-                              torch::ScalarType dtype)
+std::vector<StTensorInfo> CheckpointFiles::tensorInfos() const
 {
-    const CheckpointFiles files = CheckpointFiles::open(dir);
+    std::vector<StTensorInfo> out;
+    for (const auto& [file, st] : m_open)
+        out.insert(out.end(), st->tensors().begin(), st->tensors().end());
+    return out;
+}
+
+LlamaWeights loadLlamaWeights(const fs::path& dir, const ModelConfig& c, torch::Device device, torch::ScalarType dtype)
+{
+    return loadLlamaWeights(CheckpointFiles::open(dir), c, device, dtype);
+}
+
+LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& c, torch::Device device,
+                              std::optional<torch::ScalarType> dtype)
+{
     auto get = [&](const std::string& name, std::vector<int64_t> shape) {
         auto t = files.tensor(name, shape);
         if (!t.is_floating_point())
-            throw Error(dir.string() + ": tensor '" + name + "' has integer dtype, expected F32/F16/BF16");
+            throw Error(files.dir().string() + ": tensor '" + name + "' has integer dtype, expected F32/F16/BF16");
         // Same dtype on the CPU: keep the zero-copy view of the mapped file.
-        return t.to(device, dtype);
+        return t.to(device, dtype.value_or(t.scalar_type()));
     };
     const int64_t H = c.hiddenSize, I = c.intermediateSize;
     const int64_t qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim;

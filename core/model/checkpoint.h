@@ -6,16 +6,16 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <torch/types.h>
 
 #include "model/config.h"
 #include "model/llama.h"
+#include "model/safetensors.h"
 
 namespace ladimo::core {
-
-class SafetensorsFile;
 
 // All safetensors files of a checkpoint with a name -> file map. Keeps the files mapped.
 class CheckpointFiles {
@@ -26,7 +26,10 @@ public:
     torch::Tensor tensor(const std::string& name) const;
     // Fails with an Error naming tensor, file, expected and actual shape.
     torch::Tensor tensor(const std::string& name, const std::vector<int64_t>& expectedShape) const;
+    const std::filesystem::path& dir() const { return m_dir; }
     const std::vector<std::filesystem::path>& files() const { return m_files; }
+    // Every tensor of every file (name, dtype, shape), without touching the data.
+    std::vector<StTensorInfo> tensorInfos() const;
     std::string describe() const; // "model.safetensors" or "N shards"
 
 private:
@@ -36,6 +39,11 @@ private:
     std::map<std::string, std::string> m_where;                     // tensor -> file name
 };
 
+// Checks every tensor the config implies (present, floating point, shape) and returns them on
+// `device` in `dtype`; without a dtype they stay as stored: zero-copy views of the mapped files
+// on the CPU, which is how `inspect` validates a checkpoint without reading its data.
+LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& config, torch::Device device,
+                              std::optional<torch::ScalarType> dtype);
 LlamaWeights loadLlamaWeights(const std::filesystem::path& dir, const ModelConfig& config,
                               torch::Device device, torch::ScalarType dtype);
 

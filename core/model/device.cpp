@@ -61,6 +61,4 @@ torch::ScalarType parseComputeDType(const std::string& spec, const torch::Device
     throw Error("bad compute dtype '" + spec + "' (expected auto, float32, bfloat16 or float16)");
 }
 
-std::string deviceName(const torch::Device& device) { return device.str(); }
-
 } // namespace ladimo::core

@@ -15,6 +15,5 @@ torch::Device parseDevice(const std::string& spec);
 std::vector<torch::Device> parseDevices(const std::string& spec);
 // Accepts "auto", "float32"/"f32", "bfloat16"/"bf16", "float16"/"f16".
 torch::ScalarType parseComputeDType(const std::string& spec, const torch::Device& device);
-std::string deviceName(const torch::Device& device);
 
 } // namespace ladimo::core

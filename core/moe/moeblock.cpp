@@ -61,14 +61,13 @@ void MoeLayer::route(const torch::Tensor& probs, const RoutingRule& rule, torch:
     }
 }
 
-torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rule, int64_t* activeCount) const
+torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rule, DispatchStats* stats) const
 {
     const auto shape = xIn.sizes().vec();
     auto x = xIn.reshape({-1, shape.back()});
     torch::Tensor mask, weights;
     route(routingProbs(x), rule, &mask, &weights);
     auto out = torch::zeros_like(x);
-    int64_t active = 0;
     // Group tokens by expert: the nonzero entries of the mask, expert-major.
     auto pairs = mask.t().nonzero(); // [P, 2] rows (expert, token), sorted by expert
     if (pairs.size(0) > 0) {
@@ -91,11 +90,12 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
             auto h = torch::silu(torch::matmul(xe, g.t())) * torch::matmul(xe, u.t()) * w.narrow(0, start, n);
             out.index_add_(0, idx, torch::matmul(h, d.t()));
             start += n;
-            active += n;
+            if (stats) {
+                stats->pairs += n;
+                stats->parameters += n * expertParameters(e);
+            }
         }
     }
-    if (activeCount)
-        *activeCount = active;
     return out.view(shape);
 }
 

@@ -33,6 +33,12 @@ struct RoutingRule {
     static RoutingRule topP(double p, int minK = 1, int maxK = 0) { return RoutingRule{0, p, minK, maxK}; }
 };
 
+// What one dispatch evaluated: (token, expert) pairs and the expert parameters they touched.
+struct DispatchStats {
+    int64_t pairs = 0;
+    int64_t parameters = 0;
+};
+
 struct MoeLayer {
     torch::Tensor router;        // [N, H]
     torch::Tensor gate, up;      // [N, S, H] (S = largest expert, zero-padded)
@@ -45,9 +51,9 @@ struct MoeLayer {
     torch::Tensor routingProbs(const torch::Tensor& x) const;
     // Chosen experts per token: a bool mask [T, N] and the gate weight of every chosen expert.
     void route(const torch::Tensor& probs, const RoutingRule& rule, torch::Tensor* mask, torch::Tensor* weights) const;
-    // x: [..., H]; dispatches tokens to their experts. `activeCount` (optional) receives the
-    // number of (token, expert) pairs evaluated, for counting activated parameters.
-    torch::Tensor forward(const torch::Tensor& x, const RoutingRule& rule, int64_t* activeCount = nullptr) const;
+    // x: [..., H]; dispatches tokens to their experts. `stats` (optional) accumulates what was
+    // evaluated, for counting activated parameters exactly.
+    torch::Tensor forward(const torch::Tensor& x, const RoutingRule& rule, DispatchStats* stats = nullptr) const;
     // Every expert on every token, masked: the slow reference the dispatch is tested against.
     torch::Tensor forwardNaive(const torch::Tensor& x, const RoutingRule& rule) const;
     // Output of each expert alone (unweighted), [T, N, H]; for router fitting and oracles.

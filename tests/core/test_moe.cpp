@@ -72,8 +72,9 @@ TEST(Moe, DispatchEqualsNaiveReference)
         layer.router = torch::randn({8, 64});
         torch::NoGradGuard ng;
         for (const auto& rule : {RoutingRule::staticK(1), RoutingRule::staticK(6), RoutingRule::topP(0.5), RoutingRule::topP(0.9, 2, 7)}) {
-            int64_t active = 0;
-            auto fast = layer.forward(f.x, rule, &active);
+            DispatchStats stats;
+            auto fast = layer.forward(f.x, rule, &stats);
+            const int64_t active = stats.pairs;
             auto naive = layer.forwardNaive(f.x, rule);
             EXPECT_LT((fast - naive).abs().max().item<double>(), 1e-5) << gatingName(gating);
             torch::Tensor mask, w;
