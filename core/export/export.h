@@ -1,0 +1,44 @@
+// Export of a (converted) model to formats other tools load. Shared input/option types of the
+// exporters: Hugging Face Mixtral layout (export/hf_mixtral.h) and GGUF v3 for llama.cpp
+// (export/gguf.h). Writers are atomic: everything goes to temporary names next to the
+// destination and is renamed into place at the end; a failed or cancelled export leaves nothing.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/progress.h"
+#include "model/llama.h"
+#include "moe/moeblock.h"
+#include "routing/policy.h"
+
+namespace ladimo::core {
+
+struct ExportInput {
+    std::filesystem::path modelDir;            // the dense source model (config.json, tokenizer files)
+    const LlamaModel* model = nullptr;         // dense weights: embeddings, attention, norms, head (and FFNs)
+    const std::vector<MoeLayer>* layers = nullptr; // converted FFNs, one per layer; nullptr: dense export
+    PolicyRules rules;                         // the per-layer policy (empty for a dense export)
+    std::string policyName;
+};
+
+struct ExportOptions {
+    std::filesystem::path out;                 // directory (hf-mixtral) or file (gguf)
+    std::string dtype = "f32";                 // f32 | bf16 | f16 (gguf: f32 | f16)
+    int64_t shardBytes = 0;                    // hf-mixtral: 0 = one file
+    int expertsPerToken = 0;                   // k written for tools with one k for all layers; 0 = from a uniform static policy
+    ProgressFn progress;
+    const CancelToken* cancel = nullptr;
+};
+
+// What an export wrote and whether the target format computes exactly what the workbench does.
+struct ExportReport {
+    bool exact = true;
+    std::vector<std::string> notes;              // plain-language differences when not exact
+    std::vector<std::filesystem::path> files;    // final paths
+    int64_t bytes = 0;
+};
+
+} // namespace ladimo::core

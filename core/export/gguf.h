@@ -1,0 +1,16 @@
+// GGUF version 3 export for llama.cpp: architecture "llama"; a converted model adds
+// llama.expert_count / llama.expert_used_count, stacked expert tensors blk.N.ffn_{gate,up,down}_exps
+// and the router blk.N.ffn_gate_inp. The SentencePiece tokenizer is embedded as llama.cpp expects
+// (tokenizer.ggml.model = "llama", tokens, scores, token types). F32 or F16.
+#pragma once
+
+#include "export/export.h"
+
+namespace ladimo::core {
+
+// Writes in.model (and in.layers when converted) to options.out atomically. Throws Error when the
+// policy cannot be expressed (llama.cpp uses one k for all layers with renormalised softmax
+// gating) and options.expertsPerToken does not say which k to write.
+ExportReport exportGguf(const ExportInput& in, const ExportOptions& options);
+
+} // namespace ladimo::core
