@@ -38,6 +38,15 @@ void DataOptions::add(CLI::App* cmd)
     cmd->add_option("--max-tokens", maxTokens, "Use at most N tokens of the data (0 = all)")->capture_default_str();
 }
 
+std::string DataOptions::describe() const
+{
+    std::string out = file.empty() ? "self-sample " + std::to_string(selfSample) + ", seed " + std::to_string(seed)
+                                   : "file " + file;
+    if (maxTokens > 0)
+        out += ", first " + std::to_string(maxTokens) + " tokens";
+    return out;
+}
+
 std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
                                        int64_t seqLen, const core::ProgressFn& progress) const
 {

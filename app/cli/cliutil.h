@@ -34,6 +34,8 @@ struct DataOptions {
     uint64_t seed = 1234;
     int64_t maxTokens = 0;
     void add(CLI::App* cmd);
+    // What the data is, for records: "file F (N tokens max)" or "self-sample N, seed S".
+    std::string describe() const;
     // Reads / samples the token stream; `seqLen` sets the self-sampled sequence length.
     std::vector<int64_t> load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
                               int64_t seqLen, const core::ProgressFn& progress) const;

@@ -15,6 +15,10 @@
 #include "model/generate.h"
 #include "model/safetensors.h"
 #include "convert/convert.h"
+#include "routing/estimate.h"
+#include "routing/latency.h"
+#include "routing/policy.h"
+#include "store/project.h"
 
 namespace ladimo::cli {
 
@@ -120,6 +124,8 @@ void registerEvalCommand(CLI::App& app)
         int64_t batch = 8;
         int topK = 0;
         double topP = 0;
+        std::string policy;
+        bool noTiming = false;
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
@@ -130,6 +136,8 @@ void registerEvalCommand(CLI::App& app)
     cmd->add_option("--batch", o->batch, "Windows per forward pass")->capture_default_str();
     cmd->add_option("--top-k", o->topK, "Converted model: experts per token in every layer (default: the training k)");
     cmd->add_option("--top-p", o->topP, "Converted model: token-adaptive rule, smallest expert set with routing mass >= P");
+    cmd->add_option("--policy", o->policy, "Converted model: a stored per-layer policy (`ladimo policy`)");
+    cmd->add_flag("--no-timing", o->noTiming, "Converted model: skip the prefill/decode latency measurement");
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
         torch::InferenceMode guard;
@@ -151,13 +159,33 @@ void registerEvalCommand(CLI::App& app)
         e.cancel = interruptToken();
         int64_t active = 0, tokens = 0;
         core::ForwardHooks hooks;
+        core::PolicyRules rules;
+        core::Policy policy;
         if (converted) {
-            const int k = o->topK > 0 ? o->topK : converted->settings.at("train_top_k").get<int>();
-            const auto rule = o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(k);
-            hooks = core::moeHooks(converted->layers, std::vector<core::RoutingRule>(converted->layers.size(), rule),
-                                   &active, &tokens);
+            const int L = static_cast<int>(converted->layers.size());
+            const int64_t N = converted->layers.front().numExperts();
+            if (!o->policy.empty()) {
+                if (o->topK > 0 || o->topP > 0)
+                    throw core::Error("give either --policy or --top-k / --top-p");
+                auto project = core::Project::open(o->model.path, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
+                bool found = false;
+                for (auto& p : project.policies())
+                    if (p.name == o->policy) {
+                        policy = p;
+                        found = true;
+                    }
+                if (!found)
+                    throw core::Error(o->model.path + " has no policy named '" + o->policy + "' (see ladimo policy --list)");
+                rules = core::policyRules(policy, L, N);
+            } else {
+                const int k = o->topK > 0 ? o->topK : converted->settings.at("train_top_k").get<int>();
+                rules = core::uniformRules(L, o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(k));
+            }
+            hooks = core::moeHooks(converted->layers, rules, &active, &tokens);
             e.hooks = &hooks;
             e.reference = &model;
+        } else if (!o->policy.empty() || o->topK > 0 || o->topP > 0) {
+            throw core::Error("--policy, --top-k and --top-p apply to a converted model (a *.ladimo project)");
         }
         const auto r = core::evaluatePerplexity(model, stream, e);
         nlohmann::json j = {{"perplexity", r.perplexity},   {"nll", r.nll},
@@ -170,6 +198,46 @@ void registerEvalCommand(CLI::App& app)
             j["kl_to_dense"] = r.klToReference;
             j["activated_ffn_fraction"] =
                 static_cast<double>(active) / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
+            j["rules"] = core::rulesToJson(rules);
+            if (!o->noTiming) {
+                // Dense and converted timed in the same run, so their ratio is meaningful.
+                core::LatencyOptions lo;
+                lo.cancel = &interruptToken();
+                auto plain = core::moeHooks(converted->layers, rules);
+                const auto moe = core::measureForward(model, &plain, lo);
+                const auto dense = core::measureForward(model, nullptr, lo);
+                j["prefill_seconds"] = moe.prefillSeconds;
+                j["decode_seconds"] = moe.decodeSeconds;
+                j["prefill_tokens_per_second"] = static_cast<double>(lo.prefillTokens) / moe.prefillSeconds;
+                j["decode_tokens_per_second"] = 1.0 / moe.decodeSeconds;
+                j["dense_prefill_seconds"] = dense.prefillSeconds;
+                j["dense_decode_seconds"] = dense.decodeSeconds;
+                j["prefill_fraction"] = moe.prefillSeconds / dense.prefillSeconds;
+                j["decode_fraction"] = moe.decodeSeconds / dense.decodeSeconds;
+                j["timing"] = {{"prefill_tokens", lo.prefillTokens}, {"decode_context", lo.decodeContext}};
+            }
+            auto project = core::Project::open(o->model.path, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
+            // The estimate beside the measurement, so the two can be compared.
+            try {
+                const auto tables = core::loadPolicyTables(project, converted->runId, model.device().str());
+                const auto est = core::estimatePolicy(tables, rules);
+                j["estimate"] = {{"activated_ffn_fraction", est.activatedFfnFraction}, {"error_proxy", est.errorProxy}};
+                if (est.hasLatency) {
+                    j["estimate"]["prefill_seconds"] = est.prefillSeconds;
+                    j["estimate"]["decode_seconds"] = est.decodeSeconds;
+                    j["estimate"]["prefill_fraction"] = est.prefillFraction;
+                    j["estimate"]["decode_fraction"] = est.decodeFraction;
+                }
+            } catch (const core::Error&) {
+                // No profile yet: nothing to compare with.
+            }
+            core::Evaluation ev;
+            ev.policyId = policy.id;
+            ev.runId = converted->runId;
+            ev.data = o->data.describe();
+            ev.metrics = j;
+            ev.device = model.device().str();
+            project.addEvaluation(ev);
         }
         if (o->json)
             std::cout << j.dump(2) << "\n";

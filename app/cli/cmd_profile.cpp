@@ -45,6 +45,8 @@ void registerProfileCommand(CLI::App& app)
         core::captureFfn(converted.model, stream, o->seqLen, &xs, &ys);
         core::ProfileOptions po;
         po.bins = o->bins;
+        const auto& cfg = converted.model.config();
+        po.denseParameters = 3 * cfg.hiddenSize * cfg.intermediateSize;
         nlohmann::json out = nlohmann::json::array();
         for (std::size_t l = 0; l < converted.layers.size(); ++l) {
             interruptToken().throwIfCancelled();

@@ -14,5 +14,8 @@ void registerPretrainCommand(CLI::App& app);
 void registerProjectCommand(CLI::App& app);
 void registerConvertCommand(CLI::App& app);
 void registerProfileCommand(CLI::App& app);
+void registerLatencyCommand(CLI::App& app);
+void registerPolicyCommand(CLI::App& app);
+void registerTradeoffCommand(CLI::App& app);
 
 } // namespace ladimo::cli

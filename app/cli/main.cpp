@@ -21,6 +21,9 @@ int main(int argc, char** argv)
     ladimo::cli::registerBenchCommand(app);
     ladimo::cli::registerConvertCommand(app);
     ladimo::cli::registerProfileCommand(app);
+    ladimo::cli::registerLatencyCommand(app);
+    ladimo::cli::registerPolicyCommand(app);
+    ladimo::cli::registerTradeoffCommand(app);
     ladimo::cli::registerPretrainCommand(app);
     ladimo::cli::registerProjectCommand(app);
     ladimo::cli::installInterruptHandler();

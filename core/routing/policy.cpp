@@ -251,6 +251,11 @@ PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_
     return out;
 }
 
+PolicyRules policyRules(const Policy& policy, int layers, int64_t experts)
+{
+    return rulesFromJson(policy.rules, layers, experts, "policy '" + policy.name + "'");
+}
+
 void validatePolicyName(const std::string& name)
 {
     if (name.empty() || name.size() > 64)

@@ -49,6 +49,9 @@ struct PolicyDocument {
 // Validates the document against the conversion it is imported into (layers, experts).
 PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_t experts, const std::string& where);
 
+// The rules of a stored policy, validated against the run it applies to.
+PolicyRules policyRules(const Policy& policy, int layers, int64_t experts);
+
 // A valid policy name: 1..64 characters of [A-Za-z0-9._-] (names end up in file names).
 void validatePolicyName(const std::string& name);
 

@@ -1,5 +1,7 @@
 #include "routing/profile.h"
 
+#include <numeric>
+
 #include "convert/construct.h"
 
 namespace ladimo::core {
@@ -24,20 +26,43 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
     p.entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item<double>();
     auto cumulative = sorted.cumsum(-1).mean(0);
     std::vector<double> mass(cumulative.data_ptr<double>(), cumulative.data_ptr<double>() + N);
-    for (int64_t k = 1; k <= N; ++k)
-        p.errorByK.push_back(relativeError(layer, x, y, RoutingRule::staticK(static_cast<int>(k))));
-    std::vector<double> errorByThreshold, meanK;
+    // Parameters each expert adds per token, to count what a rule activates exactly.
+    auto expertParams = torch::empty({N}, torch::kFloat64);
+    for (int64_t e = 0; e < N; ++e)
+        expertParams[e] = static_cast<double>(layer.expertParameters(e));
+    const auto probs32 = probs.to(torch::kFloat32);
+    // Mean experts and mean activated parameters per token under `rule`.
+    auto usage = [&](const RoutingRule& rule) {
+        torch::Tensor mask, w;
+        layer.route(probs32, rule, &mask, &w);
+        auto m = mask.to(torch::kFloat64);
+        return std::make_pair(m.sum(-1).mean().item<double>(), m.matmul(expertParams).mean().item<double>());
+    };
+    std::vector<double> paramsByK;
+    for (int64_t k = 1; k <= N; ++k) {
+        const auto rule = RoutingRule::staticK(static_cast<int>(k));
+        p.errorByK.push_back(relativeError(layer, x, y, rule));
+        paramsByK.push_back(usage(rule).second);
+    }
+    std::vector<double> errorByThreshold, meanK, paramsByThreshold;
     for (double t : o.thresholds) {
         const auto rule = RoutingRule::topP(t);
         errorByThreshold.push_back(relativeError(layer, x, y, rule));
-        torch::Tensor mask, w;
-        layer.route(probs.to(torch::kFloat32), rule, &mask, &w);
-        meanK.push_back(mask.sum(-1).to(torch::kFloat64).mean().item<double>());
+        const auto [k, params] = usage(rule);
+        meanK.push_back(k);
+        paramsByThreshold.push_back(params);
     }
+    const double denseParams =
+        o.denseParameters > 0 ? static_cast<double>(o.denseParameters)
+                              : static_cast<double>(3 * x.size(1)) *
+                                    static_cast<double>(std::accumulate(layer.sizes.begin(), layer.sizes.end(), int64_t{0}));
     p.extra = {{"cumulative_mass", mass},
                {"thresholds", o.thresholds},
                {"error_by_threshold", errorByThreshold},
-               {"mean_k_by_threshold", meanK}};
+               {"mean_k_by_threshold", meanK},
+               {"params_by_threshold", paramsByThreshold},
+               {"params_by_k", paramsByK},
+               {"dense_parameters", denseParams}};
     return p;
 }
 

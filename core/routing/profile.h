@@ -14,7 +14,12 @@ namespace ladimo::core {
 
 struct ProfileOptions {
     int bins = 20; // fixed bins on [0, 1]
-    std::vector<double> thresholds = {0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99};
+    // Parameters of the dense FFN the layer replaces (3 x hidden x intermediate); 0: the sum of the
+    // experts (equal when the experts split the FFN exactly, the default).
+    int64_t denseParameters = 0;
+    // Ascending top-p grid; estimates interpolate between its points.
+    std::vector<double> thresholds = {0.1, 0.2, 0.3,  0.4,   0.5,  0.55,  0.6,  0.65, 0.7,
+                                      0.75, 0.8, 0.85, 0.875, 0.9, 0.925, 0.95, 0.975, 0.99};
 };
 
 // x: FFN inputs [T, H]; y: the dense FFN outputs of x. Fills every field but runId / layer.

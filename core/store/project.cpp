@@ -157,6 +157,16 @@ PRAGMA user_version = 2;
 ALTER TABLE routing_profile ADD COLUMN extra_json TEXT NOT NULL DEFAULT '{}';
 PRAGMA user_version = 3;
 )sql",
+    R"sql(
+CREATE TABLE latency_model (
+    run_id INTEGER NOT NULL REFERENCES conversion_run(id) ON DELETE CASCADE,
+    device TEXT NOT NULL,
+    model_json TEXT NOT NULL,
+    measured TEXT NOT NULL,
+    PRIMARY KEY (run_id, device)
+);
+PRAGMA user_version = 4;
+)sql",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == Project::kSchemaVersion,
               "one migration step per schema version");
@@ -1015,6 +1025,22 @@ int64_t Project::addEvaluation(const Evaluation& e)
     st.bindIdOrNull(1, e.policyId).bindIdOrNull(2, e.runId).bind(3, e.data).bind(4, e.metrics.dump());
     st.bind(5, e.device).bind(6, e.timestamp.empty() ? nowUtc() : e.timestamp).run();
     return m_db.lastInsertId();
+}
+
+void Project::saveLatencyModel(int64_t runId, const std::string& device, const nlohmann::json& model)
+{
+    requireWritable("save a latency model");
+    auto st = m_db.prepare("INSERT OR REPLACE INTO latency_model (run_id, device, model_json, measured) VALUES (?1, ?2, ?3, ?4)");
+    st.bind(1, runId).bind(2, device).bind(3, model.dump()).bind(4, nowUtc()).run();
+}
+
+std::optional<nlohmann::json> Project::latencyModel(int64_t runId, const std::string& device)
+{
+    auto st = m_db.prepare("SELECT model_json FROM latency_model WHERE run_id = ?1 AND device = ?2");
+    st.bind(1, runId).bind(2, device);
+    if (!st.step())
+        return std::nullopt;
+    return parseJson(st.columnText(0), "latency model of run " + std::to_string(runId) + " on " + device);
 }
 
 std::vector<Evaluation> Project::evaluations()

@@ -55,7 +55,7 @@ struct VerifyReport {
 
 class Project {
 public:
-    static constexpr int kSchemaVersion = 3;
+    static constexpr int kSchemaVersion = 4;
     static constexpr int32_t kApplicationId = 0x4C444D4F; // "LDMO" in PRAGMA application_id
 
     enum class Access { ReadOnly, ReadWrite };
@@ -144,6 +144,10 @@ public:
     void deletePolicy(int64_t id);
     int64_t addEvaluation(const Evaluation& evaluation);
     std::vector<Evaluation> evaluations();
+    // Latency microbenchmarks of a run's blocks on one device (schema v4), as routing/latency.h
+    // serialises them; replaced when measured again.
+    void saveLatencyModel(int64_t runId, const std::string& device, const nlohmann::json& model);
+    std::optional<nlohmann::json> latencyModel(int64_t runId, const std::string& device);
     int64_t addExport(const ExportRecord& record);
     std::vector<ExportRecord> exports();
 

@@ -5,6 +5,8 @@
 #include "convert/construct.h"
 #include "model/llama.h"
 #include "moe/moeblock.h"
+#include "routing/estimate.h"
+#include "routing/profile.h"
 #include "testutil.h"
 
 using namespace ladimo::core;
@@ -126,4 +128,34 @@ TEST(Moe, RouterFitAndDistillationLowerTheLayerError)
     for (int64_t e = 0; e < 8; ++e)
         if (layer.sizes[static_cast<std::size_t>(e)] == 21)
             EXPECT_EQ(layer.down[e].narrow(1, 21, 1).abs().sum().item<double>(), 0.0);
+}
+
+// Stage 2b estimates read off a layer's routing profile equal what the dispatch counts on the same
+// tokens: exactly for static rules (experts of 22 and 21 neurons), within 2% for top-p rules
+// between the profile's threshold grid points.
+TEST(Moe, ProfileEstimatesEqualTheDispatchCounts)
+{
+    const auto f = fixture(2048);
+    auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, Gating::Hard);
+    DistillOptions o;
+    o.routerEpochs = 3;
+    fitRouter(layer, f.x, o);
+    auto profile = profileLayer(layer, f.x, f.y);
+    profile.layer = 0;
+    const auto tables = policyTables({profile});
+    const double T = static_cast<double>(f.x.size(0));
+    torch::NoGradGuard ng;
+    for (int k = 1; k <= 8; ++k) {
+        DispatchStats stats;
+        layer.forward(f.x, RoutingRule::staticK(k), &stats);
+        const auto e = estimateRule(tables, 0, RoutingRule::staticK(k));
+        EXPECT_DOUBLE_EQ(e.params * T, static_cast<double>(stats.parameters)) << "k=" << k;
+        EXPECT_DOUBLE_EQ(e.error, relativeError(layer, f.x, f.y, RoutingRule::staticK(k)));
+    }
+    for (double p : {0.5, 0.62, 0.83, 0.9, 0.96}) {
+        DispatchStats stats;
+        layer.forward(f.x, RoutingRule::topP(p), &stats);
+        const auto e = estimateRule(tables, 0, RoutingRule::topP(p));
+        EXPECT_NEAR(e.params * T / static_cast<double>(stats.parameters), 1.0, 0.02) << "p=" << p;
+    }
 }
