@@ -10,6 +10,7 @@
 #include "cliutil.h"
 #include "commands.h"
 #include "common/error.h"
+#include "eval/choice.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -125,6 +126,7 @@ void registerEvalCommand(CLI::App& app)
         int topK = 0;
         double topP = 0;
         std::string policy;
+        std::string choices;
         bool noTiming = false;
         bool json = false;
     };
@@ -137,6 +139,8 @@ void registerEvalCommand(CLI::App& app)
     cmd->add_option("--top-k", o->topK, "Converted model: experts per token in every layer (default: the training k)");
     cmd->add_option("--top-p", o->topP, "Converted model: token-adaptive rule, smallest expert set with routing mass >= P");
     cmd->add_option("--policy", o->policy, "Converted model: a stored per-layer policy (`ladimo policy`)");
+    cmd->add_option("--choices", o->choices,
+                    "Also multiple-choice accuracy on a .jsonl of {question, choices, answer}, scored by log-likelihood");
     cmd->add_flag("--no-timing", o->noTiming, "Converted model: skip the prefill/decode latency measurement");
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
@@ -193,6 +197,17 @@ void registerEvalCommand(CLI::App& app)
                             {"seconds", r.seconds},         {"tokens_per_second", r.tokensPerSecond},
                             {"seq_len", o->seqLen},         {"device", model.device().str()},
                             {"dtype", c10::toString(model.dtype())}};
+        if (!o->choices.empty()) {
+            if (!tok)
+                throw core::Error("--choices needs a tokenizer, and " + modelPath + " has none");
+            auto plain = converted ? core::moeHooks(converted->layers, rules) : core::ForwardHooks{};
+            const auto items = core::loadChoiceItems(o->choices);
+            const auto c = core::evaluateChoices(model, *tok, items, converted ? &plain : nullptr, printer.fn(),
+                                                 &interruptToken());
+            j["choice_items"] = c.items;
+            j["choice_accuracy"] = c.accuracy;
+            j["choice_accuracy_norm"] = c.accuracyNorm;
+        }
         if (converted) {
             const auto& c = model.config();
             j["kl_to_dense"] = r.klToReference;
@@ -249,6 +264,14 @@ void registerEvalCommand(CLI::App& app)
                                      std::to_string(j["activated_ffn_fraction"].get<double>()))
                                         .c_str()
                                   : "");
+        if (!o->json && j.contains("choice_accuracy"))
+            std::printf("multiple choice: accuracy %.4f, length-normalised %.4f over %lld items\n",
+                        j["choice_accuracy"].get<double>(), j["choice_accuracy_norm"].get<double>(),
+                        (long long)j["choice_items"].get<int64_t>());
+        if (!o->json && j.contains("prefill_fraction"))
+            std::printf("measured: prefill %.0f tokens/s (%.1f%% of dense time), decode %.0f tokens/s (%.1f%% of dense time)\n",
+                        j["prefill_tokens_per_second"].get<double>(), 100 * j["prefill_fraction"].get<double>(),
+                        j["decode_tokens_per_second"].get<double>(), 100 * j["decode_fraction"].get<double>());
     });
 }
 

@@ -215,9 +215,9 @@ TEST(Policy, LatencyEstimateAddsTheRestOfTheModel)
 }
 
 // The whole stage-2 flow on a real (quickly) converted model. Profile and evaluation read the same
-// windows, but evaluation feeds each window without its last token (it is only a target), so the
-// counts agree closely rather than exactly here; Moe.ProfileEstimatesEqualTheDispatchCounts
-// checks exactness on identical tokens.
+// windows but in different batch shapes, so a few near-tied routing choices between experts of
+// 22 and 21 neurons can flip: the counts agree closely here; Moe.ProfileEstimatesEqualTheDispatchCounts
+// checks exactness on identical inputs.
 TEST(Policy, CliFlowEstimatesMatchMeasurements)
 {
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
