@@ -128,6 +128,7 @@ void registerEvalCommand(CLI::App& app)
         std::string policy;
         std::string choices;
         bool noTiming = false;
+        bool oracle = false;
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
@@ -141,6 +142,8 @@ void registerEvalCommand(CLI::App& app)
     cmd->add_option("--policy", o->policy, "Converted model: a stored per-layer policy (`ladimo policy`)");
     cmd->add_option("--choices", o->choices,
                     "Also multiple-choice accuracy on a .jsonl of {question, choices, answer}, scored by log-likelihood");
+    cmd->add_flag("--oracle", o->oracle,
+                  "Converted model: oracle routing (each token's k experts with the largest true outputs), a ceiling");
     cmd->add_flag("--no-timing", o->noTiming, "Converted model: skip the prefill/decode latency measurement");
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
@@ -185,7 +188,10 @@ void registerEvalCommand(CLI::App& app)
                 const int k = o->topK > 0 ? o->topK : converted->settings.at("train_top_k").get<int>();
                 rules = core::uniformRules(L, o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(k));
             }
-            hooks = core::moeHooks(converted->layers, rules, &active, &tokens);
+            hooks = o->oracle ? core::oracleHooks(converted->layers, rules, &active, &tokens)
+                              : core::moeHooks(converted->layers, rules, &active, &tokens);
+            if (o->oracle)
+                o->noTiming = true; // the oracle computes every expert: its timing means nothing
             e.hooks = &hooks;
             e.reference = &model;
         } else if (!o->policy.empty() || o->topK > 0 || o->topP > 0) {
@@ -200,7 +206,9 @@ void registerEvalCommand(CLI::App& app)
         if (!o->choices.empty()) {
             if (!tok)
                 throw core::Error("--choices needs a tokenizer, and " + modelPath + " has none");
-            auto plain = converted ? core::moeHooks(converted->layers, rules) : core::ForwardHooks{};
+            auto plain = !converted ? core::ForwardHooks{}
+                         : o->oracle ? core::oracleHooks(converted->layers, rules)
+                                     : core::moeHooks(converted->layers, rules);
             const auto items = core::loadChoiceItems(o->choices);
             const auto c = core::evaluateChoices(model, *tok, items, converted ? &plain : nullptr, printer.fn(),
                                                  &interruptToken());

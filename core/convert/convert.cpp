@@ -193,6 +193,27 @@ ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<Rou
     return h;
 }
 
+ForwardHooks oracleHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules, int64_t* activeParams,
+                         int64_t* tokens)
+{
+    for (const auto& r : rules)
+        if (r.topK <= 0)
+            throw Error("oracle routing needs static top-k rules");
+    ForwardHooks h;
+    h.ffnOverride = [&layers, rules, activeParams, tokens](int l, const torch::Tensor& x) -> torch::Tensor {
+        if (l >= static_cast<int>(layers.size()) || !layers[static_cast<std::size_t>(l)].router.defined())
+            return {};
+        if (tokens && l == 0)
+            *tokens += x.numel() / x.size(-1);
+        DispatchStats stats;
+        auto out = layers[static_cast<std::size_t>(l)].forwardOracle(x, rules.at(static_cast<std::size_t>(l)).topK, &stats);
+        if (activeParams)
+            *activeParams += stats.parameters;
+        return out;
+    };
+    return h;
+}
+
 void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& l)
 {
     std::string sizes;

@@ -63,6 +63,9 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
 // Forward hooks that replace every FFN that has an MoE layer, under per-layer rules.
 ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules,
                       int64_t* activeParams = nullptr, int64_t* tokens = nullptr);
+// The same with oracle routing (MoeLayer::forwardOracle) at a static top-k per layer.
+ForwardHooks oracleHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules,
+                         int64_t* activeParams = nullptr, int64_t* tokens = nullptr);
 
 void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& layer);
 MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, torch::ScalarType dtype);

@@ -105,6 +105,35 @@ torch::Tensor MoeLayer::expertOutputs(const torch::Tensor& x) const
     return torch::einsum("tns,nhs->tnh", {h, down});
 }
 
+torch::Tensor MoeLayer::forwardOracle(const torch::Tensor& xIn, int k, DispatchStats* stats) const
+{
+    if (k < 1 || k > numExperts())
+        throw Error("oracle top-k " + std::to_string(k) + " must be 1.." + std::to_string(numExperts()));
+    const auto shape = xIn.sizes().vec();
+    auto x = xIn.reshape({-1, shape.back()});
+    auto all = expertOutputs(x); // [T, N, H]
+    auto chosen = std::get<1>(all.norm(2, -1).topk(k, -1));
+    auto mask = torch::zeros({x.size(0), numExperts()}, torch::TensorOptions().dtype(torch::kBool).device(x.device()))
+                    .scatter(-1, chosen, true);
+    auto probs = routingProbs(x);
+    torch::Tensor weights = mask.to(probs.scalar_type());
+    if (gating == Gating::Plain) {
+        weights = probs * weights;
+    } else if (gating == Gating::Renorm) {
+        auto kept = probs * weights;
+        weights = kept / kept.sum(-1, true).clamp_min(1e-20);
+    }
+    if (stats) {
+        auto counts = mask.sum(0).to(torch::kCPU);
+        for (int64_t e = 0; e < numExperts(); ++e) {
+            const auto n = counts[e].item<int64_t>();
+            stats->pairs += n;
+            stats->parameters += n * expertParameters(e);
+        }
+    }
+    return (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
+}
+
 torch::Tensor MoeLayer::forwardNaive(const torch::Tensor& xIn, const RoutingRule& rule) const
 {
     const auto shape = xIn.sizes().vec();

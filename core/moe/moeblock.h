@@ -56,6 +56,9 @@ struct MoeLayer {
     torch::Tensor forward(const torch::Tensor& x, const RoutingRule& rule, DispatchStats* stats = nullptr) const;
     // Every expert on every token, masked: the slow reference the dispatch is tested against.
     torch::Tensor forwardNaive(const torch::Tensor& x, const RoutingRule& rule) const;
+    // Oracle routing, a ceiling for any router: each token uses the k experts whose own outputs
+    // are largest (L2 norm), weighted as the gating does. Computes every expert: evaluation only.
+    torch::Tensor forwardOracle(const torch::Tensor& x, int k, DispatchStats* stats = nullptr) const;
     // Output of each expert alone (unweighted), [T, N, H]; for router fitting and oracles.
     torch::Tensor expertOutputs(const torch::Tensor& x) const;
 

@@ -2,6 +2,7 @@
 // experts differ by one neuron) and on random ones.
 #include <numeric>
 
+#include "common/error.h"
 #include "convert/construct.h"
 #include "model/llama.h"
 #include "moe/moeblock.h"
@@ -158,4 +159,24 @@ TEST(Moe, ProfileEstimatesEqualTheDispatchCounts)
         const auto e = estimateRule(tables, 0, RoutingRule::topP(p));
         EXPECT_NEAR(e.params * T / static_cast<double>(stats.parameters), 1.0, 0.02) << "p=" << p;
     }
+}
+
+// Oracle routing keeps each token's k experts with the largest true outputs: with every expert it
+// is the dense FFN, it counts k experts per token, and it is at least as close to the dense FFN
+// as the fitted router at the same k.
+TEST(Moe, OracleRoutingIsACeilingForTheRouter)
+{
+    const auto f = fixture(1024);
+    auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, Gating::Hard);
+    DistillOptions o;
+    o.routerEpochs = 3;
+    fitRouter(layer, f.x, o);
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(torch::allclose(layer.forwardOracle(f.x, 8), f.y, 1e-5, 1e-5));
+    DispatchStats stats;
+    auto out = layer.forwardOracle(f.x, 6, &stats);
+    EXPECT_EQ(stats.pairs, 6 * f.x.size(0));
+    const double oracle = (out - f.y).pow(2).sum().item<double>() / f.y.pow(2).sum().item<double>();
+    EXPECT_LE(oracle, relativeError(layer, f.x, f.y, RoutingRule::staticK(6)));
+    EXPECT_THROW(layer.forwardOracle(f.x, 9), ladimo::core::Error);
 }
