@@ -85,9 +85,12 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
             auto idx = tokens.narrow(0, start, n);
             auto xe = x.index_select(0, idx);
             auto g = gate[e].narrow(0, 0, s), u = up[e].narrow(0, 0, s), d = down[e].narrow(1, 0, s);
-            // Weight the hidden activations (S wide) rather than the output (H wide), and
-            // accumulate in place: an out-of-place index_add would copy `out` once per expert.
-            auto h = torch::silu(torch::matmul(xe, g.t())) * torch::matmul(xe, u.t()) * w.narrow(0, start, n);
+            // Gate and up in one matmul: one pass over the gathered rows and a wider (2S) output,
+            // which BLAS runs closer to peak than two S-wide products. Weight the hidden
+            // activations (S wide) rather than the output (H wide), and accumulate in place: an
+            // out-of-place index_add would copy `out` once per expert.
+            auto gu = torch::matmul(xe, torch::cat({g, u}, 0).t());
+            auto h = torch::silu(gu.narrow(1, 0, s)) * gu.narrow(1, s, s) * w.narrow(0, start, n);
             out.index_add_(0, idx, torch::matmul(h, d.t()));
             start += n;
             if (stats) {
