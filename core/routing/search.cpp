@@ -69,7 +69,7 @@ public:
         for (auto& opts : m_options) {
             int most = 0;
             for (auto& op : opts) {
-                op.units = static_cast<int>(std::ceil(op.cost / m_unit - 1e-9));
+                op.units = static_cast<int>(std::llround(op.cost / m_unit));
                 most = std::max(most, op.units);
             }
             total += most;
@@ -100,33 +100,66 @@ public:
         m_best = std::move(prev);
     }
 
-    // Absolute cost budget -> the best exact unit total within it (or -1).
+    // Absolute cost budget -> the unit total whose policy has the smallest error and really fits
+    // (or -1). Costs are rounded to the nearest unit, so totals up to half a unit per layer above
+    // the budget are candidates too; each candidate is checked against its exact cost.
     int bestWithin(double budget) const
     {
-        const int limit = std::min(m_width - 1, static_cast<int>(std::floor(budget / m_unit + 1e-9)));
-        int arg = -1;
+        const int slack = static_cast<int>(m_options.size()) / 2 + 1;
+        const int limit = std::min(m_width - 1, static_cast<int>(std::floor(budget / m_unit + 1e-9)) + slack);
+        std::vector<int> candidates;
         for (int b = 0; b <= limit; ++b)
-            if (m_best[static_cast<std::size_t>(b)] < kInf &&
-                (arg < 0 || m_best[static_cast<std::size_t>(b)] < m_best[static_cast<std::size_t>(arg)]))
-                arg = b;
-        return arg;
-    }
-    int cheapestWithError(double maxError) const
-    {
-        for (int b = 0; b < m_width; ++b)
-            if (m_best[static_cast<std::size_t>(b)] <= maxError)
+            if (m_best[static_cast<std::size_t>(b)] < kInf)
+                candidates.push_back(b);
+        std::sort(candidates.begin(), candidates.end(), [&](int a, int b) {
+            return m_best[static_cast<std::size_t>(a)] < m_best[static_cast<std::size_t>(b)];
+        });
+        for (int b : candidates)
+            if (exactCost(b) <= budget * (1 + 1e-12) + 1e-12)
                 return b;
         return -1;
     }
-    // Unit totals where the error strictly improves on every cheaper total.
-    std::vector<int> front() const
+    // The exact (unrounded) cost of the policy the table holds for unit total b.
+    double exactCost(int b) const
     {
-        std::vector<int> out;
-        double best = kInf;
+        double cost = 0;
+        for (int l = static_cast<int>(m_options.size()) - 1; l >= 0; --l) {
+            const int i = m_pick[static_cast<std::size_t>(l) * m_width + b];
+            const auto& op = m_options[static_cast<std::size_t>(l)][static_cast<std::size_t>(i)];
+            cost += op.cost;
+            b -= op.units;
+        }
+        return cost;
+    }
+    int cheapestWithError(double maxError) const
+    {
+        int arg = -1;
+        double cheapest = kInf;
         for (int b = 0; b < m_width; ++b)
+            if (m_best[static_cast<std::size_t>(b)] <= maxError) {
+                const double c = exactCost(b);
+                if (c < cheapest) {
+                    cheapest = c;
+                    arg = b;
+                }
+            }
+        return arg;
+    }
+    // Unit totals whose policies are Pareto-optimal by exact cost: cheapest first, each with a
+    // strictly smaller error than every cheaper one.
+    std::vector<std::pair<double, int>> front() const
+    {
+        std::vector<std::pair<double, int>> byCost;
+        for (int b = 0; b < m_width; ++b)
+            if (m_best[static_cast<std::size_t>(b)] < kInf)
+                byCost.emplace_back(exactCost(b), b);
+        std::sort(byCost.begin(), byCost.end());
+        std::vector<std::pair<double, int>> out;
+        double best = kInf;
+        for (const auto& [cost, b] : byCost)
             if (m_best[static_cast<std::size_t>(b)] < best * (1 - 1e-12) - 1e-15) {
                 best = m_best[static_cast<std::size_t>(b)];
-                out.push_back(b);
+                out.emplace_back(cost, b);
             }
         return out;
     }
@@ -244,21 +277,21 @@ std::vector<SearchResult> paretoFront(const PolicyTables& tables, const SearchOp
     auto front = a.front();
     if (maxPoints >= 2 && static_cast<int>(front.size()) > maxPoints) {
         // Keep points spread evenly over the cost range, always the cheapest and the best.
-        std::vector<int> kept;
-        const double lo = front.front(), hi = front.back();
+        std::vector<std::pair<double, int>> kept;
+        const double lo = front.front().first, hi = front.back().first;
         std::size_t i = 0;
         for (int p = 0; p < maxPoints; ++p) {
             const double target = lo + (hi - lo) * p / (maxPoints - 1);
-            while (i + 1 < front.size() && front[i] < target)
+            while (i + 1 < front.size() && front[i].first < target)
                 ++i;
-            if (kept.empty() || kept.back() != front[i])
+            if (kept.empty() || kept.back().second != front[i].second)
                 kept.push_back(front[i]);
         }
         front = kept;
     }
     std::vector<SearchResult> out;
-    for (int b : front)
-        out.push_back(a.result(b));
+    for (const auto& point : front)
+        out.push_back(a.result(point.second));
     return out;
 }
 

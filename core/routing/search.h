@@ -3,7 +3,8 @@
 // profile's threshold grid, each with a cost (activated parameters, or prefill / decode time of
 // the latency model) and an error (the layer's relative output error). A dynamic programme over
 // layers x discretised total cost finds, for every budget, the rules with the smallest summed
-// error; costs are rounded up, so a returned policy never exceeds its budget. The same table gives
+// error; costs are rounded to the nearest unit and every candidate is checked at its exact cost,
+// so a returned policy never exceeds its budget. The same table gives
 // the Pareto front (error proxy against cost) and the cheapest policy under an error bound.
 // Pure functions; thread-safe.
 #pragma once
@@ -24,7 +25,7 @@ const char* costKindName(CostKind k);
 struct SearchOptions {
     CostKind cost = CostKind::Params;
     RuleKinds rules = RuleKinds::Static;
-    int resolution = 2000;   // cost units of the whole model at its most expensive
+    int resolution = 4000;   // cost units of the whole model at its most expensive
     int minK = 1;            // smallest static k offered (top-p rules keep their grid)
 };
 

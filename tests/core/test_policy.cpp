@@ -163,6 +163,39 @@ TEST(Policy, BudgetSearchFindsTheBruteForceOptimum)
     EXPECT_THROW(searchMaxError(t, 1e-9, so), Error);
 }
 
+// The demo model's measured errors per k: at 75% the best allocation moves an expert from the
+// peaked layer 0 to layer 3 (k = 5, 6, 6, 7), whose cost is exactly the budget. Costs that fall
+// on half units of the default resolution must not push it out.
+TEST(Policy, BudgetSearchIsExactAtTheDefaultResolution)
+{
+    const std::vector<std::vector<double>> errors = {
+        {0.2366, 0.0852, 0.0327, 0.0123, 0.0064, 0.0042, 0.0034, 0.0032},
+        {0.2940, 0.1281, 0.0552, 0.0255, 0.0141, 0.0092, 0.0072, 0.0066},
+        {0.2581, 0.1009, 0.0426, 0.0204, 0.0114, 0.0074, 0.0055, 0.0049},
+        {0.3241, 0.1462, 0.0697, 0.0341, 0.0189, 0.0117, 0.0082, 0.0068}};
+    auto t = syntheticTables(4, 8, [&](int l, int k) { return errors[static_cast<std::size_t>(l)][static_cast<std::size_t>(k - 1)]; });
+    for (auto& layer : t.layers)
+        for (int k = 1; k <= 8; ++k)
+            layer.paramsByK[static_cast<std::size_t>(k - 1)] = 73728.0 * k; // 3 x 256 x 96 per expert
+    for (auto& layer : t.layers)
+        layer.denseParams = 8 * 73728.0;
+    for (double budget : {0.5, 0.6, 0.75, 0.8}) {
+        double best = INFINITY;
+        for (int a = 1; a <= 8; ++a)
+            for (int b = 1; b <= 8; ++b)
+                for (int c = 1; c <= 8; ++c)
+                    for (int d = 1; d <= 8; ++d)
+                        if (a + b + c + d <= budget * 32 + 1e-9)
+                            best = std::min(best, errors[0][a - 1] + errors[1][b - 1] + errors[2][c - 1] + errors[3][d - 1]);
+        const auto r = searchBudget(t, budget);
+        EXPECT_NEAR(r.estimate.errorProxy, best, 1e-12) << "budget " << budget;
+        EXPECT_LE(r.estimate.activatedFfnFraction, budget + 1e-12);
+    }
+    const auto r = searchBudget(t, 0.75);
+    EXPECT_EQ(r.rules[0].topK, 5);
+    EXPECT_EQ(r.rules[3].topK, 7);
+}
+
 TEST(Policy, ParetoFrontIsMonotoneAndDominatesUniformK)
 {
     const int L = 5, N = 8;
