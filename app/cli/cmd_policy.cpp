@@ -63,16 +63,18 @@ void printEstimate(const RunContext& c, const std::string& name, const core::Pol
 {
     std::printf("policy '%s' for run #%lld (%d layers, %lld experts)\n", name.c_str(), (long long)c.run.id,
                 c.run.layers, (long long)c.run.experts);
-    std::printf("layer  rule             mean k  FFN params  rel. error%s\n", e.hasLatency ? "  prefill ms  decode ms" : "");
+    std::printf("layer  rule             mean k  FFN params  rel. error  %s%s\n", e.proxyIsKl ? "est. KL " : "  proxy ",
+                e.hasLatency ? "  prefill ms  decode ms" : "");
     for (std::size_t l = 0; l < rules.size(); ++l) {
         const auto& le = e.layers[l];
-        std::printf("%5zu  %-15s %7.2f  %9.1f%%  %10.5f", l, core::describeRule(rules[l], c.run.experts).c_str(), le.meanK,
-                    100.0 * le.params / c.tables.layers[l].denseParams, le.error);
+        std::printf("%5zu  %-15s %7.2f  %9.1f%%  %10.5f  %8.5f", l, core::describeRule(rules[l], c.run.experts).c_str(),
+                    le.meanK, 100.0 * le.params / c.tables.layers[l].denseParams, le.error, le.proxy);
         if (e.hasLatency)
             std::printf("  %10.3f  %9.4f", 1e3 * le.prefillSeconds, 1e3 * le.decodeSeconds);
         std::printf("%s\n", le.approximate ? "  (approximate)" : "");
     }
-    std::printf("model: activated FFN fraction %.4f, error proxy %.5f", e.activatedFfnFraction, e.errorProxy);
+    std::printf("model: activated FFN fraction %.4f, error proxy %.5f%s", e.activatedFfnFraction, e.errorProxy,
+                e.proxyIsKl ? " (estimated KL to dense)" : "");
     if (e.hasLatency)
         std::printf(", estimated prefill %.2f ms (%.1f%% of dense), decode %.3f ms (%.1f%% of dense) on %s",
                     1e3 * e.prefillSeconds, 100 * e.prefillFraction, 1e3 * e.decodeSeconds, 100 * e.decodeFraction,

@@ -21,6 +21,7 @@ void registerProfileCommand(CLI::App& app)
         DataOptions data;
         int64_t seqLen = 256;
         int bins = 20;
+        int64_t sensitivityTokens = 8192;
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
@@ -30,6 +31,9 @@ void registerProfileCommand(CLI::App& app)
     o->data.add(cmd);
     cmd->add_option("--seq-len", o->seqLen, "Window length")->capture_default_str();
     cmd->add_option("--bins", o->bins, "Histogram bins on [0, 1]")->capture_default_str();
+    cmd->add_option("--sensitivity-tokens", o->sensitivityTokens,
+                    "Tokens for the per-layer sensitivity (KL to dense with one layer converted); 0 = skip")
+        ->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
         if (!isProjectFile(o->model.path))
@@ -47,15 +51,40 @@ void registerProfileCommand(CLI::App& app)
         po.bins = o->bins;
         const auto& cfg = converted.model.config();
         po.denseParameters = 3 * cfg.hiddenSize * cfg.intermediateSize;
-        nlohmann::json out = nlohmann::json::array();
+        std::vector<core::RoutingProfile> profiles;
         for (std::size_t l = 0; l < converted.layers.size(); ++l) {
             interruptToken().throwIfCancelled();
             auto p = core::profileLayer(converted.layers[l], xs[l], ys[l], po);
             p.runId = converted.runId;
             p.layer = static_cast<int>(l);
+            profiles.push_back(std::move(p));
+            progress("profile", static_cast<double>(l + 1), static_cast<double>(converted.layers.size()));
+        }
+        xs.clear();
+        ys.clear();
+        if (o->sensitivityTokens > 0) {
+            // How much each layer's error moves the model's output: KL to dense with only that
+            // layer converted, at a k in the range policies use.
+            const int64_t N = converted.layers.front().numExperts();
+            const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
+            std::vector<int64_t> head(stream.begin(),
+                                      stream.begin() + std::min<int64_t>(o->sensitivityTokens, static_cast<int64_t>(stream.size())));
+            const auto kl = core::layerSensitivity(converted.model, converted.layers, head, o->seqLen,
+                                                   core::RoutingRule::staticK(k), &interruptToken());
+            for (std::size_t l = 0; l < profiles.size(); ++l) {
+                auto& extra = profiles[l].extra;
+                const double err = profiles[l].errorByK[static_cast<std::size_t>(k - 1)];
+                extra["sensitivity_k"] = k;
+                extra["sensitivity_tokens"] = static_cast<int64_t>(head.size());
+                extra["sensitivity_kl"] = kl[l];
+                if (err > 0 && kl[l] > 0)
+                    extra["kl_per_error"] = kl[l] / err;
+            }
+        }
+        nlohmann::json out = nlohmann::json::array();
+        for (const auto& p : profiles) {
             project.saveRoutingProfile(p);
             out.push_back(core::toJson(p));
-            progress("profile", static_cast<double>(l + 1), static_cast<double>(converted.layers.size()));
         }
         if (o->json) {
             std::cout << out.dump(2) << "\n";
@@ -63,10 +92,10 @@ void registerProfileCommand(CLI::App& app)
         }
         std::printf("routing profile of run #%lld on %lld tokens (stored in %s)\n", (long long)converted.runId,
                     (long long)xs.front().size(0), projectFile.c_str());
-        std::printf("layer  entropy  top-1 mass  relative error for k = 1..N\n");
+        std::printf("layer  entropy  top-1 mass  KL/error  relative error for k = 1..N\n");
         for (const auto& j : out) {
-            std::printf("%5d  %7.3f  %10.3f ", j["layer"].get<int>(), j["entropy"].get<double>(),
-                        j["extra"]["cumulative_mass"][0].get<double>());
+            std::printf("%5d  %7.3f  %10.3f  %8.4f ", j["layer"].get<int>(), j["entropy"].get<double>(),
+                        j["extra"]["cumulative_mass"][0].get<double>(), j["extra"].value("kl_per_error", 0.0));
             for (const auto& e : j["error_by_k"])
                 std::printf(" %.4f", e.get<double>());
             std::printf("\n");

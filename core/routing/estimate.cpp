@@ -106,6 +106,9 @@ PolicyTables policyTables(const std::vector<RoutingProfile>& profiles, std::opti
         lt.meanKByThreshold = doubles(p.extra, "mean_k_by_threshold", lt.thresholds.size(), where);
         lt.paramsByThreshold = doubles(p.extra, "params_by_threshold", lt.thresholds.size(), where);
         lt.errorByThreshold = doubles(p.extra, "error_by_threshold", lt.thresholds.size(), where);
+        lt.errorWeight = p.extra.value("kl_per_error", 0.0);
+        if (!(lt.errorWeight > 0) || !std::isfinite(lt.errorWeight))
+            lt.errorWeight = 0; // not measured: weighs 1, see estimateRule
         if (!std::is_sorted(lt.thresholds.begin(), lt.thresholds.end()))
             throw Error(where + ": thresholds must be ascending");
         t.layers.push_back(std::move(lt));
@@ -155,6 +158,7 @@ LayerEstimate estimateRule(const PolicyTables& tables, int layer, const RoutingR
             }
         }
     }
+    e.proxy = e.error * (t.errorWeight > 0 ? t.errorWeight : 1.0);
     if (tables.latency) {
         e.prefillSeconds = atK(tables.latency->prefillMoe, e.meanK);
         e.decodeSeconds = atK(tables.latency->decodeMoe, e.meanK);
@@ -165,16 +169,19 @@ LayerEstimate estimateRule(const PolicyTables& tables, int layer, const RoutingR
 void updateTotals(const PolicyTables& tables, PolicyEstimate& out)
 {
     double params = 0, dense = 0, error = 0, prefill = 0, decode = 0;
+    bool kl = !out.layers.empty();
     for (std::size_t l = 0; l < out.layers.size(); ++l) {
         const auto& e = out.layers[l];
         params += e.params;
         dense += tables.layers[l].denseParams;
-        error += e.error;
+        error += e.proxy;
+        kl = kl && tables.layers[l].errorWeight > 0;
         prefill += e.prefillSeconds;
         decode += e.decodeSeconds;
     }
     out.activatedFfnFraction = dense > 0 ? params / dense : 0;
     out.errorProxy = error;
+    out.proxyIsKl = kl;
     out.hasLatency = tables.latency.has_value();
     if (out.hasLatency) {
         const auto& m = *tables.latency;
@@ -204,7 +211,7 @@ nlohmann::json toJson(const PolicyEstimate& e)
 {
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& l : e.layers) {
-        nlohmann::json j = {{"mean_k", l.meanK}, {"params", l.params}, {"error", l.error}};
+        nlohmann::json j = {{"mean_k", l.meanK}, {"params", l.params}, {"error", l.error}, {"proxy", l.proxy}};
         if (e.hasLatency) {
             j["prefill_seconds"] = l.prefillSeconds;
             j["decode_seconds"] = l.decodeSeconds;
@@ -213,7 +220,10 @@ nlohmann::json toJson(const PolicyEstimate& e)
             j["approximate"] = true;
         layers.push_back(j);
     }
-    nlohmann::json out = {{"activated_ffn_fraction", e.activatedFfnFraction}, {"error_proxy", e.errorProxy}, {"layers", layers}};
+    nlohmann::json out = {{"activated_ffn_fraction", e.activatedFfnFraction},
+                          {"error_proxy", e.errorProxy},
+                          {"error_proxy_is_kl", e.proxyIsKl},
+                          {"layers", layers}};
     if (e.hasLatency) {
         out["prefill_seconds"] = e.prefillSeconds;
         out["decode_seconds"] = e.decodeSeconds;

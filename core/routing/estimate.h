@@ -4,7 +4,9 @@
 //    the chosen experts' sizes; with equal experts simply k x expert size), expected value for
 //    token-adaptive rules (interpolated on the profile's threshold grid);
 //  - error proxy: the layer's relative output error ||MoE(x) - FFN(x)||^2 / ||FFN(x)||^2 on the
-//    profile tokens, summed over layers for the model;
+//    profile tokens times the layer's measured sensitivity (KL to dense per unit of relative
+//    error, routing/profile.h layerSensitivity), summed over layers: an additive estimate of the
+//    model's KL to dense. Profiles without a sensitivity weigh every layer 1 (plain error sum);
 //  - latency: the latency model's measured time of the block at that k (interpolated at the mean
 //    k of adaptive rules) plus the time of everything that is not an FFN.
 // Value types and pure functions; thread-safe.
@@ -48,6 +50,7 @@ struct LayerTable {
     std::vector<double> errorByK;           // [k-1]
     std::vector<double> thresholds;         // ascending top-p grid
     std::vector<double> meanKByThreshold, paramsByThreshold, errorByThreshold;
+    double errorWeight = 1;                 // KL to dense per unit of relative error ("kl_per_error")
 };
 
 struct PolicyTables {
@@ -62,7 +65,8 @@ PolicyTables policyTables(const std::vector<RoutingProfile>& profiles, std::opti
 struct LayerEstimate {
     double meanK = 0;
     double params = 0;          // mean activated FFN parameters per token
-    double error = 0;           // relative output error (error proxy of the layer)
+    double error = 0;           // relative output error of the layer
+    double proxy = 0;           // its share of the model's error proxy (error x sensitivity)
     double prefillSeconds = 0;  // 0 without a latency model
     double decodeSeconds = 0;
     bool approximate = false;   // adaptive rule with bounds narrower than 1..N: bounds applied to the mean k
@@ -71,7 +75,8 @@ struct LayerEstimate {
 struct PolicyEstimate {
     std::vector<LayerEstimate> layers;
     double activatedFfnFraction = 0; // sum of params / sum of dense FFN params (what eval measures)
-    double errorProxy = 0;           // sum of layer errors
+    double errorProxy = 0;           // sum of layer proxies (estimated KL to dense when profiled with sensitivity)
+    bool proxyIsKl = false;          // every layer had a measured sensitivity
     bool hasLatency = false;
     double prefillSeconds = 0, decodeSeconds = 0;         // whole model, one forward
     double densePrefillSeconds = 0, denseDecodeSeconds = 0;

@@ -3,6 +3,8 @@
 #include <numeric>
 
 #include "convert/construct.h"
+#include "eval/perplexity.h"
+#include "model/llama.h"
 
 namespace ladimo::core {
 
@@ -64,6 +66,27 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
                {"params_by_k", paramsByK},
                {"dense_parameters", denseParams}};
     return p;
+}
+
+std::vector<double> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                     const std::vector<int64_t>& stream, int64_t seqLen, const RoutingRule& rule,
+                                     const CancelToken* cancel)
+{
+    std::vector<double> out;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        ForwardHooks hooks;
+        hooks.ffnOverride = [&layers, &rule, l](int layer, const torch::Tensor& x) -> torch::Tensor {
+            return layer == static_cast<int>(l) ? layers[l].forward(x, rule) : torch::Tensor();
+        };
+        EvalOptions o;
+        o.seqLen = seqLen;
+        o.hooks = &hooks;
+        o.reference = &model;
+        if (cancel)
+            o.cancel = *cancel;
+        out.push_back(evaluatePerplexity(model, stream, o).klToReference);
+    }
+    return out;
 }
 
 } // namespace ladimo::core

@@ -7,6 +7,7 @@
 
 #include <torch/types.h>
 
+#include "common/progress.h"
 #include "moe/moeblock.h"
 #include "store/records.h"
 
@@ -25,5 +26,16 @@ struct ProfileOptions {
 // x: FFN inputs [T, H]; y: the dense FFN outputs of x. Fills every field but runId / layer.
 RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y,
                             const ProfileOptions& options = {});
+
+class LlamaModel;
+
+// End-to-end sensitivity of each layer: the mean per-token KL(dense || model) when only that layer
+// uses its MoE block under `rule` (every other FFN dense), on `stream` (windows of seqLen). Divided
+// by the layer's relative output error under the same rule, it converts the layer errors into an
+// additive estimate of the model's KL to dense (the error proxy the policy search minimises).
+// One forward pass pair per layer; runs on the calling thread.
+std::vector<double> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                     const std::vector<int64_t>& stream, int64_t seqLen, const RoutingRule& rule,
+                                     const CancelToken* cancel = nullptr);
 
 } // namespace ladimo::core

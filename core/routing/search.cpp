@@ -57,7 +57,7 @@ public:
             for (auto& op : opts) {
                 const auto e = estimateRule(tables, l, op.rule);
                 op.cost = layerCost(e, o.cost);
-                op.error = e.error;
+                op.error = e.proxy;
                 most = std::max(most, op.cost);
             }
             scale += most;
