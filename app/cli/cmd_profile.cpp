@@ -91,7 +91,7 @@ void registerProfileCommand(CLI::App& app)
             return;
         }
         std::printf("routing profile of run #%lld on %lld tokens (stored in %s)\n", (long long)converted.runId,
-                    (long long)xs.front().size(0), projectFile.c_str());
+                    (long long)profiles.front().tokens, projectFile.c_str());
         std::printf("layer  entropy  top-1 mass  KL/error  relative error for k = 1..N\n");
         for (const auto& j : out) {
             std::printf("%5d  %7.3f  %10.3f  %8.4f ", j["layer"].get<int>(), j["entropy"].get<double>(),
