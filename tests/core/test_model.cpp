@@ -81,7 +81,8 @@ TEST(DenseModel, KvCacheDecodingEqualsFullForward)
     const auto full = model.forward(tokens);
     auto cache = model.makeCache(1, 64);
     auto first = model.forward(tokens.narrow(1, 0, 40), &cache);
-    EXPECT_TRUE(torch::allclose(first, full.narrow(1, 0, 40), 1e-5, 1e-5));
+    // Float32 with a different matmul blocking (40 vs 64 rows): equal up to summation order.
+    EXPECT_LT((first - full.narrow(1, 0, 40)).abs().max().item<double>(), 1e-4);
     for (int64_t t = 40; t < 64; ++t) {
         auto step = model.forward(tokens.narrow(1, t, 1), &cache);
         EXPECT_LT((step[0][0] - full[0][t]).abs().max().item<double>(), 1e-4) << "position " << t;
