@@ -15,6 +15,7 @@
 #include "model/generate.h"
 #include "model/safetensors.h"
 #include "convert/convert.h"
+#include "export/hf_mixtral.h"
 
 namespace ladimo::cli {
 
@@ -137,10 +138,13 @@ void registerEvalCommand(CLI::App& app)
         if (isProjectFile(o->model.path))
             converted.emplace(loadConverted(o->model.path, o->model));
         const std::string modelPath = converted ? converted->modelPath : o->model.path;
+        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory: its MoE blocks and policy
+        if (!converted && core::isHfMixtralDir(o->model.path))
+            mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
         std::optional<core::LlamaModel> dense;
-        if (!converted)
+        if (!converted && !mixtral)
             dense.emplace(o->model.load());
-        const auto& model = converted ? converted->model : *dense;
+        const auto& model = converted ? converted->model : mixtral ? mixtral->model : *dense;
         auto tok = core::Tokenizer::loadForModel(modelPath);
         ProgressPrinter printer;
         auto stream = o->data.load(model, tok.get(), o->seqLen, printer.fn());
@@ -158,6 +162,13 @@ void registerEvalCommand(CLI::App& app)
                                    &active, &tokens);
             e.hooks = &hooks;
             e.reference = &model;
+        } else if (mixtral) {
+            const auto rules = o->topK > 0 || o->topP > 0
+                                   ? core::uniformRules(static_cast<int>(mixtral->layers.size()),
+                                                        o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(o->topK))
+                                   : mixtral->rules;
+            hooks = core::moeHooks(mixtral->layers, rules, &active, &tokens);
+            e.hooks = &hooks;
         }
         const auto r = core::evaluatePerplexity(model, stream, e);
         nlohmann::json j = {{"perplexity", r.perplexity},   {"nll", r.nll},
@@ -165,9 +176,10 @@ void registerEvalCommand(CLI::App& app)
                             {"seconds", r.seconds},         {"tokens_per_second", r.tokensPerSecond},
                             {"seq_len", o->seqLen},         {"device", model.device().str()},
                             {"dtype", c10::toString(model.dtype())}};
-        if (converted) {
+        if (converted || mixtral) {
             const auto& c = model.config();
-            j["kl_to_dense"] = r.klToReference;
+            if (converted)
+                j["kl_to_dense"] = r.klToReference;
             j["activated_ffn_fraction"] =
                 static_cast<double>(active) / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
         }
@@ -180,6 +192,7 @@ void registerEvalCommand(CLI::App& app)
                         converted ? ("; KL to dense " + std::to_string(r.klToReference) + ", activated FFN fraction " +
                                      std::to_string(j["activated_ffn_fraction"].get<double>()))
                                         .c_str()
+                        : mixtral ? ("; activated FFN fraction " + std::to_string(j["activated_ffn_fraction"].get<double>())).c_str()
                                   : "");
     });
 }
@@ -209,7 +222,10 @@ void registerGenerateCommand(CLI::App& app)
     cmd->add_flag("--ignore-eos", o->ignoreEos, "Do not stop at the end-of-sequence token");
     cmd->callback([o] {
         torch::InferenceMode guard;
-        auto model = o->model.load();
+        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory runs with its MoE blocks
+        if (core::isHfMixtralDir(o->model.path))
+            mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
+        auto model = mixtral ? std::move(mixtral->model) : o->model.load();
         auto tok = core::Tokenizer::loadForModel(o->model.path);
         std::vector<int64_t> prompt;
         if (!o->promptIds.empty()) {
@@ -226,6 +242,11 @@ void registerGenerateCommand(CLI::App& app)
         g.temperature = o->temperature;
         g.seed = o->seed;
         g.stopId = o->ignoreEos ? -1 : model.config().eosTokenId;
+        core::ForwardHooks hooks;
+        if (mixtral) {
+            hooks = core::moeHooks(mixtral->layers, mixtral->rules);
+            g.hooks = &hooks;
+        }
         ProgressPrinter printer;
         g.progress = printer.fn();
         const auto out = core::generate(model, {prompt}, g).front();

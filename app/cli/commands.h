@@ -14,5 +14,7 @@ void registerPretrainCommand(CLI::App& app);
 void registerProjectCommand(CLI::App& app);
 void registerConvertCommand(CLI::App& app);
 void registerProfileCommand(CLI::App& app);
+void registerExportCommand(CLI::App& app);
+void registerImportCommand(CLI::App& app);
 
 } // namespace ladimo::cli
