@@ -20,12 +20,17 @@ void ModelOptions::add(CLI::App* cmd, bool positional)
         ->capture_default_str();
 }
 
-core::LlamaModel ModelOptions::load() const
+core::LoadOptions ModelOptions::loadOptions() const
 {
     core::LoadOptions o;
     o.device = core::parseDevices(device).front(); // a device list: the model lives on the first
     o.dtype = core::parseComputeDType(dtype, o.device);
-    return core::LlamaModel::load(path, o);
+    return o;
+}
+
+core::LlamaModel ModelOptions::load() const
+{
+    return core::LlamaModel::load(path, loadOptions());
 }
 
 void DataOptions::add(CLI::App* cmd)

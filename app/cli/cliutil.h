@@ -25,6 +25,7 @@ struct ModelOptions {
     std::string device = "auto";
     std::string dtype = "auto";
     void add(CLI::App* cmd, bool positional = true);
+    core::LoadOptions loadOptions() const; // device (the first of a list) and compute dtype
     core::LlamaModel load() const;
 };
 

@@ -16,6 +16,7 @@
 #include "model/generate.h"
 #include "model/safetensors.h"
 #include "convert/convert.h"
+#include "export/hf_mixtral.h"
 #include "routing/estimate.h"
 #include "routing/latency.h"
 #include "routing/policy.h"
@@ -152,10 +153,13 @@ void registerEvalCommand(CLI::App& app)
         if (isProjectFile(o->model.path))
             converted.emplace(loadConverted(o->model.path, o->model));
         const std::string modelPath = converted ? converted->modelPath : o->model.path;
+        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory: its MoE blocks and policy
+        if (!converted && core::isHfMixtralDir(o->model.path))
+            mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
         std::optional<core::LlamaModel> dense;
-        if (!converted)
+        if (!converted && !mixtral)
             dense.emplace(o->model.load());
-        const auto& model = converted ? converted->model : *dense;
+        const auto& model = converted ? converted->model : mixtral ? mixtral->model : *dense;
         auto tok = core::Tokenizer::loadForModel(modelPath);
         ProgressPrinter printer;
         auto stream = o->data.load(model, tok.get(), o->seqLen, printer.fn());
@@ -194,8 +198,19 @@ void registerEvalCommand(CLI::App& app)
                 o->noTiming = true; // the oracle computes every expert: its timing means nothing
             e.hooks = &hooks;
             e.reference = &model;
-        } else if (!o->policy.empty() || o->topK > 0 || o->topP > 0) {
-            throw core::Error("--policy, --top-k and --top-p apply to a converted model (a *.ladimo project)");
+        } else if (mixtral) {
+            if (!o->policy.empty() || o->oracle)
+                throw core::Error("--policy and --oracle need a project; an exported directory runs its own policy "
+                                  "(or --top-k / --top-p)");
+            rules = o->topK > 0 || o->topP > 0
+                        ? core::uniformRules(static_cast<int>(mixtral->layers.size()),
+                                             o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(o->topK))
+                        : mixtral->rules;
+            hooks = core::moeHooks(mixtral->layers, rules, &active, &tokens);
+            e.hooks = &hooks;
+        } else if (!o->policy.empty() || o->topK > 0 || o->topP > 0 || o->oracle) {
+            throw core::Error("--policy, --top-k, --top-p and --oracle apply to a converted model (a *.ladimo project "
+                              "or an exported Mixtral directory)");
         }
         const auto r = core::evaluatePerplexity(model, stream, e);
         nlohmann::json j = {{"perplexity", r.perplexity},   {"nll", r.nll},
@@ -203,42 +218,49 @@ void registerEvalCommand(CLI::App& app)
                             {"seconds", r.seconds},         {"tokens_per_second", r.tokensPerSecond},
                             {"seq_len", o->seqLen},         {"device", model.device().str()},
                             {"dtype", c10::toString(model.dtype())}};
+        const std::vector<core::MoeLayer>* moeLayers = converted ? &converted->layers : mixtral ? &mixtral->layers : nullptr;
         if (!o->choices.empty()) {
             if (!tok)
                 throw core::Error("--choices needs a tokenizer, and " + modelPath + " has none");
-            auto plain = !converted ? core::ForwardHooks{}
-                         : o->oracle ? core::oracleHooks(converted->layers, rules)
-                                     : core::moeHooks(converted->layers, rules);
+            auto plain = !moeLayers  ? core::ForwardHooks{}
+                         : o->oracle ? core::oracleHooks(*moeLayers, rules)
+                                     : core::moeHooks(*moeLayers, rules);
             const auto items = core::loadChoiceItems(o->choices);
-            const auto c = core::evaluateChoices(model, *tok, items, converted ? &plain : nullptr, printer.fn(),
+            const auto c = core::evaluateChoices(model, *tok, items, moeLayers ? &plain : nullptr, printer.fn(),
                                                  &interruptToken());
             j["choice_items"] = c.items;
             j["choice_accuracy"] = c.accuracy;
             j["choice_accuracy_norm"] = c.accuracyNorm;
         }
-        if (converted) {
+        if (moeLayers) {
             const auto& c = model.config();
-            j["kl_to_dense"] = r.klToReference;
+            if (converted)
+                j["kl_to_dense"] = r.klToReference;
             j["activated_ffn_fraction"] =
                 static_cast<double>(active) / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
             j["rules"] = core::rulesToJson(rules);
             if (!o->noTiming) {
-                // Dense and converted timed in the same run, so their ratio is meaningful.
+                // Dense and converted timed in the same run, so their ratio is meaningful (an
+                // export without dense FFNs is timed alone).
                 core::LatencyOptions lo;
                 lo.cancel = &interruptToken();
-                auto plain = core::moeHooks(converted->layers, rules);
+                auto plain = core::moeHooks(*moeLayers, rules);
                 const auto moe = core::measureForward(model, &plain, lo);
-                const auto dense = core::measureForward(model, nullptr, lo);
                 j["prefill_seconds"] = moe.prefillSeconds;
                 j["decode_seconds"] = moe.decodeSeconds;
                 j["prefill_tokens_per_second"] = static_cast<double>(lo.prefillTokens) / moe.prefillSeconds;
                 j["decode_tokens_per_second"] = 1.0 / moe.decodeSeconds;
-                j["dense_prefill_seconds"] = dense.prefillSeconds;
-                j["dense_decode_seconds"] = dense.decodeSeconds;
-                j["prefill_fraction"] = moe.prefillSeconds / dense.prefillSeconds;
-                j["decode_fraction"] = moe.decodeSeconds / dense.decodeSeconds;
                 j["timing"] = {{"prefill_tokens", lo.prefillTokens}, {"decode_context", lo.decodeContext}};
+                if (converted) {
+                    const auto dense = core::measureForward(model, nullptr, lo);
+                    j["dense_prefill_seconds"] = dense.prefillSeconds;
+                    j["dense_decode_seconds"] = dense.decodeSeconds;
+                    j["prefill_fraction"] = moe.prefillSeconds / dense.prefillSeconds;
+                    j["decode_fraction"] = moe.decodeSeconds / dense.decodeSeconds;
+                }
             }
+        }
+        if (converted) {
             auto project = core::Project::open(o->model.path, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
             // The estimate beside the measurement, so the two can be compared.
             try {
@@ -271,6 +293,7 @@ void registerEvalCommand(CLI::App& app)
                         converted ? ("; KL to dense " + std::to_string(r.klToReference) + ", activated FFN fraction " +
                                      std::to_string(j["activated_ffn_fraction"].get<double>()))
                                         .c_str()
+                        : mixtral ? ("; activated FFN fraction " + std::to_string(j["activated_ffn_fraction"].get<double>())).c_str()
                                   : "");
         if (!o->json && j.contains("choice_accuracy"))
             std::printf("multiple choice: accuracy %.4f, length-normalised %.4f over %lld items\n",
@@ -308,7 +331,10 @@ void registerGenerateCommand(CLI::App& app)
     cmd->add_flag("--ignore-eos", o->ignoreEos, "Do not stop at the end-of-sequence token");
     cmd->callback([o] {
         torch::InferenceMode guard;
-        auto model = o->model.load();
+        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory runs with its MoE blocks
+        if (core::isHfMixtralDir(o->model.path))
+            mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
+        auto model = mixtral ? std::move(mixtral->model) : o->model.load();
         auto tok = core::Tokenizer::loadForModel(o->model.path);
         std::vector<int64_t> prompt;
         if (!o->promptIds.empty()) {
@@ -325,6 +351,11 @@ void registerGenerateCommand(CLI::App& app)
         g.temperature = o->temperature;
         g.seed = o->seed;
         g.stopId = o->ignoreEos ? -1 : model.config().eosTokenId;
+        core::ForwardHooks hooks;
+        if (mixtral) {
+            hooks = core::moeHooks(mixtral->layers, mixtral->rules);
+            g.hooks = &hooks;
+        }
         ProgressPrinter printer;
         g.progress = printer.fn();
         const auto out = core::generate(model, {prompt}, g).front();

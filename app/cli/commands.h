@@ -17,5 +17,7 @@ void registerProfileCommand(CLI::App& app);
 void registerLatencyCommand(CLI::App& app);
 void registerPolicyCommand(CLI::App& app);
 void registerTradeoffCommand(CLI::App& app);
+void registerExportCommand(CLI::App& app);
+void registerImportCommand(CLI::App& app);
 
 } // namespace ladimo::cli

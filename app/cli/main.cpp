@@ -26,6 +26,8 @@ int main(int argc, char** argv)
     ladimo::cli::registerTradeoffCommand(app);
     ladimo::cli::registerPretrainCommand(app);
     ladimo::cli::registerProjectCommand(app);
+    ladimo::cli::registerExportCommand(app);
+    ladimo::cli::registerImportCommand(app);
     ladimo::cli::installInterruptHandler();
     try {
         app.parse(argc, argv);

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/progress.h"
 #include "model/llama.h"
 #include "moe/moeblock.h"
@@ -22,6 +24,7 @@ struct ExportInput {
     const std::vector<MoeLayer>* layers = nullptr; // converted FFNs, one per layer; nullptr: dense export
     PolicyRules rules;                         // the per-layer policy (empty for a dense export)
     std::string policyName;
+    nlohmann::json conversion;                 // the conversion run's settings, recorded for a re-import (may be null)
 };
 
 struct ExportOptions {
@@ -39,6 +42,8 @@ struct ExportReport {
     std::vector<std::string> notes;              // plain-language differences when not exact
     std::vector<std::filesystem::path> files;    // final paths
     int64_t bytes = 0;
+    int expertsPerToken = 0;                     // the k written (converted models)
+    std::string sha256;                          // SHA-256 of the manifest "file sha256\n" of every file, sorted
 };
 
 } // namespace ladimo::core

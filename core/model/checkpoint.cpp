@@ -118,7 +118,7 @@ LlamaWeights loadLlamaWeights(const fs::path& dir, const ModelConfig& c, torch::
 }
 
 LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& c, torch::Device device,
-                              std::optional<torch::ScalarType> dtype)
+                              std::optional<torch::ScalarType> dtype, bool withFfn)
 {
     auto get = [&](const std::string& name, std::vector<int64_t> shape) {
         auto t = files.tensor(name, shape);
@@ -147,9 +147,11 @@ LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& c
         if (c.attentionBias || files.has(p + "self_attn.o_proj.bias"))
             l.oBias = get(p + "self_attn.o_proj.bias", {H});
         l.postNorm = get(p + "post_attention_layernorm.weight", {H});
-        l.gate = get(p + "mlp.gate_proj.weight", {I, H});
-        l.up = get(p + "mlp.up_proj.weight", {I, H});
-        l.down = get(p + "mlp.down_proj.weight", {H, I});
+        if (withFfn) {
+            l.gate = get(p + "mlp.gate_proj.weight", {I, H});
+            l.up = get(p + "mlp.up_proj.weight", {I, H});
+            l.down = get(p + "mlp.down_proj.weight", {H, I});
+        }
         w.layers.push_back(std::move(l));
     }
     w.finalNorm = get("model.norm.weight", {H});

@@ -42,8 +42,10 @@ private:
 // Checks every tensor the config implies (present, floating point, shape) and returns them on
 // `device` in `dtype`; without a dtype they stay as stored: zero-copy views of the mapped files
 // on the CPU, which is how `inspect` validates a checkpoint without reading its data.
+// Without `withFfn` the dense FFN tensors are neither required nor loaded (left undefined): a
+// Mixtral export holds experts instead (export/hf_mixtral.h).
 LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& config, torch::Device device,
-                              std::optional<torch::ScalarType> dtype);
+                              std::optional<torch::ScalarType> dtype, bool withFfn = true);
 LlamaWeights loadLlamaWeights(const std::filesystem::path& dir, const ModelConfig& config,
                               torch::Device device, torch::ScalarType dtype);
 

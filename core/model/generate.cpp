@@ -54,7 +54,7 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
     auto input = tokens;
     for (int64_t step = 0; step < o.maxNew; ++step) {
         o.cancel.throwIfCancelled();
-        auto logits = model.forward(input, &cache);
+        auto logits = model.forward(input, &cache, o.hooks);
         auto next = nextTokens(logits.select(1, logits.size(1) - 1), o.temperature, gen).to(torch::kCPU);
         auto acc = next.accessor<int64_t, 1>();
         bool all = true;

@@ -39,9 +39,11 @@ std::vector<std::pair<std::string, torch::Tensor*>> LlamaWeights::named()
         if (l.oBias.defined())
             out.emplace_back(p + "self_attn.o_proj.bias", &l.oBias);
         out.emplace_back(p + "post_attention_layernorm.weight", &l.postNorm);
-        out.emplace_back(p + "mlp.gate_proj.weight", &l.gate);
-        out.emplace_back(p + "mlp.up_proj.weight", &l.up);
-        out.emplace_back(p + "mlp.down_proj.weight", &l.down);
+        if (l.gate.defined()) { // absent in a model whose FFNs are MoE blocks (loaded from an export)
+            out.emplace_back(p + "mlp.gate_proj.weight", &l.gate);
+            out.emplace_back(p + "mlp.up_proj.weight", &l.up);
+            out.emplace_back(p + "mlp.down_proj.weight", &l.down);
+        }
     }
     out.emplace_back("model.norm.weight", &finalNorm);
     if (lmHead.defined())
@@ -113,6 +115,10 @@ torch::Tensor LlamaModel::rmsNorm(const torch::Tensor& x, const torch::Tensor& w
 torch::Tensor LlamaModel::ffn(int layer, const torch::Tensor& x) const
 {
     const auto& l = m_weights.layers[static_cast<std::size_t>(layer)];
+    if (!l.gate.defined())
+        throw Error("layer " + std::to_string(layer) +
+                    " has no dense FFN weights (a model loaded from a Mixtral export): run it with its MoE "
+                    "blocks as FFN hooks (moeHooks)");
     auto g = torch::matmul(x, l.gate.t());
     auto u = torch::matmul(x, l.up.t());
     return torch::matmul(torch::silu(g) * u, l.down.t());

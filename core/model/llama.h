@@ -20,7 +20,7 @@ namespace ladimo::core {
 
 struct LayerWeights {
     torch::Tensor inputNorm, q, k, v, o, qBias, kBias, vBias, oBias;
-    torch::Tensor postNorm, gate, up, down;
+    torch::Tensor postNorm, gate, up, down; // gate/up/down undefined when MoE blocks replace the FFN
 };
 
 struct LlamaWeights {

@@ -1,0 +1,262 @@
+// `ladimo export` (a project's latest conversion to Hugging Face Mixtral layout, or its dense model
+// to LlamaForCausalLM layout) and `ladimo import` (an exported Mixtral directory back into a
+// project as a finished conversion run plus its policy). The export reads the project only; it is
+// opened for writing just to record the finished export.
+#include <cstdio>
+#include <iostream>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "cliutil.h"
+#include "commands.h"
+#include "common/error.h"
+#include "convert/convert.h"
+#include "export/hf_mixtral.h"
+#include "routing/policy.h"
+#include "store/project.h"
+
+namespace fs = std::filesystem;
+
+namespace ladimo::cli {
+
+void registerExportCommand(CLI::App& app)
+{
+    struct Opts {
+        std::string project;
+        std::string format = "hf-mixtral";
+        std::string out;
+        std::string policy;
+        int topK = 0;
+        std::string dtype = "f32";
+        std::string shardSize = "0";
+        bool json = false;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = app.add_subcommand("export", "Export a project's conversion (hf-mixtral) or its dense model (hf-llama)");
+    cmd->add_option("project", o->project, "Project file (*.ladimo); its latest conversion run is exported")->required();
+    cmd->add_option("--format", o->format, "hf-mixtral, hf-llama (the dense source model) or gguf")->capture_default_str();
+    cmd->add_option("--out", o->out, "Output directory (must not exist or be empty)")->required();
+    cmd->add_option("--policy", o->policy, "Routing policy of the project (default: the training k in every layer)");
+    cmd->add_option("--top-k", o->topK,
+                    "The one k Mixtral uses in every layer; needed when the policy or gating is not Mixtral's");
+    cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16")->capture_default_str();
+    cmd->add_option("--shard-size", o->shardSize, "Largest safetensors file, e.g. 2GB or 500MiB (0 = one file)")
+        ->capture_default_str();
+    cmd->add_flag("--json", o->json, "Machine-readable output");
+    cmd->callback([o] {
+        if (o->format == "gguf")
+            throw core::Error("--format gguf is not available in this build (formats: hf-mixtral, hf-llama)");
+        if (o->format != "hf-mixtral" && o->format != "hf-llama")
+            throw core::Error("--format '" + o->format + "' is unknown (expected hf-mixtral, hf-llama or gguf)");
+        if (!isProjectFile(o->project))
+            throw core::Error("export needs a project file (*.ladimo), got '" + o->project + "'");
+        const int64_t shardBytes = o->shardSize == "0" ? 0 : core::parseByteSize(o->shardSize);
+        torch::InferenceMode guard;
+        ModelOptions mo;
+        mo.device = "cpu";
+        mo.dtype = "float32";
+        const Converted conv = loadConverted(o->project, mo);
+        const bool moe = o->format == "hf-mixtral";
+        const int L = static_cast<int>(conv.layers.size());
+        const int64_t N = conv.layers.empty() ? 0 : conv.layers.front().numExperts();
+
+        core::ExportInput in;
+        in.modelDir = conv.modelPath;
+        in.model = &conv.model;
+        int64_t policyId = 0;
+        if (moe) {
+            in.layers = &conv.layers;
+            in.conversion = conv.settings;
+            if (!o->policy.empty()) {
+                auto p = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
+                std::string names;
+                for (const auto& pol : p.policies()) {
+                    names += (names.empty() ? "" : ", ") + pol.name;
+                    if (pol.name != o->policy)
+                        continue;
+                    in.rules = core::rulesFromJson(pol.rules, L, N, o->project + ": policy '" + pol.name + "'");
+                    policyId = pol.id;
+                    if (pol.runId && pol.runId != conv.runId)
+                        std::fprintf(stderr, "note: policy '%s' was made for run #%lld, exporting run #%lld\n",
+                                     pol.name.c_str(), (long long)pol.runId, (long long)conv.runId);
+                }
+                if (!policyId)
+                    throw core::Error(o->project + ": no policy named '" + o->policy + "' (the project has: " +
+                                      (names.empty() ? "none" : names) + ")");
+                in.policyName = o->policy;
+            } else {
+                const int k = conv.settings.at("train_top_k").get<int>();
+                in.rules = core::uniformRules(L, core::RoutingRule::staticK(k));
+                in.policyName = "train-k" + std::to_string(k);
+            }
+        }
+        core::ExportOptions eo;
+        eo.out = o->out;
+        eo.dtype = o->dtype;
+        eo.shardBytes = shardBytes;
+        eo.expertsPerToken = o->topK;
+        ProgressPrinter printer;
+        eo.progress = printer.fn();
+        eo.cancel = &interruptToken();
+        const auto report = core::exportHfMixtral(in, eo);
+
+        core::ExportRecord record;
+        record.format = o->format;
+        record.path = fs::absolute(o->out).lexically_normal().string();
+        record.sha256 = report.sha256;
+        record.policyId = policyId;
+        record.runId = conv.runId;
+        int64_t exportId = 0;
+        try {
+            auto p = core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::None});
+            exportId = p.addExport(record);
+        } catch (const core::Error& e) {
+            throw core::Error("the export in '" + o->out + "' is complete, but it could not be recorded in " + o->project +
+                              ": " + e.what());
+        }
+        if (o->json) {
+            nlohmann::json j = {{"out", record.path},         {"format", o->format},  {"bytes", report.bytes},
+                                {"exact", report.exact},      {"notes", report.notes}, {"sha256", report.sha256},
+                                {"policy", in.policyName},    {"run", conv.runId},    {"export_id", exportId},
+                                {"dtype", o->dtype}};
+            if (moe)
+                j["experts_per_token"] = report.expertsPerToken;
+            j["files"] = nlohmann::json::array();
+            for (const auto& f : report.files)
+                j["files"].push_back(f.filename().string());
+            std::cout << j.dump(2) << "\n";
+            return;
+        }
+        std::printf("exported run #%lld of %s to %s (%s, %s, %zu files, %.1f MB)\n", (long long)conv.runId,
+                    o->project.c_str(), o->out.c_str(), o->format.c_str(), o->dtype.c_str(), report.files.size(),
+                    static_cast<double>(report.bytes) / 1e6);
+        if (moe) {
+            std::printf("policy %s, num_experts_per_tok %d: %s\n", in.policyName.c_str(), report.expertsPerToken,
+                        report.exact ? "exact (Mixtral computes what the workbench computes)"
+                                     : "NOT exact; what changes under Mixtral:");
+            for (const auto& n : report.notes)
+                std::printf("  - %s\n", n.c_str());
+            if (!report.exact)
+                std::printf("  (the workbench policy is kept in config.json 'ladimo' and routing_policy.json; "
+                            "ladimo eval/import of the export use it)\n");
+        }
+    });
+}
+
+void registerImportCommand(CLI::App& app)
+{
+    struct Opts {
+        std::string dir;
+        std::string project;
+        std::string model;
+    };
+    auto o = std::make_shared<Opts>();
+    auto* cmd = app.add_subcommand("import", "Import an exported Mixtral directory into a project (a finished conversion run + its policy)");
+    cmd->add_option("dir", o->dir, "Exported Mixtral directory")->required();
+    cmd->add_option("--project", o->project, "Project file (*.ladimo), created when absent")->required();
+    cmd->add_option("--model", o->model, "Dense source model folder (default: the one recorded in the export)");
+    cmd->callback([o] {
+        if (!isProjectFile(o->project))
+            throw core::Error("--project must name a *.ladimo file, got '" + o->project + "'");
+        torch::InferenceMode guard;
+        auto m = core::loadHfMixtral(o->dir, {torch::kCPU, torch::kFloat32});
+        const std::string configFile = (fs::path(o->dir) / "config.json").string();
+        const std::string modelDir = o->model.empty() ? m.sourceModel : o->model;
+        if (modelDir.empty())
+            throw core::Error(configFile + " records no source model (key 'ladimo.source_model'): give --model DENSE_DIR");
+        if (!fs::exists(fs::path(modelDir) / "config.json"))
+            throw core::Error("source model '" + modelDir + "'" + (o->model.empty() ? " recorded in " + configFile : "") +
+                              " has no config.json (moved?): give --model DENSE_DIR");
+        const auto source = describeSourceModel(modelDir);
+        const auto dense = core::ModelConfig::fromJson(source.config, modelDir + "/config.json");
+        const auto& c = m.model.config();
+        if (dense.hiddenSize != c.hiddenSize || dense.numLayers != c.numLayers || dense.numHeads != c.numHeads ||
+            dense.numKvHeads != c.numKvHeads || dense.headDim != c.headDim || dense.vocabSize != c.vocabSize)
+            throw core::Error("source model '" + modelDir + "' does not match the export " + configFile +
+                              " (hidden size, layers, heads or vocabulary differ)");
+        const int L = static_cast<int>(m.layers.size());
+        const int64_t N = m.layers.front().numExperts();
+
+        auto project = fs::exists(o->project) ? core::Project::open(o->project, {core::Project::Access::ReadWrite,
+                                                                                  core::Project::Verify::Exists})
+                                              : core::Project::create(o->project);
+        int64_t modelId = 0;
+        for (const auto& sm : project.models())
+            if (sm.path == source.path && sm.weightsSha256 == source.weightsSha256)
+                modelId = sm.id;
+        if (!modelId)
+            modelId = project.addModel(source);
+
+        nlohmann::json settings = m.ladimo.is_object() && m.ladimo.contains("conversion") && m.ladimo["conversion"].is_object()
+                                      ? m.ladimo["conversion"]
+                                      : nlohmann::json::object();
+        if (!settings.contains("train_top_k"))
+            settings["train_top_k"] = m.expertsPerToken;
+        settings["experts"] = N;
+        settings["gating"] = core::gatingName(m.gating);
+        settings["imported_from"] = fs::absolute(o->dir).lexically_normal().string();
+        core::ConversionRun run;
+        run.modelId = modelId;
+        run.layers = L;
+        run.experts = N;
+        run.expertSize = dense.intermediateSize / N;
+        run.partition = settings.value("partition", std::string("imported"));
+        run.gating = core::gatingName(m.gating);
+        run.trainTopK = settings.at("train_top_k").get<int>();
+        run.epochs = settings.value("epochs", 0);
+        run.lr = settings.value("lr", 0.0);
+        run.batch = settings.value("batch", int64_t(0));
+        run.mode = settings.value("mode", std::string("parallel"));
+        run.device = "cpu";
+        run.seed = settings.value("seed", uint64_t(0));
+        run.extra = settings;
+        const int64_t runId = project.startRun(run);
+        try {
+            const double unknown = std::numeric_limits<double>::quiet_NaN(); // stored as NULL: not measured here
+            for (int l = 0; l < L; ++l) {
+                const std::string rel = core::Project::layerWeightsPath(runId, l);
+                core::saveMoeLayer(project.prepareFile(rel), m.layers[static_cast<std::size_t>(l)]);
+                core::LayerOutcome out;
+                out.finalLoss = unknown;
+                out.relativeError = unknown;
+                out.wallSeconds = unknown;
+                out.weightsPath = rel;
+                project.finishLayer(runId, l, out, {});
+            }
+        } catch (...) {
+            project.setRunStatus(runId, core::RunStatus::Failed);
+            throw;
+        }
+        project.setRunStatus(runId, core::RunStatus::Done);
+
+        // The policy under its recorded name; a name already taken gets a suffix.
+        std::string base = m.policyName.empty() ? fs::absolute(o->dir).lexically_normal().filename().string() : m.policyName;
+        try {
+            core::validatePolicyName(base);
+        } catch (const core::Error&) {
+            base = "imported";
+        }
+        std::string name = base;
+        const auto existing = project.policies();
+        for (int i = 2;; ++i) {
+            bool taken = false;
+            for (const auto& p : existing)
+                taken = taken || p.name == name;
+            if (!taken)
+                break;
+            name = base + "-" + std::to_string(i);
+        }
+        core::Policy policy;
+        policy.name = name;
+        policy.origin = core::PolicyOrigin::Imported;
+        policy.runId = runId;
+        policy.rules = core::rulesToJson(m.rules);
+        project.savePolicy(policy);
+        std::printf("imported %s into %s: run #%lld (%d layers, %lld experts, %s gating), policy '%s'\n",
+                    o->dir.c_str(), o->project.c_str(), (long long)runId, L, (long long)N, core::gatingName(m.gating),
+                    name.c_str());
+    });
+}
+
+} // namespace ladimo::cli
