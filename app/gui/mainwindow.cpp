@@ -54,6 +54,8 @@ OpenedModel openModel(const QString& path)
             if (runId) {
                 m.run = p.snapshot(*runId);
                 m.profiles = p.routingProfiles(*runId);
+                if (!m.profiles.empty())
+                    m.policy = loadPolicyData(path);
                 dir = p.model(m.run->run.modelId).path;
             } else if (!models.empty()) {
                 dir = models.front().path;
@@ -205,6 +207,9 @@ void MainWindow::buildUi()
     routingLayout->addWidget(routingGrid, 1);
     connect(m_routingLayer, qOverload<int>(&QComboBox::currentIndexChanged), this, [this](int i) { selectRoutingLayer(i); });
     m_tabs->addTab(routingPage, tr("Routing"));
+    m_policyView = new PolicyView;
+    m_tabs->addTab(m_policyView, tr("Policy"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
     setCentralWidget(m_tabs);
     statusBar()->showMessage(tr("Ready"));
     rebuildRecentMenu();
@@ -267,6 +272,11 @@ void MainWindow::showModel(const OpenedModel& m)
     m_layers->setConfig(c);
     showRun(m);
     showProfiles(m);
+    if (m.isProject && !m.profiles.empty())
+        m_policyView->setData(m.policy);
+    else
+        m_policyView->clear(m.isProject ? tr("No routing profile yet: run ladimo profile P.ladimo --data FILE.")
+                                        : tr("Open a project (*.ladimo) with a conversion run and a routing profile."));
     m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
                          {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
     setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));
@@ -398,6 +408,8 @@ QString MainWindow::summaryText() const { return m_summary->text(); }
 
 bool MainWindow::selectView(const QString& name)
 {
+    if (name.compare("tradeoff", Qt::CaseInsensitive) == 0)
+        return selectView("policy");
     for (int i = 0; i < m_tabs->count(); ++i)
         if (m_tabs->tabText(i).compare(name, Qt::CaseInsensitive) == 0) {
             m_tabs->setCurrentIndex(i);

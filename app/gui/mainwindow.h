@@ -1,7 +1,8 @@
 // MainWindow: the workbench window. Opens a model directory or a *.ladimo project (menu, recent
 // files, drag and drop, command line, "Open demo"), reads it off the GUI thread, and shows the
-// Model view (architecture, parameter counts, per-layer table) and the Convert view (the latest
-// run's settings, per-layer results and loss curves). GUI thread only.
+// Model view (architecture, parameter counts, per-layer table), the Convert view (the latest
+// run's settings, per-layer results and loss curves), the Routing view and the Policy view
+// (per-layer rules with sliders beside the tradeoff plot). GUI thread only.
 #pragma once
 
 #include <QFutureWatcher>
@@ -9,6 +10,7 @@
 #include <QString>
 
 #include "model/config.h"
+#include "policyview.h"
 #include "store/project.h"
 
 class QComboBox;
@@ -36,6 +38,7 @@ struct OpenedModel {
     bool isProject = false;
     std::optional<core::RunSnapshot> run; // the project's latest conversion run
     std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
+    PolicyData policy;       // the Policy view's data, when there are profiles
     QString error;           // non-empty when opening failed
 };
 
@@ -53,9 +56,11 @@ public:
     const ConversionTableModel* conversionModel() const { return m_conversion; }
     const widgets::LinePlot* lossPlot() const { return m_lossPlot; }
     void selectConversionLayer(int layer);
+    // "model", "convert", "routing", "policy" (or "tradeoff": the Policy view holds the plot).
     // Routing view: shows the profile of `layer`; false when there is none.
     bool selectRoutingLayer(int layer);
     const widgets::LinePlot* rankPlot() const { return m_rankPlot; }
+    PolicyView* policyView() const { return m_policyView; }
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
     bool selectView(const QString& name);
@@ -96,6 +101,7 @@ private:
     widgets::LinePlot* m_rankPlot = nullptr;   // weight histogram per rank
     widgets::LinePlot* m_massPlot = nullptr;   // cumulative top-k mass and error by k
     widgets::BarPlot* m_loadPlot = nullptr;    // expert load
+    PolicyView* m_policyView = nullptr;
     QMenu* m_recentMenu = nullptr;
     OpenedModel m_current;
     QFutureWatcher<OpenedModel> m_openWatcher;

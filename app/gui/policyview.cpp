@@ -1,0 +1,749 @@
+#include "policyview.h"
+
+#include <QAction>
+#include <QComboBox>
+#include <QDoubleSpinBox>
+#include <QGroupBox>
+#include <QHBoxLayout>
+#include <QHeaderView>
+#include <QInputDialog>
+#include <QLabel>
+#include <QLineEdit>
+#include <QMessageBox>
+#include <QPushButton>
+#include <QSignalBlocker>
+#include <QSlider>
+#include <QSplitter>
+#include <QStandardItemModel>
+#include <QStyledItemDelegate>
+#include <QTableView>
+#include <QToolButton>
+#include <QUndoStack>
+#include <QVBoxLayout>
+#include <QtConcurrent/QtConcurrentRun>
+
+#include <algorithm>
+#include <initializer_list>
+#include <cmath>
+
+#include "common/error.h"
+#pragma push_macro("slots")
+#undef slots
+#include "model/device.h"
+#pragma pop_macro("slots")
+#include "policytablemodel.h"
+#include "widgets/tradeoffplot.h"
+
+namespace ladimo::gui {
+
+namespace {
+
+constexpr int kFrontPoints = 40;
+constexpr int kThresholdSteps = 100; // top-p slider: p = value / 100
+
+void computeFronts(PolicyData& d)
+{
+    const core::CostKind kinds[3] = {core::CostKind::Params, core::CostKind::PrefillLatency, core::CostKind::DecodeLatency};
+    for (int i = 0; i < 3; ++i) {
+        if (i > 0 && !d.tables.latency)
+            continue;
+        core::SearchOptions so;
+        so.cost = kinds[i];
+        so.rules = core::RuleKinds::Both;
+        d.fronts[i] = core::paretoFront(d.tables, so, kFrontPoints);
+    }
+}
+
+// The slider of one row: top-k 1..N, or top-p in hundredths. Writes to the model directly
+// (persistent editor), marking drags so they merge into one undo step.
+class SliderDelegate : public QStyledItemDelegate {
+public:
+    using QStyledItemDelegate::QStyledItemDelegate;
+    QWidget* createEditor(QWidget* parent, const QStyleOptionViewItem&, const QModelIndex& index) const override
+    {
+        auto* slider = new QSlider(Qt::Horizontal, parent);
+        slider->setFocusPolicy(Qt::StrongFocus);
+        slider->setAutoFillBackground(true);
+        slider->setTickPosition(QSlider::TicksBelow);
+        const QPersistentModelIndex at(index);
+        auto* model = const_cast<QAbstractItemModel*>(index.model());
+        QObject::connect(slider, &QSlider::valueChanged, slider, [slider, at, model](int v) {
+            if (!at.isValid())
+                return;
+            const bool isStatic = at.data(PolicyTableModel::KindRole).toInt() == PolicyTableModel::StaticKind;
+            model->setData(at, isStatic ? QVariant(v) : QVariant(static_cast<double>(v) / kThresholdSteps),
+                           slider->isSliderDown() ? int(PolicyTableModel::DragEditRole) : int(Qt::EditRole));
+        });
+        return slider;
+    }
+    void setEditorData(QWidget* editor, const QModelIndex& index) const override
+    {
+        auto* slider = static_cast<QSlider*>(editor);
+        const QSignalBlocker block(slider);
+        const bool isStatic = index.data(PolicyTableModel::KindRole).toInt() == PolicyTableModel::StaticKind;
+        const int n = std::max(1, index.data(PolicyTableModel::ExpertsRole).toInt());
+        if (isStatic) {
+            slider->setRange(1, n);
+            slider->setPageStep(1);
+            slider->setTickInterval(1);
+            slider->setValue(index.data(Qt::EditRole).toInt());
+        } else {
+            slider->setRange(1, kThresholdSteps);
+            slider->setPageStep(5);
+            slider->setTickInterval(10);
+            slider->setValue(static_cast<int>(std::lround(index.data(Qt::EditRole).toDouble() * kThresholdSteps)));
+        }
+        slider->setToolTip(index.data(Qt::ToolTipRole).toString() + QObject::tr(" (now %1)").arg(index.data().toString()));
+        slider->setAccessibleName(QObject::tr("Layer %1 setting").arg(index.row()));
+    }
+    void setModelData(QWidget*, QAbstractItemModel*, const QModelIndex&) const override {}
+};
+
+// The rule kind of one row: top-k or top-p.
+class KindDelegate : public QStyledItemDelegate {
+public:
+    using QStyledItemDelegate::QStyledItemDelegate;
+    QWidget* createEditor(QWidget* parent, const QStyleOptionViewItem&, const QModelIndex& index) const override
+    {
+        auto* combo = new QComboBox(parent);
+        combo->addItem(QObject::tr("top-k"));
+        combo->addItem(QObject::tr("top-p"));
+        combo->setToolTip(index.data(Qt::ToolTipRole).toString());
+        combo->setAccessibleName(QObject::tr("Layer %1 rule kind").arg(index.row()));
+        const QPersistentModelIndex at(index);
+        auto* model = const_cast<QAbstractItemModel*>(index.model());
+        QObject::connect(combo, qOverload<int>(&QComboBox::activated), combo, [at, model](int i) {
+            if (at.isValid())
+                model->setData(at, i, Qt::EditRole);
+        });
+        return combo;
+    }
+    void setEditorData(QWidget* editor, const QModelIndex& index) const override
+    {
+        auto* combo = static_cast<QComboBox*>(editor);
+        const QSignalBlocker block(combo);
+        combo->setCurrentIndex(index.data(PolicyTableModel::KindRole).toInt());
+    }
+    void setModelData(QWidget*, QAbstractItemModel*, const QModelIndex&) const override {}
+};
+
+QString percent(double fraction) { return QString::number(100.0 * fraction, 'f', 2) + QStringLiteral(" %"); }
+
+} // namespace
+
+PolicyData loadPolicyData(const QString& projectPath)
+{
+    PolicyData d;
+    d.path = projectPath;
+    try {
+        // Read-only: a converter may be writing; only "Save as..." opens for writing.
+        auto p = core::Project::open(projectPath.toStdString(), {core::Project::Access::ReadOnly, core::Project::Verify::None});
+        const auto runId = p.latestRunId();
+        if (!runId)
+            throw core::Error(projectPath.toStdString() + ": no conversion run yet");
+        d.run = p.run(*runId);
+        // The latency model of the device the model would run on, else the CPU's.
+        std::string device = core::parseDevice("auto").str();
+        if (!p.latencyModel(*runId, device) && device != "cpu" && p.latencyModel(*runId, "cpu"))
+            device = "cpu";
+        d.tables = core::loadPolicyTables(p, *runId, device);
+        if (d.tables.latency)
+            d.device = QString::fromStdString(device);
+        const int layers = static_cast<int>(d.tables.layers.size());
+        for (const auto& policy : p.policies()) {
+            if (policy.runId != 0 && policy.runId != *runId)
+                continue;
+            try {
+                d.policyRules.push_back(core::policyRules(policy, layers, d.run.experts));
+                d.policies.push_back(policy);
+            } catch (const core::Error&) {
+                // A policy for another layer count (a partly profiled run): not offered.
+            }
+        }
+        d.evaluations = p.evaluations();
+        computeFronts(d);
+    } catch (const std::exception& e) {
+        d = PolicyData{};
+        d.path = projectPath;
+        d.error = QString::fromStdString(e.what());
+    }
+    return d;
+}
+
+PolicyData policyDataFromTables(const core::PolicyTables& tables, int trainTopK)
+{
+    PolicyData d;
+    d.tables = tables;
+    d.run.layers = static_cast<int>(tables.layers.size());
+    d.run.experts = tables.layers.empty() ? 0 : tables.layers.front().experts;
+    d.run.trainTopK = trainTopK;
+    if (tables.latency)
+        d.device = QString::fromStdString(tables.latency->device);
+    computeFronts(d);
+    return d;
+}
+
+PolicyView::PolicyView(QWidget* parent) : QWidget(parent)
+{
+    m_undo = new QUndoStack(this);
+    m_model = new PolicyTableModel(this);
+    m_model->setUndoStack(m_undo);
+    buildUi();
+    connect(m_model, &PolicyTableModel::estimateChanged, this, &PolicyView::onEstimateChanged);
+    connect(m_model, &QAbstractItemModel::modelReset, this, &PolicyView::openEditors);
+    connect(&m_loadWatcher, &QFutureWatcher<PolicyData>::finished, this, &PolicyView::onLoadFinished);
+    connect(&m_autoWatcher, &QFutureWatcher<AutoResult>::finished, this, &PolicyView::onAutoFinished);
+    connect(&m_saveWatcher, &QFutureWatcher<SaveResult>::finished, this, &PolicyView::onSaveFinished);
+    clear(tr("No routing policy yet: open a project with a conversion run and a routing profile (ladimo profile)."));
+}
+
+PolicyView::~PolicyView()
+{
+    m_loadWatcher.disconnect();
+    m_autoWatcher.disconnect();
+    m_saveWatcher.disconnect();
+    m_loadWatcher.waitForFinished();
+    m_autoWatcher.waitForFinished();
+    m_saveWatcher.waitForFinished();
+}
+
+void PolicyView::buildUi()
+{
+    auto* layout = new QVBoxLayout(this);
+
+    auto* top = new QHBoxLayout;
+    top->addWidget(new QLabel(tr("&Policy:")));
+    m_policyCombo = new QComboBox;
+    m_policyCombo->setObjectName("policyCombo");
+    m_policyCombo->setMinimumContentsLength(18);
+    m_policyCombo->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
+    m_policyCombo->setToolTip(tr("Load a policy stored in the project (or the training top-k in every layer); undoable"));
+    static_cast<QLabel*>(top->itemAt(0)->widget())->setBuddy(m_policyCombo);
+    top->addWidget(m_policyCombo);
+    m_saveButton = new QPushButton(tr("&Save as..."));
+    m_saveButton->setToolTip(tr("Store the current rules in the project as a named manual policy"));
+    top->addWidget(m_saveButton);
+    m_undoButton = new QToolButton;
+    m_redoButton = new QToolButton;
+    auto* undoAction = m_undo->createUndoAction(this, tr("&Undo"));
+    undoAction->setShortcut(QKeySequence::Undo);
+    undoAction->setShortcutContext(Qt::WidgetWithChildrenShortcut);
+    undoAction->setToolTip(tr("Undo the last rule change (Ctrl+Z)"));
+    auto* redoAction = m_undo->createRedoAction(this, tr("&Redo"));
+    redoAction->setShortcut(QKeySequence::Redo);
+    redoAction->setShortcutContext(Qt::WidgetWithChildrenShortcut);
+    redoAction->setToolTip(tr("Redo the rule change undone last (Ctrl+Shift+Z)"));
+    addAction(undoAction);
+    addAction(redoAction);
+    m_undoButton->setDefaultAction(undoAction);
+    m_redoButton->setDefaultAction(redoAction);
+    top->addWidget(m_undoButton);
+    top->addWidget(m_redoButton);
+    top->addSpacing(16);
+
+    auto* autoBox = new QGroupBox(tr("Auto: search per-layer rules for a budget"));
+    autoBox->setToolTip(tr("Dynamic programme over layers: the rules with the smallest error proxy within the budget"));
+    auto* autoLayout = new QHBoxLayout(autoBox);
+    autoLayout->setContentsMargins(6, 2, 6, 2);
+    auto* budgetLabel = new QLabel(tr("&Budget:"));
+    m_budget = new QDoubleSpinBox;
+    m_budget->setRange(0.01, 1.0);
+    m_budget->setSingleStep(0.05);
+    m_budget->setDecimals(2);
+    m_budget->setValue(0.75);
+    m_budget->setToolTip(tr("Largest cost allowed, as a fraction of the dense model"));
+    budgetLabel->setBuddy(m_budget);
+    autoLayout->addWidget(budgetLabel);
+    autoLayout->addWidget(m_budget);
+    auto* ofLabel = new QLabel(tr("of &dense"));
+    m_measure = new QComboBox;
+    m_measure->addItem(tr("FFN parameters"), static_cast<int>(core::CostKind::Params));
+    m_measure->addItem(tr("prefill latency"), static_cast<int>(core::CostKind::PrefillLatency));
+    m_measure->addItem(tr("decode latency"), static_cast<int>(core::CostKind::DecodeLatency));
+    m_measure->setToolTip(tr("What the budget bounds: activated FFN parameters, or estimated prefill / decode time "
+                             "(needs the latency model of `ladimo latency`)"));
+    ofLabel->setBuddy(m_measure);
+    autoLayout->addWidget(ofLabel);
+    autoLayout->addWidget(m_measure);
+    m_ruleKinds = new QComboBox;
+    m_ruleKinds->addItem(tr("top-k rules"), static_cast<int>(core::RuleKinds::Static));
+    m_ruleKinds->addItem(tr("top-p rules"), static_cast<int>(core::RuleKinds::Threshold));
+    m_ruleKinds->addItem(tr("top-k and top-p"), static_cast<int>(core::RuleKinds::Both));
+    m_ruleKinds->setCurrentIndex(2);
+    m_ruleKinds->setToolTip(tr("Which kinds of rule the search may give a layer"));
+    autoLayout->addWidget(m_ruleKinds);
+    m_autoButton = new QPushButton(tr("&Auto"));
+    m_autoButton->setToolTip(tr("Run the policy search for this budget and apply the result (undoable)"));
+    autoLayout->addWidget(m_autoButton);
+    top->addWidget(autoBox);
+    top->addStretch(1);
+    layout->addLayout(top);
+
+    m_totals = new QLabel;
+    m_totals->setTextFormat(Qt::RichText);
+    m_totals->setWordWrap(true);
+    m_totals->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    m_totals->setToolTip(tr("Whole-model estimates of the current rules, from the routing profile and latency model"));
+    m_totals->setFrameShape(QFrame::StyledPanel);
+    m_totals->setMargin(4);
+    layout->addWidget(m_totals);
+
+    auto* split = new QSplitter(Qt::Horizontal);
+    m_table = new QTableView;
+    m_table->setModel(m_model);
+    m_table->setItemDelegateForColumn(PolicyTableModel::KindColumn, new KindDelegate(m_table));
+    m_table->setItemDelegateForColumn(PolicyTableModel::SettingColumn, new SliderDelegate(m_table));
+    m_table->verticalHeader()->hide();
+    m_table->setSelectionBehavior(QAbstractItemView::SelectRows);
+    m_table->setSelectionMode(QAbstractItemView::SingleSelection);
+    m_table->setEditTriggers(QAbstractItemView::NoEditTriggers);
+    m_table->horizontalHeader()->setSectionResizeMode(QHeaderView::ResizeToContents);
+    m_table->horizontalHeader()->setSectionResizeMode(PolicyTableModel::SettingColumn, QHeaderView::Stretch);
+    m_table->horizontalHeader()->setMinimumSectionSize(48);
+    m_table->setToolTip(tr("One routing rule per layer. Drag a slider (or select a row and press + / -) to change "
+                           "its experts per token; T switches the row between top-k and top-p."));
+    auto addKey = [this](const QString& text, const QKeySequence& key, auto fn) {
+        auto* a = new QAction(text, m_table);
+        a->setShortcut(key);
+        a->setShortcutContext(Qt::WidgetWithChildrenShortcut);
+        connect(a, &QAction::triggered, this, fn);
+        m_table->addAction(a);
+    };
+    addKey(tr("More experts"), QKeySequence(Qt::Key_Plus), [this] { stepCurrentRow(+1); });
+    addKey(tr("More experts"), QKeySequence(Qt::Key_Equal), [this] { stepCurrentRow(+1); });
+    addKey(tr("Fewer experts"), QKeySequence(Qt::Key_Minus), [this] { stepCurrentRow(-1); });
+    addKey(tr("Switch top-k / top-p"), QKeySequence(Qt::Key_T), [this] { toggleCurrentRowKind(); });
+    split->addWidget(m_table);
+
+    auto* right = new QWidget;
+    auto* rightLayout = new QVBoxLayout(right);
+    rightLayout->setContentsMargins(0, 0, 0, 0);
+    auto* axisRow = new QHBoxLayout;
+    auto* axisLabel = new QLabel(tr("Tradeoff &x axis:"));
+    m_axisCombo = new QComboBox;
+    m_axisCombo->addItem(tr("activated FFN parameters"));
+    m_axisCombo->addItem(tr("estimated prefill latency"));
+    m_axisCombo->addItem(tr("estimated decode latency"));
+    m_axisCombo->setToolTip(tr("Cost on the x axis of the tradeoff plot, as a fraction of the dense model"));
+    axisLabel->setBuddy(m_axisCombo);
+    axisRow->addWidget(axisLabel);
+    axisRow->addWidget(m_axisCombo, 1);
+    rightLayout->addLayout(axisRow);
+    m_plot = new widgets::TradeoffPlot;
+    rightLayout->addWidget(m_plot, 1);
+    split->addWidget(right);
+    split->setStretchFactor(0, 3);
+    split->setStretchFactor(1, 2);
+    split->setSizes({700, 480});
+    layout->addWidget(split, 1);
+
+    m_status = new QLabel;
+    m_status->setWordWrap(true);
+    m_status->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    layout->addWidget(m_status);
+
+    connect(m_policyCombo, qOverload<int>(&QComboBox::activated), this, [this](int i) {
+        if (i == 0)
+            applyUniform(m_data.run.trainTopK);
+        else
+            selectPolicy(QString::fromStdString(m_data.policies[static_cast<std::size_t>(i - 1)].name));
+    });
+    connect(m_axisCombo, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { refreshPlot(); });
+    connect(m_autoButton, &QPushButton::clicked, this, [this] {
+        runAuto(m_budget->value(), static_cast<core::CostKind>(m_measure->currentData().toInt()),
+                static_cast<core::RuleKinds>(m_ruleKinds->currentData().toInt()));
+    });
+    connect(m_saveButton, &QPushButton::clicked, this, [this] {
+        bool ok = false;
+        const QString name = QInputDialog::getText(this, tr("Save policy"),
+                                                   tr("Name (letters, digits, '.', '_', '-'):"), QLineEdit::Normal,
+                                                   m_policyCombo->currentIndex() > 0 ? m_policyCombo->currentText() : tr("manual"),
+                                                   &ok);
+        if (!ok || name.isEmpty())
+            return;
+        for (const auto& p : m_data.policies)
+            if (QString::fromStdString(p.name) == name &&
+                QMessageBox::question(this, tr("Replace policy"), tr("Replace the stored policy '%1'?").arg(name)) !=
+                    QMessageBox::Yes)
+                return;
+        savePolicyAs(name);
+    });
+    connect(m_plot, &widgets::TradeoffPlot::frontPointClicked, this, &PolicyView::applyFrontPoint);
+    connect(m_plot, &widgets::TradeoffPlot::uniformPointClicked, this, [this](int i) { applyUniform(i + 1); });
+}
+
+void PolicyView::openProject(const QString& projectPath)
+{
+    if (m_loadWatcher.isRunning())
+        return;
+    m_status->setText(tr("Reading routing profiles of %1 ...").arg(projectPath));
+    m_loadWatcher.setFuture(QtConcurrent::run(loadPolicyData, projectPath));
+}
+
+void PolicyView::onLoadFinished()
+{
+    const PolicyData d = m_loadWatcher.result();
+    if (!d.error.isEmpty()) {
+        clear(d.error);
+        emit loadFailed(d.error);
+        return;
+    }
+    setData(d);
+    emit loaded();
+}
+
+void PolicyView::setData(const PolicyData& d)
+{
+    if (!d.error.isEmpty() || d.tables.layers.empty()) {
+        clear(d.error.isEmpty() ? tr("No routing profile yet: run ladimo profile P.ladimo --data FILE.") : d.error);
+        return;
+    }
+    m_data = d;
+    m_undo->clear();
+    // Where the person left off: the policy stored last; else the training k everywhere.
+    const int layers = static_cast<int>(d.tables.layers.size());
+    const int n = static_cast<int>(d.tables.layers.front().experts);
+    core::PolicyRules rules = core::uniformRules(layers, core::RoutingRule::staticK(std::clamp(d.run.trainTopK, 1, n)));
+    QString select;
+    if (!d.policies.empty()) {
+        rules = d.policyRules.back();
+        select = QString::fromStdString(d.policies.back().name);
+    }
+    m_model->setPolicy(d.tables, rules);
+    refreshPolicyCombo(select);
+    const bool lat = d.tables.latency.has_value();
+    // Latency choices only with a latency model.
+    for (QComboBox* combo : {m_measure, m_axisCombo}) {
+        if (!lat && combo->currentIndex() > 0)
+            combo->setCurrentIndex(0);
+        if (auto* items = qobject_cast<QStandardItemModel*>(combo->model()))
+            for (int i = 1; i < 3; ++i)
+                items->item(i)->setEnabled(lat);
+        combo->setEnabled(true);
+    }
+    for (QWidget* w : std::initializer_list<QWidget*>{m_policyCombo, m_saveButton, m_autoButton, m_budget, m_ruleKinds, m_table})
+        w->setEnabled(true);
+    refreshPlot();
+    m_status->setText(tr("Run #%1: %2 layers, %3 experts, %4 gating, trained at top-%5. %6")
+                          .arg(d.run.id)
+                          .arg(layers)
+                          .arg(n)
+                          .arg(QString::fromStdString(d.run.gating))
+                          .arg(d.run.trainTopK)
+                          .arg(lat ? tr("Latency model of %1.").arg(d.device)
+                                   : tr("No latency model: run ladimo latency P.ladimo for time estimates.")));
+}
+
+void PolicyView::clear(const QString& message)
+{
+    m_data = PolicyData{};
+    m_undo->clear();
+    m_model->clear();
+    m_plot->clear();
+    m_policyCombo->clear();
+    for (QWidget* w : std::initializer_list<QWidget*>{m_policyCombo, m_saveButton, m_autoButton, m_budget, m_measure,
+                                                       m_ruleKinds, m_axisCombo, m_table})
+        w->setEnabled(false);
+    m_totals->setText(tr("No policy."));
+    m_status->setText(message);
+}
+
+void PolicyView::refreshPolicyCombo(const QString& select)
+{
+    const QSignalBlocker block(m_policyCombo);
+    m_policyCombo->clear();
+    m_policyCombo->addItem(tr("training top-%1 everywhere").arg(m_data.run.trainTopK));
+    m_policyCombo->setItemData(0, tr("The rule the conversion was trained with, in every layer"), Qt::ToolTipRole);
+    int current = 0;
+    for (std::size_t i = 0; i < m_data.policies.size(); ++i) {
+        const auto& p = m_data.policies[i];
+        const QString name = QString::fromStdString(p.name);
+        m_policyCombo->addItem(name);
+        m_policyCombo->setItemData(static_cast<int>(i + 1),
+                                   tr("%1 policy, stored %2").arg(QString::fromLatin1(core::policyOriginName(p.origin)),
+                                                                  QString::fromStdString(p.created)),
+                                   Qt::ToolTipRole);
+        if (name == select)
+            current = static_cast<int>(i + 1);
+    }
+    m_policyCombo->setCurrentIndex(current);
+}
+
+double PolicyView::xOf(const core::PolicyEstimate& e) const
+{
+    switch (axis()) {
+    case PrefillAxis: return e.prefillFraction;
+    case DecodeAxis: return e.decodeFraction;
+    case ParamsAxis: break;
+    }
+    return e.activatedFfnFraction;
+}
+
+QPointF PolicyView::pointOf(const core::PolicyEstimate& e) const { return {xOf(e), e.errorProxy}; }
+
+const std::vector<core::SearchResult>& PolicyView::currentFront() const
+{
+    return m_data.fronts[static_cast<int>(axis())];
+}
+
+void PolicyView::setAxis(Axis a) { m_axisCombo->setCurrentIndex(static_cast<int>(a)); }
+
+PolicyView::Axis PolicyView::axis() const
+{
+    const int i = m_axisCombo->currentIndex();
+    return i >= 0 && i < 3 ? static_cast<Axis>(i) : ParamsAxis;
+}
+
+void PolicyView::refreshPlot()
+{
+    m_plot->clear();
+    if (m_data.tables.layers.empty())
+        return;
+    static const char* const names[3] = {QT_TR_NOOP("activated FFN parameters (fraction of dense)"),
+                                         QT_TR_NOOP("estimated prefill time (fraction of dense)"),
+                                         QT_TR_NOOP("estimated decode time (fraction of dense)")};
+    m_plot->setAxisLabels(tr(names[static_cast<int>(axis())]), tr("error proxy (sum of layer relative errors)"));
+    QVector<QPointF> front;
+    for (const auto& r : currentFront())
+        front << pointOf(r.estimate);
+    m_plot->setFront(front);
+    const int layers = static_cast<int>(m_data.tables.layers.size());
+    QVector<QPointF> uniform;
+    QStringList labels;
+    for (int k = 1; k <= m_model->experts(); ++k) {
+        uniform << pointOf(core::estimatePolicy(m_data.tables, core::uniformRules(layers, core::RoutingRule::staticK(k))));
+        labels << QStringLiteral("k=%1").arg(k);
+    }
+    m_plot->setUniform(uniform, labels);
+    m_plot->setDense(QPointF(1.0, 0.0));
+    QVector<QPointF> stored;
+    QStringList storedNames;
+    QVector<QPair<QPointF, QPointF>> measured;
+    QStringList measuredLabels;
+    static const char* const keys[3] = {"activated_ffn_fraction", "prefill_fraction", "decode_fraction"};
+    for (std::size_t i = 0; i < m_data.policies.size(); ++i) {
+        const auto e = core::estimatePolicy(m_data.tables, m_data.policyRules[i]);
+        const QPointF at = pointOf(e);
+        stored << at;
+        storedNames << QString::fromStdString(m_data.policies[i].name);
+        for (const auto& ev : m_data.evaluations) {
+            if (ev.policyId != m_data.policies[i].id || !ev.metrics.contains(keys[static_cast<int>(axis())]))
+                continue;
+            // The measured cost at the estimated error: the horizontal gap is the estimate's error.
+            const double x = ev.metrics[keys[static_cast<int>(axis())]].get<double>();
+            measured << qMakePair(at, QPointF(x, at.y()));
+            QString label = tr("measured");
+            if (ev.metrics.contains("perplexity"))
+                label += tr(": ppl %1").arg(ev.metrics["perplexity"].get<double>(), 0, 'f', 2);
+            if (ev.metrics.contains("kl_to_dense"))
+                label += tr(", KL %1").arg(ev.metrics["kl_to_dense"].get<double>(), 0, 'g', 3);
+            measuredLabels << label;
+        }
+    }
+    m_plot->setStored(stored, storedNames);
+    m_plot->setMeasured(measured, measuredLabels);
+    m_plot->setCurrent(pointOf(m_model->estimate()));
+}
+
+void PolicyView::onEstimateChanged()
+{
+    const auto& e = m_model->estimate();
+    if (e.layers.empty())
+        return;
+    QString text = tr("<b>Whole model:</b> activated FFN <b>%1</b> of dense &nbsp;&middot;&nbsp; error proxy <b>%2</b>")
+                       .arg(percent(e.activatedFfnFraction))
+                       .arg(e.errorProxy, 0, 'f', 5);
+    if (e.hasLatency)
+        text += tr(" &nbsp;&middot;&nbsp; prefill <b>%1 ms</b> (%2 of dense %3 ms) &nbsp;&middot;&nbsp; decode <b>%4 ms</b> "
+                   "(%5 of dense %6 ms) on %7")
+                    .arg(1e3 * e.prefillSeconds, 0, 'f', 2)
+                    .arg(percent(e.prefillFraction))
+                    .arg(1e3 * e.densePrefillSeconds, 0, 'f', 2)
+                    .arg(1e3 * e.decodeSeconds, 0, 'f', 3)
+                    .arg(percent(e.decodeFraction))
+                    .arg(1e3 * e.denseDecodeSeconds, 0, 'f', 3)
+                    .arg(m_data.device.toHtmlEscaped());
+    else
+        text += tr(" &nbsp;&middot;&nbsp; no latency model (ladimo latency)");
+    m_totals->setText(text);
+    m_plot->setCurrent(pointOf(e));
+}
+
+QString PolicyView::totalsText() const { return m_totals->text(); }
+QString PolicyView::statusText() const { return m_status->text(); }
+
+bool PolicyView::selectPolicy(const QString& name)
+{
+    for (std::size_t i = 0; i < m_data.policies.size(); ++i)
+        if (QString::fromStdString(m_data.policies[i].name) == name) {
+            m_model->requestRules(m_data.policyRules[i], tr("load policy %1").arg(name));
+            const QSignalBlocker block(m_policyCombo);
+            m_policyCombo->setCurrentIndex(static_cast<int>(i + 1));
+            return true;
+        }
+    return false;
+}
+
+void PolicyView::applyFrontPoint(int index)
+{
+    const auto& front = currentFront();
+    if (index < 0 || index >= static_cast<int>(front.size()))
+        return;
+    const auto& r = front[static_cast<std::size_t>(index)];
+    m_model->requestRules(r.rules, tr("Pareto point %1 (cost %2)").arg(index).arg(r.cost, 0, 'f', 3));
+    m_status->setText(tr("Applied Pareto point %1: cost %2 of dense, error proxy %3.")
+                          .arg(index)
+                          .arg(r.cost, 0, 'f', 3)
+                          .arg(r.estimate.errorProxy, 0, 'f', 5));
+}
+
+void PolicyView::applyUniform(int k)
+{
+    if (k < 1 || k > m_model->experts())
+        return;
+    m_model->requestRules(core::uniformRules(m_model->rowCount(), core::RoutingRule::staticK(k)),
+                          tr("top-%1 everywhere").arg(k));
+}
+
+void PolicyView::stepCurrentRow(int delta)
+{
+    const int row = m_table->currentIndex().row();
+    if (row < 0 || row >= m_model->rowCount())
+        return;
+    const auto& rule = m_model->rules()[static_cast<std::size_t>(row)];
+    const auto at = m_model->index(row, PolicyTableModel::SettingColumn);
+    if (rule.topK > 0)
+        m_model->setData(at, std::clamp(rule.topK + delta, 1, static_cast<int>(m_model->experts())));
+    else
+        m_model->setData(at, std::clamp(std::round((rule.threshold + 0.05 * delta) * kThresholdSteps) / kThresholdSteps,
+                                        1.0 / kThresholdSteps, 1.0));
+}
+
+void PolicyView::toggleCurrentRowKind()
+{
+    const int row = m_table->currentIndex().row();
+    if (row < 0 || row >= m_model->rowCount())
+        return;
+    const auto at = m_model->index(row, PolicyTableModel::KindColumn);
+    m_model->setData(at, static_cast<int>(at.data(PolicyTableModel::KindRole).toInt() == PolicyTableModel::StaticKind
+                                              ? PolicyTableModel::ThresholdKind
+                                              : PolicyTableModel::StaticKind));
+}
+
+void PolicyView::openEditors()
+{
+    for (int r = 0; r < m_model->rowCount(); ++r) {
+        m_table->openPersistentEditor(m_model->index(r, PolicyTableModel::KindColumn));
+        m_table->openPersistentEditor(m_model->index(r, PolicyTableModel::SettingColumn));
+    }
+    m_table->setColumnWidth(PolicyTableModel::KindColumn, 80);
+}
+
+void PolicyView::runAuto(double budget, core::CostKind cost, core::RuleKinds rules)
+{
+    if (m_autoWatcher.isRunning() || m_data.tables.layers.empty())
+        return;
+    core::SearchOptions so;
+    so.cost = cost;
+    so.rules = rules;
+    m_autoDescription = tr("Auto: %1 %2 of dense").arg(QString::fromLatin1(core::costKindName(cost))).arg(budget, 0, 'f', 2);
+    m_autoButton->setEnabled(false);
+    m_status->setText(tr("Searching: %1 ...").arg(m_autoDescription));
+    m_autoWatcher.setFuture(QtConcurrent::run([tables = m_data.tables, budget, so] {
+        AutoResult r;
+        try {
+            r.result = core::searchBudget(tables, budget, so);
+        } catch (const std::exception& e) {
+            r.error = QString::fromStdString(e.what());
+        }
+        return r;
+    }));
+}
+
+void PolicyView::onAutoFinished()
+{
+    m_autoButton->setEnabled(!m_data.tables.layers.empty());
+    const AutoResult r = m_autoWatcher.result();
+    if (!r.error.isEmpty()) {
+        fail(tr("Auto failed: %1").arg(r.error));
+        return;
+    }
+    m_model->requestRules(r.result.rules, m_autoDescription);
+    m_status->setText(tr("%1: cost %2, error proxy %3.")
+                          .arg(m_autoDescription)
+                          .arg(r.result.cost, 0, 'f', 4)
+                          .arg(r.result.estimate.errorProxy, 0, 'f', 5));
+    emit autoFinished(r.result.cost);
+}
+
+void PolicyView::savePolicyAs(const QString& name)
+{
+    if (m_saveWatcher.isRunning() || m_data.path.isEmpty() || m_model->rowCount() == 0)
+        return;
+    try {
+        core::validatePolicyName(name.toStdString());
+    } catch (const std::exception& e) {
+        fail(QString::fromStdString(e.what()));
+        return;
+    }
+    m_savingName = name;
+    m_saveButton->setEnabled(false);
+    m_status->setText(tr("Saving policy %1 ...").arg(name));
+    core::Policy policy;
+    policy.name = name.toStdString();
+    policy.origin = core::PolicyOrigin::Manual;
+    policy.runId = m_data.run.id;
+    policy.rules = core::rulesToJson(m_model->rules());
+    m_saveWatcher.setFuture(QtConcurrent::run([path = m_data.path, toSave = policy] {
+        SaveResult r;
+        core::Policy policy = toSave;
+        try {
+            // Writable only for this one transaction; throws when a converter holds the writer lock.
+            auto p = core::Project::open(path.toStdString(), {core::Project::Access::ReadWrite, core::Project::Verify::None});
+            for (const auto& existing : p.policies())
+                if (existing.name == policy.name)
+                    policy.id = existing.id;
+            p.savePolicy(policy);
+            r.policies = p.policies();
+        } catch (const std::exception& e) {
+            r.error = QString::fromStdString(e.what());
+        }
+        return r;
+    }));
+}
+
+void PolicyView::onSaveFinished()
+{
+    m_saveButton->setEnabled(!m_data.tables.layers.empty());
+    const SaveResult r = m_saveWatcher.result();
+    if (!r.error.isEmpty()) {
+        fail(tr("Could not save policy %1: %2").arg(m_savingName, r.error));
+        return;
+    }
+    const int layers = static_cast<int>(m_data.tables.layers.size());
+    m_data.policies.clear();
+    m_data.policyRules.clear();
+    for (const auto& p : r.policies) {
+        if (p.runId != 0 && p.runId != m_data.run.id)
+            continue;
+        try {
+            m_data.policyRules.push_back(core::policyRules(p, layers, m_data.run.experts));
+            m_data.policies.push_back(p);
+        } catch (const core::Error&) {
+        }
+    }
+    refreshPolicyCombo(m_savingName);
+    refreshPlot();
+    m_status->setText(tr("Saved policy %1 in %2.").arg(m_savingName, m_data.path));
+    emit policySaved(m_savingName);
+}
+
+void PolicyView::fail(const QString& message)
+{
+    m_status->setText(QStringLiteral("<span style='color:#b03020'>%1</span>").arg(message.toHtmlEscaped()));
+    emit actionFailed(message);
+    if (!window()->property("quiet").toBool())
+        QMessageBox::warning(this, tr("Policy"), message);
+}
+
+} // namespace ladimo::gui

@@ -1,0 +1,155 @@
+// PolicyView: stage 2b in the workbench. A per-layer table of routing rules with a slider per row
+// (top-k 1..N, or top-p for token-adaptive rows), the whole-model totals above it, and the
+// tradeoff plot beside it (Pareto front, dense model, uniform top-k, stored policies, measured
+// evaluations, and the current policy moving live). Edits are undoable; stored policies load
+// from a combo; "Auto" searches a budget; "Save as..." stores a named manual policy.
+// Reading the project, the Pareto fronts, the search and the save run on worker threads
+// (QtConcurrent); a slider move is arithmetic on the GUI thread (estimateRule + updateTotals).
+// GUI thread only; the destructor waits for its workers.
+#pragma once
+
+#include <QFutureWatcher>
+#include <QString>
+#include <QWidget>
+
+#include <optional>
+#include <vector>
+
+// See policytablemodel.h: LibTorch's `slots` member against Qt's keyword macro.
+#pragma push_macro("slots")
+#undef slots
+#include "routing/estimate.h"
+#include "routing/search.h"
+#include "store/project.h"
+#pragma pop_macro("slots")
+
+class QComboBox;
+class QDoubleSpinBox;
+class QLabel;
+class QPushButton;
+class QTableView;
+class QToolButton;
+class QUndoStack;
+
+namespace ladimo::widgets {
+class TradeoffPlot;
+}
+
+namespace ladimo::gui {
+
+class PolicyTableModel;
+
+// Everything the view shows, read from a project on a worker thread.
+struct PolicyData {
+    QString path;
+    core::ConversionRun run;
+    core::PolicyTables tables;
+    QString device;                       // whose latency model the estimates use ("" without one)
+    std::vector<core::Policy> policies;
+    std::vector<core::PolicyRules> policyRules; // parallel to `policies`
+    std::vector<core::Evaluation> evaluations;
+    // Pareto fronts by CostKind (params, prefill, decode); empty when not available.
+    std::vector<core::SearchResult> fronts[3];
+    QString error;                        // non-empty: nothing else is valid
+};
+
+PolicyData loadPolicyData(const QString& projectPath);
+
+// What the Auto and Save workers hand back.
+struct AutoResult {
+    core::SearchResult result;
+    QString error;
+};
+struct SaveResult {
+    std::vector<core::Policy> policies; // the project's policies after the save
+    QString error;
+};
+// Synthetic data for a view without a project (benchmarks): the fronts are computed.
+PolicyData policyDataFromTables(const core::PolicyTables& tables, int trainTopK);
+
+class PolicyView : public QWidget {
+    Q_OBJECT
+public:
+    enum Axis { ParamsAxis = 0, PrefillAxis = 1, DecodeAxis = 2 };
+
+    explicit PolicyView(QWidget* parent = nullptr);
+    ~PolicyView() override;
+
+    // Starts reading `projectPath` in the background; loaded / loadFailed follow.
+    void openProject(const QString& projectPath);
+    // Shows already loaded data (used by openProject when the worker finishes, and by benchmarks).
+    void setData(const PolicyData& data);
+    void clear(const QString& message);
+
+    PolicyTableModel* model() const { return m_model; }
+    QUndoStack* undoStack() const { return m_undo; }
+    widgets::TradeoffPlot* plot() const { return m_plot; }
+    QTableView* table() const { return m_table; }
+    QString totalsText() const;
+    QString statusText() const;
+    const PolicyData& data() const { return m_data; }
+    const std::vector<core::SearchResult>& currentFront() const;
+
+    // The controls, for keyboard and tests.
+    void setAxis(Axis axis);
+    Axis axis() const;
+    // Applies a stored policy by name (undoable); false when there is none.
+    bool selectPolicy(const QString& name);
+    // Auto: searches the budget with the measure and rule kinds set in the controls, in the
+    // background; autoFinished or actionFailed follow.
+    void runAuto(double budget, core::CostKind cost, core::RuleKinds rules);
+    // Stores the current rules as a manual policy `name` (ReadWrite, on a worker thread);
+    // policySaved or actionFailed follow.
+    void savePolicyAs(const QString& name);
+    // Applies the front point / uniform top-k point of the current axis (undoable).
+    void applyFrontPoint(int index);
+    void applyUniform(int k);
+
+signals:
+    void loaded();
+    void loadFailed(const QString& message);
+    void autoFinished(double cost);
+    void policySaved(const QString& name);
+    void actionFailed(const QString& message);
+
+private slots:
+    void onEstimateChanged();
+    void onLoadFinished();
+    void onAutoFinished();
+    void onSaveFinished();
+
+private:
+    void buildUi();
+    void refreshPolicyCombo(const QString& select);
+    void refreshPlot();
+    void openEditors();
+    void stepCurrentRow(int delta);
+    void toggleCurrentRowKind();
+    void fail(const QString& message);
+    QPointF pointOf(const core::PolicyEstimate& e) const;
+    double xOf(const core::PolicyEstimate& e) const;
+
+    PolicyData m_data;
+    PolicyTableModel* m_model = nullptr;
+    QUndoStack* m_undo = nullptr;
+    QTableView* m_table = nullptr;
+    widgets::TradeoffPlot* m_plot = nullptr;
+    QLabel* m_totals = nullptr;
+    QLabel* m_status = nullptr;
+    QComboBox* m_policyCombo = nullptr;
+    QComboBox* m_axisCombo = nullptr;
+    QDoubleSpinBox* m_budget = nullptr;
+    QComboBox* m_measure = nullptr;
+    QComboBox* m_ruleKinds = nullptr;
+    QPushButton* m_autoButton = nullptr;
+    QPushButton* m_saveButton = nullptr;
+    QToolButton* m_undoButton = nullptr;
+    QToolButton* m_redoButton = nullptr;
+    QFutureWatcher<PolicyData> m_loadWatcher;
+    QFutureWatcher<AutoResult> m_autoWatcher;
+    QFutureWatcher<SaveResult> m_saveWatcher;
+    QString m_autoDescription;
+    QString m_savingName;
+};
+
+} // namespace ladimo::gui
