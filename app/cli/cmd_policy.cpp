@@ -63,7 +63,7 @@ void printEstimate(const RunContext& c, const std::string& name, const core::Pol
 {
     std::printf("policy '%s' for run #%lld (%d layers, %lld experts)\n", name.c_str(), (long long)c.run.id,
                 c.run.layers, (long long)c.run.experts);
-    std::printf("layer  rule             mean k  FFN params  rel. error  %s%s\n", e.proxyIsKl ? "est. KL " : "  proxy ",
+    std::printf("layer  rule             mean k  FFN params  rel. error  %s%s\n", e.proxyIsKl ? "est. dNLL" : "  proxy  ",
                 e.hasLatency ? "  prefill ms  decode ms" : "");
     for (std::size_t l = 0; l < rules.size(); ++l) {
         const auto& le = e.layers[l];
@@ -74,7 +74,7 @@ void printEstimate(const RunContext& c, const std::string& name, const core::Pol
         std::printf("%s\n", le.approximate ? "  (approximate)" : "");
     }
     std::printf("model: activated FFN fraction %.4f, error proxy %.5f%s", e.activatedFfnFraction, e.errorProxy,
-                e.proxyIsKl ? " (estimated KL to dense)" : "");
+                e.proxyIsKl ? " (estimated NLL increase, nats/token)" : "");
     if (e.hasLatency)
         std::printf(", estimated prefill %.2f ms (%.1f%% of dense), decode %.3f ms (%.1f%% of dense) on %s",
                     1e3 * e.prefillSeconds, 100 * e.prefillFraction, 1e3 * e.decodeSeconds, 100 * e.decodeFraction,

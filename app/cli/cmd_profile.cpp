@@ -1,5 +1,6 @@
 // `ladimo profile P.ladimo`: LaDiMo stage 2a. Routing profile of every layer of the latest
 // conversion run on held-out tokens, stored in the project.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -69,16 +70,21 @@ void registerProfileCommand(CLI::App& app)
             const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
             std::vector<int64_t> head(stream.begin(),
                                       stream.begin() + std::min<int64_t>(o->sensitivityTokens, static_cast<int64_t>(stream.size())));
-            const auto kl = core::layerSensitivity(converted.model, converted.layers, head, o->seqLen,
-                                                   core::RoutingRule::staticK(k), &interruptToken());
+            const auto sens = core::layerSensitivity(converted.model, converted.layers, head, o->seqLen,
+                                                     core::RoutingRule::staticK(k), &interruptToken());
             for (std::size_t l = 0; l < profiles.size(); ++l) {
                 auto& extra = profiles[l].extra;
                 const double err = profiles[l].errorByK[static_cast<std::size_t>(k - 1)];
                 extra["sensitivity_k"] = k;
                 extra["sensitivity_tokens"] = static_cast<int64_t>(head.size());
-                extra["sensitivity_kl"] = kl[l];
-                if (err > 0 && kl[l] > 0)
-                    extra["kl_per_error"] = kl[l] / err;
+                extra["sensitivity_kl"] = sens[l].kl;
+                extra["sensitivity_nll"] = sens[l].nllIncrease;
+                if (err > 0 && sens[l].kl > 0) {
+                    extra["kl_per_error"] = sens[l].kl / err;
+                    // Harm to the likelihood of real text; never below the KL (a small sample
+                    // can even show a small gain).
+                    extra["nll_per_error"] = std::max(sens[l].nllIncrease, sens[l].kl) / err;
+                }
             }
         }
         nlohmann::json out = nlohmann::json::array();
@@ -92,10 +98,10 @@ void registerProfileCommand(CLI::App& app)
         }
         std::printf("routing profile of run #%lld on %lld tokens (stored in %s)\n", (long long)converted.runId,
                     (long long)profiles.front().tokens, projectFile.c_str());
-        std::printf("layer  entropy  top-1 mass  KL/error  relative error for k = 1..N\n");
+        std::printf("layer  entropy  top-1 mass  NLL/error  relative error for k = 1..N\n");
         for (const auto& j : out) {
-            std::printf("%5d  %7.3f  %10.3f  %8.4f ", j["layer"].get<int>(), j["entropy"].get<double>(),
-                        j["extra"]["cumulative_mass"][0].get<double>(), j["extra"].value("kl_per_error", 0.0));
+            std::printf("%5d  %7.3f  %10.3f  %9.4f ", j["layer"].get<int>(), j["entropy"].get<double>(),
+                        j["extra"]["cumulative_mass"][0].get<double>(), j["extra"].value("nll_per_error", 0.0));
             for (const auto& e : j["error_by_k"])
                 std::printf(" %.4f", e.get<double>());
             std::printf("\n");

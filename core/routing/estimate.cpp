@@ -106,7 +106,7 @@ PolicyTables policyTables(const std::vector<RoutingProfile>& profiles, std::opti
         lt.meanKByThreshold = doubles(p.extra, "mean_k_by_threshold", lt.thresholds.size(), where);
         lt.paramsByThreshold = doubles(p.extra, "params_by_threshold", lt.thresholds.size(), where);
         lt.errorByThreshold = doubles(p.extra, "error_by_threshold", lt.thresholds.size(), where);
-        lt.errorWeight = p.extra.value("kl_per_error", 0.0);
+        lt.errorWeight = p.extra.value("nll_per_error", p.extra.value("kl_per_error", 0.0));
         if (!(lt.errorWeight > 0) || !std::isfinite(lt.errorWeight))
             lt.errorWeight = 0; // not measured: weighs 1, see estimateRule
         if (!std::is_sorted(lt.thresholds.begin(), lt.thresholds.end()))

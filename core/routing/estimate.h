@@ -4,9 +4,11 @@
 //    the chosen experts' sizes; with equal experts simply k x expert size), expected value for
 //    token-adaptive rules (interpolated on the profile's threshold grid);
 //  - error proxy: the layer's relative output error ||MoE(x) - FFN(x)||^2 / ||FFN(x)||^2 on the
-//    profile tokens times the layer's measured sensitivity (KL to dense per unit of relative
-//    error, routing/profile.h layerSensitivity), summed over layers: an additive estimate of the
-//    model's KL to dense. Profiles without a sensitivity weigh every layer 1 (plain error sum);
+//    profile tokens times the layer's measured sensitivity (increase of the NLL of real text per
+//    unit of relative error, at least the KL to dense; routing/profile.h layerSensitivity),
+//    summed over layers: an additive estimate of the model's NLL increase in nats per token, so
+//    exp(proxy) estimates the perplexity ratio to dense. Profiles without a sensitivity weigh
+//    every layer 1 (plain error sum);
 //  - latency: the latency model's measured time of the block at that k (interpolated at the mean
 //    k of adaptive rules) plus the time of everything that is not an FFN.
 // Value types and pure functions; thread-safe.
@@ -50,7 +52,7 @@ struct LayerTable {
     std::vector<double> errorByK;           // [k-1]
     std::vector<double> thresholds;         // ascending top-p grid
     std::vector<double> meanKByThreshold, paramsByThreshold, errorByThreshold;
-    double errorWeight = 1;                 // KL to dense per unit of relative error ("kl_per_error")
+    double errorWeight = 1;                 // NLL increase per unit of relative error ("nll_per_error")
 };
 
 struct PolicyTables {
@@ -75,8 +77,8 @@ struct LayerEstimate {
 struct PolicyEstimate {
     std::vector<LayerEstimate> layers;
     double activatedFfnFraction = 0; // sum of params / sum of dense FFN params (what eval measures)
-    double errorProxy = 0;           // sum of layer proxies (estimated KL to dense when profiled with sensitivity)
-    bool proxyIsKl = false;          // every layer had a measured sensitivity
+    double errorProxy = 0;           // sum of layer proxies (estimated NLL increase when profiled with sensitivity)
+    bool proxyIsKl = false;          // every layer had a measured sensitivity: the proxy is in nats/token
     bool hasLatency = false;
     double prefillSeconds = 0, decodeSeconds = 0;         // whole model, one forward
     double densePrefillSeconds = 0, denseDecodeSeconds = 0;

@@ -68,23 +68,26 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
     return p;
 }
 
-std::vector<double> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
-                                     const std::vector<int64_t>& stream, int64_t seqLen, const RoutingRule& rule,
-                                     const CancelToken* cancel)
+std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                               const std::vector<int64_t>& stream, int64_t seqLen,
+                                               const RoutingRule& rule, const CancelToken* cancel)
 {
-    std::vector<double> out;
+    EvalOptions base;
+    base.seqLen = seqLen;
+    if (cancel)
+        base.cancel = *cancel;
+    const double denseNll = evaluatePerplexity(model, stream, base).nll;
+    std::vector<LayerSensitivity> out;
     for (std::size_t l = 0; l < layers.size(); ++l) {
         ForwardHooks hooks;
         hooks.ffnOverride = [&layers, &rule, l](int layer, const torch::Tensor& x) -> torch::Tensor {
             return layer == static_cast<int>(l) ? layers[l].forward(x, rule) : torch::Tensor();
         };
-        EvalOptions o;
-        o.seqLen = seqLen;
+        EvalOptions o = base;
         o.hooks = &hooks;
         o.reference = &model;
-        if (cancel)
-            o.cancel = *cancel;
-        out.push_back(evaluatePerplexity(model, stream, o).klToReference);
+        const auto r = evaluatePerplexity(model, stream, o);
+        out.push_back({r.klToReference, r.nll - denseNll});
     }
     return out;
 }

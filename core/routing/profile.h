@@ -29,13 +29,18 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
 
 class LlamaModel;
 
-// End-to-end sensitivity of each layer: the mean per-token KL(dense || model) when only that layer
-// uses its MoE block under `rule` (every other FFN dense), on `stream` (windows of seqLen). Divided
-// by the layer's relative output error under the same rule, it converts the layer errors into an
-// additive estimate of the model's KL to dense (the error proxy the policy search minimises).
-// One forward pass pair per layer; runs on the calling thread.
-std::vector<double> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
-                                     const std::vector<int64_t>& stream, int64_t seqLen, const RoutingRule& rule,
-                                     const CancelToken* cancel = nullptr);
+// End-to-end sensitivity of each layer: with only that layer using its MoE block under `rule`
+// (every other FFN dense), the mean per-token KL(dense || model) and the increase of the mean NLL
+// of the true next tokens over the dense model, on `stream` (windows of seqLen). Divided by the
+// layer's relative output error under the same rule, they convert layer errors into additive
+// estimates of the model's KL and NLL increase (the error proxy the policy search minimises).
+// One dense pass plus one pass pair per layer; runs on the calling thread.
+struct LayerSensitivity {
+    double kl = 0;
+    double nllIncrease = 0; // may be negative on a small sample
+};
+std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                               const std::vector<int64_t>& stream, int64_t seqLen,
+                                               const RoutingRule& rule, const CancelToken* cancel = nullptr);
 
 } // namespace ladimo::core
