@@ -38,6 +38,8 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
     }
     if (o.maxNew < 0)
         throw Error("generate: --max-new must be >= 0");
+    if (o.hooks && o.hooks->lastLayer >= 0)
+        throw Error("generate: forward hooks must run the whole model (lastLayer is set)");
     const int64_t capacity = T + o.maxNew;
     if (capacity > model.config().maxPositions)
         throw Error("generate: " + std::to_string(capacity) + " positions exceed max_position_embeddings " +
@@ -54,7 +56,7 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
     auto input = tokens;
     for (int64_t step = 0; step < o.maxNew; ++step) {
         o.cancel.throwIfCancelled();
-        auto logits = model.forward(input, &cache);
+        auto logits = model.forward(input, &cache, o.hooks);
         auto next = nextTokens(logits.select(1, logits.size(1) - 1), o.temperature, gen).to(torch::kCPU);
         auto acc = next.accessor<int64_t, 1>();
         bool all = true;

@@ -11,12 +11,14 @@
 namespace ladimo::core {
 
 class LlamaModel;
+struct ForwardHooks;
 
 struct GenerateOptions {
     int64_t maxNew = 64;
     double temperature = 1.0; // 0 = greedy (argmax, first index on ties)
     uint64_t seed = 0;
     int64_t stopId = -1;      // stop a sequence once it emits this id (e.g. EOS); -1 = never
+    const ForwardHooks* hooks = nullptr; // e.g. MoE blocks in place of the FFNs
     ProgressFn progress;
     CancelToken cancel;
 };
