@@ -39,6 +39,8 @@ struct ExportReport {
     std::vector<std::string> notes;              // plain-language differences when not exact
     std::vector<std::filesystem::path> files;    // final paths
     int64_t bytes = 0;
+    int expertsPerToken = 0;                     // the k written (converted models)
+    std::string sha256;                          // SHA-256 of the manifest "file sha256\n" of every file, sorted
 };
 
 } // namespace ladimo::core

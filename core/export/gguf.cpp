@@ -473,11 +473,16 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
         padTo(total);
         if (std::fflush(f.get()) != 0)
             throw Error("gguf export: writing '" + tmp.string() + "' failed (disk full?)");
+        f.reset();
         if (cancelled())
             throw Cancelled();
+        // The same manifest digest the other exporters report: "name sha256\n" of each file.
+        const std::string manifest = options.out.filename().string() + " " + sha256File(tmp) + "\n";
+        report.sha256 = sha256Bytes(manifest.data(), manifest.size());
     });
     report.files.push_back(options.out);
     report.bytes = static_cast<int64_t>(total);
+    report.expertsPerToken = static_cast<int>(k);
     return report;
 }
 

@@ -3,8 +3,10 @@
 // cancellation leaves nothing; malformed files give clear errors; and a real llama.cpp
 // (@fugood/llama.node, installed by tools/llamanode.sh) continues a prompt greedily with the
 // same token ids as the workbench, for the dense demo model and for its MoE conversion.
+#include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -346,6 +348,9 @@ TEST(Gguf, DenseRoundTripsThroughAnIndependentReader)
     ASSERT_EQ(report.files.size(), 1u);
     EXPECT_EQ(report.files.front(), o.out);
     EXPECT_EQ(report.bytes, static_cast<int64_t>(fs::file_size(o.out)));
+    EXPECT_EQ(report.expertsPerToken, 0);
+    const std::string manifest = "demo.gguf " + sha256File(o.out) + "\n";
+    EXPECT_EQ(report.sha256, sha256Bytes(manifest.data(), manifest.size()));
     EXPECT_EQ(filesIn(tmp.path()), std::vector<std::string>{"demo.gguf"}) << "no temporary file left";
     ASSERT_FALSE(progress.empty());
     EXPECT_DOUBLE_EQ(progress.back(), 1.0);
@@ -378,6 +383,7 @@ TEST(Gguf, MoeRoundTripsWithStackedExpertsAndRouter)
     o.out = tmp / "moe.gguf";
     const auto report = exportGguf(moeInput(layers, uniformRules(4, RoutingRule::staticK(6)), "k6"), o);
     EXPECT_TRUE(report.exact) << (report.notes.empty() ? "" : report.notes.front());
+    EXPECT_EQ(report.expertsPerToken, 6);
     const auto g = GgufFile::load(o.out);
     EXPECT_EQ(g.at("llama.feed_forward_length").integer(), 96);
     checkExport(g, demoModel(), &layers, 6, false);
