@@ -12,11 +12,19 @@ PACKAGES=(
   libgtest-dev libbenchmark-dev          # tests and benchmarks
   xvfb xauth                             # screenshots / GUI runs without a display
   python3-torch                          # the independent Python reference used by the tests
+  nodejs npm                             # llama.cpp via @fugood/llama.node for the GGUF export test (tools/llamanode.sh)
 )
 
+# Virtual packages provided by what is installed count as present (NodeSource's nodejs provides
+# and conflicts with npm: asking apt for npm there would fail).
+provided=" $(dpkg-query -W -f='${db:Status-Abbrev}|${Provides}\n' 2>/dev/null | awk -F'|' '$1 ~ /^ii/ {print $2}' \
+  | tr ',' '\n' | sed 's/(.*)//; s/[[:space:]]//g' | sort -u | tr '\n' ' ') "
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+     && [[ "$provided" != *" $p "* ]]; then
+    missing+=("$p")
+  fi
 done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

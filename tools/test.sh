@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
 tools/build.sh "$@"
+tools/llamanode.sh   # pinned llama.cpp for the GGUF test; skips (test says why) when offline
 export QT_QPA_PLATFORM=offscreen
 ctest --test-dir build --output-on-failure -j2 --timeout 900

@@ -2,6 +2,7 @@
 // llama.expert_count / llama.expert_used_count, stacked expert tensors blk.N.ffn_{gate,up,down}_exps
 // and the router blk.N.ffn_gate_inp. The SentencePiece tokenizer is embedded as llama.cpp expects
 // (tokenizer.ggml.model = "llama", tokens, scores, token types). F32 or F16.
+// Runs on the calling thread; only reads the model and layers, so other threads may read them too.
 #pragma once
 
 #include "export/export.h"

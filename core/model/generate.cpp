@@ -38,6 +38,8 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
     }
     if (o.maxNew < 0)
         throw Error("generate: --max-new must be >= 0");
+    if (o.hooks && o.hooks->lastLayer >= 0)
+        throw Error("generate: forward hooks must run the whole model (lastLayer is set)");
     const int64_t capacity = T + o.maxNew;
     if (capacity > model.config().maxPositions)
         throw Error("generate: " + std::to_string(capacity) + " positions exceed max_position_embeddings " +
