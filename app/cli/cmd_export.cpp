@@ -12,6 +12,7 @@
 #include "commands.h"
 #include "common/error.h"
 #include "convert/convert.h"
+#include "export/gguf.h"
 #include "export/hf_mixtral.h"
 #include "routing/policy.h"
 #include "store/project.h"
@@ -33,22 +34,30 @@ void registerExportCommand(CLI::App& app)
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("export", "Export a project's conversion (hf-mixtral) or its dense model (hf-llama)");
+    auto* cmd = app.add_subcommand(
+        "export", "Export a project's conversion (hf-mixtral, gguf) or its dense model (hf-llama, gguf-llama)");
     cmd->add_option("project", o->project, "Project file (*.ladimo); its latest conversion run is exported")->required();
-    cmd->add_option("--format", o->format, "hf-mixtral, hf-llama (the dense source model) or gguf")->capture_default_str();
-    cmd->add_option("--out", o->out, "Output directory (must not exist or be empty)")->required();
+    cmd->add_option("--format", o->format,
+                    "hf-mixtral or gguf (the conversion), hf-llama or gguf-llama (the dense source model)")
+        ->capture_default_str();
+    cmd->add_option("--out", o->out, "Output directory (hf-*: must not exist or be empty) or file (gguf*: must not exist)")
+        ->required();
     cmd->add_option("--policy", o->policy, "Routing policy of the project (default: the training k in every layer)");
     cmd->add_option("--top-k", o->topK,
                     "The one k Mixtral uses in every layer; needed when the policy or gating is not Mixtral's");
-    cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16")->capture_default_str();
+    cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16 (gguf: f32 or f16)")->capture_default_str();
     cmd->add_option("--shard-size", o->shardSize, "Largest safetensors file, e.g. 2GB or 500MiB (0 = one file)")
         ->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
-        if (o->format == "gguf")
-            throw core::Error("--format gguf is not available in this build (formats: hf-mixtral, hf-llama)");
-        if (o->format != "hf-mixtral" && o->format != "hf-llama")
-            throw core::Error("--format '" + o->format + "' is unknown (expected hf-mixtral, hf-llama or gguf)");
+        const bool gguf = o->format == "gguf" || o->format == "gguf-llama";
+        if (o->format != "hf-mixtral" && o->format != "hf-llama" && !gguf)
+            throw core::Error("--format '" + o->format +
+                              "' is unknown (expected hf-mixtral, hf-llama, gguf or gguf-llama)");
+        if (gguf && o->shardSize != "0")
+            throw core::Error("--shard-size applies to hf-mixtral and hf-llama; a GGUF export is one file");
+        if (gguf && fs::exists(o->out))
+            throw core::Error("'" + o->out + "' already exists; an export never replaces a file (remove it or choose another name)");
         if (!isProjectFile(o->project))
             throw core::Error("export needs a project file (*.ladimo), got '" + o->project + "'");
         const int64_t shardBytes = o->shardSize == "0" ? 0 : core::parseByteSize(o->shardSize);
@@ -57,7 +66,7 @@ void registerExportCommand(CLI::App& app)
         mo.device = "cpu";
         mo.dtype = "float32";
         const Converted conv = loadConverted(o->project, mo);
-        const bool moe = o->format == "hf-mixtral";
+        const bool moe = o->format == "hf-mixtral" || o->format == "gguf";
         const int L = static_cast<int>(conv.layers.size());
         const int64_t N = conv.layers.empty() ? 0 : conv.layers.front().numExperts();
 
@@ -99,7 +108,7 @@ void registerExportCommand(CLI::App& app)
         ProgressPrinter printer;
         eo.progress = printer.fn();
         eo.cancel = &interruptToken();
-        const auto report = core::exportHfMixtral(in, eo);
+        const auto report = gguf ? core::exportGguf(in, eo) : core::exportHfMixtral(in, eo);
 
         core::ExportRecord record;
         record.format = o->format;
@@ -132,12 +141,14 @@ void registerExportCommand(CLI::App& app)
                     o->project.c_str(), o->out.c_str(), o->format.c_str(), o->dtype.c_str(), report.files.size(),
                     static_cast<double>(report.bytes) / 1e6);
         if (moe) {
-            std::printf("policy %s, num_experts_per_tok %d: %s\n", in.policyName.c_str(), report.expertsPerToken,
-                        report.exact ? "exact (Mixtral computes what the workbench computes)"
-                                     : "NOT exact; what changes under Mixtral:");
+            const char* target = gguf ? "llama.cpp" : "Mixtral";
+            std::printf("policy %s, %s %d: %s%s%s\n", in.policyName.c_str(),
+                        gguf ? "llama.expert_used_count" : "num_experts_per_tok", report.expertsPerToken,
+                        report.exact ? "exact (" : "NOT exact; what changes under ", target,
+                        report.exact ? " computes what the workbench computes)" : ":");
             for (const auto& n : report.notes)
                 std::printf("  - %s\n", n.c_str());
-            if (!report.exact)
+            if (!report.exact && !gguf)
                 std::printf("  (the workbench policy is kept in config.json 'ladimo' and routing_policy.json; "
                             "ladimo eval/import of the export use it)\n");
         }

@@ -20,6 +20,7 @@
 #include "model/safetensors.h"
 #include "routing/policy.h"
 #include "store/project.h"
+#include "ggufreader.h"
 #include "testutil.h"
 
 using namespace ladimo::core;
@@ -630,11 +631,36 @@ TEST(ExportCli, ExportEvalGenerateAndImportRoundTrip)
         EXPECT_EQ(r.out, s + "\n");
     }
 
-    // Refusals: gguf is not in this build; an existing export is never overwritten; a
-    // non-Mixtral policy needs --top-k.
-    r = ladimo::test::runLadimo("export " + project + " --format gguf --out " + (tmp / "m.gguf").string());
+    // GGUF through the CLI: the converted model as llama MoE, the dense one as plain llama; an
+    // independent reader sees the expert counts, and the file is never overwritten.
+    const fs::path gguf = tmp / "m.gguf";
+    r = ladimo::test::runLadimo("export " + project + " --format gguf --out " + gguf.string() + " --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    {
+        const auto j = nlohmann::json::parse(r.out);
+        EXPECT_EQ(j["format"], "gguf");
+        EXPECT_EQ(j["experts_per_token"], 2);
+        const auto g = ladimo::test::GgufFile::load(gguf);
+        EXPECT_EQ(g.at("llama.expert_count").integer(), 7);
+        EXPECT_EQ(g.at("llama.expert_used_count").integer(), 2);
+        EXPECT_NE(g.find("blk.0.ffn_gate_exps.weight"), nullptr);
+    }
+    r = ladimo::test::runLadimo("export " + project + " --format gguf --out " + gguf.string());
     EXPECT_EQ(r.status, 1);
-    EXPECT_NE(r.out.find("not available in this build"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(gguf.string()), std::string::npos) << r.out;
+    r = ladimo::test::runLadimo("export " + project + " --format gguf-llama --dtype f16 --out " + (tmp / "d.gguf").string(), true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    {
+        const auto g = ladimo::test::GgufFile::load(tmp / "d.gguf");
+        EXPECT_FALSE(g.has("llama.expert_count"));
+        EXPECT_NE(g.find("blk.0.ffn_gate.weight"), nullptr);
+    }
+    r = ladimo::test::runLadimo("export " + project + " --format gguf --dtype bf16 --out " + (tmp / "b.gguf").string());
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.out.find("bf16"), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(tmp / "b.gguf"));
+
+    // Refusals: an existing export is never overwritten; a non-Mixtral policy needs --top-k.
     r = ladimo::test::runLadimo("export " + project + " --out " + hf);
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find("not empty"), std::string::npos) << r.out;
@@ -653,7 +679,7 @@ TEST(ExportCli, ExportEvalGenerateAndImportRoundTrip)
     r = ladimo::test::runLadimo("project show " + project + " --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto shown = nlohmann::json::parse(r.out);
-    ASSERT_EQ(shown["exports"].size(), 2u) << shown.dump(2);
+    ASSERT_EQ(shown["exports"].size(), 4u) << shown.dump(2);
     EXPECT_EQ(shown["exports"][0]["format"], "hf-mixtral");
 
     // import: a finished run with the exported experts, and the policy under its name.
