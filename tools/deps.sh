@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libbenchmark-dev          # tests and benchmarks
   xvfb xauth                             # screenshots / GUI runs without a display
   python3-torch                          # the independent Python reference used by the tests
+  slurm-wlm munge python3-yaml           # scale-out tests: private single-host Slurm, k8s manifest check
 )
 
 missing=()
