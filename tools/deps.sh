@@ -13,6 +13,7 @@ PACKAGES=(
   xvfb xauth                             # screenshots / GUI runs without a display
   python3-torch                          # the independent Python reference used by the tests
   nodejs npm                             # llama.cpp via @fugood/llama.node for the GGUF export test (tools/llamanode.sh)
+  slurm-wlm munge python3-yaml           # scale-out tests: private single-host Slurm, k8s manifest check
 )
 
 # Virtual packages provided by what is installed count as present (NodeSource's nodejs provides

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "common/error.h"
+#include "common/fileutil.h"
 #include "model/device.h"
 #include "model/generate.h"
 #include "model/tokendata.h"
@@ -120,5 +121,76 @@ void installInterruptHandler()
     std::signal(SIGTERM, onInterrupt);
 }
 
+std::set<int> parseLayerSpec(const std::string& spec, int layers)
+{
+    const auto bad = [&](const std::string& why) {
+        return core::Error("--layers '" + spec + "': " + why + " (expected A, A-B or a list like 0-3,6 within 0-" +
+                           std::to_string(layers - 1) + ")");
+    };
+    const auto number = [&](const std::string& text) {
+        if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9)
+            throw bad("'" + text + "' is not a layer number");
+        const int v = std::stoi(text);
+        if (v >= layers)
+            throw bad("layer " + text + " does not exist, the model has " + std::to_string(layers) + " layers");
+        return v;
+    };
+    std::set<int> out;
+    std::size_t start = 0;
+    while (start <= spec.size()) {
+        const std::size_t comma = spec.find(',', start);
+        const std::string part = spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        const std::size_t dash = part.find('-');
+        const int a = number(part.substr(0, dash));
+        const int b = dash == std::string::npos ? a : number(part.substr(dash + 1));
+        if (b < a)
+            throw bad("range " + part + " runs backwards");
+        for (int l = a; l <= b; ++l)
+            out.insert(l);
+        if (comma == std::string::npos)
+            break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+std::string describeLayers(const std::set<int>& layers)
+{
+    std::string out;
+    for (auto it = layers.begin(); it != layers.end();) {
+        int a = *it, b = a;
+        while (++it != layers.end() && *it == b + 1)
+            ++b;
+        out += (out.empty() ? "" : ",") + std::to_string(a) + (b > a ? "-" + std::to_string(b) : "");
+    }
+    return out;
+}
+
+core::CalibrationSet calibrationRecord(const DataOptions& data, const std::vector<int64_t>& tokens, int64_t seqLen)
+{
+    namespace fs = std::filesystem;
+    core::CalibrationSet cal;
+    cal.name = data.selfSample > 0 ? "self-sample" : fs::path(data.file).filename().string();
+    cal.source = data.selfSample > 0 ? core::CalibrationSource::SelfSample : core::CalibrationSource::File;
+    if (cal.source == core::CalibrationSource::File) {
+        cal.filePath = fs::absolute(data.file).string();
+        cal.fileSha256 = core::sha256File(data.file);
+    }
+    cal.seed = data.seed;
+    cal.tokens = static_cast<int64_t>(tokens.size());
+    cal.seqLen = seqLen;
+    return cal;
+}
+
+int64_t findCalibrationSet(core::Project& project, const core::CalibrationSet& w)
+{
+    for (const auto& c : project.calibrationSets()) {
+        const bool same = c.source == w.source && c.tokens == w.tokens && c.seqLen == w.seqLen && c.split == w.split &&
+                          (w.source == core::CalibrationSource::File ? c.fileSha256 == w.fileSha256 : c.seed == w.seed);
+        if (same)
+            return c.id;
+    }
+    return 0;
+}
 
 } // namespace ladimo::cli

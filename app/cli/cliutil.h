@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "moe/moeblock.h"
+#include "store/project.h"
 #include "store/records.h"
 
 #include <nlohmann/json.hpp>
@@ -74,5 +76,15 @@ struct Converted {
 };
 bool isProjectFile(const std::string& path);
 Converted loadConverted(const std::string& projectFile, const ModelOptions& modelOptions);
+
+// `--layers` of convert and capture: "A", "A-B" or a comma-separated list of them ("0-3,6"),
+// each within [0, layers). Throws Error naming the spec and what was expected.
+std::set<int> parseLayerSpec(const std::string& spec, int layers);
+std::string describeLayers(const std::set<int>& layers); // "0-3,6"
+
+// The calibration-set record of data loaded with `data` (tokens, window length).
+core::CalibrationSet calibrationRecord(const DataOptions& data, const std::vector<int64_t>& tokens, int64_t seqLen);
+// The id of a recorded calibration set with the same source, content and window length, or 0.
+int64_t findCalibrationSet(core::Project& project, const core::CalibrationSet& wanted);
 
 } // namespace ladimo::cli

@@ -1,6 +1,12 @@
 // `ladimo convert`: LaDiMo stage 1 into a project (P.ladimo + P.ladimo.d). Every finished layer
 // is written atomically and recorded with its loss curve in one transaction; a rerun with the
 // same settings resumes the run at its unfinished layers; other settings start a new run.
+// Scale-out (store/assemble.h): `--prepare` creates the run and exits; `--layers A-B` workers
+// (any number of processes or machines) open the project read-only and leave each finished
+// layer as weights + outcome sidecar; `ladimo assemble` records them. Captured activations of
+// `ladimo capture` are reused in parallel mode. A cost model is printed before converting.
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
 #include <set>
@@ -11,8 +17,11 @@
 #include "commands.h"
 #include "common/error.h"
 #include "common/fileutil.h"
+#include "convert/activations.h"
 #include "convert/convert.h"
+#include "convert/costmodel.h"
 #include "model/device.h"
+#include "store/assemble.h"
 #include "store/project.h"
 
 namespace fs = std::filesystem;
@@ -45,6 +54,57 @@ Converted loadConverted(const std::string& projectFile, const ModelOptions& mode
     return c;
 }
 
+namespace {
+
+// Where a conversion's dense activations may come from: files written by `ladimo capture` for
+// the run's calibration set, when they match this model and these tokens.
+core::ConvertCallbacks::LoadCapturedFn capturedFrom(const core::Project& project, int64_t calibrationSetId,
+                                                     const core::CaptureKey& key)
+{
+    return [&project, calibrationSetId, key](int l, torch::Tensor* x, torch::Tensor* y) {
+        const auto file = project.absolutePath(core::Project::activationsPath(calibrationSetId, l));
+        std::string why;
+        if (core::loadActivations(file, l, key, x, y, &why)) {
+            std::fprintf(stderr, "layer %d: captured activations from %s\n", l, file.c_str());
+            return true;
+        }
+        std::error_code ec;
+        if (fs::exists(file, ec))
+            std::fprintf(stderr, "layer %d: not reusing %s\n", l, why.c_str());
+        return false;
+    };
+}
+
+// What a finished layer records: the mean loss over the last epoch's batches (single batches
+// are noisy, k is drawn per batch), the final relative error, the loss curve.
+core::LayerOutcome layerOutcome(const core::LayerConversion& r, int64_t tokens, int64_t batch, const std::string& rel,
+                                core::LossCurve* curve)
+{
+    core::LayerOutcome out;
+    const std::size_t tail = std::min<std::size_t>(r.lossCurve.size(), static_cast<std::size_t>((tokens + batch - 1) / batch));
+    out.finalLoss = r.finalError;
+    if (tail > 0) {
+        double sum = 0;
+        for (std::size_t i = r.lossCurve.size() - tail; i < r.lossCurve.size(); ++i)
+            sum += r.lossCurve[i].second;
+        out.finalLoss = sum / static_cast<double>(tail);
+    }
+    out.relativeError = r.finalError;
+    out.wallSeconds = r.seconds;
+    out.weightsPath = rel;
+    for (const auto& [step, loss] : r.lossCurve)
+        curve->push_back({step, loss});
+    return out;
+}
+
+std::string hostName()
+{
+    char buf[256] = {};
+    return ::gethostname(buf, sizeof buf - 1) == 0 ? buf : "unknown";
+}
+
+} // namespace
+
 void registerConvertCommand(CLI::App& app)
 {
     struct Opts {
@@ -53,6 +113,9 @@ void registerConvertCommand(CLI::App& app)
         std::string project;
         std::string partition = "coact";
         std::string gating = "hard";
+        std::string layers;
+        bool prepare = false;
+        bool dryRun = false;
         core::ConvertSettings s;
     };
     auto o = std::make_shared<Opts>();
@@ -70,6 +133,14 @@ void registerConvertCommand(CLI::App& app)
     cmd->add_option("--batch", o->s.distill.batch, "Tokens per distillation batch")->capture_default_str();
     cmd->add_option("--mode", o->s.mode, "parallel or sequential")->capture_default_str();
     cmd->add_option("--seq-len", o->s.seqLen, "Calibration window length")->capture_default_str();
+    auto* layersOpt = cmd->add_option(
+        "--layers", o->layers,
+        "Worker mode (parallel mode only): convert just these layers (A, A-B, 0-3,6) of the run made by --prepare, "
+        "opening the project read-only; each layer lands in its own files; `ladimo assemble` records them");
+    auto* prepareOpt = cmd->add_flag("--prepare", o->prepare,
+                                     "Create (or find) the run for these settings, then exit: the step before workers start");
+    prepareOpt->excludes(layersOpt);
+    cmd->add_flag("--dry-run", o->dryRun, "Print the cost model (tokens, FLOPs, memory, estimated time) and exit");
     cmd->callback([o] {
         if (!isProjectFile(o->project))
             throw core::Error("--project must name a *.ladimo file, got '" + o->project + "'");
@@ -80,6 +151,142 @@ void registerConvertCommand(CLI::App& app)
         auto model = o->model.load();
         o->s.devices = core::parseDevices(o->model.device);
         const int L = static_cast<int>(model.config().numLayers);
+        const bool worker = !o->layers.empty();
+        std::set<int> selected;
+        for (int l = 0; l < L; ++l)
+            selected.insert(l);
+        if (worker) {
+            selected = parseLayerSpec(o->layers, L);
+            if (o->s.mode != "parallel")
+                throw core::Error("--layers needs --mode parallel: in sequential mode each layer's input depends on "
+                                  "the converted layers below it");
+        }
+
+        nlohmann::json settings = o->s.toJson();
+        settings["data"] = o->data.selfSample > 0 ? nlohmann::json{{"self_sample", o->data.selfSample}, {"seed", o->data.seed}}
+                                                  : nlohmann::json{{"file", o->data.file}, {"max_tokens", o->data.maxTokens}};
+        ProgressPrinter printer;
+        auto calibration = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->s.seqLen, printer.fn());
+        const auto calRecord = calibrationRecord(o->data, calibration, o->s.seqLen);
+        const core::CaptureKey captureKey{source.weightsSha256, core::tokenStreamSha256(calibration), o->s.seqLen};
+
+        // The cost model, from the shapes and a quick measurement of the devices.
+        const auto costFor = [&](const std::set<int>& layers, const std::set<int>& captured) {
+            core::CostInputs in;
+            in.config = model.config();
+            in.tokens = static_cast<int64_t>(calibration.size());
+            in.settings = o->s;
+            in.layers.assign(layers.begin(), layers.end());
+            for (int l : layers)
+                if (!captured.count(l))
+                    in.captureLayers.push_back(l);
+            in.modelBytes = source.totalParams * static_cast<int64_t>(c10::elementSize(model.dtype()));
+            return core::estimateCost(in);
+        };
+        if (o->dryRun) {
+            std::set<int> captured;
+            if (fs::exists(o->project)) {
+                auto p = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
+                if (const int64_t cal = findCalibrationSet(p, calRecord)) {
+                    torch::Tensor x, y;
+                    std::string why;
+                    for (int l : selected)
+                        if (core::loadActivations(p.absolutePath(core::Project::activationsPath(cal, l)), l, captureKey, &x, &y, &why))
+                            captured.insert(l);
+                }
+            }
+            std::printf("%s", costFor(selected, captured).describe(static_cast<int>(selected.size())).c_str());
+            return;
+        }
+
+        if (worker) {
+            // Worker mode: the project is only read; results go to per-layer files (store/assemble.h).
+            auto project = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
+            int64_t runId = 0;
+            for (const auto& run : project.runs()) {
+                const auto m = project.model(run.modelId);
+                if (m.weightsSha256 == source.weightsSha256 && run.extra == settings && run.id > runId)
+                    runId = run.id;
+            }
+            if (!runId)
+                throw core::Error(o->project + ": no conversion run of " + o->model.path +
+                                  " with these settings; create it once, before starting workers, with the same "
+                                  "command and --prepare instead of --layers");
+            const auto run = project.run(runId);
+            const std::string fingerprint = core::runFingerprint(source.weightsSha256, run.extra);
+            core::WorkerLock lock(project.dataDir());
+            std::set<int> skip;
+            for (int l = 0; l < L; ++l)
+                if (!selected.count(l))
+                    skip.insert(l);
+            for (const auto& layer : project.layers(runId)) {
+                if (!selected.count(layer.layer))
+                    continue;
+                if (layer.status == core::LayerStatus::Done) {
+                    skip.insert(layer.layer);
+                    continue;
+                }
+                // A layer a worker finished before (a requeued task) is kept when it checks out.
+                if (auto side = core::readLayerSidecar(project, runId, layer.layer))
+                    if (side->fingerprint == fingerprint &&
+                        fs::exists(project.absolutePath(side->outcome.weightsPath)) &&
+                        core::sha256File(project.absolutePath(side->outcome.weightsPath)) == side->outcome.weightsSha256)
+                        skip.insert(layer.layer);
+            }
+            std::set<int> todo;
+            for (int l : selected)
+                if (!skip.count(l))
+                    todo.insert(l);
+            std::fprintf(stderr, "worker for run #%lld in %s: layers %s (%zu to do)\n", (long long)runId,
+                         o->project.c_str(), describeLayers(selected).c_str(), todo.size());
+            if (todo.empty()) {
+                std::printf("run #%lld: layers %s already finished; run ladimo assemble %s\n", (long long)runId,
+                            describeLayers(selected).c_str(), o->project.c_str());
+                return;
+            }
+            core::ConvertCallbacks cb;
+            cb.progress = printer.fn();
+            cb.cancel = interruptToken();
+            cb.loadCaptured = capturedFrom(project, run.calibrationSetId, captureKey);
+            {
+                std::set<int> captured;
+                torch::Tensor x, y;
+                std::string why;
+                for (int l : todo)
+                    if (core::loadActivations(project.absolutePath(core::Project::activationsPath(run.calibrationSetId, l)), l,
+                                               captureKey, &x, &y, &why))
+                        captured.insert(l);
+                std::fprintf(stderr, "%s", costFor(todo, captured).describe(static_cast<int>(todo.size())).c_str());
+            }
+            const std::string host = hostName();
+            cb.onLayerDone = [&](int l, const core::MoeLayer& layer, const core::LayerConversion& r) {
+                core::LayerSidecar side;
+                side.runId = runId;
+                side.layer = l;
+                side.fingerprint = fingerprint;
+                const std::string rel = core::Project::layerWeightsPath(runId, l);
+                side.outcome = layerOutcome(r, static_cast<int64_t>(calibration.size()), o->s.distill.batch, rel, &side.curve);
+                const auto file = project.prepareFile(rel);
+                core::saveMoeLayer(file, layer); // atomic; then the sidecar that vouches for it
+                side.outcome.weightsSha256 = core::sha256File(file);
+                side.host = host;
+                side.pid = static_cast<int64_t>(::getpid());
+                side.finished = core::nowUtc();
+                core::writeLayerSidecar(project, side);
+                std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
+                             o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+            };
+            try {
+                torch::InferenceMode off(false);
+                core::convertModel(model, calibration, o->s, cb, skip);
+            } catch (const core::Cancelled&) {
+                std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
+                throw;
+            }
+            std::printf("converted layers %s of run #%lld in %s; run ladimo assemble %s when every worker is done\n",
+                        describeLayers(todo).c_str(), (long long)runId, o->project.c_str(), o->project.c_str());
+            return;
+        }
 
         auto project = fs::exists(o->project) ? core::Project::open(o->project, {core::Project::Access::ReadWrite,
                                                                                   core::Project::Verify::Checksums})
@@ -91,9 +298,6 @@ void registerConvertCommand(CLI::App& app)
         if (!modelId)
             modelId = project.addModel(source);
 
-        nlohmann::json settings = o->s.toJson();
-        settings["data"] = o->data.selfSample > 0 ? nlohmann::json{{"self_sample", o->data.selfSample}, {"seed", o->data.seed}}
-                                                  : nlohmann::json{{"file", o->data.file}, {"max_tokens", o->data.maxTokens}};
         // Resume the latest run when it is this model with these settings and not finished.
         int64_t runId = 0;
         if (auto latest = project.latestRunId()) {
@@ -101,8 +305,6 @@ void registerConvertCommand(CLI::App& app)
             if (run.modelId == modelId && run.extra == settings && !project.resumableLayers(*latest).empty())
                 runId = *latest;
         }
-        ProgressPrinter printer;
-        auto calibration = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->s.seqLen, printer.fn());
         std::set<int> skip;
         std::vector<core::MoeLayer> done(static_cast<std::size_t>(L));
         if (runId) {
@@ -115,22 +317,16 @@ void registerConvertCommand(CLI::App& app)
                         done[static_cast<std::size_t>(layer.layer)] =
                             core::loadMoeLayer(project.absolutePath(layer.weightsPath), torch::kCPU, torch::kFloat32);
                 }
-            project.setRunStatus(runId, core::RunStatus::Running);
+            if (!o->prepare)
+                project.setRunStatus(runId, core::RunStatus::Running);
             std::fprintf(stderr, "resuming run #%lld: %zu of %d layers left\n", (long long)runId, todo.size(), L);
         } else {
-            core::CalibrationSet cal;
-            cal.name = o->data.selfSample > 0 ? "self-sample" : fs::path(o->data.file).filename().string();
-            cal.source = o->data.selfSample > 0 ? core::CalibrationSource::SelfSample : core::CalibrationSource::File;
-            if (cal.source == core::CalibrationSource::File) {
-                cal.filePath = fs::absolute(o->data.file).string();
-                cal.fileSha256 = core::sha256File(o->data.file);
-            }
-            cal.seed = o->data.seed;
-            cal.tokens = static_cast<int64_t>(calibration.size());
-            cal.seqLen = o->s.seqLen;
             core::ConversionRun run;
             run.modelId = modelId;
-            run.calibrationSetId = project.addCalibrationSet(cal);
+            // Runs on the same data share the calibration set, and so the captured activations.
+            run.calibrationSetId = findCalibrationSet(project, calRecord);
+            if (!run.calibrationSetId)
+                run.calibrationSetId = project.addCalibrationSet(calRecord);
             run.layers = L;
             run.experts = o->s.experts;
             run.expertSize = model.config().intermediateSize / o->s.experts;
@@ -149,10 +345,31 @@ void registerConvertCommand(CLI::App& app)
             runId = project.startRun(run);
             std::fprintf(stderr, "run #%lld in %s\n", (long long)runId, o->project.c_str());
         }
+        if (o->prepare) {
+            std::printf("prepared run #%lld in %s; start workers with the same command and --layers A-B instead of "
+                        "--prepare, then run ladimo assemble %s\n",
+                        (long long)runId, o->project.c_str(), o->project.c_str());
+            return;
+        }
 
+        const int64_t calibrationSetId = project.run(runId).calibrationSetId;
         core::ConvertCallbacks cb;
         cb.progress = printer.fn();
         cb.cancel = interruptToken();
+        std::set<int> todo, captured;
+        for (int l = 0; l < L; ++l)
+            if (!skip.count(l))
+                todo.insert(l);
+        if (o->s.mode == "parallel" && calibrationSetId) {
+            cb.loadCaptured = capturedFrom(project, calibrationSetId, captureKey);
+            torch::Tensor x, y;
+            std::string why;
+            for (int l : todo)
+                if (core::loadActivations(project.absolutePath(core::Project::activationsPath(calibrationSetId, l)), l,
+                                          captureKey, &x, &y, &why))
+                    captured.insert(l);
+        }
+        std::fprintf(stderr, "%s", costFor(todo, captured).describe(static_cast<int>(todo.size())).c_str());
         int current = -1;
         cb.onLayerStart = [&](int l) {
             current = l;
@@ -161,23 +378,8 @@ void registerConvertCommand(CLI::App& app)
         cb.onLayerDone = [&](int l, const core::MoeLayer& layer, const core::LayerConversion& r) {
             const std::string rel = core::Project::layerWeightsPath(runId, l);
             core::saveMoeLayer(project.prepareFile(rel), layer);
-            core::LayerOutcome out;
-            // Mean over the last epoch's batches: single batches are noisy (random k per batch).
-            const std::size_t tail = std::min<std::size_t>(r.lossCurve.size(), static_cast<std::size_t>(
-                                         (calibration.size() + o->s.distill.batch - 1) / o->s.distill.batch));
-            out.finalLoss = r.finalError;
-            if (tail > 0) {
-                double sum = 0;
-                for (std::size_t i = r.lossCurve.size() - tail; i < r.lossCurve.size(); ++i)
-                    sum += r.lossCurve[i].second;
-                out.finalLoss = sum / static_cast<double>(tail);
-            }
-            out.relativeError = r.finalError;
-            out.wallSeconds = r.seconds;
-            out.weightsPath = rel;
             core::LossCurve curve;
-            for (const auto& [step, loss] : r.lossCurve)
-                curve.push_back({step, loss});
+            const auto out = layerOutcome(r, static_cast<int64_t>(calibration.size()), o->s.distill.batch, rel, &curve);
             project.finishLayer(runId, l, out, curve);
             std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
                          o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);

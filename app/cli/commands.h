@@ -13,6 +13,8 @@ void registerBenchCommand(CLI::App& app);
 void registerPretrainCommand(CLI::App& app);
 void registerProjectCommand(CLI::App& app);
 void registerConvertCommand(CLI::App& app);
+void registerCaptureCommand(CLI::App& app);
+void registerAssembleCommand(CLI::App& app);
 void registerProfileCommand(CLI::App& app);
 void registerLatencyCommand(CLI::App& app);
 void registerPolicyCommand(CLI::App& app);

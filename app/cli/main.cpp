@@ -20,6 +20,8 @@ int main(int argc, char** argv)
     ladimo::cli::registerGenerateCommand(app);
     ladimo::cli::registerBenchCommand(app);
     ladimo::cli::registerConvertCommand(app);
+    ladimo::cli::registerCaptureCommand(app);
+    ladimo::cli::registerAssembleCommand(app);
     ladimo::cli::registerProfileCommand(app);
     ladimo::cli::registerLatencyCommand(app);
     ladimo::cli::registerPolicyCommand(app);

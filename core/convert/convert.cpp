@@ -30,7 +30,7 @@ nlohmann::json ConvertSettings::toJson() const
 
 void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
                 std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const std::vector<MoeLayer>* moe,
-                const RoutingRule* rule, int upToLayer)
+                const RoutingRule* rule, int upToLayer, const std::set<int>* only)
 {
     torch::InferenceMode guard;
     const int L = upToLayer >= 0 ? upToLayer : static_cast<int>(model.config().numLayers) - 1;
@@ -38,6 +38,8 @@ void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int
     ForwardHooks hooks;
     hooks.lastLayer = L;
     hooks.onFfn = [&](int layer, const torch::Tensor& x, const torch::Tensor& y) {
+        if (only && !only->count(layer))
+            return;
         px[static_cast<std::size_t>(layer)].push_back(x.reshape({-1, x.size(-1)}).to(torch::kFloat32).clone());
         py[static_cast<std::size_t>(layer)].push_back(y.reshape({-1, y.size(-1)}).to(torch::kFloat32).clone());
     };
@@ -61,8 +63,9 @@ void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int
     xs->clear();
     ys->clear();
     for (int l = 0; l <= L; ++l) {
-        xs->push_back(torch::cat(px[static_cast<std::size_t>(l)]));
-        ys->push_back(torch::cat(py[static_cast<std::size_t>(l)]));
+        const bool keep = !only || only->count(l);
+        xs->push_back(keep ? torch::cat(px[static_cast<std::size_t>(l)]) : torch::Tensor());
+        ys->push_back(keep ? torch::cat(py[static_cast<std::size_t>(l)]) : torch::Tensor());
     }
 }
 
@@ -75,9 +78,23 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
     const bool sequential = s.mode == "sequential";
     if (!sequential && s.mode != "parallel")
         throw Error("unknown mode '" + s.mode + "' (expected parallel or sequential)");
-    std::vector<torch::Tensor> xs, ys;
-    if (!sequential)
-        captureFfn(model, calibration, s.seqLen, &xs, &ys);
+    std::vector<torch::Tensor> xs(static_cast<std::size_t>(L)), ys(static_cast<std::size_t>(L));
+    if (!sequential) {
+        // Only the layers still to do; those supplied by the caller need no dense forward pass.
+        std::set<int> missing;
+        for (int l = 0; l < L; ++l)
+            if (!skip.count(l) && !(cb.loadCaptured && cb.loadCaptured(l, &xs[static_cast<std::size_t>(l)],
+                                                                       &ys[static_cast<std::size_t>(l)])))
+                missing.insert(l);
+        if (!missing.empty()) {
+            std::vector<torch::Tensor> cx, cy;
+            captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing);
+            for (int l : missing) {
+                xs[static_cast<std::size_t>(l)] = cx[static_cast<std::size_t>(l)];
+                ys[static_cast<std::size_t>(l)] = cy[static_cast<std::size_t>(l)];
+            }
+        }
+    }
     const auto trainRule = RoutingRule::staticK(s.distill.trainTopK);
     // One layer, on one device: partition, router fit, distillation. Deterministic for a seed,
     // whichever worker runs it.

@@ -48,13 +48,21 @@ struct ConvertCallbacks {
     std::function<void(int layer, const MoeLayer&, const LayerConversion&)> onLayerDone;
     ProgressFn progress;
     CancelToken cancel;
+    // Parallel mode: supplies a layer's captured FFN input/output ([tokens, H] float32, as
+    // captureFfn makes them, e.g. from `ladimo capture`), returning false when it has none.
+    // Layers it cannot supply are captured from the dense model, which then runs only up to the
+    // highest of them. Called on the calling thread before any layer starts.
+    using LoadCapturedFn = std::function<bool(int layer, torch::Tensor* x, torch::Tensor* y)>;
+    LoadCapturedFn loadCaptured;
 };
 
 // Captured (x, y) of each layer's FFN, flattened to [tokens, H]. With `moe` given, layers that
-// have an entry use it in the forward pass (sequential mode).
+// have an entry use it in the forward pass (sequential mode). With `only` given, just those
+// layers are kept (the others stay undefined tensors); the values do not depend on it.
 void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
                 std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys,
-                const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr, int upToLayer = -1);
+                const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr, int upToLayer = -1,
+                const std::set<int>* only = nullptr);
 
 std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
                                    const ConvertSettings& settings, const ConvertCallbacks& callbacks,

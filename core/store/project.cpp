@@ -1,4 +1,5 @@
 #include "store/project.h"
+#include "store/assemble.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -571,16 +572,20 @@ void Project::requireWritable(const char* what) const
 void Project::removeStaleTemporaryFiles()
 {
     // atomicWriteFile's temporaries (".name.tmp-PID-X") of a killed writer; we hold the lock,
-    // so none of them belongs to a live process.
-    std::error_code ec;
-    std::vector<fs::path> stale;
-    for (fs::recursive_directory_iterator it(m_dataDir, ec), end; !ec && it != end; it.increment(ec)) {
-        const std::string name = it->path().filename().string();
-        if (it->is_regular_file(ec) && name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos)
-            stale.push_back(it->path());
-    }
-    for (const auto& f : stale)
-        fs::remove(f, ec);
+    // so none of them belongs to a live writer. Scale-out workers (store/assemble.h) write
+    // without the writer lock but hold workers.lock shared: sweep only while none runs (and
+    // none can start), else leave the sweep to a later open.
+    WorkerLock::whileNoWorkers(m_dataDir, [this] {
+        std::error_code ec;
+        std::vector<fs::path> stale;
+        for (fs::recursive_directory_iterator it(m_dataDir, ec), end; !ec && it != end; it.increment(ec)) {
+            const std::string name = it->path().filename().string();
+            if (it->is_regular_file(ec) && name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos)
+                stale.push_back(it->path());
+        }
+        for (const auto& f : stale)
+            fs::remove(f, ec);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
