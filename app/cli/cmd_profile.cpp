@@ -23,7 +23,6 @@ void registerProfileCommand(CLI::App& app)
         int64_t seqLen = 256;
         int bins = 20;
         int64_t sensitivityTokens = 8192;
-        int sensitivityK = 0;
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
@@ -34,12 +33,7 @@ void registerProfileCommand(CLI::App& app)
     cmd->add_option("--seq-len", o->seqLen, "Window length")->capture_default_str();
     cmd->add_option("--bins", o->bins, "Histogram bins on [0, 1]")->capture_default_str();
     cmd->add_option("--sensitivity-tokens", o->sensitivityTokens,
-                    "Tokens for the per-layer sensitivity (NLL increase and KL to dense with one layer "
-                    "converted); 0 = skip")
-        ->capture_default_str();
-    cmd->add_option("--sensitivity-k", o->sensitivityK,
-                    "Measure the sensitivity at this k only (cheaper: layers x 1 passes instead of layers x N; "
-                    "the search then scales errors linearly); 0 = every k")
+                    "Tokens for the per-layer sensitivity (KL to dense with one layer converted); 0 = skip")
         ->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
@@ -70,48 +64,26 @@ void registerProfileCommand(CLI::App& app)
         xs.clear();
         ys.clear();
         if (o->sensitivityTokens > 0) {
-            // How much each layer's error moves the model's output: NLL increase and KL to dense
-            // with only that layer converted, at every k (or the one asked for).
-            const int N = static_cast<int>(converted.layers.front().numExperts());
-            if (o->sensitivityK < 0 || o->sensitivityK > N)
-                throw core::Error("--sensitivity-k " + std::to_string(o->sensitivityK) + " is outside 0.." +
-                                  std::to_string(N) + " (0 = every k)");
-            std::vector<int> ks;
-            for (int k = 1; k <= N; ++k)
-                if (o->sensitivityK == 0 || k == o->sensitivityK)
-                    ks.push_back(k);
-            // The k whose harm per unit of error is kept as the layer's scalar sensitivity.
-            const int kRef = o->sensitivityK ? o->sensitivityK
-                                             : std::max(1, static_cast<int>(std::lround(0.625 * N)));
+            // How much each layer's error moves the model's output: KL to dense with only that
+            // layer converted, at a k in the range policies use.
+            const int64_t N = converted.layers.front().numExperts();
+            const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
             std::vector<int64_t> head(stream.begin(),
                                       stream.begin() + std::min<int64_t>(o->sensitivityTokens, static_cast<int64_t>(stream.size())));
-            const auto sens = core::layerSensitivity(converted.model, converted.layers, head, o->seqLen, ks,
-                                                     &interruptToken(), progress);
+            const auto sens = core::layerSensitivity(converted.model, converted.layers, head, o->seqLen,
+                                                     core::RoutingRule::staticK(k), &interruptToken());
             for (std::size_t l = 0; l < profiles.size(); ++l) {
                 auto& extra = profiles[l].extra;
-                const auto ref = static_cast<std::size_t>(std::find(ks.begin(), ks.end(), kRef) - ks.begin());
-                const auto& s = sens[l][ref];
-                const double err = profiles[l].errorByK[static_cast<std::size_t>(kRef - 1)];
-                extra["sensitivity_k"] = kRef;
+                const double err = profiles[l].errorByK[static_cast<std::size_t>(k - 1)];
+                extra["sensitivity_k"] = k;
                 extra["sensitivity_tokens"] = static_cast<int64_t>(head.size());
-                extra["sensitivity_kl"] = s.kl;
-                extra["sensitivity_nll"] = s.nllIncrease;
-                if (err > 0 && s.kl > 0) {
-                    extra["kl_per_error"] = s.kl / err;
+                extra["sensitivity_kl"] = sens[l].kl;
+                extra["sensitivity_nll"] = sens[l].nllIncrease;
+                if (err > 0 && sens[l].kl > 0) {
+                    extra["kl_per_error"] = sens[l].kl / err;
                     // Harm to the likelihood of real text; never below the KL (a small sample
                     // can even show a small gain).
-                    extra["nll_per_error"] = std::max(s.nllIncrease, s.kl) / err;
-                }
-                if (ks.size() == static_cast<std::size_t>(N)) {
-                    std::vector<double> harm, nll, kl;
-                    for (const auto& x : sens[l]) {
-                        harm.push_back(std::max(x.nllIncrease, x.kl));
-                        nll.push_back(x.nllIncrease);
-                        kl.push_back(x.kl);
-                    }
-                    extra["harm_by_k"] = harm;
-                    extra["sensitivity_nll_by_k"] = nll;
-                    extra["sensitivity_kl_by_k"] = kl;
+                    extra["nll_per_error"] = std::max(sens[l].nllIncrease, sens[l].kl) / err;
                 }
             }
         }

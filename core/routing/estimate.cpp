@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "common/error.h"
 #include "store/project.h"
@@ -110,20 +109,6 @@ PolicyTables policyTables(const std::vector<RoutingProfile>& profiles, std::opti
         lt.errorWeight = p.extra.value("nll_per_error", p.extra.value("kl_per_error", 0.0));
         if (!(lt.errorWeight > 0) || !std::isfinite(lt.errorWeight))
             lt.errorWeight = 0; // not measured: weighs 1, see estimateRule
-        if (p.extra.contains("harm_by_k")) {
-            lt.harmByK = doubles(p.extra, "harm_by_k", n, where);
-            for (std::size_t k = n - 1; k-- > 0;)
-                lt.harmByK[k] = std::max(lt.harmByK[k], lt.harmByK[k + 1]);
-            std::vector<std::size_t> order(n);
-            std::iota(order.begin(), order.end(), std::size_t{0});
-            std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return lt.errorByK[a] < lt.errorByK[b]; });
-            double floor = 0;
-            for (const auto i : order) {
-                floor = std::max(floor, lt.harmByK[i]);
-                lt.harmCurveError.push_back(lt.errorByK[i]);
-                lt.harmCurveHarm.push_back(floor);
-            }
-        }
         if (!std::is_sorted(lt.thresholds.begin(), lt.thresholds.end()))
             throw Error(where + ": thresholds must be ascending");
         t.layers.push_back(std::move(lt));
@@ -146,27 +131,6 @@ PolicyTables loadPolicyTables(Project& project, int64_t runId, const std::string
         latency = LatencyModel::fromJson(*j, project.file().string() + ": latency model of " + device);
     return policyTables(profiles, std::move(latency));
 }
-
-namespace {
-
-// The measured harm at a relative error between the probed points: piecewise linear, through the
-// origin below the smallest error, proportional to the error beyond the largest.
-double harmAtError(const LayerTable& t, double error)
-{
-    const auto& xs = t.harmCurveError;
-    const auto& ys = t.harmCurveHarm;
-    if (error <= xs.front())
-        return xs.front() > 0 ? ys.front() * error / xs.front() : ys.front();
-    if (error >= xs.back())
-        return xs.back() > 0 ? ys.back() * error / xs.back() : ys.back();
-    const auto hi = static_cast<std::size_t>(std::upper_bound(xs.begin(), xs.end(), error) - xs.begin());
-    const std::size_t lo = hi - 1;
-    const double span = xs[hi] - xs[lo];
-    const double a = span > 0 ? (error - xs[lo]) / span : 0;
-    return ys[lo] + a * (ys[hi] - ys[lo]);
-}
-
-} // namespace
 
 LayerEstimate estimateRule(const PolicyTables& tables, int layer, const RoutingRule& rule)
 {
@@ -194,11 +158,7 @@ LayerEstimate estimateRule(const PolicyTables& tables, int layer, const RoutingR
             }
         }
     }
-    if (!t.harmByK.empty())
-        e.proxy = rule.topK > 0 ? t.harmByK[static_cast<std::size_t>(std::min(rule.topK, n)) - 1]
-                                : harmAtError(t, e.error);
-    else
-        e.proxy = e.error * (t.errorWeight > 0 ? t.errorWeight : 1.0);
+    e.proxy = e.error * (t.errorWeight > 0 ? t.errorWeight : 1.0);
     if (tables.latency) {
         e.prefillSeconds = atK(tables.latency->prefillMoe, e.meanK);
         e.decodeSeconds = atK(tables.latency->decodeMoe, e.meanK);
@@ -215,7 +175,7 @@ void updateTotals(const PolicyTables& tables, PolicyEstimate& out)
         params += e.params;
         dense += tables.layers[l].denseParams;
         error += e.proxy;
-        kl = kl && tables.layers[l].hasSensitivity();
+        kl = kl && tables.layers[l].errorWeight > 0;
         prefill += e.prefillSeconds;
         decode += e.decodeSeconds;
     }

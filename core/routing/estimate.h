@@ -3,13 +3,12 @@
 //  - activated FFN parameters per token: exact for static rules (the profile's measured mean of
 //    the chosen experts' sizes; with equal experts simply k x expert size), expected value for
 //    token-adaptive rules (interpolated on the profile's threshold grid);
-//  - error proxy: an additive estimate of the model's NLL increase in nats per token, summed
-//    over layers, so exp(proxy) estimates the perplexity ratio to dense. Per layer it is the
-//    measured harm of that layer alone (increase of the NLL of real text, at least the KL to
-//    dense; routing/profile.h layerSensitivity) at the rule's k; for adaptive rules the harm is
-//    interpolated at the rule's relative output error ||MoE(x) - FFN(x)||^2 / ||FFN(x)||^2 on
-//    the profile tokens. Profiles that measured one k only scale the error by the harm per unit
-//    of error there; profiles without a sensitivity weigh every layer's error 1 (plain sum);
+//  - error proxy: the layer's relative output error ||MoE(x) - FFN(x)||^2 / ||FFN(x)||^2 on the
+//    profile tokens times the layer's measured sensitivity (increase of the NLL of real text per
+//    unit of relative error, at least the KL to dense; routing/profile.h layerSensitivity),
+//    summed over layers: an additive estimate of the model's NLL increase in nats per token, so
+//    exp(proxy) estimates the perplexity ratio to dense. Profiles without a sensitivity weigh
+//    every layer 1 (plain error sum);
 //  - latency: the latency model's measured time of the block at that k (interpolated at the mean
 //    k of adaptive rules) plus the time of everything that is not an FFN.
 // Value types and pure functions; thread-safe.
@@ -54,13 +53,6 @@ struct LayerTable {
     std::vector<double> thresholds;         // ascending top-p grid
     std::vector<double> meanKByThreshold, paramsByThreshold, errorByThreshold;
     double errorWeight = 1;                 // NLL increase per unit of relative error ("nll_per_error")
-    // Measured end-to-end harm (NLL increase, at least the KL) of this layer alone at each static
-    // k ("harm_by_k"), made non-increasing in k; empty when the profile measured one k only.
-    std::vector<double> harmByK;
-    // The same points ordered by relative error (harm non-decreasing): adaptive rules are
-    // estimated by interpolating their error on this curve.
-    std::vector<double> harmCurveError, harmCurveHarm;
-    bool hasSensitivity() const { return !harmByK.empty() || errorWeight > 0; }
 };
 
 struct PolicyTables {

@@ -68,34 +68,26 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
     return p;
 }
 
-std::vector<std::vector<LayerSensitivity>> layerSensitivity(const LlamaModel& model,
-                                                            const std::vector<MoeLayer>& layers,
-                                                            const std::vector<int64_t>& stream, int64_t seqLen,
-                                                            const std::vector<int>& ks, const CancelToken* cancel,
-                                                            const ProgressFn& progress)
+std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                               const std::vector<int64_t>& stream, int64_t seqLen,
+                                               const RoutingRule& rule, const CancelToken* cancel)
 {
     EvalOptions base;
     base.seqLen = seqLen;
     if (cancel)
         base.cancel = *cancel;
     const double denseNll = evaluatePerplexity(model, stream, base).nll;
-    const double total = static_cast<double>(layers.size() * ks.size());
-    std::vector<std::vector<LayerSensitivity>> out(layers.size());
+    std::vector<LayerSensitivity> out;
     for (std::size_t l = 0; l < layers.size(); ++l) {
-        for (const int k : ks) {
-            const auto rule = RoutingRule::staticK(k);
-            ForwardHooks hooks;
-            hooks.ffnOverride = [&layers, &rule, l](int layer, const torch::Tensor& x) -> torch::Tensor {
-                return layer == static_cast<int>(l) ? layers[l].forward(x, rule) : torch::Tensor();
-            };
-            EvalOptions o = base;
-            o.hooks = &hooks;
-            o.reference = &model;
-            const auto r = evaluatePerplexity(model, stream, o);
-            out[l].push_back({r.klToReference, r.nll - denseNll});
-            if (progress)
-                progress("sensitivity", static_cast<double>(l * ks.size() + out[l].size()), total);
-        }
+        ForwardHooks hooks;
+        hooks.ffnOverride = [&layers, &rule, l](int layer, const torch::Tensor& x) -> torch::Tensor {
+            return layer == static_cast<int>(l) ? layers[l].forward(x, rule) : torch::Tensor();
+        };
+        EvalOptions o = base;
+        o.hooks = &hooks;
+        o.reference = &model;
+        const auto r = evaluatePerplexity(model, stream, o);
+        out.push_back({r.klToReference, r.nll - denseNll});
     }
     return out;
 }

@@ -29,22 +29,18 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
 
 class LlamaModel;
 
-// End-to-end sensitivity of each layer: with only that layer using its MoE block under a rule
+// End-to-end sensitivity of each layer: with only that layer using its MoE block under `rule`
 // (every other FFN dense), the mean per-token KL(dense || model) and the increase of the mean NLL
-// of the true next tokens over the dense model, on `stream` (windows of seqLen). Measured for
-// each static k in `ks`, they give the policy search the real cost of every per-layer choice
-// (routing/estimate.h); layer errors are additive to first order. One dense pass plus one pass
-// pair per layer and k; runs on the calling thread; reports ("sensitivity", done, total).
+// of the true next tokens over the dense model, on `stream` (windows of seqLen). Divided by the
+// layer's relative output error under the same rule, they convert layer errors into additive
+// estimates of the model's KL and NLL increase (the error proxy the policy search minimises).
+// One dense pass plus one pass pair per layer; runs on the calling thread.
 struct LayerSensitivity {
     double kl = 0;
     double nllIncrease = 0; // may be negative on a small sample
 };
-// [layer][index into ks]
-std::vector<std::vector<LayerSensitivity>> layerSensitivity(const LlamaModel& model,
-                                                            const std::vector<MoeLayer>& layers,
-                                                            const std::vector<int64_t>& stream, int64_t seqLen,
-                                                            const std::vector<int>& ks,
-                                                            const CancelToken* cancel = nullptr,
-                                                            const ProgressFn& progress = {});
+std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                               const std::vector<int64_t>& stream, int64_t seqLen,
+                                               const RoutingRule& rule, const CancelToken* cancel = nullptr);
 
 } // namespace ladimo::core

@@ -122,44 +122,6 @@ TEST(Policy, EstimatesAreSumsOfTheLayerTables)
     EXPECT_FALSE(e.hasLatency);
 }
 
-// Profiles that measured each layer's harm at every k: static rules cost exactly the measured
-// harm (made non-increasing in k against sampling noise), adaptive rules the harm interpolated at
-// their error, and the search ranks by it instead of by the raw error.
-TEST(Policy, MeasuredHarmByKDrivesTheEstimateAndTheSearch)
-{
-    std::vector<RoutingProfile> profiles(2);
-    for (int l = 0; l < 2; ++l) {
-        auto& p = profiles[static_cast<std::size_t>(l)];
-        p.layer = l;
-        p.errorByK = {0.4, 0.2, 0.1, 0.0};
-        p.extra = {{"params_by_k", {100, 200, 300, 400}}, {"dense_parameters", 400},
-                   {"thresholds", {0.5, 0.9}},         {"mean_k_by_threshold", {1.5, 3.5}},
-                   {"params_by_threshold", {150, 350}}, {"error_by_threshold", {0.3, 0.05}}};
-    }
-    // Layer 0 has the larger errors' smaller harm; layer 1 is fragile. Layer 0's k=3 sample
-    // came out below its k=4 one (noise): it is raised to it.
-    profiles[0].extra["harm_by_k"] = {0.02, 0.01, 0.001, 0.002};
-    profiles[1].extra["harm_by_k"] = {0.5, 0.2, 0.05, 0.0};
-    const auto t = policyTables(profiles);
-    EXPECT_EQ(t.layers[0].harmByK, (std::vector<double>{0.02, 0.01, 0.002, 0.002}));
-    EXPECT_DOUBLE_EQ(estimateRule(t, 1, RoutingRule::staticK(2)).proxy, 0.2);
-    EXPECT_DOUBLE_EQ(estimateRule(t, 0, RoutingRule::staticK(3)).proxy, 0.002);
-    // Error 0.3 lies halfway between k=1 (0.4, 0.5) and k=2 (0.2, 0.2).
-    EXPECT_NEAR(estimateRule(t, 1, RoutingRule::topP(0.5)).proxy, 0.35, 1e-12);
-    // Error 0.05 lies halfway between k=4 (0.0, 0.0) and k=3 (0.1, 0.05).
-    EXPECT_NEAR(estimateRule(t, 1, RoutingRule::topP(0.9)).proxy, 0.025, 1e-12);
-    const auto e = estimatePolicy(t, uniformRules(2, RoutingRule::staticK(2)));
-    EXPECT_TRUE(e.proxyIsKl);
-    EXPECT_DOUBLE_EQ(e.errorProxy, 0.21);
-
-    // Equal errors, so a plain error sum could not choose; the harm gives layer 1 the experts.
-    SearchOptions so;
-    so.rules = RuleKinds::Static;
-    const auto found = searchBudget(t, 0.5, so);
-    EXPECT_EQ(found.rules[0].topK, 1);
-    EXPECT_EQ(found.rules[1].topK, 3);
-}
-
 TEST(Policy, BudgetSearchFindsTheBruteForceOptimum)
 {
     const int L = 4, N = 6;
