@@ -1,0 +1,229 @@
+// LibTorch before Qt: Qt's `slots` macro breaks LibTorch headers that come after it.
+#include "common/error.h"
+#include "convert/activations.h"
+#include "convert/projectconvert.h"
+#include "model/device.h"
+#include "model/tokenizer.h"
+#include "routing/profile.h"
+#include "store/project.h"
+
+#include "workbenchjob.h"
+
+#include <QtConcurrent/QtConcurrentRun>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <memory>
+
+namespace fs = std::filesystem;
+
+namespace ladimo::gui {
+
+namespace {
+
+core::DataSource toCore(const DataChoice& d)
+{
+    return {d.file.toStdString(), d.selfSample, d.seed, d.maxTokens};
+}
+
+core::LlamaModel loadModel(const std::string& dir, const QString& device)
+{
+    core::LoadOptions o;
+    o.device = core::parseDevices(device.toStdString()).front();
+    o.dtype = core::parseComputeDType("auto", o.device);
+    return core::LlamaModel::load(dir, o);
+}
+
+} // namespace
+
+WorkbenchJob::WorkbenchJob(QObject* parent) : QObject(parent)
+{
+    qRegisterMetaType<ladimo::core::RunSnapshot>();
+    connect(&m_watcher, &QFutureWatcher<JobOutcome>::finished, this, [this] {
+        const JobOutcome out = m_watcher.result();
+        emit jobFinished(out.cancelled, out.error);
+    });
+}
+
+WorkbenchJob::~WorkbenchJob()
+{
+    m_watcher.disconnect();
+    m_cancel.cancel();
+    m_watcher.waitForFinished();
+}
+
+void WorkbenchJob::cancel() { m_cancel.cancel(); }
+
+core::ProgressFn WorkbenchJob::throttledProgress()
+{
+    // Shared by copies of the callback; only ever called on the one worker thread.
+    auto last = std::make_shared<std::chrono::steady_clock::time_point>();
+    return [this, last](const std::string& stage, double done, double total) {
+        const auto now = std::chrono::steady_clock::now();
+        if (done < total && now - *last < std::chrono::milliseconds(50))
+            return;
+        *last = now;
+        emit progressed(QString::fromStdString(stage), done, total);
+    };
+}
+
+void WorkbenchJob::start(std::function<JobOutcome(const core::CancelToken&)> work)
+{
+    m_cancel = core::CancelToken(); // a fresh flag: an earlier Cancel does not stop this job
+    m_watcher.setFuture(QtConcurrent::run([work = std::move(work), cancel = m_cancel] {
+        try {
+            return work(cancel);
+        } catch (const core::Cancelled&) {
+            return JobOutcome{true, {}};
+        } catch (const std::exception& e) {
+            return JobOutcome{false, QString::fromStdString(e.what())};
+        }
+    }));
+}
+
+bool WorkbenchJob::startConversion(const ConvertRequest& r)
+{
+    if (isRunning())
+        return false;
+    start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
+        const std::string modelDir = r.modelPath.toStdString();
+        const std::string projectFile = r.projectFile.toStdString();
+        if (fs::path(projectFile).extension() != ".ladimo")
+            throw core::Error("project file must end in .ladimo, got '" + projectFile + "'");
+        core::ConvertSettings s;
+        s.experts = r.experts;
+        s.distill.trainTopK = r.trainTopK;
+        s.distill.epochs = r.epochs;
+        const core::DataSource data = toCore(r.data);
+        s.partition = core::parsePartition(r.partition.toStdString());
+        s.gating = core::parseGating(r.gating.toStdString());
+        s.distill.seed = data.seed;
+        s.devices = core::parseDevices(r.device.toStdString());
+        const auto source = core::describeSourceModel(modelDir);
+        auto model = loadModel(modelDir, r.device);
+        nlohmann::json settings = s.toJson();
+        settings["data"] = data.toJson();
+        const auto tokenizer = core::Tokenizer::loadForModel(modelDir);
+        const auto calibration = data.load(model, tokenizer.get(), s.seqLen, progress, cancel);
+        cancel.throwIfCancelled();
+        auto project = fs::exists(projectFile)
+                           ? core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Checksums})
+                           : core::Project::create(projectFile);
+        core::RunRequest req;
+        req.source = source;
+        req.settings = s;
+        req.partition = r.partition.toStdString();
+        req.gating = r.gating.toStdString();
+        req.settingsJson = settings;
+        req.calibration = data.record(calibration, s.seqLen);
+        req.layers = static_cast<int>(model.config().numLayers);
+        req.intermediateSize = model.config().intermediateSize;
+        const auto plan = core::findOrStartRun(project, req);
+        emit runStarted(project.snapshot(plan.runId), plan.resumed);
+
+        core::ProjectConvertCallbacks cb;
+        cb.progress = progress;
+        cb.cancel = cancel;
+        // Activations captured by `ladimo capture` for this calibration set are reused, as in the CLI.
+        const int64_t calibrationSetId = project.run(plan.runId).calibrationSetId;
+        const core::CaptureKey key{source.weightsSha256, core::tokenStreamSha256(calibration), s.seqLen};
+        if (calibrationSetId)
+            cb.loadCaptured = [&project, calibrationSetId, key](int l, torch::Tensor* x, torch::Tensor* y) {
+                std::string why;
+                return core::loadActivations(project.absolutePath(core::Project::activationsPath(calibrationSetId, l)), l,
+                                             key, x, y, &why);
+            };
+        cb.onLayerStarted = [this](int l) { emit layerStarted(l); };
+        cb.onLayerFinished = [this](int l, const core::LayerConversion&, const core::LayerOutcome& out,
+                                    const core::LossCurve& curve) {
+            QVector<double> steps, losses;
+            steps.reserve(static_cast<int>(curve.size()));
+            losses.reserve(static_cast<int>(curve.size()));
+            for (const auto& p : curve) {
+                steps << static_cast<double>(p.step);
+                losses << p.loss;
+            }
+            emit layerFinished(l, out.finalLoss, out.relativeError, out.wallSeconds, steps, losses);
+        };
+        core::convertRunInProject(project, plan, model, calibration, s, cb);
+        return JobOutcome{};
+    });
+    return true;
+}
+
+bool WorkbenchJob::startProfile(const ProfileRequest& r)
+{
+    if (isRunning())
+        return false;
+    start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
+        c10::InferenceMode inference; // thread-local: set here, on the worker
+        const std::string projectFile = r.projectFile.toStdString();
+        // As `ladimo profile`: every layer of the latest run, which must be finished.
+        auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
+        const auto runId = project.latestRunId();
+        if (!runId)
+            throw core::Error(projectFile + ": no conversion run yet; convert first");
+        const auto run = project.run(*runId);
+        const std::string modelDir = project.model(run.modelId).path;
+        auto model = loadModel(modelDir, "auto");
+        std::vector<core::MoeLayer> layers;
+        std::string missing;
+        for (const auto& layer : project.layers(*runId)) {
+            if (layer.status != core::LayerStatus::Done) {
+                missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
+                continue;
+            }
+            layers.push_back(core::loadMoeLayer(project.absolutePath(layer.weightsPath), model.device(), model.dtype()));
+        }
+        if (!missing.empty())
+            throw core::Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing +
+                              "); finish the conversion (Start resumes it) before profiling");
+        const auto tokenizer = core::Tokenizer::loadForModel(modelDir);
+        auto stream = toCore(r.data).load(model, tokenizer.get(), r.seqLen, progress, cancel);
+        std::vector<torch::Tensor> xs, ys;
+        core::captureFfn(model, stream, r.seqLen, &xs, &ys);
+        core::ProfileOptions po;
+        po.bins = r.bins;
+        const auto& cfg = model.config();
+        po.denseParameters = 3 * cfg.hiddenSize * cfg.intermediateSize;
+        std::vector<core::RoutingProfile> profiles;
+        for (std::size_t l = 0; l < layers.size(); ++l) {
+            cancel.throwIfCancelled();
+            auto p = core::profileLayer(layers[l], xs[l], ys[l], po);
+            p.runId = *runId;
+            p.layer = static_cast<int>(l);
+            profiles.push_back(std::move(p));
+            progress("profile", static_cast<double>(l + 1), static_cast<double>(layers.size()));
+        }
+        xs.clear();
+        ys.clear();
+        if (r.sensitivityTokens > 0 && !layers.empty()) {
+            // The same sensitivity `ladimo profile` records: KL to dense with one layer converted.
+            const int64_t N = layers.front().numExperts();
+            const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
+            std::vector<int64_t> head(stream.begin(),
+                                      stream.begin() + std::min<int64_t>(r.sensitivityTokens, static_cast<int64_t>(stream.size())));
+            const auto sens = core::layerSensitivity(model, layers, head, r.seqLen, core::RoutingRule::staticK(k), &cancel);
+            for (std::size_t l = 0; l < profiles.size(); ++l) {
+                auto& extra = profiles[l].extra;
+                const double err = profiles[l].errorByK[static_cast<std::size_t>(k - 1)];
+                extra["sensitivity_k"] = k;
+                extra["sensitivity_tokens"] = static_cast<int64_t>(head.size());
+                extra["sensitivity_kl"] = sens[l].kl;
+                extra["sensitivity_nll"] = sens[l].nllIncrease;
+                if (err > 0 && sens[l].kl > 0) {
+                    extra["kl_per_error"] = sens[l].kl / err;
+                    extra["nll_per_error"] = std::max(sens[l].nllIncrease, sens[l].kl) / err;
+                }
+            }
+        }
+        cancel.throwIfCancelled();
+        for (const auto& p : profiles)
+            project.saveRoutingProfile(p);
+        return JobOutcome{};
+    });
+    return true;
+}
+
+} // namespace ladimo::gui
