@@ -34,10 +34,12 @@
 #include <QtConcurrent/QtConcurrentRun>
 
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "common/error.h"
 #include "conversiontablemodel.h"
+#include "evaluateview.h"
 #include "layertablemodel.h"
 #include "model/tokenizer.h"
 #include "widgets/barplot.h"
@@ -63,6 +65,8 @@ OpenedModel openModel(const QString& path)
             if (runId) {
                 m.run = p.snapshot(*runId);
                 m.profiles = p.routingProfiles(*runId);
+                m.policies = p.policies();
+                m.evaluations = p.evaluations();
                 if (!m.profiles.empty())
                     m.policy = loadPolicyData(path);
                 dir = p.model(m.run->run.modelId).path;
@@ -231,6 +235,15 @@ void MainWindow::buildUi()
     m_policyView = new PolicyView;
     m_tabs->addTab(m_policyView, tr("Policy"));
     m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
+    m_evaluateView = new EvaluateView;
+    m_tabs->addTab(m_evaluateView, tr("Evaluate"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Measure perplexity, KL to dense and latency of the conversion under a rule"));
+    connect(m_evaluateView, &EvaluateView::evaluationFinished, this, [this](bool cancelled, const QString& error) {
+        if (!error.isEmpty() && !property("quiet").toBool())
+            QMessageBox::critical(this, tr("Evaluation failed"), error);
+        if (!cancelled && error.isEmpty() && m_current.isProject)
+            openPath(m_current.path); // the new evaluation in every view (the tradeoff plot too)
+    });
     setCentralWidget(m_tabs);
     statusBar()->showMessage(tr("Ready"));
     rebuildRecentMenu();
@@ -298,6 +311,12 @@ void MainWindow::showModel(const OpenedModel& m)
     else
         m_policyView->clear(m.isProject ? tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo).")
                                         : tr("Open a project (*.ladimo) with a conversion run and a routing profile."));
+    const bool runDone = m.run && m.run->run.status == core::RunStatus::Done;
+    if (m.isProject && runDone)
+        m_evaluateView->setProject(m.path, static_cast<int>(m.run->run.experts), m.run->run.trainTopK, m.policies, m.evaluations);
+    else
+        m_evaluateView->clear(m.isProject ? tr("Finish the conversion first (Convert view).")
+                                          : tr("Open a project with a finished conversion run."));
     m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
                          {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
     setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));
@@ -338,6 +357,25 @@ void MainWindow::showRun(const OpenedModel& m)
                               .arg(m.run->layers.size()));
     m_conversion->setSnapshot(*m.run);
     selectConversionLayer(0);
+    // The form takes the run's settings: Start then resumes (or reruns) exactly this run.
+    m_experts->setValue(static_cast<int>(r.experts));
+    m_trainTopK->setValue(r.trainTopK);
+    m_epochs->setValue(r.epochs);
+    if (const int i = m_partition->findText(QString::fromStdString(r.partition)); i >= 0)
+        m_partition->setCurrentIndex(i);
+    if (const int i = m_gating->findText(QString::fromStdString(r.gating)); i >= 0)
+        m_gating->setCurrentIndex(i);
+    const auto data = r.extra.value("data", nlohmann::json::object());
+    m_seed->setValue(static_cast<int>(r.seed));
+    if (data.contains("self_sample")) {
+        m_dataKind->setCurrentIndex(0);
+        m_tokens->setValue(static_cast<int>(data["self_sample"].get<int64_t>()));
+    } else if (data.contains("file")) {
+        m_dataKind->setCurrentIndex(1);
+        m_dataFile->setText(QString::fromStdString(data["file"].get<std::string>()));
+        if (const int64_t max = data.value("max_tokens", int64_t{0}); max > 0)
+            m_tokens->setValue(static_cast<int>(max));
+    }
 }
 
 void MainWindow::selectConversionLayer(int layer)
@@ -455,6 +493,7 @@ QWidget* MainWindow::buildConvertForm()
     m_epochs = spin("epochs", 1, 1000, defaults.epochs, tr("Distillation epochs over the calibration tokens (--epochs)"));
     m_tokens = spin("tokens", 64, 100'000'000, 16384, tr("Token budget (--max-tokens / --self-sample N): calibration tokens used"));
     m_tokens->setSingleStep(1024);
+    m_seed = spin("seed", 0, std::numeric_limits<int>::max(), 1234, tr("Seed (--seed) of self-sampling and of the partition and distillation"));
     m_dataKind = combo("dataKind", {tr("Self-sample"), tr("File")},
                        tr("Calibration data: sample tokens from the dense model itself (no data needed), or a token file"));
     m_dataFile = new QLineEdit;
@@ -505,6 +544,7 @@ QWidget* MainWindow::buildConvertForm()
     add(0, tr("Pa&rtition:"), m_partition);
     add(1, tr("&Gating:"), m_gating);
     add(2, tr("De&vice:"), m_device);
+    add(3, tr("See&d:"), m_seed);
     ++row;
     add(0, tr("Pro&ject:"), m_projectFile);
     grid->removeWidget(m_projectFile);
@@ -528,10 +568,12 @@ QWidget* MainWindow::buildConvertForm()
     m_stageProgress->setObjectName("stageProgress");
     m_stageProgress->setToolTip(tr("The current step: sampling, capture, or the layer being distilled"));
     m_stageProgress->setFormat(tr("step %p%"));
+    m_stageProgress->setValue(0);
     m_overallProgress = new QProgressBar;
     m_overallProgress->setObjectName("overallProgress");
     m_overallProgress->setToolTip(tr("Layers converted of all layers"));
     m_overallProgress->setFormat(tr("overall %p%"));
+    m_overallProgress->setValue(0);
     m_jobStatus = new QLabel;
     m_jobStatus->setObjectName("jobStatus");
     auto* actions = new QHBoxLayout;
@@ -549,6 +591,7 @@ QWidget* MainWindow::buildConvertForm()
 DataChoice MainWindow::dataChoice() const
 {
     DataChoice d;
+    d.seed = static_cast<uint64_t>(m_seed->value()); // also seeds partition and distillation, as --seed does
     if (m_dataKind->currentIndex() == 0) {
         d.selfSample = m_tokens->value();
     } else {
@@ -566,7 +609,7 @@ void MainWindow::setJobRunning(const QString& kind)
     m_startButton->setEnabled(!running && open);
     m_profileButton->setEnabled(!running && m_current.isProject && m_current.run.has_value());
     m_cancelButton->setEnabled(running);
-    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_epochs, m_tokens, m_dataKind, m_dataFile,
+    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_epochs, m_tokens, m_seed, m_dataKind, m_dataFile,
                                                       m_partition, m_gating, m_device, m_projectFile})
         w->setEnabled(!running);
 }

@@ -31,6 +31,7 @@ class LinePlot;
 
 namespace ladimo::gui {
 
+class EvaluateView;
 class LayerTableModel;
 class ConversionTableModel;
 
@@ -44,6 +45,8 @@ struct OpenedModel {
     std::optional<core::RunSnapshot> run; // the project's latest conversion run
     std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
     PolicyData policy;       // the Policy view's data, when there are profiles
+    std::vector<core::Policy> policies;       // the project's stored policies
+    std::vector<core::Evaluation> evaluations; // and evaluations
     QString error;           // non-empty when opening failed
 };
 
@@ -66,6 +69,7 @@ public:
     bool selectRoutingLayer(int layer);
     const widgets::LinePlot* rankPlot() const { return m_rankPlot; }
     PolicyView* policyView() const { return m_policyView; }
+    EvaluateView* evaluateView() const { return m_evaluateView; }
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
     bool selectView(const QString& name);
@@ -127,11 +131,13 @@ private:
     widgets::LinePlot* m_massPlot = nullptr;   // cumulative top-k mass and error by k
     widgets::BarPlot* m_loadPlot = nullptr;    // expert load
     PolicyView* m_policyView = nullptr;
+    EvaluateView* m_evaluateView = nullptr;
     // Convert view: settings, actions, progress.
     QSpinBox* m_experts = nullptr;
     QSpinBox* m_trainTopK = nullptr;
     QSpinBox* m_epochs = nullptr;
     QSpinBox* m_tokens = nullptr;
+    QSpinBox* m_seed = nullptr;
     QComboBox* m_dataKind = nullptr;
     QLineEdit* m_dataFile = nullptr;
     QComboBox* m_partition = nullptr;

@@ -4,6 +4,10 @@
 #include "convert/projectconvert.h"
 #include "model/device.h"
 #include "model/tokenizer.h"
+#include "eval/perplexity.h"
+#include "routing/estimate.h"
+#include "routing/latency.h"
+#include "routing/policy.h"
 #include "routing/profile.h"
 #include "store/project.h"
 
@@ -15,6 +19,7 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 namespace fs = std::filesystem;
 
@@ -33,6 +38,40 @@ core::LlamaModel loadModel(const std::string& dir, const QString& device)
     o.device = core::parseDevices(device.toStdString()).front();
     o.dtype = core::parseComputeDType("auto", o.device);
     return core::LlamaModel::load(dir, o);
+}
+
+// The latest conversion run of a project with every layer loaded, as `ladimo profile` and
+// `ladimo eval` need it; names the unfinished layers otherwise.
+struct LoadedRun {
+    int64_t runId = 0;
+    core::ConversionRun run;
+    std::string modelDir;
+    std::optional<core::LlamaModel> model;
+    std::vector<core::MoeLayer> layers;
+};
+
+LoadedRun loadLatestRun(core::Project& project, const std::string& projectFile)
+{
+    LoadedRun r;
+    const auto runId = project.latestRunId();
+    if (!runId)
+        throw core::Error(projectFile + ": no conversion run yet; convert first");
+    r.runId = *runId;
+    r.run = project.run(*runId);
+    r.modelDir = project.model(r.run.modelId).path;
+    r.model.emplace(loadModel(r.modelDir, "auto"));
+    std::string missing;
+    for (const auto& layer : project.layers(*runId)) {
+        if (layer.status != core::LayerStatus::Done) {
+            missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
+            continue;
+        }
+        r.layers.push_back(core::loadMoeLayer(project.absolutePath(layer.weightsPath), r.model->device(), r.model->dtype()));
+    }
+    if (!missing.empty())
+        throw core::Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing +
+                          "); finish the conversion (Start in the Convert view resumes it) first");
+    return r;
 }
 
 } // namespace
@@ -161,24 +200,11 @@ bool WorkbenchJob::startProfile(const ProfileRequest& r)
         const std::string projectFile = r.projectFile.toStdString();
         // As `ladimo profile`: every layer of the latest run, which must be finished.
         auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
-        const auto runId = project.latestRunId();
-        if (!runId)
-            throw core::Error(projectFile + ": no conversion run yet; convert first");
-        const auto run = project.run(*runId);
-        const std::string modelDir = project.model(run.modelId).path;
-        auto model = loadModel(modelDir, "auto");
-        std::vector<core::MoeLayer> layers;
-        std::string missing;
-        for (const auto& layer : project.layers(*runId)) {
-            if (layer.status != core::LayerStatus::Done) {
-                missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
-                continue;
-            }
-            layers.push_back(core::loadMoeLayer(project.absolutePath(layer.weightsPath), model.device(), model.dtype()));
-        }
-        if (!missing.empty())
-            throw core::Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing +
-                              "); finish the conversion (Start resumes it) before profiling");
+        auto loaded = loadLatestRun(project, projectFile);
+        const auto* runId = &loaded.runId;
+        const std::string& modelDir = loaded.modelDir;
+        const auto& model = *loaded.model;
+        const auto& layers = loaded.layers;
         const auto tokenizer = core::Tokenizer::loadForModel(modelDir);
         auto stream = toCore(r.data).load(model, tokenizer.get(), r.seqLen, progress, cancel);
         std::vector<torch::Tensor> xs, ys;
@@ -221,6 +247,111 @@ bool WorkbenchJob::startProfile(const ProfileRequest& r)
         cancel.throwIfCancelled();
         for (const auto& p : profiles)
             project.saveRoutingProfile(p);
+        return JobOutcome{};
+    });
+    return true;
+}
+
+bool WorkbenchJob::startEvaluation(const EvaluateRequest& r)
+{
+    if (isRunning())
+        return false;
+    start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
+        c10::InferenceMode inference; // thread-local: set here, on the worker
+        const std::string projectFile = r.projectFile.toStdString();
+        auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
+        auto loaded = loadLatestRun(project, projectFile);
+        const auto& model = *loaded.model;
+        const int L = static_cast<int>(loaded.layers.size());
+        const int64_t N = loaded.layers.front().numExperts();
+        const core::DataSource data = toCore(r.data);
+        const auto tokenizer = core::Tokenizer::loadForModel(loaded.modelDir);
+        const auto stream = data.load(model, tokenizer.get(), r.seqLen, progress, cancel);
+        core::EvalOptions e;
+        e.seqLen = r.seqLen;
+        e.progress = progress;
+        e.cancel = cancel;
+        int64_t active = 0, tokens = 0;
+        core::PolicyRules rules;
+        core::Policy policy;
+        core::ForwardHooks hooks;
+        nlohmann::json j;
+        if (r.policy == EvaluateRequest::Policy::Stored) {
+            bool found = false;
+            for (auto& p : project.policies())
+                if (p.name == r.policyName.toStdString()) {
+                    policy = p;
+                    found = true;
+                }
+            if (!found)
+                throw core::Error(projectFile + " has no policy named '" + r.policyName.toStdString() + "'");
+            rules = core::policyRules(policy, L, N);
+            j["policy_label"] = policy.name;
+        } else if (r.policy == EvaluateRequest::Policy::UniformTopK) {
+            const int k = r.topK > 0 ? r.topK : loaded.run.trainTopK;
+            if (k < 1 || k > N)
+                throw core::Error("top-k " + std::to_string(k) + " is out of range: the run has " + std::to_string(N) +
+                                  " experts per layer (expected 1.." + std::to_string(N) + ")");
+            rules = core::uniformRules(L, core::RoutingRule::staticK(k));
+            j["policy_label"] = "uniform top-" + std::to_string(k);
+        } else {
+            j["policy_label"] = "dense";
+        }
+        const bool moe = r.policy != EvaluateRequest::Policy::Dense;
+        if (moe) {
+            hooks = core::moeHooks(loaded.layers, rules, &active, &tokens);
+            e.hooks = &hooks;
+            e.reference = &model;
+        }
+        const auto res = core::evaluatePerplexity(model, stream, e);
+        j["perplexity"] = res.perplexity;
+        j["nll"] = res.nll;
+        j["tokens"] = res.tokens;
+        j["windows"] = res.windows;
+        j["tokens_per_second"] = res.tokensPerSecond;
+        const auto& c = model.config();
+        if (moe) {
+            j["kl_to_dense"] = res.klToReference;
+            j["activated_ffn_fraction"] = static_cast<double>(active) /
+                (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
+            j["rules"] = core::rulesToJson(rules);
+        } else {
+            j["activated_ffn_fraction"] = 1.0;
+        }
+        if (r.timing && moe) {
+            // Dense and converted timed in the same job, so their ratio is meaningful.
+            core::LatencyOptions lo;
+            lo.cancel = &cancel;
+            auto plain = core::moeHooks(loaded.layers, rules);
+            const auto m = core::measureForward(model, &plain, lo);
+            const auto d = core::measureForward(model, nullptr, lo);
+            j["prefill_seconds"] = m.prefillSeconds;
+            j["decode_seconds"] = m.decodeSeconds;
+            j["timing"] = {{"prefill_tokens", lo.prefillTokens}, {"decode_context", lo.decodeContext}};
+            j["dense_prefill_seconds"] = d.prefillSeconds;
+            j["dense_decode_seconds"] = d.decodeSeconds;
+            j["prefill_fraction"] = m.prefillSeconds / d.prefillSeconds;
+            j["decode_fraction"] = m.decodeSeconds / d.decodeSeconds;
+        }
+        if (moe) {
+            // The estimate beside the measurement, as `ladimo eval` records it.
+            try {
+                const auto tables = core::loadPolicyTables(project, loaded.runId, model.device().str());
+                const auto est = core::estimatePolicy(tables, rules);
+                j["estimate"] = {{"activated_ffn_fraction", est.activatedFfnFraction}, {"error_proxy", est.errorProxy}};
+            } catch (const core::Error&) {
+                // No profile yet: nothing to compare with.
+            }
+        }
+        cancel.throwIfCancelled();
+        core::Evaluation ev;
+        ev.policyId = policy.id;
+        ev.runId = loaded.runId;
+        ev.data = data.describe();
+        ev.metrics = j;
+        ev.device = model.device().str();
+        project.addEvaluation(ev);
+        emit evaluated(QString::fromStdString(j.dump()));
         return JobOutcome{};
     });
     return true;

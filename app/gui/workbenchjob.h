@@ -48,6 +48,18 @@ struct ProfileRequest {
     int64_t sensitivityTokens = 8192; // 0 = skip the per-layer sensitivity
 };
 
+// `ladimo eval P.ladimo` from the window: the latest run under a rule, stored in the project.
+struct EvaluateRequest {
+    enum class Policy { Dense, UniformTopK, Stored };
+    QString projectFile;
+    DataChoice data;
+    int64_t seqLen = 256;
+    Policy policy = Policy::UniformTopK;
+    int topK = 0;          // UniformTopK: experts per token in every layer (0: the training k)
+    QString policyName;    // Stored: the project's policy of this name
+    bool timing = true;    // measure prefill / decode time against the dense model
+};
+
 struct JobOutcome {
     bool cancelled = false;
     QString error; // empty: success (or cancelled)
@@ -62,6 +74,7 @@ public:
     // False when a job is already running.
     bool startConversion(const ConvertRequest& request);
     bool startProfile(const ProfileRequest& request);
+    bool startEvaluation(const EvaluateRequest& request);
     void cancel();
     bool isRunning() const { return m_watcher.isRunning(); }
 
@@ -72,6 +85,8 @@ signals:
     void layerStarted(int layer);
     void layerFinished(int layer, double finalLoss, double relativeError, double seconds,
                        const QVector<double>& steps, const QVector<double>& losses);
+    // Evaluation: the metrics recorded in the project (JSON text), just before jobFinished.
+    void evaluated(const QString& metricsJson);
     void jobFinished(bool cancelled, const QString& error);
 
 private:

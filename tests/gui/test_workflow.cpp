@@ -18,6 +18,9 @@
 #include <gtest/gtest.h>
 
 #include "conversiontablemodel.h"
+#include "evaluateview.h"
+#include "evaluationtablemodel.h"
+#include "widgets/tradeoffplot.h"
 #include "layertablemodel.h"
 #include "mainwindow.h"
 #include "policytablemodel.h"
@@ -182,6 +185,43 @@ TEST(Workflow, ConvertProfileAndTuneTheDemoFromTheWindow)
     QCoreApplication::processEvents();
     EXPECT_NE(view->model()->index(2, PolicyTableModel::FfnColumn).data(Qt::UserRole), ffnBefore);
     EXPECT_NE(view->totalsText(), totalsBefore);
+
+    // Save the hand-tuned policy, then measure it in the Evaluate view: stored in the project,
+    // listed in the evaluations table and drawn on the tradeoff plot.
+    QSignalSpy saved(view, &ladimo::gui::PolicyView::policySaved);
+    view->savePolicyAs("mine");
+    ASSERT_TRUE(saved.wait(20000));
+    auto* eval = w.evaluateView();
+    QAbstractItemModelTester evalTester(eval->model(), QAbstractItemModelTester::FailureReportingMode::Fatal);
+    opened.clear();
+    w.openPath(project); // the new policy in the Evaluate view's list
+    ASSERT_TRUE(opened.wait(20000));
+    ASSERT_TRUE(w.selectView("evaluate"));
+    auto* policyCombo = child<QComboBox>(w, "evalPolicy");
+    const int mine = policyCombo->findText("mine");
+    ASSERT_GE(mine, 0);
+    policyCombo->setCurrentIndex(mine);
+    child<QSpinBox>(w, "evalTokens")->setValue(512);
+    EXPECT_EQ(eval->model()->rowCount(), 0);
+    QSignalSpy evaluated(eval, &ladimo::gui::EvaluateView::evaluationFinished);
+    opened.clear();
+    QTest::mouseClick(child<QPushButton>(w, "startEvaluation"), Qt::LeftButton);
+    ASSERT_TRUE(evaluated.wait(180000));
+    ASSERT_EQ(evaluated.front().at(1).toString().toStdString(), "");
+    EXPECT_TRUE(eval->resultText().contains("perplexity")) << eval->resultText().toStdString();
+    EXPECT_TRUE(eval->resultText().contains("prefill")) << eval->resultText().toStdString();
+    ASSERT_TRUE(opened.wait(20000));
+    ASSERT_EQ(eval->model()->rowCount(), 1);
+    using ladimo::gui::EvaluationTableModel;
+    EXPECT_EQ(eval->model()->index(0, EvaluationTableModel::PolicyColumn).data().toString(), "mine");
+    EXPECT_GT(eval->model()->index(0, EvaluationTableModel::PerplexityColumn).data(Qt::UserRole).toDouble(), 1.0);
+    EXPECT_GE(eval->model()->index(0, EvaluationTableModel::KlColumn).data(Qt::UserRole).toDouble(), 0.0);
+    const double ffn = eval->model()->index(0, EvaluationTableModel::FfnColumn).data(Qt::UserRole).toDouble();
+    EXPECT_GT(ffn, 0.0);
+    EXPECT_LT(ffn, 100.0);
+    if (view->model()->rowCount() != 4 || view->plot()->measuredCount() == 0)
+        loaded.wait(20000);
+    EXPECT_EQ(view->plot()->measuredCount(), 1);
 }
 
 TEST(Workflow, CancelKeepsTheProjectConsistentAndStartResumes)
