@@ -150,6 +150,14 @@ void EvaluateView::setProject(const QString& projectFile, int experts, int train
     if (keep.isEmpty())
         m_topK->setValue(trainTopK);
     m_model->setEvaluations(evaluations, std::move(names));
+    if (!m_model->evaluations().empty() && !m_job->isRunning()) {
+        // The newest measurement, as it was reported.
+        const auto& newest = m_model->evaluations().front();
+        auto metrics = newest.metrics;
+        if (!metrics.contains("policy_label"))
+            metrics["policy_label"] = m_model->index(0, EvaluationTableModel::PolicyColumn).data().toString().toStdString();
+        onEvaluated(QString::fromStdString(metrics.dump()));
+    }
     m_status->setText(tr("%1 stored evaluations.").arg(evaluations.size()));
     setRunning(m_job->isRunning());
 }
@@ -221,12 +229,12 @@ void EvaluateView::onEvaluated(const QString& metricsJson)
     text += tr(", activated FFN %1%").arg(100 * j.value("activated_ffn_fraction", 0.0), 0, 'f', 1);
     if (j.contains("prefill_seconds"))
         text += tr("<br>prefill %1 ms (dense %2 ms, x%3), decode %4 ms/token (dense %5 ms, x%6)")
-                    .arg(1000 * j["prefill_seconds"].get<double>(), 0, 'f', 2)
-                    .arg(1000 * j["dense_prefill_seconds"].get<double>(), 0, 'f', 2)
-                    .arg(j["prefill_fraction"].get<double>(), 0, 'f', 3)
-                    .arg(1000 * j["decode_seconds"].get<double>(), 0, 'f', 3)
-                    .arg(1000 * j["dense_decode_seconds"].get<double>(), 0, 'f', 3)
-                    .arg(j["decode_fraction"].get<double>(), 0, 'f', 3);
+                    .arg(1000 * j.value("prefill_seconds", 0.0), 0, 'f', 2)
+                    .arg(1000 * j.value("dense_prefill_seconds", 0.0), 0, 'f', 2)
+                    .arg(j.value("prefill_fraction", 0.0), 0, 'f', 3)
+                    .arg(1000 * j.value("decode_seconds", 0.0), 0, 'f', 3)
+                    .arg(1000 * j.value("dense_decode_seconds", 0.0), 0, 'f', 3)
+                    .arg(j.value("decode_fraction", 0.0), 0, 'f', 3);
     m_result->setText(text);
 }
 

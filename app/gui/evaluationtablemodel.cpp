@@ -28,8 +28,22 @@ QString EvaluationTableModel::policyText(const core::Evaluation& e) const
             return name;
     if (e.metrics.contains("policy_label"))
         return QString::fromStdString(e.metrics["policy_label"].get<std::string>());
-    if (e.metrics.contains("rules"))
-        return tr("uniform rule");
+    if (e.metrics.contains("rules") && e.metrics["rules"].is_array() && !e.metrics["rules"].empty()) {
+        // `ladimo eval --top-k K / --top-p P` records the same rule for every layer.
+        const auto& rules = e.metrics["rules"];
+        auto first = rules.front();
+        first.erase("layer");
+        bool uniform = true;
+        for (auto r : rules) {
+            r.erase("layer");
+            uniform = uniform && r == first;
+        }
+        if (uniform && first.contains("top_k"))
+            return tr("uniform top-%1").arg(first["top_k"].get<int>());
+        if (uniform && first.contains("top_p"))
+            return tr("uniform top-p %1").arg(first["top_p"].get<double>());
+        return tr("per-layer rules");
+    }
     return tr("dense");
 }
 

@@ -357,6 +357,10 @@ void MainWindow::showRun(const OpenedModel& m)
                               .arg(m.run->layers.size()));
     m_conversion->setSnapshot(*m.run);
     selectConversionLayer(0);
+    if (m_jobKind.isEmpty()) {
+        m_overallProgress->setRange(0, std::max<int>(1, static_cast<int>(m.run->layers.size())));
+        m_overallProgress->setValue(done);
+    }
     // The form takes the run's settings: Start then resumes (or reruns) exactly this run.
     m_experts->setValue(static_cast<int>(r.experts));
     m_trainTopK->setValue(r.trainTopK);
