@@ -40,6 +40,7 @@
 #include "common/error.h"
 #include "conversiontablemodel.h"
 #include "evaluateview.h"
+#include "exportview.h"
 #include "layertablemodel.h"
 #include "model/tokenizer.h"
 #include "widgets/barplot.h"
@@ -67,6 +68,7 @@ OpenedModel openModel(const QString& path)
                 m.profiles = p.routingProfiles(*runId);
                 m.policies = p.policies();
                 m.evaluations = p.evaluations();
+                m.exports = p.exports();
                 if (!m.profiles.empty())
                     m.policy = loadPolicyData(path);
                 dir = p.model(m.run->run.modelId).path;
@@ -244,6 +246,15 @@ void MainWindow::buildUi()
         if (!cancelled && error.isEmpty() && m_current.isProject)
             openPath(m_current.path); // the new evaluation in every view (the tradeoff plot too)
     });
+    m_exportView = new ExportView;
+    m_tabs->addTab(m_exportView, tr("Export"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Write the conversion or the dense model as Hugging Face or GGUF files"));
+    connect(m_exportView, &ExportView::exportFinished, this, [this](bool cancelled, const QString& error) {
+        if (!error.isEmpty() && !property("quiet").toBool())
+            QMessageBox::critical(this, tr("Export failed"), error);
+        if (!cancelled && error.isEmpty() && m_current.isProject)
+            openPath(m_current.path); // the new export in the list
+    });
     setCentralWidget(m_tabs);
     statusBar()->showMessage(tr("Ready"));
     rebuildRecentMenu();
@@ -317,6 +328,11 @@ void MainWindow::showModel(const OpenedModel& m)
     else
         m_evaluateView->clear(m.isProject ? tr("Finish the conversion first (Convert view).")
                                           : tr("Open a project with a finished conversion run."));
+    if (m.isProject && runDone)
+        m_exportView->setProject(m.path, static_cast<int>(m.run->run.experts), m.policies, m.exports);
+    else
+        m_exportView->clear(m.isProject ? tr("Finish the conversion first (Convert view).")
+                                        : tr("Open a project with a finished conversion run."));
     m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
                          {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
     setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));

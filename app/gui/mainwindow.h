@@ -32,6 +32,7 @@ class LinePlot;
 namespace ladimo::gui {
 
 class EvaluateView;
+class ExportView;
 class LayerTableModel;
 class ConversionTableModel;
 
@@ -47,6 +48,7 @@ struct OpenedModel {
     PolicyData policy;       // the Policy view's data, when there are profiles
     std::vector<core::Policy> policies;       // the project's stored policies
     std::vector<core::Evaluation> evaluations; // and evaluations
+    std::vector<core::ExportRecord> exports;    // and exports
     QString error;           // non-empty when opening failed
 };
 
@@ -70,6 +72,7 @@ public:
     const widgets::LinePlot* rankPlot() const { return m_rankPlot; }
     PolicyView* policyView() const { return m_policyView; }
     EvaluateView* evaluateView() const { return m_evaluateView; }
+    ExportView* exportView() const { return m_exportView; }
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
     bool selectView(const QString& name);
@@ -132,6 +135,7 @@ private:
     widgets::BarPlot* m_loadPlot = nullptr;    // expert load
     PolicyView* m_policyView = nullptr;
     EvaluateView* m_evaluateView = nullptr;
+    ExportView* m_exportView = nullptr;
     // Convert view: settings, actions, progress.
     QSpinBox* m_experts = nullptr;
     QSpinBox* m_trainTopK = nullptr;

@@ -5,6 +5,8 @@
 #include "model/device.h"
 #include "model/tokenizer.h"
 #include "eval/perplexity.h"
+#include "export/gguf.h"
+#include "export/hf_mixtral.h"
 #include "routing/estimate.h"
 #include "routing/latency.h"
 #include "routing/policy.h"
@@ -32,11 +34,11 @@ core::DataSource toCore(const DataChoice& d)
     return {d.file.toStdString(), d.selfSample, d.seed, d.maxTokens};
 }
 
-core::LlamaModel loadModel(const std::string& dir, const QString& device)
+core::LlamaModel loadModel(const std::string& dir, const QString& device, const std::string& dtype = "auto")
 {
     core::LoadOptions o;
     o.device = core::parseDevices(device.toStdString()).front();
-    o.dtype = core::parseComputeDType("auto", o.device);
+    o.dtype = core::parseComputeDType(dtype, o.device);
     return core::LlamaModel::load(dir, o);
 }
 
@@ -50,7 +52,8 @@ struct LoadedRun {
     std::vector<core::MoeLayer> layers;
 };
 
-LoadedRun loadLatestRun(core::Project& project, const std::string& projectFile)
+LoadedRun loadLatestRun(core::Project& project, const std::string& projectFile, const QString& device = "auto",
+                        const std::string& dtype = "auto")
 {
     LoadedRun r;
     const auto runId = project.latestRunId();
@@ -59,7 +62,7 @@ LoadedRun loadLatestRun(core::Project& project, const std::string& projectFile)
     r.runId = *runId;
     r.run = project.run(*runId);
     r.modelDir = project.model(r.run.modelId).path;
-    r.model.emplace(loadModel(r.modelDir, "auto"));
+    r.model.emplace(loadModel(r.modelDir, device, dtype));
     std::string missing;
     for (const auto& layer : project.layers(*runId)) {
         if (layer.status != core::LayerStatus::Done) {
@@ -352,6 +355,90 @@ bool WorkbenchJob::startEvaluation(const EvaluateRequest& r)
         ev.device = model.device().str();
         project.addEvaluation(ev);
         emit evaluated(QString::fromStdString(j.dump()));
+        return JobOutcome{};
+    });
+    return true;
+}
+
+bool WorkbenchJob::startExport(const ExportRequest& r)
+{
+    if (isRunning())
+        return false;
+    start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
+        c10::InferenceMode inference; // thread-local: set here, on the worker
+        const std::string projectFile = r.projectFile.toStdString();
+        const std::string format = r.format.toStdString();
+        const std::string out = r.out.toStdString();
+        const bool gguf = format == "gguf" || format == "gguf-llama";
+        if (format != "hf-mixtral" && format != "hf-llama" && !gguf)
+            throw core::Error("format '" + format + "' is unknown (expected hf-mixtral, hf-llama, gguf or gguf-llama)");
+        if (out.empty())
+            throw core::Error("choose where to export: a folder (hf-*) or a file (gguf*)");
+        if (gguf && fs::exists(out))
+            throw core::Error("'" + out + "' already exists; an export never replaces a file (remove it or choose another name)");
+        // As `ladimo export`: the project is read, then opened for writing only to record the export.
+        LoadedRun conv;
+        {
+            auto project = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
+            conv = loadLatestRun(project, projectFile, "cpu", "float32");
+        }
+        const bool moe = format == "hf-mixtral" || format == "gguf";
+        const int L = static_cast<int>(conv.layers.size());
+        const int64_t N = conv.layers.empty() ? 0 : conv.layers.front().numExperts();
+        core::ExportInput in;
+        in.modelDir = conv.modelDir;
+        in.model = &*conv.model;
+        int64_t policyId = 0;
+        if (moe) {
+            in.layers = &conv.layers;
+            in.conversion = conv.run.extra;
+            if (!r.policyName.isEmpty()) {
+                auto p = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::None});
+                for (const auto& pol : p.policies())
+                    if (pol.name == r.policyName.toStdString()) {
+                        in.rules = core::rulesFromJson(pol.rules, L, N, projectFile + ": policy '" + pol.name + "'");
+                        policyId = pol.id;
+                    }
+                if (!policyId)
+                    throw core::Error(projectFile + ": no policy named '" + r.policyName.toStdString() + "'");
+                in.policyName = r.policyName.toStdString();
+            } else {
+                const int k = conv.run.trainTopK;
+                in.rules = core::uniformRules(L, core::RoutingRule::staticK(k));
+                in.policyName = "train-k" + std::to_string(k);
+            }
+        }
+        core::ExportOptions eo;
+        eo.out = out;
+        eo.dtype = r.dtype.toStdString();
+        eo.expertsPerToken = r.topK;
+        eo.progress = progress;
+        eo.cancel = &cancel;
+        const auto report = gguf ? core::exportGguf(in, eo) : core::exportHfMixtral(in, eo);
+        core::ExportRecord record;
+        record.format = format;
+        record.path = fs::absolute(out).lexically_normal().string();
+        record.sha256 = report.sha256;
+        record.policyId = policyId;
+        record.runId = conv.runId;
+        int64_t exportId = 0;
+        try {
+            auto p = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::None});
+            exportId = p.addExport(record);
+        } catch (const core::Error& e) {
+            throw core::Error("the export in '" + out + "' is complete, but it could not be recorded in " + projectFile +
+                              ": " + e.what());
+        }
+        nlohmann::json j = {{"out", record.path}, {"format", format},       {"bytes", report.bytes},
+                            {"exact", report.exact}, {"notes", report.notes}, {"sha256", report.sha256},
+                            {"policy", in.policyName}, {"run", conv.runId},  {"export_id", exportId},
+                            {"dtype", eo.dtype}};
+        if (moe)
+            j["experts_per_token"] = report.expertsPerToken;
+        j["files"] = nlohmann::json::array();
+        for (const auto& f : report.files)
+            j["files"].push_back(f.filename().string());
+        emit exported(QString::fromStdString(j.dump()));
         return JobOutcome{};
     });
     return true;

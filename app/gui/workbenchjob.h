@@ -60,6 +60,16 @@ struct EvaluateRequest {
     bool timing = true;    // measure prefill / decode time against the dense model
 };
 
+// `ladimo export P.ladimo` from the window: writes the files and records the export.
+struct ExportRequest {
+    QString projectFile;
+    QString format = "hf-mixtral"; // hf-mixtral | gguf (the conversion), hf-llama | gguf-llama (the dense model)
+    QString out;                   // directory (hf-*: absent or empty) or file (gguf*: absent)
+    QString dtype = "f32";
+    QString policyName;            // empty: the training k in every layer
+    int topK = 0;                  // k for formats with one k for all layers; 0 = from a uniform static policy
+};
+
 struct JobOutcome {
     bool cancelled = false;
     QString error; // empty: success (or cancelled)
@@ -75,6 +85,7 @@ public:
     bool startConversion(const ConvertRequest& request);
     bool startProfile(const ProfileRequest& request);
     bool startEvaluation(const EvaluateRequest& request);
+    bool startExport(const ExportRequest& request);
     void cancel();
     bool isRunning() const { return m_watcher.isRunning(); }
 
@@ -87,6 +98,8 @@ signals:
                        const QVector<double>& steps, const QVector<double>& losses);
     // Evaluation: the metrics recorded in the project (JSON text), just before jobFinished.
     void evaluated(const QString& metricsJson);
+    // Export: the report (out, format, exact, notes, files, bytes, sha256, policy) as JSON text.
+    void exported(const QString& reportJson);
     void jobFinished(bool cancelled, const QString& error);
 
 private:

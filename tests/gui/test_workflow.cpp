@@ -17,9 +17,13 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "conversiontablemodel.h"
 #include "evaluateview.h"
 #include "evaluationtablemodel.h"
+#include "exporttablemodel.h"
+#include "exportview.h"
 #include "widgets/tradeoffplot.h"
 #include "layertablemodel.h"
 #include "mainwindow.h"
@@ -222,6 +226,36 @@ TEST(Workflow, ConvertProfileAndTuneTheDemoFromTheWindow)
     if (view->model()->rowCount() != 4 || view->plot()->measuredCount() == 0)
         loaded.wait(20000);
     EXPECT_EQ(view->plot()->measuredCount(), 1);
+
+    // Export the conversion under "mine" as Hugging Face Mixtral files: written, reported, recorded.
+    auto* exp = w.exportView();
+    QAbstractItemModelTester exportTester(exp->model(), QAbstractItemModelTester::FailureReportingMode::Fatal);
+    ASSERT_TRUE(w.selectView("export"));
+    EXPECT_EQ(exp->model()->rowCount(), 0);
+    const auto outDir = tmp / "demo-mixtral";
+    child<QComboBox>(w, "exportFormat")->setCurrentText("hf-mixtral");
+    child<QComboBox>(w, "exportPolicy")->setCurrentText("mine");
+    child<QSpinBox>(w, "exportTopK")->setValue(6); // Mixtral has one k; "mine" differs per layer
+    child<QLineEdit>(w, "exportOut")->setText(QString::fromStdString(outDir.string()));
+    QSignalSpy exported(exp, &ladimo::gui::ExportView::exportFinished);
+    opened.clear();
+    QTest::mouseClick(child<QPushButton>(w, "startExport"), Qt::LeftButton);
+    ASSERT_TRUE(exported.wait(180000));
+    ASSERT_EQ(exported.front().at(1).toString().toStdString(), "");
+    EXPECT_TRUE(std::filesystem::exists(outDir / "config.json"));
+    EXPECT_TRUE(exp->reportText().contains("config.json")) << exp->reportText().toStdString();
+    EXPECT_TRUE(exp->reportText().contains("not exact")) << "a per-layer policy at one k: " << exp->reportText().toStdString();
+    ASSERT_TRUE(opened.wait(20000));
+    ASSERT_EQ(exp->model()->rowCount(), 1);
+    using ladimo::gui::ExportTableModel;
+    EXPECT_EQ(exp->model()->index(0, ExportTableModel::FormatColumn).data().toString(), "hf-mixtral");
+    EXPECT_EQ(exp->model()->index(0, ExportTableModel::PolicyColumn).data().toString(), "mine");
+    auto p = ladimo::core::Project::open(project.toStdString(), {ladimo::core::Project::Access::ReadOnly,
+                                                                 ladimo::core::Project::Verify::None});
+    const auto records = p.exports();
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records.front().path, std::filesystem::absolute(outDir).lexically_normal().string());
+    EXPECT_EQ(records.front().sha256.size(), 64u);
 }
 
 TEST(Workflow, CancelKeepsTheProjectConsistentAndStartResumes)
