@@ -143,6 +143,12 @@ void ExportView::setProject(const QString& projectFile, int experts, const std::
     m_topK->setRange(0, std::max(1, experts));
     m_model->setExports(exports, std::move(names));
     m_status->setText(tr("%1 recorded exports.").arg(exports.size()));
+    if (!m_model->exports().empty() && !m_job->isRunning() && m_report->text() == tr("No export yet.")) {
+        const auto& e = m_model->exports().front();
+        m_report->setText(tr("Newest export: <b>%1</b> (%2), SHA-256 %3")
+                              .arg(QString::fromStdString(e.path).toHtmlEscaped(), QString::fromStdString(e.format),
+                                   QString::fromStdString(e.sha256)));
+    }
     setRunning(m_job->isRunning());
 }
 
