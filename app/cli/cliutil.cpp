@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/fileutil.h"
+#include "convert/projectconvert.h"
 #include "model/device.h"
 #include "model/generate.h"
 #include "model/tokendata.h"
@@ -44,34 +45,14 @@ void DataOptions::add(CLI::App* cmd)
     cmd->add_option("--max-tokens", maxTokens, "Use at most N tokens of the data (0 = all)")->capture_default_str();
 }
 
-std::string DataOptions::describe() const
-{
-    std::string out = file.empty() ? "self-sample " + std::to_string(selfSample) + ", seed " + std::to_string(seed)
-                                   : "file " + file;
-    if (maxTokens > 0)
-        out += ", first " + std::to_string(maxTokens) + " tokens";
-    return out;
-}
+core::DataSource DataOptions::source() const { return {file, selfSample, seed, maxTokens}; }
+
+std::string DataOptions::describe() const { return source().describe(); }
 
 std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
                                        int64_t seqLen, const core::ProgressFn& progress) const
 {
-    if (selfSample > 0) {
-        core::SelfSampleOptions s;
-        s.tokens = maxTokens > 0 ? std::min(selfSample, maxTokens) : selfSample;
-        s.seqLen = seqLen;
-        s.seed = seed;
-        s.progress = progress;
-        s.cancel = interruptToken();
-        return core::selfSample(model, s);
-    }
-    if (file.empty())
-        throw core::Error("give --data FILE or --self-sample N");
-    core::TokenDataOptions o;
-    o.vocabSize = model.config().vocabSize;
-    o.bosId = model.config().bosTokenId;
-    o.maxTokens = maxTokens;
-    return core::loadTokenFile(file, tokenizer, o);
+    return source().load(model, tokenizer, seqLen, progress, interruptToken());
 }
 
 core::ProgressFn ProgressPrinter::fn()
@@ -168,29 +149,7 @@ std::string describeLayers(const std::set<int>& layers)
 
 core::CalibrationSet calibrationRecord(const DataOptions& data, const std::vector<int64_t>& tokens, int64_t seqLen)
 {
-    namespace fs = std::filesystem;
-    core::CalibrationSet cal;
-    cal.name = data.selfSample > 0 ? "self-sample" : fs::path(data.file).filename().string();
-    cal.source = data.selfSample > 0 ? core::CalibrationSource::SelfSample : core::CalibrationSource::File;
-    if (cal.source == core::CalibrationSource::File) {
-        cal.filePath = fs::absolute(data.file).string();
-        cal.fileSha256 = core::sha256File(data.file);
-    }
-    cal.seed = data.seed;
-    cal.tokens = static_cast<int64_t>(tokens.size());
-    cal.seqLen = seqLen;
-    return cal;
-}
-
-int64_t findCalibrationSet(core::Project& project, const core::CalibrationSet& w)
-{
-    for (const auto& c : project.calibrationSets()) {
-        const bool same = c.source == w.source && c.tokens == w.tokens && c.seqLen == w.seqLen && c.split == w.split &&
-                          (w.source == core::CalibrationSource::File ? c.fileSha256 == w.fileSha256 : c.seed == w.seed);
-        if (same)
-            return c.id;
-    }
-    return 0;
+    return data.source().record(tokens, seqLen);
 }
 
 } // namespace ladimo::cli

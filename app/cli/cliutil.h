@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/progress.h"
+#include "convert/projectconvert.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "moe/moeblock.h"
@@ -37,6 +38,7 @@ struct DataOptions {
     uint64_t seed = 1234;
     int64_t maxTokens = 0;
     void add(CLI::App* cmd);
+    core::DataSource source() const;
     // What the data is, for records: "file F (N tokens max)" or "self-sample N, seed S".
     std::string describe() const;
     // Reads / samples the token stream; `seqLen` sets the self-sampled sequence length.
@@ -84,7 +86,6 @@ std::string describeLayers(const std::set<int>& layers); // "0-3,6"
 
 // The calibration-set record of data loaded with `data` (tokens, window length).
 core::CalibrationSet calibrationRecord(const DataOptions& data, const std::vector<int64_t>& tokens, int64_t seqLen);
-// The id of a recorded calibration set with the same source, content and window length, or 0.
-int64_t findCalibrationSet(core::Project& project, const core::CalibrationSet& wanted);
+// core::findCalibrationSet (convert/projectconvert.h) finds a recorded calibration set.
 
 } // namespace ladimo::cli

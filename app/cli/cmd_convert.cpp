@@ -20,6 +20,7 @@
 #include "convert/activations.h"
 #include "convert/convert.h"
 #include "convert/costmodel.h"
+#include "convert/projectconvert.h"
 #include "model/device.h"
 #include "store/assemble.h"
 #include "store/project.h"
@@ -73,28 +74,6 @@ core::ConvertCallbacks::LoadCapturedFn capturedFrom(const core::Project& project
             std::fprintf(stderr, "layer %d: not reusing %s\n", l, why.c_str());
         return false;
     };
-}
-
-// What a finished layer records: the mean loss over the last epoch's batches (single batches
-// are noisy, k is drawn per batch), the final relative error, the loss curve.
-core::LayerOutcome layerOutcome(const core::LayerConversion& r, int64_t tokens, int64_t batch, const std::string& rel,
-                                core::LossCurve* curve)
-{
-    core::LayerOutcome out;
-    const std::size_t tail = std::min<std::size_t>(r.lossCurve.size(), static_cast<std::size_t>((tokens + batch - 1) / batch));
-    out.finalLoss = r.finalError;
-    if (tail > 0) {
-        double sum = 0;
-        for (std::size_t i = r.lossCurve.size() - tail; i < r.lossCurve.size(); ++i)
-            sum += r.lossCurve[i].second;
-        out.finalLoss = sum / static_cast<double>(tail);
-    }
-    out.relativeError = r.finalError;
-    out.wallSeconds = r.seconds;
-    out.weightsPath = rel;
-    for (const auto& [step, loss] : r.lossCurve)
-        curve->push_back({step, loss});
-    return out;
 }
 
 std::string hostName()
@@ -163,8 +142,7 @@ void registerConvertCommand(CLI::App& app)
         }
 
         nlohmann::json settings = o->s.toJson();
-        settings["data"] = o->data.selfSample > 0 ? nlohmann::json{{"self_sample", o->data.selfSample}, {"seed", o->data.seed}}
-                                                  : nlohmann::json{{"file", o->data.file}, {"max_tokens", o->data.maxTokens}};
+        settings["data"] = o->data.source().toJson();
         ProgressPrinter printer;
         auto calibration = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->s.seqLen, printer.fn());
         const auto calRecord = calibrationRecord(o->data, calibration, o->s.seqLen);
@@ -187,7 +165,7 @@ void registerConvertCommand(CLI::App& app)
             std::set<int> captured;
             if (fs::exists(o->project)) {
                 auto p = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
-                if (const int64_t cal = findCalibrationSet(p, calRecord)) {
+                if (const int64_t cal = core::findCalibrationSet(p, calRecord)) {
                     torch::Tensor x, y;
                     std::string why;
                     for (int l : selected)
@@ -265,7 +243,7 @@ void registerConvertCommand(CLI::App& app)
                 side.layer = l;
                 side.fingerprint = fingerprint;
                 const std::string rel = core::Project::layerWeightsPath(runId, l);
-                side.outcome = layerOutcome(r, static_cast<int64_t>(calibration.size()), o->s.distill.batch, rel, &side.curve);
+                side.outcome = core::layerOutcome(r, static_cast<int64_t>(calibration.size()), o->s.distill.batch, rel, &side.curve);
                 const auto file = project.prepareFile(rel);
                 core::saveMoeLayer(file, layer); // atomic; then the sidecar that vouches for it
                 side.outcome.weightsSha256 = core::sha256File(file);
@@ -291,60 +269,23 @@ void registerConvertCommand(CLI::App& app)
         auto project = fs::exists(o->project) ? core::Project::open(o->project, {core::Project::Access::ReadWrite,
                                                                                   core::Project::Verify::Checksums})
                                               : core::Project::create(o->project);
-        int64_t modelId = 0;
-        for (const auto& m : project.models())
-            if (m.path == source.path && m.weightsSha256 == source.weightsSha256)
-                modelId = m.id;
-        if (!modelId)
-            modelId = project.addModel(source);
-
-        // Resume the latest run when it is this model with these settings and not finished.
-        int64_t runId = 0;
-        if (auto latest = project.latestRunId()) {
-            const auto run = project.run(*latest);
-            if (run.modelId == modelId && run.extra == settings && !project.resumableLayers(*latest).empty())
-                runId = *latest;
-        }
-        std::set<int> skip;
-        std::vector<core::MoeLayer> done(static_cast<std::size_t>(L));
-        if (runId) {
-            const auto todo = project.resumableLayers(runId);
-            for (const auto& layer : project.layers(runId))
-                if (layer.status == core::LayerStatus::Done) {
-                    skip.insert(layer.layer);
-                    // Only sequential mode feeds finished layers forward; parallel mode never reads them.
-                    if (o->s.mode == "sequential")
-                        done[static_cast<std::size_t>(layer.layer)] =
-                            core::loadMoeLayer(project.absolutePath(layer.weightsPath), torch::kCPU, torch::kFloat32);
-                }
-            if (!o->prepare)
-                project.setRunStatus(runId, core::RunStatus::Running);
-            std::fprintf(stderr, "resuming run #%lld: %zu of %d layers left\n", (long long)runId, todo.size(), L);
-        } else {
-            core::ConversionRun run;
-            run.modelId = modelId;
-            // Runs on the same data share the calibration set, and so the captured activations.
-            run.calibrationSetId = findCalibrationSet(project, calRecord);
-            if (!run.calibrationSetId)
-                run.calibrationSetId = project.addCalibrationSet(calRecord);
-            run.layers = L;
-            run.experts = o->s.experts;
-            run.expertSize = model.config().intermediateSize / o->s.experts;
-            run.partition = o->partition;
-            run.gating = o->gating;
-            run.trainTopK = o->s.distill.trainTopK;
-            run.epochs = o->s.distill.epochs;
-            run.lr = o->s.distill.lr;
-            run.batch = o->s.distill.batch;
-            run.mode = o->s.mode;
-            run.device.clear();
-            for (const auto& d : o->s.devices)
-                run.device += (run.device.empty() ? "" : ",") + d.str();
-            run.seed = o->s.distill.seed;
-            run.extra = settings;
-            runId = project.startRun(run);
+        core::RunRequest request;
+        request.source = source;
+        request.settings = o->s;
+        request.partition = o->partition;
+        request.gating = o->gating;
+        request.settingsJson = settings;
+        request.calibration = calRecord;
+        request.layers = L;
+        request.intermediateSize = model.config().intermediateSize;
+        const auto plan = core::findOrStartRun(project, request, /*markRunning=*/!o->prepare);
+        const int64_t runId = plan.runId;
+        const std::set<int>& skip = plan.finished;
+        if (plan.resumed)
+            std::fprintf(stderr, "resuming run #%lld: %zu of %d layers left\n", (long long)runId,
+                         project.resumableLayers(runId).size(), L);
+        else
             std::fprintf(stderr, "run #%lld in %s\n", (long long)runId, o->project.c_str());
-        }
         if (o->prepare) {
             std::printf("prepared run #%lld in %s; start workers with the same command and --layers A-B instead of "
                         "--prepare, then run ladimo assemble %s\n",
@@ -353,7 +294,7 @@ void registerConvertCommand(CLI::App& app)
         }
 
         const int64_t calibrationSetId = project.run(runId).calibrationSetId;
-        core::ConvertCallbacks cb;
+        core::ProjectConvertCallbacks cb;
         cb.progress = printer.fn();
         cb.cancel = interruptToken();
         std::set<int> todo, captured;
@@ -370,36 +311,16 @@ void registerConvertCommand(CLI::App& app)
                     captured.insert(l);
         }
         std::fprintf(stderr, "%s", costFor(todo, captured).describe(static_cast<int>(todo.size())).c_str());
-        int current = -1;
-        cb.onLayerStart = [&](int l) {
-            current = l;
-            project.markLayerRunning(runId, l);
-        };
-        cb.onLayerDone = [&](int l, const core::MoeLayer& layer, const core::LayerConversion& r) {
-            const std::string rel = core::Project::layerWeightsPath(runId, l);
-            core::saveMoeLayer(project.prepareFile(rel), layer);
-            core::LossCurve curve;
-            const auto out = layerOutcome(r, static_cast<int64_t>(calibration.size()), o->s.distill.batch, rel, &curve);
-            project.finishLayer(runId, l, out, curve);
+        cb.onLayerFinished = [&](int l, const core::LayerConversion& r, const core::LayerOutcome&, const core::LossCurve&) {
             std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
                          o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
         };
         try {
-            torch::InferenceMode off(false);
-            core::convertModel(model, calibration, o->s, cb, skip, done);
+            core::convertRunInProject(project, plan, model, calibration, o->s, cb);
         } catch (const core::Cancelled&) {
-            if (current >= 0 && project.layer(runId, current).status != core::LayerStatus::Done)
-                project.resetLayers(runId, {current});
-            project.setRunStatus(runId, core::RunStatus::Cancelled);
             std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
             throw;
-        } catch (const std::exception& e) {
-            if (current >= 0 && project.layer(runId, current).status != core::LayerStatus::Done)
-                project.failLayer(runId, current, e.what());
-            project.setRunStatus(runId, core::RunStatus::Failed);
-            throw;
         }
-        project.setRunStatus(runId, core::RunStatus::Done);
         std::printf("converted %s: run #%lld of %s\n", o->model.path.c_str(), (long long)runId, o->project.c_str());
     });
 }

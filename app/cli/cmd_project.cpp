@@ -12,6 +12,7 @@
 #include "cliutil.h"
 #include "commands.h"
 #include "common/error.h"
+#include "convert/projectconvert.h"
 #include "common/fileutil.h"
 #include "model/config.h"
 #include "store/project.h"
@@ -21,25 +22,6 @@ namespace fs = std::filesystem;
 namespace ladimo::cli {
 
 namespace {
-
-// One checksum for a model's weights: the SHA-256 of the single *.safetensors file, or for a
-// sharded checkpoint the SHA-256 of its `sha256sum`-style listing ("<hex>  <name>\n", by name).
-std::string weightsChecksum(const fs::path& dir)
-{
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(dir))
-        if (e.is_regular_file() && e.path().extension() == ".safetensors")
-            files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    if (files.empty())
-        throw core::Error("model folder '" + dir.string() + "' has no *.safetensors file");
-    if (files.size() == 1)
-        return core::sha256File(files[0]);
-    std::string listing;
-    for (const auto& f : files)
-        listing += core::sha256File(f) + "  " + f.filename().string() + "\n";
-    return core::sha256Bytes(listing.data(), listing.size());
-}
 
 std::string optionalNumber(const std::optional<double>& v)
 {
@@ -157,22 +139,7 @@ void printText(core::Project& p, std::optional<int64_t> runId, const core::Verif
 
 } // namespace
 
-core::SourceModel describeSourceModel(const std::string& modelDir)
-{
-    const fs::path dir = modelDir;
-    const auto configFile = dir / "config.json";
-    const auto config = core::ModelConfig::load(configFile);
-    const auto counts = config.parameterCounts();
-    core::SourceModel m;
-    m.path = fs::absolute(dir).lexically_normal().string();
-    m.config = nlohmann::json::parse(core::readTextFile(configFile));
-    m.weightsSha256 = weightsChecksum(dir);
-    m.totalParams = counts.total;
-    m.embeddingParams = counts.embeddings;
-    m.attentionParams = counts.attention;
-    m.ffnParams = counts.ffn;
-    return m;
-}
+core::SourceModel describeSourceModel(const std::string& modelDir) { return core::describeSourceModel(modelDir); }
 
 void registerProjectCommand(CLI::App& app)
 {

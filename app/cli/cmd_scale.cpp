@@ -53,13 +53,13 @@ void registerCaptureCommand(CLI::App& app)
         int64_t calId = 0;
         if (fs::exists(o->project)) {
             auto p = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
-            calId = findCalibrationSet(p, cal);
+            calId = core::findCalibrationSet(p, cal);
         }
         if (!calId) {
             auto p = fs::exists(o->project)
                          ? core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::None})
                          : core::Project::create(o->project);
-            calId = findCalibrationSet(p, cal);
+            calId = core::findCalibrationSet(p, cal);
             if (!calId)
                 calId = p.addCalibrationSet(cal);
         }

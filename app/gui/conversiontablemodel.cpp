@@ -14,6 +14,32 @@ void ConversionTableModel::setSnapshot(const core::RunSnapshot& snapshot)
 
 void ConversionTableModel::clear() { setSnapshot({}); }
 
+void ConversionTableModel::setLayerStatus(int layer, core::LayerStatus status)
+{
+    if (layer < 0 || layer >= rowCount())
+        return;
+    m_snapshot.layers[static_cast<std::size_t>(layer)].status = status;
+    emit dataChanged(index(layer, 0), index(layer, ColumnCount - 1));
+}
+
+void ConversionTableModel::setLayerResult(int layer, const core::LayerResult& result, const core::LossCurve& curve)
+{
+    if (layer < 0 || layer >= rowCount())
+        return;
+    m_snapshot.layers[static_cast<std::size_t>(layer)] = result;
+    m_snapshot.lossCurves.resize(m_snapshot.layers.size());
+    m_snapshot.lossCurves[static_cast<std::size_t>(layer)] = curve;
+    emit dataChanged(index(layer, 0), index(layer, ColumnCount - 1));
+}
+
+int ConversionTableModel::doneCount() const
+{
+    int n = 0;
+    for (const auto& l : m_snapshot.layers)
+        n += l.status == core::LayerStatus::Done;
+    return n;
+}
+
 int ConversionTableModel::rowCount(const QModelIndex& parent) const
 {
     return parent.isValid() ? 0 : static_cast<int>(m_snapshot.layers.size());

@@ -1,6 +1,6 @@
 // ConversionTableModel: one row per layer of a conversion run (status, final loss, relative
 // error, wall time, loss-curve points), over a value snapshot read from the project and replaced
-// as a whole. GUI thread only.
+// as a whole when a run is opened, or row by row as a running conversion reports. GUI thread only.
 #pragma once
 
 #include <QAbstractTableModel>
@@ -17,6 +17,10 @@ public:
 
     void setSnapshot(const core::RunSnapshot& snapshot);
     void clear();
+    // Live updates while a conversion runs: one row changes (dataChanged), the rows stay.
+    void setLayerStatus(int layer, core::LayerStatus status);
+    void setLayerResult(int layer, const core::LayerResult& result, const core::LossCurve& curve);
+    int doneCount() const;
     const core::RunSnapshot& snapshot() const { return m_snapshot; }
 
     int rowCount(const QModelIndex& parent = {}) const override;

@@ -21,7 +21,7 @@ int main(int argc, char** argv)
     QCommandLineOption openOption("open", "Model folder (or project) to open.", "path");
     QCommandLineOption demoOption("demo", "Open the bundled demo model.");
     QCommandLineOption shotOption("screenshot", "Render the window to a PNG file and exit.", "file");
-    QCommandLineOption viewOption("view", "View to show (model, convert, routing, policy, tradeoff).", "name", "model");
+    QCommandLineOption viewOption("view", "View to show (model, convert, routing, policy, tradeoff, evaluate, export).", "name", "model");
     parser.addOptions({openOption, demoOption, shotOption, viewOption});
     parser.addPositionalArgument("path", "Model folder to open.", "[path]");
     parser.process(app);

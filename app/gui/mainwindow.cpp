@@ -8,7 +8,16 @@
 #include <QCloseEvent>
 #include <QDir>
 #include <QDragEnterEvent>
+#include <QDateTime>
 #include <QFileDialog>
+#include <QFileInfo>
+#include <QFormLayout>
+#include <QGridLayout>
+#include <QGroupBox>
+#include <QLineEdit>
+#include <QProgressBar>
+#include <QPushButton>
+#include <QSpinBox>
 #include <QHeaderView>
 #include <QLabel>
 #include <QLocale>
@@ -25,10 +34,13 @@
 #include <QtConcurrent/QtConcurrentRun>
 
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "common/error.h"
 #include "conversiontablemodel.h"
+#include "evaluateview.h"
+#include "exportview.h"
 #include "layertablemodel.h"
 #include "model/tokenizer.h"
 #include "widgets/barplot.h"
@@ -54,6 +66,9 @@ OpenedModel openModel(const QString& path)
             if (runId) {
                 m.run = p.snapshot(*runId);
                 m.profiles = p.routingProfiles(*runId);
+                m.policies = p.policies();
+                m.evaluations = p.evaluations();
+                m.exports = p.exports();
                 if (!m.profiles.empty())
                     m.policy = loadPolicyData(path);
                 dir = p.model(m.run->run.modelId).path;
@@ -81,6 +96,13 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
 {
     buildUi();
     connect(&m_openWatcher, &QFutureWatcher<OpenedModel>::finished, this, &MainWindow::onOpenFinished);
+    m_job = new WorkbenchJob(this);
+    connect(m_job, &WorkbenchJob::runStarted, this, &MainWindow::onRunStarted);
+    connect(m_job, &WorkbenchJob::layerStarted, this, &MainWindow::onLayerStarted);
+    connect(m_job, &WorkbenchJob::layerFinished, this, &MainWindow::onLayerFinished);
+    connect(m_job, &WorkbenchJob::progressed, this, &MainWindow::onJobProgressed);
+    connect(m_job, &WorkbenchJob::jobFinished, this, &MainWindow::onJobFinished);
+    setJobRunning({});
     QSettings settings;
     restoreGeometry(settings.value("window/geometry").toByteArray());
     restoreState(settings.value("window/state").toByteArray());
@@ -89,6 +111,10 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
 
 MainWindow::~MainWindow()
 {
+    // The job first: it cancels and waits, and nothing it still sends may reach a half-destroyed window.
+    m_job->disconnect(this);
+    delete m_job;
+    m_job = nullptr;
     m_openWatcher.disconnect();
     m_openWatcher.waitForFinished();
 }
@@ -151,7 +177,8 @@ void MainWindow::buildUi()
 
     auto* convertPage = new QWidget;
     auto* convertLayout = new QVBoxLayout(convertPage);
-    m_runSummary = new QLabel(tr("No conversion yet. Convert with: ladimo convert MODEL --data FILE --project P.ladimo, then open P.ladimo."));
+    convertLayout->addWidget(buildConvertForm());
+    m_runSummary = new QLabel(tr("No conversion yet: open a model, choose the settings above and press Start."));
     m_runSummary->setWordWrap(true);
     m_runSummary->setTextInteractionFlags(Qt::TextSelectableByMouse);
     convertLayout->addWidget(m_runSummary);
@@ -210,6 +237,24 @@ void MainWindow::buildUi()
     m_policyView = new PolicyView;
     m_tabs->addTab(m_policyView, tr("Policy"));
     m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
+    m_evaluateView = new EvaluateView;
+    m_tabs->addTab(m_evaluateView, tr("Evaluate"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Measure perplexity, KL to dense and latency of the conversion under a rule"));
+    connect(m_evaluateView, &EvaluateView::evaluationFinished, this, [this](bool cancelled, const QString& error) {
+        if (!error.isEmpty() && !property("quiet").toBool())
+            QMessageBox::critical(this, tr("Evaluation failed"), error);
+        if (!cancelled && error.isEmpty() && m_current.isProject)
+            openPath(m_current.path); // the new evaluation in every view (the tradeoff plot too)
+    });
+    m_exportView = new ExportView;
+    m_tabs->addTab(m_exportView, tr("Export"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Write the conversion or the dense model as Hugging Face or GGUF files"));
+    connect(m_exportView, &ExportView::exportFinished, this, [this](bool cancelled, const QString& error) {
+        if (!error.isEmpty() && !property("quiet").toBool())
+            QMessageBox::critical(this, tr("Export failed"), error);
+        if (!cancelled && error.isEmpty() && m_current.isProject)
+            openPath(m_current.path); // the new export in the list
+    });
     setCentralWidget(m_tabs);
     statusBar()->showMessage(tr("Ready"));
     rebuildRecentMenu();
@@ -275,11 +320,26 @@ void MainWindow::showModel(const OpenedModel& m)
     if (m.isProject && !m.profiles.empty())
         m_policyView->setData(m.policy);
     else
-        m_policyView->clear(m.isProject ? tr("No routing profile yet: run ladimo profile P.ladimo --data FILE.")
+        m_policyView->clear(m.isProject ? tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo).")
                                         : tr("Open a project (*.ladimo) with a conversion run and a routing profile."));
+    const bool runDone = m.run && m.run->run.status == core::RunStatus::Done;
+    if (m.isProject && runDone)
+        m_evaluateView->setProject(m.path, static_cast<int>(m.run->run.experts), m.run->run.trainTopK, m.policies, m.evaluations);
+    else
+        m_evaluateView->clear(m.isProject ? tr("Finish the conversion first (Convert view).")
+                                          : tr("Open a project with a finished conversion run."));
+    if (m.isProject && runDone)
+        m_exportView->setProject(m.path, static_cast<int>(m.run->run.experts), m.policies, m.exports);
+    else
+        m_exportView->clear(m.isProject ? tr("Finish the conversion first (Convert view).")
+                                        : tr("Open a project with a finished conversion run."));
     m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
                          {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
     setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));
+    if (m.isProject)
+        m_projectFile->setText(m.path);
+    m_projectFile->setReadOnly(m.isProject);
+    setJobRunning(m_jobKind);
     statusBar()->showMessage(tr("Opened %1").arg(m.path));
 }
 
@@ -288,8 +348,9 @@ void MainWindow::showRun(const OpenedModel& m)
     if (!m.run) {
         m_conversion->clear();
         m_lossPlot->clear();
-        m_runSummary->setText(m.isProject ? tr("This project has no conversion run yet.")
-                                          : tr("No conversion yet. Convert with: ladimo convert MODEL --data FILE --project P.ladimo, then open P.ladimo."));
+        m_runSummary->setText(m.isProject ? tr("This project has no conversion run yet: press Start.")
+                                          : tr("No conversion yet: choose the settings above and press Start; "
+                                               "the project file is asked for when the Project field is empty."));
         return;
     }
     const auto& r = m.run->run;
@@ -312,6 +373,29 @@ void MainWindow::showRun(const OpenedModel& m)
                               .arg(m.run->layers.size()));
     m_conversion->setSnapshot(*m.run);
     selectConversionLayer(0);
+    if (m_jobKind.isEmpty()) {
+        m_overallProgress->setRange(0, std::max<int>(1, static_cast<int>(m.run->layers.size())));
+        m_overallProgress->setValue(done);
+    }
+    // The form takes the run's settings: Start then resumes (or reruns) exactly this run.
+    m_experts->setValue(static_cast<int>(r.experts));
+    m_trainTopK->setValue(r.trainTopK);
+    m_epochs->setValue(r.epochs);
+    if (const int i = m_partition->findText(QString::fromStdString(r.partition)); i >= 0)
+        m_partition->setCurrentIndex(i);
+    if (const int i = m_gating->findText(QString::fromStdString(r.gating)); i >= 0)
+        m_gating->setCurrentIndex(i);
+    const auto data = r.extra.value("data", nlohmann::json::object());
+    m_seed->setValue(static_cast<int>(r.seed));
+    if (data.contains("self_sample")) {
+        m_dataKind->setCurrentIndex(0);
+        m_tokens->setValue(static_cast<int>(data["self_sample"].get<int64_t>()));
+    } else if (data.contains("file")) {
+        m_dataKind->setCurrentIndex(1);
+        m_dataFile->setText(QString::fromStdString(data["file"].get<std::string>()));
+        if (const int64_t max = data.value("max_tokens", int64_t{0}); max > 0)
+            m_tokens->setValue(static_cast<int>(max));
+    }
 }
 
 void MainWindow::selectConversionLayer(int layer)
@@ -356,7 +440,7 @@ void MainWindow::showProfiles(const OpenedModel& m)
         m_rankPlot->clear();
         m_massPlot->clear();
         m_loadPlot->setBars({}, {});
-        m_routingSummary->setText(tr("No routing profile yet: run ladimo profile P.ladimo --data FILE."));
+        m_routingSummary->setText(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
         return;
     }
     selectRoutingLayer(0);
@@ -402,6 +486,296 @@ bool MainWindow::selectRoutingLayer(int index)
                                   .arg(std::log(static_cast<double>(std::max<std::size_t>(N, 1))), 0, 'f', 3)
                                   .arg(cumulative.empty() ? 0.0 : cumulative[0].get<double>(), 0, 'f', 3));
     return true;
+}
+
+QWidget* MainWindow::buildConvertForm()
+{
+    auto* box = new QGroupBox(tr("Conversion settings"));
+    auto* grid = new QGridLayout(box);
+    auto spin = [](const char* name, int lo, int hi, int value, const QString& tip) {
+        auto* w = new QSpinBox;
+        w->setObjectName(QString::fromLatin1(name));
+        w->setRange(lo, hi);
+        w->setValue(value);
+        w->setToolTip(tip);
+        return w;
+    };
+    auto combo = [](const char* name, const QStringList& items, const QString& tip) {
+        auto* w = new QComboBox;
+        w->setObjectName(QString::fromLatin1(name));
+        w->addItems(items);
+        w->setToolTip(tip);
+        return w;
+    };
+    const ConvertRequest defaults; // the core's defaults, as `ladimo convert` has them
+    m_experts = spin("experts", 2, 256, static_cast<int>(defaults.experts), tr("Experts per layer (--experts): the FFN's neurons are split into this many experts"));
+    m_trainTopK = spin("trainTopK", 1, 256, defaults.trainTopK, tr("Experts per token while distilling (--train-top-k)"));
+    m_epochs = spin("epochs", 1, 1000, defaults.epochs, tr("Distillation epochs over the calibration tokens (--epochs)"));
+    m_tokens = spin("tokens", 64, 100'000'000, 16384, tr("Token budget (--max-tokens / --self-sample N): calibration tokens used"));
+    m_tokens->setSingleStep(1024);
+    m_seed = spin("seed", 0, std::numeric_limits<int>::max(), 1234, tr("Seed (--seed) of self-sampling and of the partition and distillation"));
+    m_dataKind = combo("dataKind", {tr("Self-sample"), tr("File")},
+                       tr("Calibration data: sample tokens from the dense model itself (no data needed), or a token file"));
+    m_dataFile = new QLineEdit;
+    m_dataFile->setObjectName("dataFile");
+    m_dataFile->setPlaceholderText(tr(".txt, .u16, .u32 or .jsonl"));
+    m_dataFile->setToolTip(tr("Calibration token file (--data): .txt (tokenized with the model's tokenizer), .u16, .u32 or .jsonl"));
+    auto* browse = new QPushButton(tr("Browse..."));
+    browse->setToolTip(tr("Choose the calibration token file"));
+    connect(browse, &QPushButton::clicked, this, [this] {
+        const QString f = QFileDialog::getOpenFileName(this, tr("Calibration data"), m_dataFile->text(),
+                                                       tr("Token data (*.txt *.u16 *.u32 *.jsonl);;All files (*)"));
+        if (!f.isEmpty()) {
+            m_dataFile->setText(f);
+            m_dataKind->setCurrentIndex(1);
+        }
+    });
+    m_partition = combo("partition", {"coact", "contiguous", "weights"},
+                        tr("How neurons are split into experts (--partition): balanced k-means on co-activation, "
+                           "contiguous blocks, or k-means on weights"));
+    m_gating = combo("gating", {"hard", "renorm", "plain"},
+                     tr("Gating (--gating): hard (chosen experts at weight 1), renorm (Mixtral) or plain softmax weights"));
+    m_device = combo("device", {"auto", "cpu", "cuda"}, tr("Device (--device): auto picks CUDA when present"));
+    m_projectFile = new QLineEdit;
+    m_projectFile->setObjectName("projectFile");
+    m_projectFile->setPlaceholderText(tr("asked for on Start"));
+    m_projectFile->setToolTip(tr("The project (*.ladimo) the conversion writes; a rerun with the same settings resumes"));
+
+    int row = 0;
+    auto add = [&](int col, const QString& label, QWidget* w) {
+        auto* l = new QLabel(label);
+        l->setBuddy(w);
+        grid->addWidget(l, row, col * 2);
+        grid->addWidget(w, row, col * 2 + 1);
+    };
+    add(0, tr("&Experts:"), m_experts);
+    add(1, tr("Train &top-k:"), m_trainTopK);
+    add(2, tr("E&pochs:"), m_epochs);
+    add(3, tr("Token &budget:"), m_tokens);
+    ++row;
+    add(0, tr("&Data:"), m_dataKind);
+    auto* fileRow = new QWidget;
+    auto* fileLayout = new QHBoxLayout(fileRow);
+    fileLayout->setContentsMargins(0, 0, 0, 0);
+    fileLayout->addWidget(m_dataFile, 1);
+    fileLayout->addWidget(browse);
+    grid->addWidget(fileRow, row, 2, 1, 6);
+    ++row;
+    add(0, tr("Pa&rtition:"), m_partition);
+    add(1, tr("&Gating:"), m_gating);
+    add(2, tr("De&vice:"), m_device);
+    add(3, tr("See&d:"), m_seed);
+    ++row;
+    add(0, tr("Pro&ject:"), m_projectFile);
+    grid->removeWidget(m_projectFile);
+    grid->addWidget(m_projectFile, row, 1, 1, 7);
+    ++row;
+
+    m_startButton = new QPushButton(tr("&Start"));
+    m_startButton->setObjectName("startConversion");
+    m_startButton->setToolTip(tr("Convert every layer (ladimo convert); a run with the same settings resumes where it stopped"));
+    m_profileButton = new QPushButton(tr("P&rofile"));
+    m_profileButton->setObjectName("startProfile");
+    m_profileButton->setToolTip(tr("Profile the routers of the latest finished run on the data above (ladimo profile); "
+                                   "fills the Routing and Policy views"));
+    m_cancelButton = new QPushButton(tr("&Cancel"));
+    m_cancelButton->setObjectName("cancelJob");
+    m_cancelButton->setToolTip(tr("Stop after the current batch; finished layers are kept and Start resumes"));
+    connect(m_startButton, &QPushButton::clicked, this, [this] { startConversion(); });
+    connect(m_profileButton, &QPushButton::clicked, this, [this] { startProfile(); });
+    connect(m_cancelButton, &QPushButton::clicked, this, &MainWindow::cancelJob);
+    m_stageProgress = new QProgressBar;
+    m_stageProgress->setObjectName("stageProgress");
+    m_stageProgress->setToolTip(tr("The current step: sampling, capture, or the layer being distilled"));
+    m_stageProgress->setFormat(tr("step %p%"));
+    m_stageProgress->setValue(0);
+    m_overallProgress = new QProgressBar;
+    m_overallProgress->setObjectName("overallProgress");
+    m_overallProgress->setToolTip(tr("Layers converted of all layers"));
+    m_overallProgress->setFormat(tr("overall %p%"));
+    m_overallProgress->setValue(0);
+    m_jobStatus = new QLabel;
+    m_jobStatus->setObjectName("jobStatus");
+    auto* actions = new QHBoxLayout;
+    actions->addWidget(m_startButton);
+    actions->addWidget(m_profileButton);
+    actions->addWidget(m_cancelButton);
+    actions->addWidget(m_stageProgress, 1);
+    actions->addWidget(m_overallProgress, 1);
+    grid->addLayout(actions, row, 0, 1, 8);
+    ++row;
+    grid->addWidget(m_jobStatus, row, 0, 1, 8);
+    return box;
+}
+
+DataChoice MainWindow::dataChoice() const
+{
+    DataChoice d;
+    d.seed = static_cast<uint64_t>(m_seed->value()); // also seeds partition and distillation, as --seed does
+    if (m_dataKind->currentIndex() == 0) {
+        d.selfSample = m_tokens->value();
+    } else {
+        d.file = m_dataFile->text().trimmed();
+        d.maxTokens = m_tokens->value();
+    }
+    return d;
+}
+
+void MainWindow::setJobRunning(const QString& kind)
+{
+    m_jobKind = kind;
+    const bool running = !kind.isEmpty();
+    const bool open = !m_current.path.isEmpty();
+    m_startButton->setEnabled(!running && open);
+    m_profileButton->setEnabled(!running && m_current.isProject && m_current.run.has_value());
+    m_cancelButton->setEnabled(running);
+    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_epochs, m_tokens, m_seed, m_dataKind, m_dataFile,
+                                                      m_partition, m_gating, m_device, m_projectFile})
+        w->setEnabled(!running);
+}
+
+bool MainWindow::startConversion()
+{
+    if (m_job->isRunning() || m_current.path.isEmpty())
+        return false;
+    QString project = m_current.isProject ? m_current.path : m_projectFile->text().trimmed();
+    if (project.isEmpty()) {
+        project = QFileDialog::getSaveFileName(this, tr("Create project"),
+                                               QDir::home().filePath(QDir(m_current.modelPath).dirName() + ".ladimo"),
+                                               tr("LaDiMo projects (*.ladimo)"));
+        if (project.isEmpty())
+            return false;
+    }
+    if (!project.endsWith(".ladimo"))
+        project += ".ladimo";
+    m_projectFile->setText(project);
+    if (m_dataKind->currentIndex() == 1 && m_dataFile->text().trimmed().isEmpty()) {
+        const QString msg = tr("Data: choose a calibration token file (.txt, .u16, .u32 or .jsonl), or Self-sample.");
+        m_jobStatus->setText(msg);
+        emit conversionFinished(false, msg);
+        return false;
+    }
+    ConvertRequest r;
+    r.modelPath = m_current.modelPath;
+    r.projectFile = project;
+    r.experts = m_experts->value();
+    r.trainTopK = m_trainTopK->value();
+    r.epochs = m_epochs->value();
+    r.partition = m_partition->currentText();
+    r.gating = m_gating->currentText();
+    r.device = m_device->currentText();
+    r.data = dataChoice();
+    if (!m_job->startConversion(r))
+        return false;
+    m_jobProject = project;
+    m_jobStartMs = QDateTime::currentMSecsSinceEpoch();
+    m_stageProgress->setValue(0);
+    m_overallProgress->setValue(0);
+    m_jobStatus->setText(tr("Loading the model and the calibration data ..."));
+    setJobRunning("convert");
+    return true;
+}
+
+bool MainWindow::startProfile()
+{
+    if (m_job->isRunning() || !m_current.isProject)
+        return false;
+    ProfileRequest r;
+    r.projectFile = m_current.path;
+    r.data = dataChoice();
+    if (m_dataKind->currentIndex() == 0)
+        r.data.seed += 1; // held-out: not the tokens the conversion was trained on
+    r.sensitivityTokens = std::min<int64_t>(8192, m_tokens->value());
+    if (!m_job->startProfile(r))
+        return false;
+    m_jobProject = r.projectFile;
+    m_jobStartMs = QDateTime::currentMSecsSinceEpoch();
+    m_stageProgress->setValue(0);
+    m_jobStatus->setText(tr("Profiling the routers of the latest run ..."));
+    setJobRunning("profile");
+    return true;
+}
+
+void MainWindow::cancelJob()
+{
+    if (!m_job->isRunning())
+        return;
+    m_job->cancel();
+    m_jobStatus->setText(tr("Cancelling after the current batch ..."));
+}
+
+void MainWindow::onRunStarted(const core::RunSnapshot& snapshot, bool resumed)
+{
+    m_conversion->setSnapshot(snapshot);
+    const int done = m_conversion->doneCount();
+    m_overallProgress->setRange(0, static_cast<int>(snapshot.layers.size()) * 100);
+    m_overallProgress->setValue(done * 100);
+    m_runSummary->setText(resumed ? tr("Resuming run #%1: %2 of %3 layers already done.").arg(snapshot.run.id).arg(done).arg(snapshot.layers.size())
+                                  : tr("Run #%1 started: %2 layers to convert.").arg(snapshot.run.id).arg(snapshot.layers.size()));
+}
+
+void MainWindow::onLayerStarted(int layer)
+{
+    m_conversion->setLayerStatus(layer, core::LayerStatus::Running);
+}
+
+void MainWindow::onLayerFinished(int layer, double finalLoss, double relativeError, double seconds,
+                                 const QVector<double>& steps, const QVector<double>& losses)
+{
+    core::LayerResult r;
+    r.layer = layer;
+    r.status = core::LayerStatus::Done;
+    r.finalLoss = finalLoss;
+    r.relativeError = relativeError;
+    r.wallSeconds = seconds;
+    core::LossCurve curve;
+    for (int i = 0; i < steps.size() && i < losses.size(); ++i)
+        curve.push_back({static_cast<int64_t>(steps[i]), losses[i]});
+    m_conversion->setLayerResult(layer, r, curve);
+    m_overallProgress->setValue(m_conversion->doneCount() * 100);
+    selectConversionLayer(layer); // the newest curve in view
+}
+
+void MainWindow::onJobProgressed(const QString& stage, double done, double total)
+{
+    m_stageProgress->setRange(0, 1000);
+    m_stageProgress->setValue(total > 0 ? static_cast<int>(1000.0 * done / total) : 0);
+    QString eta;
+    if (m_jobKind == "convert" && stage.startsWith("layer ") && m_conversion->rowCount() > 0) {
+        const int layers = m_conversion->rowCount();
+        const double fraction = (m_conversion->doneCount() + (total > 0 ? done / total : 0.0)) / layers;
+        m_overallProgress->setValue(static_cast<int>(fraction * layers * 100));
+        const double elapsed = (QDateTime::currentMSecsSinceEpoch() - m_jobStartMs) / 1000.0;
+        if (fraction > 0.02)
+            eta = tr(", about %1 s left").arg(std::max(0.0, elapsed * (1 - fraction) / fraction), 0, 'f', 0);
+    }
+    m_jobStatus->setText(tr("%1: %2 of %3%4").arg(stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0).arg(eta));
+}
+
+void MainWindow::onJobFinished(bool cancelled, const QString& error)
+{
+    const QString kind = m_jobKind;
+    setJobRunning({});
+    const double secs = (QDateTime::currentMSecsSinceEpoch() - m_jobStartMs) / 1000.0;
+    if (!error.isEmpty()) {
+        m_jobStatus->setText(tr("%1 failed: %2").arg(kind, error));
+        if (!property("quiet").toBool())
+            QMessageBox::critical(this, kind == "profile" ? tr("Profile failed") : tr("Conversion failed"), error);
+    } else if (cancelled) {
+        m_jobStatus->setText(kind == "profile" ? tr("Profile cancelled; nothing was stored.")
+                                               : tr("Cancelled: finished layers are kept; Start resumes the run."));
+    } else {
+        m_stageProgress->setValue(m_stageProgress->maximum());
+        m_jobStatus->setText(kind == "profile" ? tr("Profiled in %1 s.").arg(secs, 0, 'f', 1)
+                                               : tr("Converted in %1 s.").arg(secs, 0, 'f', 1));
+    }
+    if (kind == "profile")
+        emit profileFinished(cancelled, error);
+    else
+        emit conversionFinished(cancelled, error);
+    // Reopen the project so every view shows what the job stored (a read, off the GUI thread).
+    if (!m_jobProject.isEmpty() && QFileInfo::exists(m_jobProject))
+        openPath(m_jobProject);
 }
 
 QString MainWindow::summaryText() const { return m_summary->text(); }

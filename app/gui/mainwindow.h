@@ -12,9 +12,14 @@
 #include "model/config.h"
 #include "policyview.h"
 #include "store/project.h"
+#include "workbenchjob.h"
 
 class QComboBox;
 class QLabel;
+class QLineEdit;
+class QProgressBar;
+class QPushButton;
+class QSpinBox;
 class QTableView;
 class QTabWidget;
 class QMenu;
@@ -26,6 +31,8 @@ class LinePlot;
 
 namespace ladimo::gui {
 
+class EvaluateView;
+class ExportView;
 class LayerTableModel;
 class ConversionTableModel;
 
@@ -39,6 +46,9 @@ struct OpenedModel {
     std::optional<core::RunSnapshot> run; // the project's latest conversion run
     std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
     PolicyData policy;       // the Policy view's data, when there are profiles
+    std::vector<core::Policy> policies;       // the project's stored policies
+    std::vector<core::Evaluation> evaluations; // and evaluations
+    std::vector<core::ExportRecord> exports;    // and exports
     QString error;           // non-empty when opening failed
 };
 
@@ -61,13 +71,26 @@ public:
     bool selectRoutingLayer(int layer);
     const widgets::LinePlot* rankPlot() const { return m_rankPlot; }
     PolicyView* policyView() const { return m_policyView; }
+    EvaluateView* evaluateView() const { return m_evaluateView; }
+    ExportView* exportView() const { return m_exportView; }
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
     bool selectView(const QString& name);
 
+    // Convert view: starts converting the open model into the open project (or the project file
+    // the form names; asked for when empty), or profiles the open project's latest run. False
+    // when nothing is open or a job is running. conversionFinished / profileFinished follow,
+    // then the project is reopened so every view shows what the job stored.
+    bool startConversion();
+    bool startProfile();
+    void cancelJob();
+    bool isJobRunning() const { return m_job->isRunning(); }
+
 signals:
     void modelOpened(const QString& path);
     void openFailed(const QString& message);
+    void conversionFinished(bool cancelled, const QString& error);
+    void profileFinished(bool cancelled, const QString& error);
 
 protected:
     void dragEnterEvent(QDragEnterEvent* event) override;
@@ -77,6 +100,12 @@ protected:
 private slots:
     void onOpenTriggered();
     void onOpenFinished();
+    void onRunStarted(const ladimo::core::RunSnapshot& snapshot, bool resumed);
+    void onLayerStarted(int layer);
+    void onLayerFinished(int layer, double finalLoss, double relativeError, double seconds,
+                         const QVector<double>& steps, const QVector<double>& losses);
+    void onJobProgressed(const QString& stage, double done, double total);
+    void onJobFinished(bool cancelled, const QString& error);
 
 private:
     void buildUi();
@@ -84,6 +113,9 @@ private:
     void showRun(const OpenedModel& m);
     void showLossCurve(int row);
     void showProfiles(const OpenedModel& m);
+    QWidget* buildConvertForm();
+    DataChoice dataChoice() const;
+    void setJobRunning(const QString& kind);
     void rememberRecent(const QString& path);
     void rebuildRecentMenu();
 
@@ -102,6 +134,30 @@ private:
     widgets::LinePlot* m_massPlot = nullptr;   // cumulative top-k mass and error by k
     widgets::BarPlot* m_loadPlot = nullptr;    // expert load
     PolicyView* m_policyView = nullptr;
+    EvaluateView* m_evaluateView = nullptr;
+    ExportView* m_exportView = nullptr;
+    // Convert view: settings, actions, progress.
+    QSpinBox* m_experts = nullptr;
+    QSpinBox* m_trainTopK = nullptr;
+    QSpinBox* m_epochs = nullptr;
+    QSpinBox* m_tokens = nullptr;
+    QSpinBox* m_seed = nullptr;
+    QComboBox* m_dataKind = nullptr;
+    QLineEdit* m_dataFile = nullptr;
+    QComboBox* m_partition = nullptr;
+    QComboBox* m_gating = nullptr;
+    QComboBox* m_device = nullptr;
+    QLineEdit* m_projectFile = nullptr;
+    QPushButton* m_startButton = nullptr;
+    QPushButton* m_profileButton = nullptr;
+    QPushButton* m_cancelButton = nullptr;
+    QProgressBar* m_stageProgress = nullptr;
+    QProgressBar* m_overallProgress = nullptr;
+    QLabel* m_jobStatus = nullptr;
+    WorkbenchJob* m_job = nullptr;
+    QString m_jobKind;     // "convert" / "profile" while a job runs
+    QString m_jobProject;  // the project the running job writes
+    qint64 m_jobStartMs = 0;
     QMenu* m_recentMenu = nullptr;
     OpenedModel m_current;
     QFutureWatcher<OpenedModel> m_openWatcher;

@@ -1,0 +1,115 @@
+// WorkbenchJob: runs one long core job (convert into a project, or profile its latest run) on a
+// worker thread (QtConcurrent) with cooperative cancellation. Progress and per-layer results are
+// emitted from the worker thread and reach receivers in the GUI thread as queued signals, never
+// blocking the worker; progress is throttled to 20 per second. Owned by the GUI thread; the
+// destructor cancels and waits. One job at a time.
+#pragma once
+
+#include <QFutureWatcher>
+#include <QObject>
+#include <QString>
+#include <QVector>
+
+#include <cstdint>
+#include <functional>
+
+// No LibTorch here: Qt's `slots` macro breaks its headers when they come after Qt's.
+#include "common/progress.h"
+#include "store/project.h"
+
+namespace ladimo::gui {
+
+// Where tokens come from (core::DataSource): a token file, or samples of the dense model.
+struct DataChoice {
+    QString file;
+    int64_t selfSample = 0; // > 0: sample this many tokens instead of reading `file`
+    uint64_t seed = 1234;
+    int64_t maxTokens = 0;  // 0 = all of the file
+};
+
+// The settings of `ladimo convert`; the rest keep the core's defaults (core::ConvertSettings).
+struct ConvertRequest {
+    QString modelPath;   // the dense model folder
+    QString projectFile; // *.ladimo, created when absent; a rerun with the same settings resumes
+    int64_t experts = 8;
+    int trainTopK = 6;
+    int epochs = 20;
+    QString partition = "coact"; // recorded as given, like `ladimo convert --partition`
+    QString gating = "hard";
+    QString device = "auto";
+    DataChoice data;
+};
+
+struct ProfileRequest {
+    QString projectFile;
+    DataChoice data;
+    int64_t seqLen = 256;
+    int bins = 20;
+    int64_t sensitivityTokens = 8192; // 0 = skip the per-layer sensitivity
+};
+
+// `ladimo eval P.ladimo` from the window: the latest run under a rule, stored in the project.
+struct EvaluateRequest {
+    enum class Policy { Dense, UniformTopK, Stored };
+    QString projectFile;
+    DataChoice data;
+    int64_t seqLen = 256;
+    Policy policy = Policy::UniformTopK;
+    int topK = 0;          // UniformTopK: experts per token in every layer (0: the training k)
+    QString policyName;    // Stored: the project's policy of this name
+    bool timing = true;    // measure prefill / decode time against the dense model
+};
+
+// `ladimo export P.ladimo` from the window: writes the files and records the export.
+struct ExportRequest {
+    QString projectFile;
+    QString format = "hf-mixtral"; // hf-mixtral | gguf (the conversion), hf-llama | gguf-llama (the dense model)
+    QString out;                   // directory (hf-*: absent or empty) or file (gguf*: absent)
+    QString dtype = "f32";
+    QString policyName;            // empty: the training k in every layer
+    int topK = 0;                  // k for formats with one k for all layers; 0 = from a uniform static policy
+};
+
+struct JobOutcome {
+    bool cancelled = false;
+    QString error; // empty: success (or cancelled)
+};
+
+class WorkbenchJob : public QObject {
+    Q_OBJECT
+public:
+    explicit WorkbenchJob(QObject* parent = nullptr);
+    ~WorkbenchJob() override;
+
+    // False when a job is already running.
+    bool startConversion(const ConvertRequest& request);
+    bool startProfile(const ProfileRequest& request);
+    bool startEvaluation(const EvaluateRequest& request);
+    bool startExport(const ExportRequest& request);
+    void cancel();
+    bool isRunning() const { return m_watcher.isRunning(); }
+
+signals:
+    void progressed(const QString& stage, double done, double total);
+    // Conversion: the run was found (resumed) or started, as the project records it now.
+    void runStarted(const ladimo::core::RunSnapshot& snapshot, bool resumed);
+    void layerStarted(int layer);
+    void layerFinished(int layer, double finalLoss, double relativeError, double seconds,
+                       const QVector<double>& steps, const QVector<double>& losses);
+    // Evaluation: the metrics recorded in the project (JSON text), just before jobFinished.
+    void evaluated(const QString& metricsJson);
+    // Export: the report (out, format, exact, notes, files, bytes, sha256, policy) as JSON text.
+    void exported(const QString& reportJson);
+    void jobFinished(bool cancelled, const QString& error);
+
+private:
+    void start(std::function<JobOutcome(const core::CancelToken&)> work);
+    core::ProgressFn throttledProgress();
+
+    QFutureWatcher<JobOutcome> m_watcher;
+    core::CancelToken m_cancel;
+};
+
+} // namespace ladimo::gui
+
+Q_DECLARE_METATYPE(ladimo::core::RunSnapshot)
