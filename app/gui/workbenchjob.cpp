@@ -17,6 +17,12 @@
 
 #include <QtConcurrent/QtConcurrentRun>
 
+#ifdef __linux__
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -114,6 +120,12 @@ void WorkbenchJob::start(std::function<JobOutcome(const core::CancelToken&)> wor
 {
     m_cancel = core::CancelToken(); // a fresh flag: an earlier Cancel does not stop this job
     m_watcher.setFuture(QtConcurrent::run([work = std::move(work), cancel = m_cancel] {
+#ifdef __linux__
+        // Background work yields the CPU to the GUI thread: a per-thread nice value, inherited by
+        // the LibTorch (OpenMP) threads this thread starts, so the window stays responsive on a
+        // busy machine.
+        ::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 10);
+#endif
         try {
             return work(cancel);
         } catch (const core::Cancelled&) {
