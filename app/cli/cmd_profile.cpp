@@ -46,47 +46,12 @@ void registerProfileCommand(CLI::App& app)
         ProgressPrinter printer;
         const auto progress = printer.fn();
         auto stream = o->data.load(converted.model, core::Tokenizer::loadForModel(converted.modelPath).get(), o->seqLen, progress);
-        std::vector<torch::Tensor> xs, ys;
-        core::captureFfn(converted.model, stream, o->seqLen, &xs, &ys);
-        core::ProfileOptions po;
+        core::ConversionProfileOptions po;
+        po.seqLen = o->seqLen;
         po.bins = o->bins;
-        const auto& cfg = converted.model.config();
-        po.denseParameters = 3 * cfg.hiddenSize * cfg.intermediateSize;
-        std::vector<core::RoutingProfile> profiles;
-        for (std::size_t l = 0; l < converted.layers.size(); ++l) {
-            interruptToken().throwIfCancelled();
-            auto p = core::profileLayer(converted.layers[l], xs[l], ys[l], po);
-            p.runId = converted.runId;
-            p.layer = static_cast<int>(l);
-            profiles.push_back(std::move(p));
-            progress("profile", static_cast<double>(l + 1), static_cast<double>(converted.layers.size()));
-        }
-        xs.clear();
-        ys.clear();
-        if (o->sensitivityTokens > 0) {
-            // How much each layer's error moves the model's output: KL to dense with only that
-            // layer converted, at a k in the range policies use.
-            const int64_t N = converted.layers.front().numExperts();
-            const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
-            std::vector<int64_t> head(stream.begin(),
-                                      stream.begin() + std::min<int64_t>(o->sensitivityTokens, static_cast<int64_t>(stream.size())));
-            const auto sens = core::layerSensitivity(converted.model, converted.layers, head, o->seqLen,
-                                                     core::RoutingRule::staticK(k), &interruptToken());
-            for (std::size_t l = 0; l < profiles.size(); ++l) {
-                auto& extra = profiles[l].extra;
-                const double err = profiles[l].errorByK[static_cast<std::size_t>(k - 1)];
-                extra["sensitivity_k"] = k;
-                extra["sensitivity_tokens"] = static_cast<int64_t>(head.size());
-                extra["sensitivity_kl"] = sens[l].kl;
-                extra["sensitivity_nll"] = sens[l].nllIncrease;
-                if (err > 0 && sens[l].kl > 0) {
-                    extra["kl_per_error"] = sens[l].kl / err;
-                    // Harm to the likelihood of real text; never below the KL (a small sample
-                    // can even show a small gain).
-                    extra["nll_per_error"] = std::max(sens[l].nllIncrease, sens[l].kl) / err;
-                }
-            }
-        }
+        po.sensitivityTokens = o->sensitivityTokens;
+        const auto profiles = core::profileConversion(converted.model, converted.layers, converted.runId, stream, po,
+                                                      &interruptToken(), progress);
         nlohmann::json out = nlohmann::json::array();
         for (const auto& p : profiles) {
             project.saveRoutingProfile(p);

@@ -222,44 +222,12 @@ bool WorkbenchJob::startProfile(const ProfileRequest& r)
         const auto& layers = loaded.layers;
         const auto tokenizer = core::Tokenizer::loadForModel(modelDir);
         auto stream = toCore(r.data).load(model, tokenizer.get(), r.seqLen, progress, cancel);
-        std::vector<torch::Tensor> xs, ys;
-        core::captureFfn(model, stream, r.seqLen, &xs, &ys);
-        core::ProfileOptions po;
+        // As `ladimo profile` (routing/profile.h profileConversion).
+        core::ConversionProfileOptions po;
+        po.seqLen = r.seqLen;
         po.bins = r.bins;
-        const auto& cfg = model.config();
-        po.denseParameters = 3 * cfg.hiddenSize * cfg.intermediateSize;
-        std::vector<core::RoutingProfile> profiles;
-        for (std::size_t l = 0; l < layers.size(); ++l) {
-            cancel.throwIfCancelled();
-            auto p = core::profileLayer(layers[l], xs[l], ys[l], po);
-            p.runId = *runId;
-            p.layer = static_cast<int>(l);
-            profiles.push_back(std::move(p));
-            progress("profile", static_cast<double>(l + 1), static_cast<double>(layers.size()));
-        }
-        xs.clear();
-        ys.clear();
-        if (r.sensitivityTokens > 0 && !layers.empty()) {
-            // The same sensitivity `ladimo profile` records: KL to dense with one layer converted.
-            const int64_t N = layers.front().numExperts();
-            const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
-            std::vector<int64_t> head(stream.begin(),
-                                      stream.begin() + std::min<int64_t>(r.sensitivityTokens, static_cast<int64_t>(stream.size())));
-            const auto sens = core::layerSensitivity(model, layers, head, r.seqLen, core::RoutingRule::staticK(k), &cancel);
-            for (std::size_t l = 0; l < profiles.size(); ++l) {
-                auto& extra = profiles[l].extra;
-                const double err = profiles[l].errorByK[static_cast<std::size_t>(k - 1)];
-                extra["sensitivity_k"] = k;
-                extra["sensitivity_tokens"] = static_cast<int64_t>(head.size());
-                extra["sensitivity_kl"] = sens[l].kl;
-                extra["sensitivity_nll"] = sens[l].nllIncrease;
-                if (err > 0 && sens[l].kl > 0) {
-                    extra["kl_per_error"] = sens[l].kl / err;
-                    extra["nll_per_error"] = std::max(sens[l].nllIncrease, sens[l].kl) / err;
-                }
-            }
-        }
-        cancel.throwIfCancelled();
+        po.sensitivityTokens = r.sensitivityTokens;
+        const auto profiles = core::profileConversion(model, layers, *runId, stream, po, &cancel, progress);
         for (const auto& p : profiles)
             project.saveRoutingProfile(p);
         return JobOutcome{};

@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "convert/construct.h"
+#include "convert/convert.h"
 #include "eval/perplexity.h"
 #include "model/llama.h"
 
@@ -90,6 +91,60 @@ std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const st
         out.push_back({r.klToReference, r.nll - denseNll});
     }
     return out;
+}
+
+std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                              int64_t runId, const std::vector<int64_t>& stream,
+                                              const ConversionProfileOptions& options, const CancelToken* cancel,
+                                              const ProgressFn& progress)
+{
+    const auto check = [cancel]() {
+        if (cancel)
+            cancel->throwIfCancelled();
+    };
+    std::vector<torch::Tensor> xs, ys;
+    captureFfn(model, stream, options.seqLen, &xs, &ys);
+    ProfileOptions po;
+    po.bins = options.bins;
+    const auto& cfg = model.config();
+    po.denseParameters = 3 * cfg.hiddenSize * cfg.intermediateSize;
+    std::vector<RoutingProfile> profiles;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        check();
+        auto p = profileLayer(layers[l], xs[l], ys[l], po);
+        p.runId = runId;
+        p.layer = static_cast<int>(l);
+        profiles.push_back(std::move(p));
+        if (progress)
+            progress("profile", static_cast<double>(l + 1), static_cast<double>(layers.size()));
+    }
+    xs.clear();
+    ys.clear();
+    if (options.sensitivityTokens > 0 && !layers.empty()) {
+        // How much each layer's error moves the model's output: KL to dense and NLL increase with
+        // only that layer converted, at a k in the range policies use.
+        const int64_t N = layers.front().numExperts();
+        const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
+        const auto n = std::min<int64_t>(options.sensitivityTokens, static_cast<int64_t>(stream.size()));
+        const std::vector<int64_t> head(stream.begin(), stream.begin() + n);
+        const auto sens = layerSensitivity(model, layers, head, options.seqLen, RoutingRule::staticK(k), cancel);
+        for (std::size_t l = 0; l < profiles.size(); ++l) {
+            auto& extra = profiles[l].extra;
+            const double err = profiles[l].errorByK[static_cast<std::size_t>(k - 1)];
+            extra["sensitivity_k"] = k;
+            extra["sensitivity_tokens"] = static_cast<int64_t>(head.size());
+            extra["sensitivity_kl"] = sens[l].kl;
+            extra["sensitivity_nll"] = sens[l].nllIncrease;
+            if (err > 0 && sens[l].kl > 0) {
+                extra["kl_per_error"] = sens[l].kl / err;
+                // Harm to the likelihood of real text; never below the KL (a small sample can
+                // even show a small gain).
+                extra["nll_per_error"] = std::max(sens[l].nllIncrease, sens[l].kl) / err;
+            }
+        }
+    }
+    check();
+    return profiles;
 }
 
 } // namespace ladimo::core

@@ -43,4 +43,19 @@ std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const st
                                                const std::vector<int64_t>& stream, int64_t seqLen,
                                                const RoutingRule& rule, const CancelToken* cancel = nullptr);
 
+// Stage 2a for a whole conversion, as `ladimo profile` and the workbench run it: captures the
+// dense FFN inputs/outputs on `stream`, profiles every layer, then (sensitivityTokens > 0)
+// measures each layer's sensitivity on the first sensitivityTokens tokens at k = 0.625 N and
+// records it in the profile's extra ("sensitivity_*", "kl_per_error", "nll_per_error").
+// Reports ("profile", layer, layers); honours `cancel`; runs on the calling thread.
+struct ConversionProfileOptions {
+    int64_t seqLen = 256;
+    int bins = 20;
+    int64_t sensitivityTokens = 8192;
+};
+std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+                                              int64_t runId, const std::vector<int64_t>& stream,
+                                              const ConversionProfileOptions& options,
+                                              const CancelToken* cancel = nullptr, const ProgressFn& progress = {});
+
 } // namespace ladimo::core
