@@ -5,7 +5,6 @@
 #include <QGridLayout>
 #include <QGroupBox>
 #include <QHBoxLayout>
-#include <QHeaderView>
 #include <QLabel>
 #include <QLineEdit>
 #include <QLocale>
@@ -18,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "exporttablemodel.h"
+#include "viewparts.h"
 #include "workbenchjob.h"
 
 namespace ladimo::gui {
@@ -98,21 +98,11 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
     m_report->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_report);
     m_model = new ExportTableModel(this);
-    m_table = new QTableView;
-    m_table->setModel(m_model);
-    m_table->horizontalHeader()->setSectionResizeMode(QHeaderView::ResizeToContents);
-    m_table->horizontalHeader()->setStretchLastSection(true);
-    m_table->verticalHeader()->hide();
-    m_table->setSelectionBehavior(QAbstractItemView::SelectRows);
-    m_table->setToolTip(tr("The project's recorded exports, newest first (from here and from ladimo export)"));
+    m_table = makeRecordTable(m_model, tr("The project's recorded exports, newest first (from here and from ladimo export)"));
     layout->addWidget(m_table, 1);
 
     m_job = new WorkbenchJob(this);
-    connect(m_job, &WorkbenchJob::progressed, this, [this](const QString& stage, double done, double total) {
-        m_progress->setRange(0, 1000);
-        m_progress->setValue(total > 0 ? static_cast<int>(1000 * done / total) : 0);
-        m_status->setText(tr("%1: %2 of %3").arg(stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0));
-    });
+    followJobProgress(m_job, m_progress, m_status);
     connect(m_job, &WorkbenchJob::exported, this, &ExportView::onExported);
     connect(m_job, &WorkbenchJob::jobFinished, this, &ExportView::onFinished);
     connect(m_start, &QPushButton::clicked, this, [this] { startExport(); });
