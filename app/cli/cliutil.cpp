@@ -56,6 +56,7 @@ std::string DataOptions::describe() const
 std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
                                        int64_t seqLen, const core::ProgressFn& progress) const
 {
+    core::checkSeqLen(seqLen, model.config());
     if (selfSample > 0) {
         core::SelfSampleOptions s;
         s.tokens = maxTokens > 0 ? std::min(selfSample, maxTokens) : selfSample;

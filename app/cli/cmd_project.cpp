@@ -165,7 +165,7 @@ core::SourceModel describeSourceModel(const std::string& modelDir)
     const auto counts = config.parameterCounts();
     core::SourceModel m;
     m.path = fs::absolute(dir).lexically_normal().string();
-    m.config = nlohmann::json::parse(core::readTextFile(configFile));
+    m.config = nlohmann::json::parse(core::readTextFile(configFile, core::kMaxConfigJsonBytes));
     m.weightsSha256 = weightsChecksum(dir);
     m.totalParams = counts.total;
     m.embeddingParams = counts.embeddings;

@@ -74,6 +74,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                                    std::vector<MoeLayer> done)
 {
     const int L = static_cast<int>(model.config().numLayers);
+    checkSeqLen(s.seqLen, model.config());
     done.resize(static_cast<std::size_t>(L));
     const bool sequential = s.mode == "sequential";
     if (!sequential && s.mode != "parallel")
@@ -242,6 +243,7 @@ void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& l)
 
 MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, torch::ScalarType dtype)
 {
+    constexpr int64_t kMaxExperts = 1 << 16;
     auto st = SafetensorsFile::open(file);
     MoeLayer l;
     const auto& meta = st->metadata();
@@ -252,13 +254,28 @@ MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, t
     l.gate = st->tensor("gate").to(device, dtype);
     l.up = st->tensor("up").to(device, dtype);
     l.down = st->tensor("down").to(device, dtype);
+    // The file may come from anywhere (a copied project): every number is checked before use.
     std::stringstream ss(meta.at("sizes"));
     std::string item;
-    while (std::getline(ss, item, ','))
-        l.sizes.push_back(std::stoll(item));
+    while (std::getline(ss, item, ',')) {
+        std::size_t used = 0;
+        long long v = -1;
+        try {
+            v = std::stoll(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used == 0 || used != item.size() || l.sizes.size() >= static_cast<std::size_t>(kMaxExperts))
+            throw Error(file.string() + ": metadata 'sizes' must be a comma-separated list of at most " +
+                        std::to_string(kMaxExperts) + " expert sizes, got '" + meta.at("sizes") + "'");
+        l.sizes.push_back(v);
+    }
+    if (l.router.dim() != 2 || l.gate.dim() != 3 || l.up.dim() != 3 || l.down.dim() != 3)
+        throw Error(file.string() + ": expected router [N, H] and gate/up/down [N, ., .] tensors");
     const int64_t N = l.router.size(0);
-    if (static_cast<int64_t>(l.sizes.size()) != N || l.gate.dim() != 3 || l.gate.size(0) != N ||
-        l.up.sizes() != l.gate.sizes() || l.down.size(0) != N || l.down.size(2) != l.gate.size(1))
+    if (static_cast<int64_t>(l.sizes.size()) != N || l.gate.size(0) != N || l.up.sizes() != l.gate.sizes() ||
+        l.down.size(0) != N || l.down.size(2) != l.gate.size(1) || l.gate.size(2) != l.router.size(1) ||
+        l.down.size(1) != l.router.size(1))
         throw Error(file.string() + ": inconsistent MoE layer shapes");
     for (auto s : l.sizes)
         if (s < 0 || s > l.gate.size(1))
