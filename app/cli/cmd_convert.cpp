@@ -28,6 +28,18 @@ namespace fs = std::filesystem;
 
 namespace ladimo::cli {
 
+namespace {
+
+std::string joinLines(const std::vector<std::string>& lines)
+{
+    std::string out;
+    for (const auto& l : lines)
+        out += (out.empty() ? "" : "; ") + l;
+    return out;
+}
+
+} // namespace
+
 bool isProjectFile(const std::string& path) { return fs::path(path).extension() == ".ladimo"; }
 
 Converted loadConverted(const std::string& projectFile, const ModelOptions& modelOptions)
@@ -275,6 +287,13 @@ void registerConvertCommand(CLI::App& app)
                 core::writeLayerSidecar(project, side);
                 std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
                              o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+                for (const auto& f : r.recovered)
+                    std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
+            };
+            std::vector<std::string> failures;
+            cb.onLayerFailed = [&](int l, const std::string& reason) {
+                failures.push_back("layer " + std::to_string(l) + ": " + reason);
+                std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
             };
             try {
                 torch::InferenceMode off(false);
@@ -283,6 +302,9 @@ void registerConvertCommand(CLI::App& app)
                 std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
                 throw;
             }
+            if (!failures.empty())
+                throw core::Error(std::to_string(failures.size()) + " layer(s) failed (the others are saved): " +
+                                  joinLines(failures));
             std::printf("converted layers %s of run #%lld in %s; run ladimo assemble %s when every worker is done\n",
                         describeLayers(todo).c_str(), (long long)runId, o->project.c_str(), o->project.c_str());
             return;
@@ -383,6 +405,14 @@ void registerConvertCommand(CLI::App& app)
             project.finishLayer(runId, l, out, curve);
             std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
                          o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+            for (const auto& f : r.recovered)
+                std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
+        };
+        std::vector<std::string> failures;
+        cb.onLayerFailed = [&](int l, const std::string& reason) {
+            project.failLayer(runId, l, reason);
+            failures.push_back("layer " + std::to_string(l) + ": " + reason);
+            std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
         };
         try {
             torch::InferenceMode off(false);
@@ -398,6 +428,11 @@ void registerConvertCommand(CLI::App& app)
                 project.failLayer(runId, current, e.what());
             project.setRunStatus(runId, core::RunStatus::Failed);
             throw;
+        }
+        if (!failures.empty()) {
+            project.setRunStatus(runId, core::RunStatus::Failed);
+            throw core::Error(std::to_string(failures.size()) + " layer(s) failed (the others are saved in " + o->project +
+                              "; rerun to retry the failed ones): " + joinLines(failures));
         }
         project.setRunStatus(runId, core::RunStatus::Done);
         std::printf("converted %s: run #%lld of %s\n", o->model.path.c_str(), (long long)runId, o->project.c_str());

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <sstream>
 
@@ -115,9 +116,13 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
             if (cb.progress)
                 cb.progress("layer " + std::to_string(l), static_cast<double>(step + 1), static_cast<double>(steps));
         };
+        requireFinite(x, "layer " + std::to_string(l) + ": the captured FFN input");
+        requireFinite(y, "layer " + std::to_string(l) + ": the captured FFN output");
         fitRouter(layer, x, d);
+        requireFinite(layer.router, "layer " + std::to_string(l) + ": the fitted router");
         const auto r = distill(layer, x, y, d);
         LayerConversion res;
+        res.recovered = r.recovered;
         res.layer = l;
         res.initialError = r.initialLoss;
         res.finalError = r.finalLoss;
@@ -126,6 +131,22 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         for (auto* t : {&layer.router, &layer.gate, &layer.up, &layer.down})
             *t = t->to(torch::kCPU);
         return std::make_pair(layer, res);
+    };
+    // A NumericalFault fails just that layer when the caller takes per-layer failures.
+    using Converted = std::optional<std::pair<MoeLayer, LayerConversion>>;
+    auto tryConvertLayer = [&](int l, const torch::Device& device, const CancelToken& cancel,
+                               std::mutex* callbackMutex) -> Converted {
+        try {
+            return convertLayer(l, device, cancel);
+        } catch (const NumericalFault& e) {
+            if (!cb.onLayerFailed)
+                throw;
+            std::unique_lock<std::mutex> lock;
+            if (callbackMutex)
+                lock = std::unique_lock<std::mutex>(*callbackMutex);
+            cb.onLayerFailed(l, e.what());
+            return std::nullopt;
+        }
     };
 
     const std::vector<torch::Device> devices = s.devices.empty() ? std::vector<torch::Device>{torch::kCPU} : s.devices;
@@ -138,7 +159,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                 cb.onLayerStart(l);
             if (sequential) // inputs from the converted layers below, dense target of those inputs
                 captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
-            auto [layer, res] = convertLayer(l, devices.front(), cb.cancel);
+            auto converted = tryConvertLayer(l, devices.front(), cb.cancel, nullptr);
+            if (!converted)
+                continue;
+            auto& [layer, res] = *converted;
             done[static_cast<std::size_t>(l)] = layer;
             if (cb.onLayerDone)
                 cb.onLayerDone(l, layer, res);
@@ -166,7 +190,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                     if (cb.onLayerStart)
                         cb.onLayerStart(l);
                 }
-                auto [layer, res] = convertLayer(l, device, stopAll);
+                auto converted = tryConvertLayer(l, device, stopAll, &mutex);
+                if (!converted)
+                    continue;
+                auto& [layer, res] = *converted;
                 std::lock_guard<std::mutex> lock(mutex);
                 done[static_cast<std::size_t>(l)] = layer;
                 if (cb.onLayerDone)
