@@ -100,7 +100,7 @@ TEST(KillCli, KilledConversionsAndExportsResumeToTheSameResult)
     const auto convertMs = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
     const auto reference = doneLayers(tmp / "ref.ladimo");
     ASSERT_EQ(reference.size(), 5u);
-    r = runLadimo("export " + (tmp / "ref.ladimo").string() + " --format hf-mixtral --out " + (tmp / "ref-hf").string());
+    r = runLadimo("export " + (tmp / "ref.ladimo").string() + " --format hf-mixtral --top-k 2 --out " + (tmp / "ref-hf").string());
     ASSERT_EQ(r.status, 0) << r.out;
     const auto refExport = treeDigest(tmp / "ref-hf");
 
@@ -127,13 +127,13 @@ TEST(KillCli, KilledConversionsAndExportsResumeToTheSameResult)
         // Exports: killed at random, the destination holds nothing or the whole export.
         const auto out = tmp / ("hf" + std::to_string(seed));
         for (int kill = 0; kill < 3 && !fs::exists(out); ++kill) {
-            runAndKill({"export", file.string(), "--format", "hf-mixtral", "--out", out.string()},
+            runAndKill({"export", file.string(), "--format", "hf-mixtral", "--top-k", "2", "--out", out.string()},
                        std::chrono::milliseconds(rng() % 1500));
             if (fs::exists(out))
                 EXPECT_EQ(treeDigest(out), refExport) << "seed " << seed << ": a half-written export";
         }
         if (!fs::exists(out)) {
-            r = runLadimo("export " + file.string() + " --format hf-mixtral --out " + out.string());
+            r = runLadimo("export " + file.string() + " --format hf-mixtral --top-k 2 --out " + out.string());
             ASSERT_EQ(r.status, 0) << r.out;
         }
         EXPECT_EQ(treeDigest(out), refExport) << "seed " << seed;
