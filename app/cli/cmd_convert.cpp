@@ -29,6 +29,18 @@ namespace fs = std::filesystem;
 
 namespace ladimo::cli {
 
+namespace {
+
+std::string joinLines(const std::vector<std::string>& lines)
+{
+    std::string out;
+    for (const auto& l : lines)
+        out += (out.empty() ? "" : "; ") + l;
+    return out;
+}
+
+} // namespace
+
 bool isProjectFile(const std::string& path) { return fs::path(path).extension() == ".ladimo"; }
 
 Converted loadConverted(const std::string& projectFile, const ModelOptions& modelOptions)
@@ -253,6 +265,13 @@ void registerConvertCommand(CLI::App& app)
                 core::writeLayerSidecar(project, side);
                 std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
                              o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+                for (const auto& f : r.recovered)
+                    std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
+            };
+            std::vector<std::string> failures;
+            cb.onLayerFailed = [&](int l, const std::string& reason) {
+                failures.push_back("layer " + std::to_string(l) + ": " + reason);
+                std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
             };
             try {
                 torch::InferenceMode off(false);
@@ -261,6 +280,9 @@ void registerConvertCommand(CLI::App& app)
                 std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
                 throw;
             }
+            if (!failures.empty())
+                throw core::Error(std::to_string(failures.size()) + " layer(s) failed (the others are saved): " +
+                                  joinLines(failures));
             std::printf("converted layers %s of run #%lld in %s; run ladimo assemble %s when every worker is done\n",
                         describeLayers(todo).c_str(), (long long)runId, o->project.c_str(), o->project.c_str());
             return;
@@ -314,6 +336,11 @@ void registerConvertCommand(CLI::App& app)
         cb.onLayerFinished = [&](int l, const core::LayerConversion& r, const core::LayerOutcome&, const core::LossCurve&) {
             std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
                          o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+            for (const auto& f : r.recovered)
+                std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
+        };
+        cb.onLayerFailed = [&](int l, const std::string& reason) {
+            std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
         };
         try {
             core::convertRunInProject(project, plan, model, calibration, o->s, cb);

@@ -271,13 +271,7 @@ void registerPolicyCommand(CLI::App& app)
             return;
         }
         if (!o->importFile.empty()) {
-            nlohmann::json doc;
-            try {
-                doc = nlohmann::json::parse(core::readTextFile(o->importFile));
-            } catch (const nlohmann::json::exception& e) {
-                throw core::Error(o->importFile + " is not valid JSON: " + e.what());
-            }
-            auto d = core::parsePolicyDocument(doc, L, N, o->importFile);
+            auto d = core::loadPolicyDocument(o->importFile, L, N);
             const std::string name = !o->name.empty() ? o->name : !d.name.empty() ? d.name : "imported";
             if (d.gating != core::parseGating(c.run.gating) && !o->json)
                 std::printf("note: the policy was written for %s gating; this conversion uses %s\n",

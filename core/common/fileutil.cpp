@@ -87,16 +87,24 @@ void atomicWriteFile(const fs::path& target, const std::string& bytes)
     });
 }
 
-std::string readTextFile(const fs::path& file)
+std::string readTextFile(const fs::path& file, std::uint64_t maxBytes)
 {
     std::ifstream in(file, std::ios::binary);
     if (!in)
         throw Error("cannot open '" + file.string() + "'");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    if (in.bad())
-        throw Error("cannot read '" + file.string() + "'");
-    return ss.str();
+    std::error_code ec;
+    const auto size = fs::file_size(file, ec);
+    if (ec)
+        throw Error("cannot read '" + file.string() + "': " + ec.message());
+    if (size > maxBytes)
+        throw Error(file.string() + ": file is " + std::to_string(size) + " bytes, more than the " +
+                    std::to_string(maxBytes) + "-byte limit for this kind of file");
+    std::string out;
+    out.resize(static_cast<std::size_t>(size));
+    in.read(out.data(), static_cast<std::streamsize>(out.size()));
+    if (static_cast<uint64_t>(in.gcount()) != size || in.bad())
+        throw Error("cannot read '" + file.string() + "' (changed while reading?)");
+    return out;
 }
 
 std::string sha256Bytes(const void* data, std::size_t size)

@@ -19,8 +19,15 @@ void atomicWriteFile(const std::filesystem::path& target,
 // Same, for a whole in-memory payload.
 void atomicWriteFile(const std::filesystem::path& target, const std::string& bytes);
 
-// Reads a whole (small) file; throws Error naming the file when it cannot.
-std::string readTextFile(const std::filesystem::path& file);
+// Caps on what a (possibly hostile) JSON file may make us read into memory before it is parsed
+// and validated. Real files are orders of magnitude smaller.
+constexpr std::uint64_t kMaxConfigJsonBytes = 16ull << 20;  // config.json, routing policies
+constexpr std::uint64_t kMaxIndexJsonBytes = 256ull << 20;  // model.safetensors.index.json
+constexpr std::uint64_t kMaxTextFileBytes = 4ull << 30;     // default of readTextFile
+
+// Reads a whole (small) file; throws Error naming the file when it cannot, or when it is larger
+// than `maxBytes` (checked before anything is read).
+std::string readTextFile(const std::filesystem::path& file, std::uint64_t maxBytes = kMaxTextFileBytes);
 
 // Lower-case hex SHA-256 of a file's content / of a byte range.
 std::string sha256File(const std::filesystem::path& file);

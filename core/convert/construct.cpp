@@ -1,6 +1,8 @@
 #include "convert/construct.h"
 
 #include <algorithm>
+#include <cmath>
+#include <memory>
 #include <numeric>
 #include <random>
 
@@ -213,9 +215,19 @@ void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& o)
     layer.router = router.detach().clone();
 }
 
+void requireFinite(const torch::Tensor& t, const std::string& what)
+{
+    torch::NoGradGuard ng;
+    const int64_t bad = t.numel() - torch::isfinite(t).sum().item<int64_t>();
+    if (bad > 0)
+        throw NumericalFault(what + " holds " + std::to_string(bad) + " NaN/Inf value" + (bad == 1 ? "" : "s"));
+}
+
 DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y, const DistillOptions& o)
 {
     const int64_t T = x.size(0), N = layer.numExperts();
+    requireFinite(x, "the calibration FFN input");
+    requireFinite(y, "the calibration FFN output");
     DistillResult r;
     r.initialLoss = relativeError(layer, x, y, RoutingRule::staticK(o.trainTopK));
     std::vector<torch::Tensor> params = {layer.gate, layer.up, layer.down};
@@ -226,43 +238,103 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
         layer.router.set_requires_grad(true);
         params.push_back(layer.router);
     }
-    torch::optim::Adam opt(params, torch::optim::AdamOptions(o.lr));
+    auto opt = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr));
     std::mt19937_64 rng(o.seed + 29);
     const int minK = o.minTrainK > 0 ? o.minTrainK : std::max<int>(1, static_cast<int>(N) / 2);
     std::uniform_int_distribution<int> kDist(std::min<int>(minK, o.trainTopK), static_cast<int>(N));
     std::vector<int64_t> perm(static_cast<std::size_t>(T));
     std::iota(perm.begin(), perm.end(), 0);
-    const int64_t stepsPerEpoch = (T + o.batch - 1) / o.batch;
-    const int64_t totalSteps = std::max<int64_t>(1, stepsPerEpoch * o.epochs);
-    int64_t step = 0;
+    int64_t batch = o.batch;
+    double lrScale = 1;
+    int retries = 0;
     auto energy = y.pow(2).sum(-1).mean().item<double>();
     for (int epoch = 0; epoch < o.epochs; ++epoch) {
-        std::shuffle(perm.begin(), perm.end(), rng);
-        auto p = torch::tensor(perm, torch::kInt64);
-        for (int64_t s = 0; s < T; s += o.batch, ++step) {
-            o.cancel.throwIfCancelled();
-            const double lr = o.lr * 0.5 * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(totalSteps)));
-            for (auto& g : opt.param_groups())
-                static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
-            auto idx = p.narrow(0, s, std::min<int64_t>(o.batch, T - s));
-            const int k = o.randomK ? kDist(rng) : o.trainTopK;
-            auto out = layer.forward(x.index_select(0, idx), RoutingRule::staticK(k));
-            auto loss = (out - y.index_select(0, idx)).pow(2).sum(-1).mean() / energy;
-            opt.zero_grad();
-            loss.backward();
-            opt.step();
-            zeroPadding(layer);
-            const double l = loss.item<double>();
-            if (!std::isfinite(l))
-                throw Error("distillation diverged (loss " + std::to_string(l) + ") at step " + std::to_string(step));
-            r.lossCurve.emplace_back(step, l);
-            if (o.onStep)
-                o.onStep(epoch, step, l);
+        // The last good state: weights, optimiser, sampling and curve as this epoch starts.
+        std::vector<torch::Tensor> saved;
+        {
+            torch::NoGradGuard ng;
+            for (const auto& p : params)
+                saved.push_back(p.detach().clone());
         }
+        const auto savedRng = rng;
+        const auto savedPerm = perm;
+        const auto savedCurve = r.lossCurve.size();
+        std::string fault; // empty while the epoch goes well
+        bool oom = false;
+        do {
+            fault.clear();
+            oom = false;
+            const int64_t stepsPerEpoch = (T + batch - 1) / batch;
+            const int64_t totalSteps = std::max<int64_t>(1, stepsPerEpoch * o.epochs);
+            int64_t step = epoch * stepsPerEpoch;
+            std::shuffle(perm.begin(), perm.end(), rng);
+            auto p = torch::tensor(perm, torch::kInt64);
+            try {
+                for (int64_t s = 0; s < T; s += batch, ++step) {
+                    o.cancel.throwIfCancelled();
+                    const double lr = o.lr * lrScale * 0.5 *
+                                      (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(totalSteps)));
+                    for (auto& g : opt->param_groups())
+                        static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
+                    auto idx = p.narrow(0, s, std::min<int64_t>(batch, T - s));
+                    const int k = o.randomK ? kDist(rng) : o.trainTopK;
+                    auto out = layer.forward(x.index_select(0, idx), RoutingRule::staticK(k));
+                    auto loss = (out - y.index_select(0, idx)).pow(2).sum(-1).mean() / energy;
+                    if (o.faultHook)
+                        o.faultHook(step, batch, loss);
+                    const double l = loss.item<double>();
+                    if (!std::isfinite(l)) { // before the step: the weights are still those of the last batch
+                        fault = "loss " + std::to_string(l) + " at step " + std::to_string(step) + " (lr " +
+                                std::to_string(lr) + ")";
+                        break;
+                    }
+                    opt->zero_grad();
+                    loss.backward();
+                    opt->step();
+                    zeroPadding(layer);
+                    r.lossCurve.emplace_back(step, l);
+                    if (o.onStep)
+                        o.onStep(epoch, step, l);
+                }
+            } catch (const c10::OutOfMemoryError& e) {
+                if (batch / 2 < std::max<int64_t>(1, o.minBatch))
+                    throw Error("out of memory on " + x.device().str() + " even with a batch of " +
+                                std::to_string(batch) + " (minimum " + std::to_string(o.minBatch) + ")");
+                oom = true;
+            }
+            if (fault.empty() && !oom)
+                break;
+            // Back to the last good state, with a fresh optimiser (its moments may hold the fault).
+            {
+                torch::NoGradGuard ng;
+                for (std::size_t i = 0; i < params.size(); ++i)
+                    params[i].copy_(saved[i]);
+            }
+            rng = savedRng;
+            perm = savedPerm;
+            r.lossCurve.resize(savedCurve);
+            opt = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr));
+            if (oom) {
+                r.recovered.push_back("epoch " + std::to_string(epoch) + ": out of memory with batch " +
+                                      std::to_string(batch) + ", retried with " + std::to_string(batch / 2));
+                batch /= 2;
+                continue;
+            }
+            if (retries >= o.maxRetries)
+                throw NumericalFault("distillation diverged: " + fault + "; " + std::to_string(retries) +
+                                     " retr" + (retries == 1 ? "y" : "ies") + " from the last good state with a lower "
+                                     "learning rate did not help");
+            ++retries;
+            lrScale *= o.retryLrFactor;
+            r.recovered.push_back("epoch " + std::to_string(epoch) + ": " + fault + "; retried from the epoch start with lr x" +
+                                  std::to_string(lrScale));
+        } while (true);
     }
     for (auto* t : {&layer.gate, &layer.up, &layer.down, &layer.router})
         *t = t->detach();
     r.finalLoss = relativeError(layer, x, y, RoutingRule::staticK(o.trainTopK));
+    r.lrScale = lrScale;
+    r.batch = batch;
     return r;
 }
 

@@ -10,6 +10,7 @@
 
 #include <torch/types.h>
 
+#include "common/error.h"
 #include "common/progress.h"
 #include "moe/moeblock.h"
 
@@ -43,13 +44,37 @@ struct DistillOptions {
     CancelToken cancel;
     // Called after every batch with (epoch, step, loss).
     std::function<void(int epoch, int64_t step, double loss)> onStep;
+    // Numerical faults: a NaN/Inf loss puts the weights back to the start of the epoch (the last
+    // good state) and retries that epoch with the learning rate times retryLrFactor, at most
+    // maxRetries times in all; then distill throws NumericalFault.
+    int maxRetries = 2;
+    double retryLrFactor = 0.1;
+    // Out of memory on the device (c10::OutOfMemoryError): the epoch is retried from its start
+    // with half the batch, down to minBatch; then an Error says so.
+    int64_t minBatch = 16;
+    // Tests only (fault injection): sees each batch's loss before it is checked and may replace
+    // it (inject NaN) or throw (inject c10::OutOfMemoryError).
+    std::function<void(int64_t step, int64_t batch, torch::Tensor& loss)> faultHook;
+};
+
+// A layer that cannot be trained to finite numbers (non-finite inputs, or divergence that
+// lower learning rates did not cure). convertModel reports it per layer and goes on.
+class NumericalFault : public Error {
+public:
+    using Error::Error;
 };
 
 struct DistillResult {
     std::vector<std::pair<int64_t, double>> lossCurve; // (step, normalised MSE)
     double initialLoss = 0;                            // at trainTopK before distillation
     double finalLoss = 0;
+    std::vector<std::string> recovered; // one line per fault recovered from (NaN retry, OOM halving)
+    double lrScale = 1;                 // learning-rate factor the last epoch ran with
+    int64_t batch = 0;                  // batch size the last epoch ran with
 };
+
+// Throws NumericalFault naming `what` when `t` holds a NaN or an infinity.
+void requireFinite(const torch::Tensor& t, const std::string& what);
 
 // Fits the router by cross-entropy to each token's distribution of expert output norms.
 void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& options);

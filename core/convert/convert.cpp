@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <sstream>
 
@@ -74,6 +75,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                                    std::vector<MoeLayer> done)
 {
     const int L = static_cast<int>(model.config().numLayers);
+    checkSeqLen(s.seqLen, model.config());
     done.resize(static_cast<std::size_t>(L));
     const bool sequential = s.mode == "sequential";
     if (!sequential && s.mode != "parallel")
@@ -114,9 +116,13 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
             if (cb.progress)
                 cb.progress("layer " + std::to_string(l), static_cast<double>(step + 1), static_cast<double>(steps));
         };
+        requireFinite(x, "layer " + std::to_string(l) + ": the captured FFN input");
+        requireFinite(y, "layer " + std::to_string(l) + ": the captured FFN output");
         fitRouter(layer, x, d);
+        requireFinite(layer.router, "layer " + std::to_string(l) + ": the fitted router");
         const auto r = distill(layer, x, y, d);
         LayerConversion res;
+        res.recovered = r.recovered;
         res.layer = l;
         res.initialError = r.initialLoss;
         res.finalError = r.finalLoss;
@@ -125,6 +131,22 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         for (auto* t : {&layer.router, &layer.gate, &layer.up, &layer.down})
             *t = t->to(torch::kCPU);
         return std::make_pair(layer, res);
+    };
+    // A NumericalFault fails just that layer when the caller takes per-layer failures.
+    using Converted = std::optional<std::pair<MoeLayer, LayerConversion>>;
+    auto tryConvertLayer = [&](int l, const torch::Device& device, const CancelToken& cancel,
+                               std::mutex* callbackMutex) -> Converted {
+        try {
+            return convertLayer(l, device, cancel);
+        } catch (const NumericalFault& e) {
+            if (!cb.onLayerFailed)
+                throw;
+            std::unique_lock<std::mutex> lock;
+            if (callbackMutex)
+                lock = std::unique_lock<std::mutex>(*callbackMutex);
+            cb.onLayerFailed(l, e.what());
+            return std::nullopt;
+        }
     };
 
     const std::vector<torch::Device> devices = s.devices.empty() ? std::vector<torch::Device>{torch::kCPU} : s.devices;
@@ -137,7 +159,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                 cb.onLayerStart(l);
             if (sequential) // inputs from the converted layers below, dense target of those inputs
                 captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
-            auto [layer, res] = convertLayer(l, devices.front(), cb.cancel);
+            auto converted = tryConvertLayer(l, devices.front(), cb.cancel, nullptr);
+            if (!converted)
+                continue;
+            auto& [layer, res] = *converted;
             done[static_cast<std::size_t>(l)] = layer;
             if (cb.onLayerDone)
                 cb.onLayerDone(l, layer, res);
@@ -165,7 +190,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                     if (cb.onLayerStart)
                         cb.onLayerStart(l);
                 }
-                auto [layer, res] = convertLayer(l, device, stopAll);
+                auto converted = tryConvertLayer(l, device, stopAll, &mutex);
+                if (!converted)
+                    continue;
+                auto& [layer, res] = *converted;
                 std::lock_guard<std::mutex> lock(mutex);
                 done[static_cast<std::size_t>(l)] = layer;
                 if (cb.onLayerDone)
@@ -242,6 +270,7 @@ void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& l)
 
 MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, torch::ScalarType dtype)
 {
+    constexpr int64_t kMaxExperts = 1 << 16;
     auto st = SafetensorsFile::open(file);
     MoeLayer l;
     const auto& meta = st->metadata();
@@ -252,13 +281,28 @@ MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, t
     l.gate = st->tensor("gate").to(device, dtype);
     l.up = st->tensor("up").to(device, dtype);
     l.down = st->tensor("down").to(device, dtype);
+    // The file may come from anywhere (a copied project): every number is checked before use.
     std::stringstream ss(meta.at("sizes"));
     std::string item;
-    while (std::getline(ss, item, ','))
-        l.sizes.push_back(std::stoll(item));
+    while (std::getline(ss, item, ',')) {
+        std::size_t used = 0;
+        long long v = -1;
+        try {
+            v = std::stoll(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used == 0 || used != item.size() || l.sizes.size() >= static_cast<std::size_t>(kMaxExperts))
+            throw Error(file.string() + ": metadata 'sizes' must be a comma-separated list of at most " +
+                        std::to_string(kMaxExperts) + " expert sizes, got '" + meta.at("sizes") + "'");
+        l.sizes.push_back(v);
+    }
+    if (l.router.dim() != 2 || l.gate.dim() != 3 || l.up.dim() != 3 || l.down.dim() != 3)
+        throw Error(file.string() + ": expected router [N, H] and gate/up/down [N, ., .] tensors");
     const int64_t N = l.router.size(0);
-    if (static_cast<int64_t>(l.sizes.size()) != N || l.gate.dim() != 3 || l.gate.size(0) != N ||
-        l.up.sizes() != l.gate.sizes() || l.down.size(0) != N || l.down.size(2) != l.gate.size(1))
+    if (static_cast<int64_t>(l.sizes.size()) != N || l.gate.size(0) != N || l.up.sizes() != l.gate.sizes() ||
+        l.down.size(0) != N || l.down.size(2) != l.gate.size(1) || l.gate.size(2) != l.router.size(1) ||
+        l.down.size(1) != l.router.size(1))
         throw Error(file.string() + ": inconsistent MoE layer shapes");
     for (auto s : l.sizes)
         if (s < 0 || s > l.gate.size(1))

@@ -41,11 +41,16 @@ struct LayerConversion {
     double finalError = 0;
     double seconds = 0;
     std::vector<std::pair<int64_t, double>> lossCurve;
+    std::vector<std::string> recovered; // faults recovered from (DistillResult::recovered)
 };
 
 struct ConvertCallbacks {
     std::function<void(int layer)> onLayerStart;
     std::function<void(int layer, const MoeLayer&, const LayerConversion&)> onLayerDone;
+    // A layer that hit a NumericalFault (NaN/Inf inputs, or divergence after the retries of
+    // DistillOptions): with this set, the layer is reported here and the others go on (its entry
+    // of the result stays empty); without it the fault is thrown as before.
+    std::function<void(int layer, const std::string& reason)> onLayerFailed;
     ProgressFn progress;
     CancelToken cancel;
     // Parallel mode: supplies a layer's captured FFN input/output ([tokens, H] float32, as

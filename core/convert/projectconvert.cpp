@@ -37,7 +37,7 @@ SourceModel describeSourceModel(const std::string& modelDir)
     const auto counts = config.parameterCounts();
     SourceModel m;
     m.path = fs::absolute(dir).lexically_normal().string();
-    m.config = nlohmann::json::parse(readTextFile(configFile));
+    m.config = nlohmann::json::parse(readTextFile(configFile, kMaxConfigJsonBytes));
     m.weightsSha256 = weightsChecksum(dir);
     m.totalParams = counts.total;
     m.embeddingParams = counts.embeddings;
@@ -64,6 +64,7 @@ std::string DataSource::describe() const
 std::vector<int64_t> DataSource::load(const LlamaModel& model, const Tokenizer* tokenizer, int64_t seqLen,
                                       const ProgressFn& progress, const CancelToken& cancel) const
 {
+    checkSeqLen(seqLen, model.config());
     if (selfSample > 0) {
         SelfSampleOptions s;
         s.tokens = maxTokens > 0 ? std::min(selfSample, maxTokens) : selfSample;
@@ -213,6 +214,15 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
         if (callbacks.onLayerFinished)
             callbacks.onLayerFinished(l, r, out, curve);
     };
+    std::string failures;
+    int failed = 0;
+    cb.onLayerFailed = [&](int l, const std::string& reason) {
+        project.failLayer(runId, l, reason);
+        failures += (failures.empty() ? "" : "; ") + ("layer " + std::to_string(l) + ": " + reason);
+        ++failed;
+        if (callbacks.onLayerFailed)
+            callbacks.onLayerFailed(l, reason);
+    };
     try {
         torch::InferenceMode off(false);
         convertModel(model, calibration, settings, cb, plan.finished, std::move(done));
@@ -226,6 +236,11 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
             project.failLayer(runId, current, e.what());
         project.setRunStatus(runId, RunStatus::Failed);
         throw;
+    }
+    if (failed > 0) {
+        project.setRunStatus(runId, RunStatus::Failed);
+        throw Error(std::to_string(failed) + " layer(s) failed (the others are saved in " + project.file().string() +
+                    "; rerun to retry the failed ones): " + failures);
     }
     project.setRunStatus(runId, RunStatus::Done);
 }

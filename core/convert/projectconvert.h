@@ -81,10 +81,15 @@ struct ProjectConvertCallbacks {
     std::function<void(int layer)> onLayerStarted; // after the layer is marked running
     // After the layer is committed to the project.
     std::function<void(int layer, const LayerConversion&, const LayerOutcome&, const LossCurve&)> onLayerFinished;
+    // After a layer that could not be converted (numerical fault) is recorded as failed; the
+    // other layers go on.
+    std::function<void(int layer, const std::string& reason)> onLayerFailed;
 };
 
 // Converts the plan's unfinished layers into `project`; the run ends done, or cancelled / failed
-// (rethrowing Cancelled / the error) with the interrupted layer reset / marked failed.
+// (rethrowing Cancelled / the error) with the interrupted layer reset / marked failed. Layers
+// that fail on their own are recorded as failed while the others finish; then the run is failed
+// and an Error lists them (a rerun retries them).
 void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel& model,
                          const std::vector<int64_t>& calibration, const ConvertSettings& settings,
                          const ProjectConvertCallbacks& callbacks);

@@ -530,7 +530,7 @@ bool isHfMixtralDir(const fs::path& dir)
     if (!fs::is_regular_file(dir / "config.json", ec))
         return false;
     try {
-        return declaresMixtral(nlohmann::json::parse(readTextFile(dir / "config.json")));
+        return declaresMixtral(nlohmann::json::parse(readTextFile(dir / "config.json", kMaxConfigJsonBytes)));
     } catch (const std::exception&) {
         return false; // not readable as JSON: the regular loader reports it
     }
@@ -542,7 +542,7 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
     const std::string src = configFile.string();
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(readTextFile(configFile));
+        j = nlohmann::json::parse(readTextFile(configFile, kMaxConfigJsonBytes));
     } catch (const nlohmann::json::exception& e) {
         throw Error(src + ": invalid JSON: " + e.what());
     }

@@ -40,7 +40,7 @@ CheckpointFiles CheckpointFiles::open(const fs::path& dir)
     if (fs::exists(index, ec)) {
         nlohmann::json j;
         try {
-            j = nlohmann::json::parse(readTextFile(index));
+            j = nlohmann::json::parse(readTextFile(index, kMaxIndexJsonBytes));
         } catch (const nlohmann::json::exception& e) {
             throw Error(index.string() + ": invalid JSON: " + e.what());
         }

@@ -114,7 +114,7 @@ ModelConfig ModelConfig::fromJson(const nlohmann::json& j, const std::string& so
 
 ModelConfig ModelConfig::load(const std::filesystem::path& configJson)
 {
-    const std::string text = readTextFile(configJson);
+    const std::string text = readTextFile(configJson, kMaxConfigJsonBytes);
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(text);
@@ -149,6 +149,13 @@ nlohmann::json ModelConfig::toJson() const
     if (slidingWindow)
         j["sliding_window"] = *slidingWindow;
     return j;
+}
+
+void checkSeqLen(int64_t seqLen, const ModelConfig& config)
+{
+    if (seqLen < 2 || seqLen > config.maxPositions)
+        throw Error("sequence length " + std::to_string(seqLen) + " is outside [2, " +
+                    std::to_string(config.maxPositions) + "], the model's max_position_embeddings (config.json)");
 }
 
 ParameterCounts ModelConfig::parameterCounts() const

@@ -49,4 +49,8 @@ struct ModelConfig {
     ParameterCounts parameterCounts() const;
 };
 
+// A window length the model can take: 2 <= seqLen <= max_position_embeddings. Bounds what a
+// setting may make a forward pass allocate (attention is seqLen^2 per head); throws Error.
+void checkSeqLen(int64_t seqLen, const ModelConfig& config);
+
 } // namespace ladimo::core

@@ -42,6 +42,13 @@ const SpmApi& spmApi()
     static const SpmApi* api = nullptr;
     static std::string failure;
     std::call_once(once, [] {
+#ifdef LADIMO_SANITIZE
+        // AddressSanitizer refuses RTLD_DEEPBIND (it would bypass its interceptors), and without
+        // DEEPBIND the plugin's protobuf would clash with LibTorch's: no SentencePiece here.
+        failure = "the SentencePiece plugin cannot be loaded in a sanitizer build (ASan forbids "
+                  "RTLD_DEEPBIND); tokenizer.model needs the normal build";
+        return;
+#endif
         std::string tried;
         for (const auto& p : candidates()) {
             std::error_code ec;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/fileutil.h"
 
 namespace ladimo::core {
 
@@ -249,6 +250,17 @@ PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_
     if (!out.name.empty())
         validatePolicyName(out.name);
     return out;
+}
+
+PolicyDocument loadPolicyDocument(const std::filesystem::path& file, int layers, int64_t experts)
+{
+    nlohmann::json doc;
+    try {
+        doc = nlohmann::json::parse(readTextFile(file, kMaxConfigJsonBytes));
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(file.string() + " is not valid JSON: " + e.what());
+    }
+    return parsePolicyDocument(doc, layers, experts, file.string());
 }
 
 PolicyRules policyRules(const Policy& policy, int layers, int64_t experts)

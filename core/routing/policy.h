@@ -5,6 +5,7 @@
 // Pure functions on values; thread-safe.
 #pragma once
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,10 @@ struct PolicyDocument {
 };
 // Validates the document against the conversion it is imported into (layers, experts).
 PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_t experts, const std::string& where);
+
+// Reads and validates a policy document file (`ladimo policy --import`); the file may be at most
+// kMaxConfigJsonBytes. Every failure is an Error naming the file.
+PolicyDocument loadPolicyDocument(const std::filesystem::path& file, int layers, int64_t experts);
 
 // The rules of a stored policy, validated against the run it applies to.
 PolicyRules policyRules(const Policy& policy, int layers, int64_t experts);

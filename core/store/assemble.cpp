@@ -78,7 +78,7 @@ std::optional<LayerSidecar> readLayerSidecar(const Project& project, int64_t run
     };
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(readTextFile(file));
+        j = nlohmann::json::parse(readTextFile(file, kMaxConfigJsonBytes));
     } catch (const nlohmann::json::exception& e) {
         throw bad(std::string("is not valid JSON: ") + e.what());
     }

@@ -502,10 +502,36 @@ Project Project::create(const fs::path& file)
     if (file.has_parent_path() && !fs::is_directory(file.parent_path(), ec))
         throw Error("cannot create project '" + file.string() + "': folder '" + file.parent_path().string() +
                     "' does not exist");
-    Project p(Database(file, Database::Mode::Create), file, true);
-    p.configureWriter();
-    p.migrate();
-    return p;
+    // Built under a temporary name and linked into place once its schema is committed, so a
+    // process killed while creating never leaves a file that exists but is not a project (the
+    // rerun would refuse to open it).
+    const fs::path dir = file.has_parent_path() ? file.parent_path() : fs::path(".");
+    const fs::path tmp = dir / ("." + file.filename().string() + ".creating-" + std::to_string(::getpid()));
+    const auto cleanup = [&] {
+        std::error_code ignored;
+        for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+            fs::remove(tmp.string() + suffix, ignored);
+        fs::remove_all(dataDirFor(tmp), ignored);
+    };
+    cleanup(); // a previous process with our pid that was killed here
+    try {
+        {
+            Project p(Database(tmp, Database::Mode::Create), tmp, true);
+            p.configureWriter();
+            p.migrate();
+        } // closed: the WAL is checkpointed into the file
+        if (int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+            ::fsync(fd);
+            ::close(fd);
+        }
+        if (::link(tmp.c_str(), file.c_str()) != 0) // never replaces a file that appeared meanwhile
+            throw Error("cannot create project '" + file.string() + "': " + std::strerror(errno));
+    } catch (...) {
+        cleanup();
+        throw;
+    }
+    cleanup();
+    return open(file, {Access::ReadWrite, Verify::None});
 }
 
 Project Project::open(const fs::path& file, const OpenOptions& options)

@@ -27,6 +27,7 @@ std::filesystem::path demo() { return ladimo::test::sourceDir() / "resources" / 
 
 TEST(Choice, ScoresEqualTokenByTokenLikelihoods)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     ladimo::test::TempDir tmp;
     const auto file = writeLines(tmp / "mc.jsonl",
                                  R"({"question": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a", "choices": ["wife", "horse", "carriage"], "answer": 0})"

@@ -338,6 +338,7 @@ std::vector<int64_t> expectSameGreedy(const ExportInput& in, const ForwardHooks*
 
 TEST(Gguf, DenseRoundTripsThroughAnIndependentReader)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     ladimo::test::TempDir tmp;
     ExportOptions o;
     o.out = tmp / "demo.gguf";
@@ -360,6 +361,7 @@ TEST(Gguf, DenseRoundTripsThroughAnIndependentReader)
 
 TEST(Gguf, DenseF16RoundsMatricesKeepsNormsF32)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     ladimo::test::TempDir tmp;
     ExportOptions o;
     o.out = tmp / "demo-f16.gguf";
@@ -376,6 +378,7 @@ TEST(Gguf, DenseF16RoundsMatricesKeepsNormsF32)
 
 TEST(Gguf, MoeRoundTripsWithStackedExpertsAndRouter)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     const auto& layers = demoMoe8();
     ASSERT_EQ(layers.front().gate.size(1), 96); // 768 / 8, equal experts
     ladimo::test::TempDir tmp;
@@ -391,6 +394,7 @@ TEST(Gguf, MoeRoundTripsWithStackedExpertsAndRouter)
 
 TEST(Gguf, UnequalExpertsArePaddedExactly)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     // 768 neurons in 7 experts: sizes 110 and 109, stacked and zero-padded to 110; layer 3 has
     // experts of 100 that the file pads to 110 as well.
     const auto& model = demoModel();
@@ -425,6 +429,7 @@ TEST(Gguf, UnequalExpertsArePaddedExactly)
 
 TEST(Gguf, PoliciesLlamaCppCannotRunAreRefusedOrReported)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     const auto& layers = demoMoe8();
     ladimo::test::TempDir tmp;
     ExportOptions o;
@@ -469,6 +474,7 @@ TEST(Gguf, PoliciesLlamaCppCannotRunAreRefusedOrReported)
 
 TEST(Gguf, CancellationLeavesNothingAndKeepsTheOldFile)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     ladimo::test::TempDir tmp;
     const auto out = tmp / "demo.gguf";
     std::ofstream(out) << "previous export";
@@ -505,6 +511,7 @@ TEST(Gguf, CancellationLeavesNothingAndKeepsTheOldFile)
 
 TEST(Gguf, MalformedFilesGiveClearErrors)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     ladimo::test::TempDir tmp;
     ExportOptions o;
     o.out = tmp / "demo.gguf";
@@ -565,6 +572,7 @@ TEST(Gguf, MalformedFilesGiveClearErrors)
 
 TEST(Gguf, LlamaCppDenseGreedyEqualsWorkbench)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     if (const auto why = llamaNodeMissing(); !why.empty())
         GTEST_SKIP() << "llama.cpp comparison skipped: " << why;
     const auto ours = expectSameGreedy(denseInput(), nullptr, "dense");
@@ -588,6 +596,7 @@ TEST(Gguf, LlamaCppDenseGreedyEqualsWorkbench)
 
 TEST(Gguf, LlamaCppMoeGreedyEqualsWorkbench)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     if (const auto why = llamaNodeMissing(); !why.empty())
         GTEST_SKIP() << "llama.cpp comparison skipped: " << why;
     const auto& layers = demoMoe8();

@@ -68,6 +68,7 @@ TEST(TokenData, JsonlTokensAndTextRows)
 
 TEST(TokenData, TextIsTokenizedWithOneBosPerDocument)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     const auto demo = ladimo::test::sourceDir() / "resources/demo";
     if (!std::filesystem::exists(demo / "tokenizer.model"))
         GTEST_SKIP() << "demo model absent";

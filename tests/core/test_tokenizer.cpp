@@ -56,6 +56,7 @@ void expectReproducesReference(const Tokenizer& tok)
 
 TEST(Tokenizer, SentencePieceReproducesReference)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     LADIMO_REQUIRE_SHARED("llama2-tokenizer/tokenizer.model");
     const auto tok = Tokenizer::loadSentencePiece(sharedData() / "llama2-tokenizer/tokenizer.model");
     EXPECT_EQ(tok->vocabSize(), 32000);
@@ -131,6 +132,7 @@ void expectThrowsNaming(const std::filesystem::path& file, const std::string& js
 
 TEST(Tokenizer, HuggingFaceJsonConvertedFromSentencePieceReproducesReference)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     LADIMO_REQUIRE_SHARED("llama2-tokenizer/tokenizer.model");
     const auto sp = Tokenizer::loadSentencePiece(sharedData() / "llama2-tokenizer/tokenizer.model");
     TempDir tmp;
@@ -170,6 +172,7 @@ TEST(Tokenizer, HuggingFaceJsonConvertedFromSentencePieceReproducesReference)
 // and with `split` (the default) every "▁" starts a new pre-token.
 TEST(Tokenizer, HuggingFaceJsonLegacyMetaspaceForms)
 {
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     LADIMO_REQUIRE_SHARED("llama2-tokenizer/tokenizer.model");
     const auto sp = Tokenizer::loadSentencePiece(sharedData() / "llama2-tokenizer/tokenizer.model");
     nlohmann::json j = convertToHuggingFace(*sp);
