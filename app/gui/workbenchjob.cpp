@@ -215,19 +215,15 @@ bool WorkbenchJob::startProfile(const ProfileRequest& r)
         const std::string projectFile = r.projectFile.toStdString();
         // As `ladimo profile`: every layer of the latest run, which must be finished.
         auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
-        auto loaded = loadLatestRun(project, projectFile);
-        const auto* runId = &loaded.runId;
-        const std::string& modelDir = loaded.modelDir;
-        const auto& model = *loaded.model;
-        const auto& layers = loaded.layers;
-        const auto tokenizer = core::Tokenizer::loadForModel(modelDir);
-        auto stream = toCore(r.data).load(model, tokenizer.get(), r.seqLen, progress, cancel);
-        // As `ladimo profile` (routing/profile.h profileConversion).
+        const auto loaded = loadLatestRun(project, projectFile);
+        const auto tokenizer = core::Tokenizer::loadForModel(loaded.modelDir);
+        const auto stream = toCore(r.data).load(*loaded.model, tokenizer.get(), r.seqLen, progress, cancel);
         core::ConversionProfileOptions po;
         po.seqLen = r.seqLen;
         po.bins = r.bins;
         po.sensitivityTokens = r.sensitivityTokens;
-        const auto profiles = core::profileConversion(model, layers, *runId, stream, po, &cancel, progress);
+        const auto profiles =
+            core::profileConversion(*loaded.model, loaded.layers, loaded.runId, stream, po, &cancel, progress);
         for (const auto& p : profiles)
             project.saveRoutingProfile(p);
         return JobOutcome{};
