@@ -21,6 +21,7 @@
 #include "convert/convert.h"
 #include "convert/costmodel.h"
 #include "convert/projectconvert.h"
+#include "export/hf_mixtral.h"
 #include "model/device.h"
 #include "store/assemble.h"
 #include "store/project.h"
@@ -42,6 +43,12 @@ std::string joinLines(const std::vector<std::string>& lines)
 } // namespace
 
 bool isProjectFile(const std::string& path) { return fs::path(path).extension() == ".ladimo"; }
+
+static void reportCapture(const core::CaptureInfo& info)
+{
+    std::fprintf(stderr, "\ncaptured %.1f MiB of FFN activations%s\n", static_cast<double>(info.bytes) / (1 << 20),
+                 info.spilled ? " in scratch files in the project folder (more than --activation-memory)" : " in memory");
+}
 
 Converted loadConverted(const std::string& projectFile, const ModelOptions& modelOptions)
 {
@@ -107,6 +114,7 @@ void registerConvertCommand(CLI::App& app)
         std::string layers;
         bool prepare = false;
         bool dryRun = false;
+        std::string activationMemory = "0";
         core::ConvertSettings s;
     };
     auto o = std::make_shared<Opts>();
@@ -132,12 +140,18 @@ void registerConvertCommand(CLI::App& app)
                                      "Create (or find) the run for these settings, then exit: the step before workers start");
     prepareOpt->excludes(layersOpt);
     cmd->add_flag("--dry-run", o->dryRun, "Print the cost model (tokens, FLOPs, memory, estimated time) and exit");
+    cmd->add_option("--activation-memory", o->activationMemory,
+                    "Captured activations kept in memory up to this size, e.g. 8GB; beyond it they go to scratch "
+                    "files in the project folder (0 = half the available memory)")
+        ->capture_default_str();
     cmd->callback([o] {
         if (!isProjectFile(o->project))
             throw core::Error("--project must name a *.ladimo file, got '" + o->project + "'");
         o->s.partition = core::parsePartition(o->partition);
         o->s.gating = core::parseGating(o->gating);
         o->s.distill.seed = o->data.seed;
+        o->s.activations.memoryBudget =
+            o->activationMemory == "0" ? 0 : static_cast<std::uint64_t>(core::parseByteSize(o->activationMemory));
         const auto source = describeSourceModel(o->model.path);
         auto model = o->model.load();
         o->s.devices = core::parseDevices(o->model.device);
@@ -238,6 +252,7 @@ void registerConvertCommand(CLI::App& app)
             cb.progress = printer.fn();
             cb.cancel = interruptToken();
             cb.loadCaptured = capturedFrom(project, run.calibrationSetId, captureKey);
+            cb.onCapture = reportCapture;
             {
                 std::set<int> captured;
                 torch::Tensor x, y;
@@ -275,6 +290,7 @@ void registerConvertCommand(CLI::App& app)
             };
             try {
                 torch::InferenceMode off(false);
+                o->s.activations.spillDir = project.absolutePath("scratch"); // as convertRunInProject does
                 core::convertModel(model, calibration, o->s, cb, skip);
             } catch (const core::Cancelled&) {
                 std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
@@ -319,6 +335,7 @@ void registerConvertCommand(CLI::App& app)
         core::ProjectConvertCallbacks cb;
         cb.progress = printer.fn();
         cb.cancel = interruptToken();
+        cb.onCapture = reportCapture;
         std::set<int> todo, captured;
         for (int l = 0; l < L; ++l)
             if (!skip.count(l))

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/scratch.h"
 #include "model/safetensors.h"
 #include "model/tokendata.h"
 
@@ -29,20 +30,49 @@ nlohmann::json ConvertSettings::toJson() const
             {"seq_len", seqLen}};
 }
 
-void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
-                std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const std::vector<MoeLayer>* moe,
-                const RoutingRule* rule, int upToLayer, const std::set<int>* only)
+CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
+                       std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const std::vector<MoeLayer>* moe,
+                       const RoutingRule* rule, int upToLayer, const std::set<int>* only, const ActivationStorage& storage)
 {
     torch::InferenceMode guard;
     const int L = upToLayer >= 0 ? upToLayer : static_cast<int>(model.config().numLayers) - 1;
-    std::vector<std::vector<torch::Tensor>> px(static_cast<std::size_t>(L + 1)), py(static_cast<std::size_t>(L + 1));
+    const auto windows = cutWindows(stream, seqLen);
+    int64_t tokens = 0;
+    for (const auto& w : windows)
+        tokens += static_cast<int64_t>(w.size());
+    const int64_t H = model.config().hiddenSize;
+    const auto kept = [&](int l) { return !only || only->count(l) > 0; };
+    int keptLayers = 0;
+    for (int l = 0; l <= L; ++l)
+        keptLayers += kept(l) ? 1 : 0;
+    // Every row is written exactly once below, so the buffers are allocated up front (no
+    // per-window pieces to concatenate: half the peak memory) and may live in scratch files.
+    CaptureInfo info;
+    info.bytes = static_cast<std::uint64_t>(keptLayers) * 2 * static_cast<std::uint64_t>(tokens * H) * sizeof(float);
+    const std::uint64_t budget = storage.memoryBudget ? storage.memoryBudget : availableMemoryBytes() / 2;
+    info.spilled = !storage.spillDir.empty() && info.bytes > budget;
+    const auto buffer = [&]() {
+        return info.spilled ? fileBackedTensor(storage.spillDir, {tokens, H}, torch::kFloat32)
+                            : torch::empty({tokens, H}, torch::TensorOptions().dtype(torch::kFloat32));
+    };
+    xs->assign(static_cast<std::size_t>(L + 1), torch::Tensor());
+    ys->assign(static_cast<std::size_t>(L + 1), torch::Tensor());
+    for (int l = 0; l <= L; ++l)
+        if (kept(l)) {
+            (*xs)[static_cast<std::size_t>(l)] = buffer();
+            (*ys)[static_cast<std::size_t>(l)] = buffer();
+        }
+    std::vector<int64_t> filled(static_cast<std::size_t>(L + 1), 0);
     ForwardHooks hooks;
     hooks.lastLayer = L;
     hooks.onFfn = [&](int layer, const torch::Tensor& x, const torch::Tensor& y) {
-        if (only && !only->count(layer))
+        if (!kept(layer))
             return;
-        px[static_cast<std::size_t>(layer)].push_back(x.reshape({-1, x.size(-1)}).to(torch::kFloat32).clone());
-        py[static_cast<std::size_t>(layer)].push_back(y.reshape({-1, y.size(-1)}).to(torch::kFloat32).clone());
+        const auto i = static_cast<std::size_t>(layer);
+        const int64_t n = x.numel() / H;
+        (*xs)[i].narrow(0, filled[i], n).copy_(x.reshape({n, H}));
+        (*ys)[i].narrow(0, filled[i], n).copy_(y.reshape({n, H}));
+        filled[i] += n;
     };
     if (moe && rule)
         hooks.ffnOverride = [&](int layer, const torch::Tensor& x) {
@@ -50,7 +80,6 @@ void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int
                        ? (*moe)[static_cast<std::size_t>(layer)].forward(x, *rule)
                        : torch::Tensor();
         };
-    const auto windows = cutWindows(stream, seqLen);
     for (std::size_t i = 0; i < windows.size();) {
         const std::size_t len = windows[i].size();
         std::vector<int64_t> flat;
@@ -61,13 +90,7 @@ void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int
                       nullptr, &hooks);
         i = j;
     }
-    xs->clear();
-    ys->clear();
-    for (int l = 0; l <= L; ++l) {
-        const bool keep = !only || only->count(l);
-        xs->push_back(keep ? torch::cat(px[static_cast<std::size_t>(l)]) : torch::Tensor());
-        ys->push_back(keep ? torch::cat(py[static_cast<std::size_t>(l)]) : torch::Tensor());
-    }
+    return info;
 }
 
 std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
@@ -90,7 +113,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                 missing.insert(l);
         if (!missing.empty()) {
             std::vector<torch::Tensor> cx, cy;
-            captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing);
+            const auto info =
+                captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, s.activations);
+            if (cb.onCapture)
+                cb.onCapture(info);
             for (int l : missing) {
                 xs[static_cast<std::size_t>(l)] = cx[static_cast<std::size_t>(l)];
                 ys[static_cast<std::size_t>(l)] = cy[static_cast<std::size_t>(l)];
@@ -158,7 +184,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
             if (cb.onLayerStart)
                 cb.onLayerStart(l);
             if (sequential) // inputs from the converted layers below, dense target of those inputs
-                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
+                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l, nullptr, s.activations);
             auto converted = tryConvertLayer(l, devices.front(), cb.cancel, nullptr);
             if (!converted)
                 continue;

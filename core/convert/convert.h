@@ -22,6 +22,19 @@
 
 namespace ladimo::core {
 
+// Where captured activations live: in memory while they fit in `memoryBudget` bytes (0 = half of
+// the memory available when the capture starts), otherwise in unlinked scratch files under
+// `spillDir` (common/scratch.h), which the kernel pages to disk. Without a spillDir they are
+// always kept in memory. Does not change any result.
+struct ActivationStorage {
+    std::filesystem::path spillDir;
+    std::uint64_t memoryBudget = 0;
+};
+struct CaptureInfo {
+    std::uint64_t bytes = 0; // X and Y of every kept layer
+    bool spilled = false;    // held in scratch files rather than memory
+};
+
 struct ConvertSettings {
     int64_t experts = 8;
     Partition partition = Partition::Coactivation;
@@ -32,6 +45,7 @@ struct ConvertSettings {
     // Parallel mode trains one layer per device at a time ("cpu,cpu", "cuda:0,cuda:1"); not part
     // of toJson(): the result does not depend on it, so a run may resume on other devices.
     std::vector<torch::Device> devices;
+    ActivationStorage activations; // not part of toJson() either
     nlohmann::json toJson() const;
 };
 
@@ -59,15 +73,17 @@ struct ConvertCallbacks {
     // highest of them. Called on the calling thread before any layer starts.
     using LoadCapturedFn = std::function<bool(int layer, torch::Tensor* x, torch::Tensor* y)>;
     LoadCapturedFn loadCaptured;
+    // Parallel mode: after the dense activations were captured, how big and where they are.
+    std::function<void(const CaptureInfo&)> onCapture;
 };
 
-// Captured (x, y) of each layer's FFN, flattened to [tokens, H]. With `moe` given, layers that
-// have an entry use it in the forward pass (sequential mode). With `only` given, just those
+// Captured (x, y) of each layer's FFN, flattened to [tokens, H] float32. With `moe` given, layers
+// that have an entry use it in the forward pass (sequential mode). With `only` given, just those
 // layers are kept (the others stay undefined tensors); the values do not depend on it.
-void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
-                std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys,
-                const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr, int upToLayer = -1,
-                const std::set<int>* only = nullptr);
+CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
+                       std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys,
+                       const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr,
+                       int upToLayer = -1, const std::set<int>* only = nullptr, const ActivationStorage& storage = {});
 
 std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
                                    const ConvertSettings& settings, const ConvertCallbacks& callbacks,

@@ -198,6 +198,12 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
     cb.cancel = callbacks.cancel;
     if (settings.mode == "parallel")
         cb.loadCaptured = callbacks.loadCaptured;
+    cb.onCapture = callbacks.onCapture;
+    // Activations that do not fit in memory go to scratch files in the project folder (on the
+    // disk the user chose for this model's data, not /tmp).
+    ConvertSettings s = settings;
+    if (s.activations.spillDir.empty())
+        s.activations.spillDir = project.absolutePath("scratch");
     int current = -1;
     cb.onLayerStart = [&](int l) {
         current = l;
@@ -225,7 +231,7 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
     };
     try {
         torch::InferenceMode off(false);
-        convertModel(model, calibration, settings, cb, plan.finished, std::move(done));
+        convertModel(model, calibration, s, cb, plan.finished, std::move(done));
     } catch (const Cancelled&) {
         if (current >= 0 && project.layer(runId, current).status != LayerStatus::Done)
             project.resetLayers(runId, {current});

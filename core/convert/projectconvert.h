@@ -78,6 +78,7 @@ struct ProjectConvertCallbacks {
     ProgressFn progress;
     CancelToken cancel;
     ConvertCallbacks::LoadCapturedFn loadCaptured; // parallel mode only
+    std::function<void(const CaptureInfo&)> onCapture; // as ConvertCallbacks::onCapture
     std::function<void(int layer)> onLayerStarted; // after the layer is marked running
     // After the layer is committed to the project.
     std::function<void(int layer, const LayerConversion&, const LayerOutcome&, const LossCurve&)> onLayerFinished;
