@@ -110,6 +110,7 @@ void registerConvertCommand(CLI::App& app)
         core::ConvertSettings s;
     };
     auto o = std::make_shared<Opts>();
+    o->s.capture.onRecovered = [](const std::string& what) { std::fprintf(stderr, "note: %s\n", what.c_str()); };
     auto* cmd = app.add_subcommand("convert", "LaDiMo stage 1: split every FFN into experts + router and distil it layer by layer");
     o->model.add(cmd);
     o->data.add(cmd);

@@ -31,16 +31,19 @@ nlohmann::json ConvertSettings::toJson() const
 
 void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
                 std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const std::vector<MoeLayer>* moe,
-                const RoutingRule* rule, int upToLayer, const std::set<int>* only)
+                const RoutingRule* rule, int upToLayer, const std::set<int>* only, const CaptureOptions& options)
 {
     torch::InferenceMode guard;
     const int L = upToLayer >= 0 ? upToLayer : static_cast<int>(model.config().numLayers) - 1;
     std::vector<std::vector<torch::Tensor>> px(static_cast<std::size_t>(L + 1)), py(static_cast<std::size_t>(L + 1));
     ForwardHooks hooks;
     hooks.lastLayer = L;
+    int64_t passWindows = 0; // windows in the forward pass being run
     hooks.onFfn = [&](int layer, const torch::Tensor& x, const torch::Tensor& y) {
         if (only && !only->count(layer))
             return;
+        if (options.faultHook)
+            options.faultHook(layer, passWindows);
         px[static_cast<std::size_t>(layer)].push_back(x.reshape({-1, x.size(-1)}).to(torch::kFloat32).clone());
         py[static_cast<std::size_t>(layer)].push_back(y.reshape({-1, y.size(-1)}).to(torch::kFloat32).clone());
     };
@@ -51,14 +54,35 @@ void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int
                        : torch::Tensor();
         };
     const auto windows = cutWindows(stream, seqLen);
+    std::size_t perPass = static_cast<std::size_t>(std::max<int64_t>(1, options.maxWindows));
     for (std::size_t i = 0; i < windows.size();) {
         const std::size_t len = windows[i].size();
         std::vector<int64_t> flat;
         std::size_t j = i;
-        for (; j < windows.size() && windows[j].size() == len && j - i < 8; ++j)
+        for (; j < windows.size() && windows[j].size() == len && j - i < perPass; ++j)
             flat.insert(flat.end(), windows[j].begin(), windows[j].end());
-        model.forward(torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(j - i), static_cast<int64_t>(len)}),
-                      nullptr, &hooks);
+        passWindows = static_cast<int64_t>(j - i);
+        std::vector<std::size_t> recorded; // per layer, before this pass
+        for (const auto& p : px)
+            recorded.push_back(p.size());
+        try {
+            model.forward(torch::tensor(flat, torch::kInt64).view({passWindows, static_cast<int64_t>(len)}), nullptr,
+                          &hooks);
+        } catch (const c10::OutOfMemoryError&) {
+            for (std::size_t l = 0; l < px.size(); ++l) { // drop the failed pass's partial records
+                px[l].resize(recorded[l]);
+                py[l].resize(recorded[l]);
+            }
+            if (j - i == 1)
+                throw Error("out of memory on " + model.device().str() +
+                            " capturing FFN activations, even with one window of " + std::to_string(len) +
+                            " tokens per forward pass (free device memory or use a shorter sequence length)");
+            perPass = (j - i) / 2;
+            if (options.onRecovered)
+                options.onRecovered("capture: out of memory with " + std::to_string(j - i) +
+                                    " windows per forward pass, retried with " + std::to_string(perPass));
+            continue;
+        }
         i = j;
     }
     xs->clear();
@@ -90,7 +114,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                 missing.insert(l);
         if (!missing.empty()) {
             std::vector<torch::Tensor> cx, cy;
-            captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing);
+            captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, s.capture);
             for (int l : missing) {
                 xs[static_cast<std::size_t>(l)] = cx[static_cast<std::size_t>(l)];
                 ys[static_cast<std::size_t>(l)] = cy[static_cast<std::size_t>(l)];
@@ -158,7 +182,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
             if (cb.onLayerStart)
                 cb.onLayerStart(l);
             if (sequential) // inputs from the converted layers below, dense target of those inputs
-                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l);
+                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l, nullptr, s.capture);
             auto converted = tryConvertLayer(l, devices.front(), cb.cancel, nullptr);
             if (!converted)
                 continue;

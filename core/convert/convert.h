@@ -22,6 +22,18 @@
 
 namespace ladimo::core {
 
+// How a capture's dense forward passes run. Out of memory on the device (c10::OutOfMemoryError)
+// during a pass drops what that pass recorded and runs it again with half as many windows, down
+// to one window; then an Error says so. The captured values do not depend on these settings.
+struct CaptureOptions {
+    int64_t maxWindows = 8; // windows of seqLen tokens per forward pass
+    // Told each time a pass is retried with fewer windows, in words.
+    std::function<void(const std::string& what)> onRecovered;
+    // Tests only (fault injection): called as each layer's FFN input/output is recorded, with the
+    // number of windows of the pass; may throw c10::OutOfMemoryError.
+    std::function<void(int layer, int64_t windows)> faultHook;
+};
+
 struct ConvertSettings {
     int64_t experts = 8;
     Partition partition = Partition::Coactivation;
@@ -32,6 +44,7 @@ struct ConvertSettings {
     // Parallel mode trains one layer per device at a time ("cpu,cpu", "cuda:0,cuda:1"); not part
     // of toJson(): the result does not depend on it, so a run may resume on other devices.
     std::vector<torch::Device> devices;
+    CaptureOptions capture; // not part of toJson() either
     nlohmann::json toJson() const;
 };
 
@@ -67,7 +80,7 @@ struct ConvertCallbacks {
 void captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
                 std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys,
                 const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr, int upToLayer = -1,
-                const std::set<int>* only = nullptr);
+                const std::set<int>* only = nullptr, const CaptureOptions& options = {});
 
 std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
                                    const ConvertSettings& settings, const ConvertCallbacks& callbacks,
