@@ -118,6 +118,7 @@ void registerConvertCommand(CLI::App& app)
         core::ConvertSettings s;
     };
     auto o = std::make_shared<Opts>();
+    o->s.capture.onRecovered = [](const std::string& what) { std::fprintf(stderr, "note: %s\n", what.c_str()); };
     auto* cmd = app.add_subcommand("convert", "LaDiMo stage 1: split every FFN into experts + router and distil it layer by layer");
     o->model.add(cmd);
     o->data.add(cmd);
@@ -150,7 +151,7 @@ void registerConvertCommand(CLI::App& app)
         o->s.partition = core::parsePartition(o->partition);
         o->s.gating = core::parseGating(o->gating);
         o->s.distill.seed = o->data.seed;
-        o->s.activations.memoryBudget =
+        o->s.capture.memoryBudget =
             o->activationMemory == "0" ? 0 : static_cast<std::uint64_t>(core::parseByteSize(o->activationMemory));
         const auto source = describeSourceModel(o->model.path);
         auto model = o->model.load();
@@ -290,7 +291,7 @@ void registerConvertCommand(CLI::App& app)
             };
             try {
                 torch::InferenceMode off(false);
-                o->s.activations.spillDir = project.absolutePath("scratch"); // as convertRunInProject does
+                o->s.capture.spillDir = project.absolutePath("scratch"); // as convertRunInProject does
                 core::convertModel(model, calibration, o->s, cb, skip);
             } catch (const core::Cancelled&) {
                 std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");

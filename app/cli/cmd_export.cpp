@@ -108,6 +108,7 @@ void registerExportCommand(CLI::App& app)
         ProgressPrinter printer;
         eo.progress = printer.fn();
         eo.cancel = &interruptToken();
+        eo.log = [](const std::string& line) { std::fprintf(stderr, "note: %s\n", line.c_str()); };
         const auto report = gguf ? core::exportGguf(in, eo) : core::exportHfMixtral(in, eo);
 
         core::ExportRecord record;

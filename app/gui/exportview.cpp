@@ -222,6 +222,9 @@ void ExportView::onExported(const QString& reportJson)
                 text += "<br>&nbsp;&nbsp;- " + QString::fromStdString(n.get<std::string>()).toHtmlEscaped();
         }
     }
+    if (j.contains("log"))
+        for (const auto& line : j["log"])
+            text += tr("<br>Note: %1").arg(QString::fromStdString(line.get<std::string>()).toHtmlEscaped());
     m_report->setText(text);
 }
 

@@ -390,6 +390,8 @@ bool WorkbenchJob::startExport(const ExportRequest& r)
         eo.expertsPerToken = r.topK;
         eo.progress = progress;
         eo.cancel = &cancel;
+        std::vector<std::string> log;
+        eo.log = [&log](const std::string& line) { log.push_back(line); };
         const auto report = gguf ? core::exportGguf(in, eo) : core::exportHfMixtral(in, eo);
         core::ExportRecord record;
         record.format = format;
@@ -408,7 +410,7 @@ bool WorkbenchJob::startExport(const ExportRequest& r)
         nlohmann::json j = {{"out", record.path}, {"format", format},       {"bytes", report.bytes},
                             {"exact", report.exact}, {"notes", report.notes}, {"sha256", report.sha256},
                             {"policy", in.policyName}, {"run", conv.runId},  {"export_id", exportId},
-                            {"dtype", eo.dtype}};
+                            {"dtype", eo.dtype}, {"log", log}};
         if (moe)
             j["experts_per_token"] = report.expertsPerToken;
         j["files"] = nlohmann::json::array();

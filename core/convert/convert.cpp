@@ -32,7 +32,7 @@ nlohmann::json ConvertSettings::toJson() const
 
 CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
                        std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const std::vector<MoeLayer>* moe,
-                       const RoutingRule* rule, int upToLayer, const std::set<int>* only, const ActivationStorage& storage)
+                       const RoutingRule* rule, int upToLayer, const std::set<int>* only, const CaptureOptions& options)
 {
     torch::InferenceMode guard;
     const int L = upToLayer >= 0 ? upToLayer : static_cast<int>(model.config().numLayers) - 1;
@@ -49,10 +49,10 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
     // per-window pieces to concatenate: half the peak memory) and may live in scratch files.
     CaptureInfo info;
     info.bytes = static_cast<std::uint64_t>(keptLayers) * 2 * static_cast<std::uint64_t>(tokens * H) * sizeof(float);
-    const std::uint64_t budget = storage.memoryBudget ? storage.memoryBudget : availableMemoryBytes() / 2;
-    info.spilled = !storage.spillDir.empty() && info.bytes > budget;
+    const std::uint64_t budget = options.memoryBudget ? options.memoryBudget : availableMemoryBytes() / 2;
+    info.spilled = !options.spillDir.empty() && info.bytes > budget;
     const auto buffer = [&]() {
-        return info.spilled ? fileBackedTensor(storage.spillDir, {tokens, H}, torch::kFloat32)
+        return info.spilled ? fileBackedTensor(options.spillDir, {tokens, H}, torch::kFloat32)
                             : torch::empty({tokens, H}, torch::TensorOptions().dtype(torch::kFloat32));
     };
     xs->assign(static_cast<std::size_t>(L + 1), torch::Tensor());
@@ -65,9 +65,12 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
     std::vector<int64_t> filled(static_cast<std::size_t>(L + 1), 0);
     ForwardHooks hooks;
     hooks.lastLayer = L;
+    int64_t passWindows = 0; // windows in the forward pass being run
     hooks.onFfn = [&](int layer, const torch::Tensor& x, const torch::Tensor& y) {
         if (!kept(layer))
             return;
+        if (options.faultHook)
+            options.faultHook(layer, passWindows);
         const auto i = static_cast<std::size_t>(layer);
         const int64_t n = x.numel() / H;
         (*xs)[i].narrow(0, filled[i], n).copy_(x.reshape({n, H}));
@@ -80,14 +83,30 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
                        ? (*moe)[static_cast<std::size_t>(layer)].forward(x, *rule)
                        : torch::Tensor();
         };
+    std::size_t perPass = static_cast<std::size_t>(std::max<int64_t>(1, options.maxWindows));
     for (std::size_t i = 0; i < windows.size();) {
         const std::size_t len = windows[i].size();
         std::vector<int64_t> flat;
         std::size_t j = i;
-        for (; j < windows.size() && windows[j].size() == len && j - i < 8; ++j)
+        for (; j < windows.size() && windows[j].size() == len && j - i < perPass; ++j)
             flat.insert(flat.end(), windows[j].begin(), windows[j].end());
-        model.forward(torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(j - i), static_cast<int64_t>(len)}),
-                      nullptr, &hooks);
+        passWindows = static_cast<int64_t>(j - i);
+        const std::vector<int64_t> before = filled; // rows per layer before this pass
+        try {
+            model.forward(torch::tensor(flat, torch::kInt64).view({passWindows, static_cast<int64_t>(len)}), nullptr,
+                          &hooks);
+        } catch (const c10::OutOfMemoryError&) {
+            filled = before; // the retry overwrites the failed pass's partial rows
+            if (j - i == 1)
+                throw Error("out of memory on " + model.device().str() +
+                            " capturing FFN activations, even with one window of " + std::to_string(len) +
+                            " tokens per forward pass (free device memory or use a shorter sequence length)");
+            perPass = (j - i) / 2;
+            if (options.onRecovered)
+                options.onRecovered("capture: out of memory with " + std::to_string(j - i) +
+                                    " windows per forward pass, retried with " + std::to_string(perPass));
+            continue;
+        }
         i = j;
     }
     return info;
@@ -114,7 +133,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         if (!missing.empty()) {
             std::vector<torch::Tensor> cx, cy;
             const auto info =
-                captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, s.activations);
+                captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, s.capture);
             if (cb.onCapture)
                 cb.onCapture(info);
             for (int l : missing) {
@@ -184,7 +203,7 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
             if (cb.onLayerStart)
                 cb.onLayerStart(l);
             if (sequential) // inputs from the converted layers below, dense target of those inputs
-                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l, nullptr, s.activations);
+                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l, nullptr, s.capture);
             auto converted = tryConvertLayer(l, devices.front(), cb.cancel, nullptr);
             if (!converted)
                 continue;

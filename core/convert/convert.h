@@ -22,13 +22,22 @@
 
 namespace ladimo::core {
 
-// Where captured activations live: in memory while they fit in `memoryBudget` bytes (0 = half of
-// the memory available when the capture starts), otherwise in unlinked scratch files under
-// `spillDir` (common/scratch.h), which the kernel pages to disk. Without a spillDir they are
-// always kept in memory. Does not change any result.
-struct ActivationStorage {
+// How a capture's dense forward passes run and where its results live. Out of memory on the
+// device (c10::OutOfMemoryError) during a pass drops what that pass recorded and runs it again
+// with half as many windows, down to one window; then an Error says so. The activations stay in
+// memory while they fit in `memoryBudget` bytes (0 = half of the memory available when the
+// capture starts), otherwise they go to unlinked scratch files under `spillDir`
+// (common/scratch.h), which the kernel pages to disk; without a spillDir they always stay in
+// memory. The captured values do not depend on any of these settings.
+struct CaptureOptions {
+    int64_t maxWindows = 8; // windows of seqLen tokens per forward pass
     std::filesystem::path spillDir;
     std::uint64_t memoryBudget = 0;
+    // Told each time a pass is retried with fewer windows, in words.
+    std::function<void(const std::string& what)> onRecovered;
+    // Tests only (fault injection): called as each layer's FFN input/output is recorded, with the
+    // number of windows of the pass; may throw c10::OutOfMemoryError.
+    std::function<void(int layer, int64_t windows)> faultHook;
 };
 struct CaptureInfo {
     std::uint64_t bytes = 0; // X and Y of every kept layer
@@ -45,7 +54,7 @@ struct ConvertSettings {
     // Parallel mode trains one layer per device at a time ("cpu,cpu", "cuda:0,cuda:1"); not part
     // of toJson(): the result does not depend on it, so a run may resume on other devices.
     std::vector<torch::Device> devices;
-    ActivationStorage activations; // not part of toJson() either
+    CaptureOptions capture; // not part of toJson() either
     nlohmann::json toJson() const;
 };
 
@@ -83,7 +92,7 @@ struct ConvertCallbacks {
 CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
                        std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys,
                        const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr,
-                       int upToLayer = -1, const std::set<int>* only = nullptr, const ActivationStorage& storage = {});
+                       int upToLayer = -1, const std::set<int>* only = nullptr, const CaptureOptions& options = {});
 
 std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
                                    const ConvertSettings& settings, const ConvertCallbacks& callbacks,

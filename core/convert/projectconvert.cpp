@@ -202,8 +202,8 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
     // Activations that do not fit in memory go to scratch files in the project folder (on the
     // disk the user chose for this model's data, not /tmp).
     ConvertSettings s = settings;
-    if (s.activations.spillDir.empty())
-        s.activations.spillDir = project.absolutePath("scratch");
+    if (s.capture.spillDir.empty())
+        s.capture.spillDir = project.absolutePath("scratch");
     int current = -1;
     cb.onLayerStart = [&](int l) {
         current = l;

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "common/fileutil.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 
@@ -18,17 +19,11 @@ constexpr std::size_t kMaxChoices = 64;
 
 std::vector<ChoiceItem> loadChoiceItems(const std::filesystem::path& file)
 {
-    std::ifstream in(file, std::ios::binary);
-    if (!in)
-        throw Error("cannot open multiple-choice file '" + file.string() + "'");
+    LineReader in(file, kMaxLine, "multiple-choice file");
     std::vector<ChoiceItem> items;
     std::string line;
-    int64_t lineNo = 0;
-    while (std::getline(in, line)) {
-        ++lineNo;
-        const std::string at = file.string() + ":" + std::to_string(lineNo);
-        if (line.size() > kMaxLine)
-            throw Error(at + ": line longer than " + std::to_string(kMaxLine) + " bytes");
+    while (in.next(line)) {
+        const std::string at = in.where();
         if (line.find_first_not_of(" \t\r") == std::string::npos)
             continue;
         nlohmann::json j;

@@ -6,11 +6,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "common/fileutil.h"
 #include "common/progress.h"
 #include "model/llama.h"
 #include "moe/moeblock.h"
@@ -34,7 +36,30 @@ struct ExportOptions {
     int expertsPerToken = 0;                   // k written for tools with one k for all layers; 0 = from a uniform static policy
     ProgressFn progress;
     const CancelToken* cancel = nullptr;
+    std::function<void(const std::string& line)> log; // notes for the user's log (stale temporaries removed)
 };
+
+// Removes what exports of `out` killed earlier left next to it (removeStaleTemporaries: only
+// ".NAME.tmp-PID-HEX" of dead processes) and says so through options.log.
+inline void removeStaleExportTemporaries(const std::filesystem::path& out, const ExportOptions& options)
+{
+    for (const auto& p : removeStaleTemporaries(out))
+        if (options.log)
+            options.log("removed '" + p.string() + "', left by an export of '" + out.string() +
+                        "' that was killed (its process is gone)");
+}
+
+// Runs an exporter's writing part; an Error (a full disk, say) comes out naming the destination.
+inline void writeExport(const std::filesystem::path& out, const std::function<void()>& write)
+{
+    try {
+        write();
+    } catch (const Cancelled&) {
+        throw;
+    } catch (const Error& e) {
+        throw Error("export to '" + out.string() + "' failed, nothing was left there: " + e.what());
+    }
+}
 
 // What an export wrote and whether the target format computes exactly what the workbench does.
 struct ExportReport {

@@ -431,6 +431,7 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     std::error_code ec;
     if (!fs::is_directory(dir, ec))
         throw Error("gguf export: folder '" + dir.string() + "' of '" + options.out.string() + "' does not exist");
+    removeStaleExportTemporaries(options.out, options);
     const auto space = fs::space(dir, ec);
     if (!ec && space.available < total + (16u << 20))
         throw Error("gguf export: not enough free space in '" + dir.string() + "' for '" +
@@ -438,47 +439,39 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
                     humanBytes(space.available) + " available");
 
     const auto cancelled = [&]() { return options.cancel && options.cancel->isCancelled(); };
-    atomicWriteFile(options.out, [&](const fs::path& tmp) {
-        std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(tmp.c_str(), "wb"), &std::fclose);
-        if (!f)
-            throw Error("gguf export: cannot create '" + tmp.string() + "'");
-        uint64_t written = 0;
-        auto write = [&](const void* data, std::size_t n) {
-            if (n && std::fwrite(data, 1, n, f.get()) != n)
-                throw Error("gguf export: writing '" + tmp.string() + "' failed (disk full?)");
-            written += n;
-        };
-        auto padTo = [&](uint64_t target) {
-            static const char zeros[kAlignment] = {};
-            while (written < target)
-                write(zeros, static_cast<std::size_t>(std::min<uint64_t>(kAlignment, target - written)));
-        };
-        write(head.data().data(), head.data().size());
-        write(md.data().data(), md.data().size());
-        write(infos.data().data(), infos.data().size());
-        padTo(dataStart);
-        for (std::size_t i = 0; i < tensors.size(); ++i) {
+    writeExport(options.out, [&] {
+        atomicWriteFile(options.out, [&](const fs::path& tmp) {
+            OutputFile out(tmp, options.out);
+            auto padTo = [&](uint64_t target) {
+                static const char zeros[kAlignment] = {};
+                while (out.written() < target)
+                    out.write(zeros, static_cast<std::size_t>(std::min<uint64_t>(kAlignment, target - out.written())));
+            };
+            out.write(head.data().data(), head.data().size());
+            out.write(md.data().data(), md.data().size());
+            out.write(infos.data().data(), infos.data().size());
+            padTo(dataStart);
+            for (std::size_t i = 0; i < tensors.size(); ++i) {
+                if (cancelled())
+                    throw Cancelled();
+                const auto& t = tensors[i];
+                padTo(dataStart + t.offset);
+                const torch::Tensor data = t.make();
+                if (static_cast<uint64_t>(data.nbytes()) != t.bytes())
+                    throw Error("gguf export: tensor '" + t.name + "' has " + std::to_string(data.nbytes()) +
+                                " bytes, expected " + std::to_string(t.bytes()));
+                out.write(data.data_ptr(), data.nbytes());
+                if (options.progress)
+                    options.progress("gguf", static_cast<double>(i + 1), static_cast<double>(tensors.size()));
+            }
+            padTo(total);
+            out.close();
             if (cancelled())
                 throw Cancelled();
-            const auto& t = tensors[i];
-            padTo(dataStart + t.offset);
-            const torch::Tensor data = t.make();
-            if (static_cast<uint64_t>(data.nbytes()) != t.bytes())
-                throw Error("gguf export: tensor '" + t.name + "' has " + std::to_string(data.nbytes()) +
-                            " bytes, expected " + std::to_string(t.bytes()));
-            write(data.data_ptr(), data.nbytes());
-            if (options.progress)
-                options.progress("gguf", static_cast<double>(i + 1), static_cast<double>(tensors.size()));
-        }
-        padTo(total);
-        if (std::fflush(f.get()) != 0)
-            throw Error("gguf export: writing '" + tmp.string() + "' failed (disk full?)");
-        f.reset();
-        if (cancelled())
-            throw Cancelled();
-        // The same manifest digest the other exporters report: "name sha256\n" of each file.
-        const std::string manifest = options.out.filename().string() + " " + sha256File(tmp) + "\n";
-        report.sha256 = sha256Bytes(manifest.data(), manifest.size());
+            // The same manifest digest the other exporters report: "name sha256\n" of each file.
+            const std::string manifest = options.out.filename().string() + " " + sha256File(tmp) + "\n";
+            report.sha256 = sha256Bytes(manifest.data(), manifest.size());
+        });
     });
     report.files.push_back(options.out);
     report.bytes = static_cast<int64_t>(total);

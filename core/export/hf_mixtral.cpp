@@ -127,33 +127,18 @@ void writeShard(const fs::path& file, const std::vector<const Entry*>& entries, 
     std::string h = header.dump();
     while ((8 + h.size()) % 8 != 0)
         h.push_back(' ');
-    atomicWriteFile(file, [&](const fs::path& tmp) {
-        std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(tmp.c_str(), "wb"), &std::fclose);
-        if (!f)
-            throw Error("cannot create '" + tmp.string() + "'");
-        bool ok = true;
-        uint8_t len[8];
-        const uint64_t n = h.size();
-        for (int i = 0; i < 8; ++i)
-            len[i] = static_cast<uint8_t>(n >> (8 * i));
-        ok = ok && std::fwrite(len, 1, 8, f.get()) == 8;
-        ok = ok && std::fwrite(h.data(), 1, h.size(), f.get()) == h.size();
+    atomicWriteOutput(file, [&](OutputFile& out) {
+        writeSafetensorsHeader(out, h);
         for (const Entry* e : entries) {
             progress.checkCancel();
             const torch::Tensor t = e->make().detach().to(torch::kCPU, dtype).contiguous();
             if (t.sizes().vec() != e->shape)
                 throw Error("export: tensor '" + e->name + "' has shape " + shapeString(t.sizes().vec()) +
                             ", expected " + shapeString(e->shape));
-            const std::size_t bytes = static_cast<std::size_t>(e->bytes);
-            ok = ok && (bytes == 0 || std::fwrite(t.data_ptr(), 1, bytes, f.get()) == bytes);
-            if (!ok)
-                break;
+            out.write(t.data_ptr(), static_cast<std::size_t>(e->bytes));
             progress.done += e->bytes;
             progress.report();
         }
-        ok = (std::fclose(f.release()) == 0) && ok;
-        if (!ok)
-            throw Error("cannot write '" + file.string() + "' (disk full?)");
     });
 }
 
@@ -287,6 +272,7 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
     fs::create_directories(parent, ec);
     if (!fs::is_directory(parent))
         throw Error("export: cannot create the folder '" + parent.string() + "'");
+    removeStaleExportTemporaries(out, options);
 
     ExportReport report;
     nlohmann::json config;
@@ -465,62 +451,62 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         throw Error("export: '" + parent.string() + "' has " + humanBytes(static_cast<double>(space.available)) +
                     " free, the export needs about " + humanBytes(static_cast<double>(needed)));
 
-    std::random_device rd;
-    const fs::path tmp = parent / ("." + out.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
-                                   std::to_string(rd()));
-    if (!fs::create_directory(tmp, ec) || ec)
-        throw Error("export: cannot create the temporary folder '" + tmp.string() + "'");
-    TempDirGuard guard(tmp);
+    writeExport(out, [&] {
+        const fs::path tmp = temporarySibling(out);
+        if (!fs::create_directory(tmp, ec) || ec)
+            throw Error("export: cannot create the temporary folder '" + tmp.string() + "'");
+        TempDirGuard guard(tmp);
 
-    Progress progress{options, 0, total};
-    progress.report();
-    std::vector<std::string> files;
-    if (shards.size() == 1) {
-        writeShard(tmp / "model.safetensors", shards.front(), dtype, progress);
-        files.push_back("model.safetensors");
-    } else {
-        nlohmann::json weightMap = nlohmann::json::object();
-        char name[64];
-        for (std::size_t i = 0; i < shards.size(); ++i) {
-            std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-            writeShard(tmp / name, shards[i], dtype, progress);
-            files.push_back(name);
-            for (const Entry* e : shards[i])
-                weightMap[e->name] = name;
+        Progress progress{options, 0, total};
+        progress.report();
+        std::vector<std::string> files;
+        if (shards.size() == 1) {
+            writeShard(tmp / "model.safetensors", shards.front(), dtype, progress);
+            files.push_back("model.safetensors");
+        } else {
+            nlohmann::json weightMap = nlohmann::json::object();
+            char name[64];
+            for (std::size_t i = 0; i < shards.size(); ++i) {
+                std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+                writeShard(tmp / name, shards[i], dtype, progress);
+                files.push_back(name);
+                for (const Entry* e : shards[i])
+                    weightMap[e->name] = name;
+            }
+            const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weightMap}};
+            atomicWriteFile(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
+            files.push_back("model.safetensors.index.json");
         }
-        const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weightMap}};
-        atomicWriteFile(tmp / "model.safetensors.index.json", index.dump(2) + "\n");
-        files.push_back("model.safetensors.index.json");
-    }
-    progress.checkCancel();
-    atomicWriteFile(tmp / "config.json", config.dump(2) + "\n");
-    files.push_back("config.json");
-    if (moe) {
-        atomicWriteFile(tmp / "routing_policy.json", config["ladimo"]["policy"].dump(2) + "\n");
-        files.push_back("routing_policy.json");
-    }
-    for (const char* name : kTokenizerFiles) {
-        if (in.modelDir.empty() || !fs::is_regular_file(in.modelDir / name, ec))
-            continue;
-        atomicWriteFile(tmp / name, [&](const fs::path& t) { fs::copy_file(in.modelDir / name, t); });
-        files.push_back(name);
-    }
-    std::sort(files.begin(), files.end());
-    std::string manifest;
-    for (const auto& f : files) {
         progress.checkCancel();
-        manifest += f + " " + sha256File(tmp / f) + "\n";
-        report.bytes += static_cast<int64_t>(fs::file_size(tmp / f));
-        report.files.push_back(out / f);
-    }
-    report.sha256 = sha256Bytes(manifest.data(), manifest.size());
-    progress.checkCancel();
-    fsyncDirectory(tmp);
-    fs::rename(tmp, out, ec); // replaces an empty destination folder
-    if (ec)
-        throw Error("export: cannot move the finished export into '" + out.string() + "': " + ec.message());
-    guard.release();
-    fsyncDirectory(parent);
+        atomicWriteFile(tmp / "config.json", config.dump(2) + "\n");
+        files.push_back("config.json");
+        if (moe) {
+            atomicWriteFile(tmp / "routing_policy.json", config["ladimo"]["policy"].dump(2) + "\n");
+            files.push_back("routing_policy.json");
+        }
+        for (const char* name : kTokenizerFiles) {
+            if (in.modelDir.empty() || !fs::is_regular_file(in.modelDir / name, ec))
+                continue;
+            atomicWriteFile(tmp / name, readTextFile(in.modelDir / name));
+            files.push_back(name);
+        }
+        std::sort(files.begin(), files.end());
+        std::string manifest;
+        for (const auto& f : files) {
+            progress.checkCancel();
+            manifest += f + " " + sha256File(tmp / f) + "\n";
+            report.bytes += static_cast<int64_t>(fs::file_size(tmp / f));
+            report.files.push_back(out / f);
+        }
+        report.sha256 = sha256Bytes(manifest.data(), manifest.size());
+        progress.checkCancel();
+        fsyncDirectory(tmp);
+        fs::rename(tmp, out, ec); // replaces an empty destination folder
+        if (ec)
+            throw Error("export: cannot move the finished export into '" + out.string() + "': " + ec.message());
+        guard.release();
+        fsyncDirectory(parent);
+    });
     return report;
 }
 

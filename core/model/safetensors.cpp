@@ -244,6 +244,15 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const
                             [keepAlive](void*) mutable { keepAlive.reset(); }, options);
 }
 
+void writeSafetensorsHeader(OutputFile& out, const std::string& header)
+{
+    uint8_t len[8];
+    for (int i = 0; i < 8; ++i)
+        len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
+    out.write(len, 8);
+    out.write(header.data(), header.size());
+}
+
 void writeSafetensors(const std::filesystem::path& file,
                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata)
@@ -269,24 +278,10 @@ void writeSafetensors(const std::filesystem::path& file,
     std::string h = header.dump();
     while ((8 + h.size()) % 8 != 0) // keep the data section 8-byte aligned for zero-copy reads
         h.push_back(' ');
-    atomicWriteFile(file, [&](const std::filesystem::path& tmp) {
-        std::FILE* f = std::fopen(tmp.c_str(), "wb");
-        if (!f)
-            throw Error("cannot create '" + tmp.string() + "'");
-        bool ok = true;
-        uint8_t len[8];
-        uint64_t n = h.size();
-        for (int i = 0; i < 8; ++i)
-            len[i] = static_cast<uint8_t>(n >> (8 * i));
-        ok = ok && std::fwrite(len, 1, 8, f) == 8;
-        ok = ok && std::fwrite(h.data(), 1, h.size(), f) == h.size();
-        for (const auto& c : cpu) {
-            const std::size_t bytes = static_cast<std::size_t>(c.numel()) * c.element_size();
-            ok = ok && (bytes == 0 || std::fwrite(c.data_ptr(), 1, bytes, f) == bytes);
-        }
-        ok = (std::fclose(f) == 0) && ok;
-        if (!ok)
-            throw Error("cannot write '" + file.string() + "' (disk full?)");
+    atomicWriteOutput(file, [&](OutputFile& out) {
+        writeSafetensorsHeader(out, h);
+        for (const auto& c : cpu)
+            out.write(c.data_ptr(), static_cast<std::size_t>(c.numel()) * c.element_size());
     });
 }
 

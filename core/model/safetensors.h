@@ -73,6 +73,11 @@ StDType fromTorch(torch::ScalarType t);
 
 // Writes tensors (any device / dtype of the safetensors set, made contiguous on CPU) in the
 // given order, atomically. `metadata` goes under "__metadata__".
+class OutputFile;
+// The start of a safetensors file: the header length (little-endian uint64) and the header JSON,
+// padded by the caller to keep the data 8-byte aligned. Shared by every safetensors writer.
+void writeSafetensorsHeader(OutputFile& out, const std::string& header);
+
 void writeSafetensors(const std::filesystem::path& file,
                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});

@@ -17,6 +17,8 @@ namespace ladimo::core {
 namespace {
 
 constexpr uint64_t kMaxTokenFileBytes = 64ull << 30;
+// One .jsonl row: a document's text or token list. Longer lines are refused before they are read whole.
+constexpr std::size_t kMaxJsonlLineBytes = 64u << 20;
 
 void checkId(int64_t id, int64_t vocab, const fs::path& file, const std::string& where)
 {
@@ -85,16 +87,13 @@ std::vector<int64_t> loadTokenFile(const fs::path& file, const Tokenizer* tok, c
     else if (ext == ".u32")
         out = loadRaw(file, 4, o);
     else if (ext == ".jsonl") {
-        std::ifstream in(file);
-        if (!in)
-            throw Error("cannot open token file '" + file.string() + "'");
+        LineReader in(file, kMaxJsonlLineBytes, "token file");
         std::string line;
-        int64_t lineNo = 0;
-        while (std::getline(in, line) && !full(out, o)) {
-            ++lineNo;
+        while (!full(out, o) && in.next(line)) {
+            const int64_t lineNo = in.lineNo();
             if (line.find_first_not_of(" \t\r") == std::string::npos)
                 continue;
-            const std::string where = file.string() + ":" + std::to_string(lineNo);
+            const std::string where = in.where();
             nlohmann::json j;
             try {
                 j = nlohmann::json::parse(line);

@@ -247,8 +247,13 @@ PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_
     if (!doc.contains("rules"))
         throw Error(where + ": has no 'rules'");
     out.rules = rulesFromJson(doc["rules"], layers, experts, where);
-    if (!out.name.empty())
-        validatePolicyName(out.name);
+    if (!out.name.empty()) {
+        try {
+            validatePolicyName(out.name); // names end up in file names: no path may come in through them
+        } catch (const Error& e) {
+            throw Error(where + ": " + e.what());
+        }
+    }
     return out;
 }
 

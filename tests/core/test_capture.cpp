@@ -66,7 +66,9 @@ TEST(Capture, OverTheMemoryBudgetActivationsAreFileBackedAndEqual)
     EXPECT_EQ(inMemory.bytes, 3u * 2u * 200u * 16u * sizeof(float));
 
     const auto dir = freshDir("ladimo-capture-spill");
-    ActivationStorage storage{dir, /*memoryBudget=*/1024};
+    CaptureOptions storage;
+    storage.spillDir = dir;
+    storage.memoryBudget = 1024;
     {
         const auto spilled = captureFfn(model, stream, 32, &fx, &fy, nullptr, nullptr, -1, nullptr, storage);
         EXPECT_TRUE(spilled.spilled);
@@ -105,7 +107,8 @@ TEST(Capture, AConversionFromSpilledActivationsEqualsOneInMemory)
     const auto reference = convertModel(model, calibration, s, {});
 
     const auto dir = freshDir("ladimo-convert-spill");
-    s.activations = {dir, 1};
+    s.capture.spillDir = dir;
+    s.capture.memoryBudget = 1;
     ConvertCallbacks cb;
     bool spilled = false;
     cb.onCapture = [&](const CaptureInfo& info) { spilled = info.spilled; };

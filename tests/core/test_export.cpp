@@ -4,6 +4,9 @@
 // (export -> eval/generate of the directory -> import into a project).
 // Fixtures are built without training: a tiny random LLaMA (or the demo model) whose FFNs are
 // split into experts by construction, with random routers.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -14,6 +17,7 @@
 #include "common/fileutil.h"
 #include "convert/construct.h"
 #include "convert/convert.h"
+#include "export/gguf.h"
 #include "export/hf_mixtral.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -721,4 +725,111 @@ TEST(ExportCli, ExportEvalGenerateAndImportRoundTrip)
     r = ladimo::test::runLadimo("eval " + (tmp / "r.ladimo").string() + data, true);
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_NEAR(nlohmann::json::parse(r.out)["nll"].get<double>(), ours["nll"].get<double>(), 1e-9);
+}
+
+// Issue 9: a disk that fills up part-way through an export (simulated by the write hook every
+// writer goes through) fails with an error naming the destination and saying the disk is full,
+// leaves nothing at the destination or next to it, and the same export then succeeds.
+TEST(ExportFaults, DiskFullMidWriteNamesTheDestinationAndLeavesNothing)
+{
+    TempDir tmp;
+    auto f = tinyFixture(tmp / "dense");
+    ExportInput in{f.modelDir, f.model.get(), &f.layers, f.rules, "uniform-3", {}};
+    for (const bool gguf : {false, true}) {
+        const std::string name = gguf ? "m.gguf" : "hf";
+        ExportOptions o;
+        o.shardBytes = gguf ? 0 : 20000;
+        const auto run = [&](const fs::path& out) {
+            o.out = out;
+            ExportInput noTokenizer = in; // the fixture's stand-in tokenizer.json is no vocabulary for GGUF
+            noTokenizer.modelDir.clear();
+            return gguf ? exportGguf(noTokenizer, o) : exportHfMixtral(in, o);
+        };
+        fs::create_directories(tmp / "ref");
+        const auto reference = run(tmp / "ref" / name);
+        // Budgets that fail inside the first tensor bytes, and after the first shard is complete.
+        for (const int64_t budget : {int64_t(3000), int64_t(30000)}) {
+            const auto dir = tmp / ("exports-" + name + "-" + std::to_string(budget));
+            fs::create_directories(dir);
+            std::string msg;
+            {
+                DiskFullInjection full(budget);
+                msg = errorOf([&] { run(dir / name); });
+            }
+            SCOPED_TRACE(name + ", budget " + std::to_string(budget) + ": " + msg);
+            EXPECT_NE(msg.find("export to '" + (dir / name).string() + "' failed"), std::string::npos);
+            EXPECT_NE(msg.find("disk full"), std::string::npos);
+            EXPECT_TRUE(listing(dir).empty()) << "a half-written export or a temporary was left";
+            const auto again = run(dir / name);
+            EXPECT_EQ(again.sha256, reference.sha256);
+            EXPECT_EQ(listing(dir), std::set<std::string>{name});
+        }
+    }
+}
+
+// Issue 9: a killed export leaves its hidden temporary (".NAME.tmp-PID-HEX", a folder for
+// hf-mixtral, a file for gguf). The next export of that name removes those of dead processes,
+// says so in its log, and touches nothing else.
+TEST(ExportFaults, NextExportRemovesStaleTemporariesOfDeadExportsOnly)
+{
+    TempDir tmp;
+    auto f = tinyFixture(tmp / "dense");
+    ExportInput in{f.modelDir, f.model.get(), &f.layers, f.rules, "uniform-3", {}};
+    const pid_t dead = ::fork(); // a process that is gone by the time we look
+    if (dead == 0)
+        ::_exit(0);
+    ::waitpid(dead, nullptr, 0);
+    const std::string d = std::to_string(dead), live = std::to_string(::getpid());
+    const auto dir = tmp / "exports";
+    fs::create_directories(dir);
+    const std::vector<std::string> stale = {".hf.tmp-" + d + "-1a2b", ".m.gguf.tmp-" + d + "-ff"};
+    const std::vector<std::string> keep = {".hf.tmp-" + live + "-1a2b",   // a live export
+                                           ".hf.tmp-" + d + "-xyz",       // not hex
+                                           ".hf.tmp-" + d + "-1a2b.bak",  // more after the pattern
+                                           "hf.tmp-" + d + "-1a2b",       // not hidden
+                                           ".hf2.tmp-" + d + "-1a2b",     // another name
+                                           ".hf.tmp--1a2b", ".hf.tmp-" + d + "-", "notes.txt"};
+    fs::create_directories(dir / stale[0] / "sub");
+    atomicWriteFile(dir / stale[0] / "sub/model.safetensors", std::string(100, 'x'));
+    atomicWriteFile(dir / stale[1], std::string(100, 'x'));
+    for (const auto& k : keep)
+        atomicWriteFile(dir / k, std::string("keep"));
+    std::vector<std::string> log;
+    ExportOptions o;
+    o.log = [&](const std::string& line) { log.push_back(line); };
+    o.out = dir / "hf";
+    exportHfMixtral(in, o);
+    o.out = dir / "m.gguf";
+    in.modelDir.clear(); // the fixture's stand-in tokenizer.json is no vocabulary for GGUF
+    exportGguf(in, o);
+    std::set<std::string> expected(keep.begin(), keep.end());
+    expected.insert({"hf", "m.gguf"});
+    EXPECT_EQ(listing(dir), expected);
+    ASSERT_EQ(log.size(), 2u);
+    for (std::size_t i = 0; i < 2; ++i) {
+        EXPECT_NE(log[i].find((dir / stale[i]).string()), std::string::npos) << log[i];
+        EXPECT_NE(log[i].find("killed"), std::string::npos) << log[i];
+    }
+}
+
+// Issue 9: an export to import is untrusted: a policy name in it that would make a path (it ends
+// up in file names) is refused with the file and key named.
+TEST(ExportFaults, ImportedPolicyNameCannotNameAPath)
+{
+    TempDir tmp;
+    auto f = tinyFixture(tmp / "dense");
+    ExportInput in{f.modelDir, f.model.get(), &f.layers, f.rules, "uniform-3", {}};
+    ExportOptions o;
+    o.out = tmp / "hf";
+    exportHfMixtral(in, o);
+    EXPECT_EQ(loadHfMixtral(o.out).policyName, "uniform-3");
+    auto config = readJson(o.out / "config.json");
+    for (const std::string evil : {"../../etc/passwd", "a/b", "/abs", ".."}) {
+        config["ladimo"]["policy"]["name"] = evil;
+        atomicWriteFile(o.out / "config.json", config.dump());
+        const auto msg = errorOf([&] { loadHfMixtral(o.out); });
+        EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("ladimo.policy"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("policy name '" + evil + "'"), std::string::npos) << msg;
+    }
 }

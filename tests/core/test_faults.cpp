@@ -59,6 +59,40 @@ bool allFinite(const MoeLayer& l)
     return true;
 }
 
+LlamaModel tinyModel()
+{
+    ModelConfig c;
+    c.hiddenSize = 16;
+    c.intermediateSize = 32;
+    c.numLayers = 3;
+    c.numHeads = 2;
+    c.numKvHeads = 2;
+    c.headDim = 8;
+    c.vocabSize = 64;
+    c.maxPositions = 64;
+    return LlamaModel::randomInit(c, 3);
+}
+
+std::vector<int64_t> tinyCalibration(std::size_t n)
+{
+    std::vector<int64_t> calibration(n);
+    for (std::size_t i = 0; i < calibration.size(); ++i)
+        calibration[i] = static_cast<int64_t>((i * 7 + 3) % 64);
+    return calibration;
+}
+
+void expectSameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, const std::string& what)
+{
+    ASSERT_EQ(a.size(), b.size()) << what;
+    for (std::size_t l = 0; l < a.size(); ++l) {
+        ASSERT_EQ(a[l].sizes(), b[l].sizes()) << what << " layer " << l;
+        EXPECT_TRUE(torch::allclose(a[l], b[l], 1e-5, 1e-6)) << what << " layer " << l << ": max difference "
+                                                            << (a[l] - b[l]).abs().max().item<double>();
+    }
+}
+
+void throwOom() { TORCH_CHECK_WITH(OutOfMemoryError, false, "CUDA out of memory (injected)"); }
+
 } // namespace
 
 TEST(NumericalFaults, NanLossIsRetriedFromTheLastGoodStateWithALowerLearningRate)
@@ -165,19 +199,8 @@ TEST(ResourceFaults, OutOfMemoryHalvesTheBatchAndRetries)
 
 TEST(NumericalFaults, APoisonedLayerFailsAndTheOthersAreConverted)
 {
-    ModelConfig c;
-    c.hiddenSize = 16;
-    c.intermediateSize = 32;
-    c.numLayers = 3;
-    c.numHeads = 2;
-    c.numKvHeads = 2;
-    c.headDim = 8;
-    c.vocabSize = 64;
-    c.maxPositions = 64;
-    const auto model = LlamaModel::randomInit(c, 3);
-    std::vector<int64_t> calibration(128);
-    for (std::size_t i = 0; i < calibration.size(); ++i)
-        calibration[i] = static_cast<int64_t>((i * 7 + 3) % 64);
+    const auto model = tinyModel();
+    const auto calibration = tinyCalibration(128);
     ConvertSettings s;
     s.experts = 4;
     s.partition = Partition::Contiguous;
@@ -214,6 +237,85 @@ TEST(NumericalFaults, APoisonedLayerFailsAndTheOthersAreConverted)
     }
 }
 
+// Issue 9: out of memory in the middle of a capture pass (after some layers of that pass were
+// recorded) drops the pass's records and runs it again with half the windows; the captured
+// activations are those of an un-faulted capture.
+TEST(ResourceFaults, OutOfMemoryDuringCaptureHalvesThePassAndKeepsTheSameActivations)
+{
+    const auto model = tinyModel();
+    const auto calibration = tinyCalibration(16 * 20); // 20 windows of 16
+    std::vector<torch::Tensor> refX, refY, xs, ys;
+    captureFfn(model, calibration, 16, &refX, &refY);
+
+    CaptureOptions o;
+    std::vector<int64_t> failedPasses;
+    std::vector<std::string> recovered;
+    o.faultHook = [&](int layer, int64_t windows) {
+        if (layer == 1 && windows > 2) { // layer 0 of this pass is already recorded
+            failedPasses.push_back(windows);
+            throwOom();
+        }
+    };
+    o.onRecovered = [&](const std::string& what) { recovered.push_back(what); };
+    captureFfn(model, calibration, 16, &xs, &ys, nullptr, nullptr, -1, nullptr, o);
+    EXPECT_EQ(failedPasses, (std::vector<int64_t>{8, 4}));
+    ASSERT_EQ(recovered.size(), 2u);
+    EXPECT_NE(recovered[0].find("out of memory with 8 windows per forward pass, retried with 4"), std::string::npos)
+        << recovered[0];
+    expectSameTensors(xs, refX, "X");
+    expectSameTensors(ys, refY, "Y");
+
+    // Only the layers asked for, up to a layer: the same, under the same faults.
+    const std::set<int> only = {1};
+    std::vector<torch::Tensor> onlyX, onlyY;
+    captureFfn(model, calibration, 16, &onlyX, &onlyY, nullptr, nullptr, 1, &only, o);
+    ASSERT_EQ(onlyX.size(), 2u);
+    EXPECT_FALSE(onlyX[0].defined());
+    expectSameTensors({onlyX[1], onlyY[1]}, {refX[1], refY[1]}, "layer 1 only");
+
+    // Out of memory even with one window per pass: an Error that says so.
+    o.faultHook = [](int, int64_t) { throwOom(); };
+    try {
+        captureFfn(model, calibration, 16, &xs, &ys, nullptr, nullptr, -1, nullptr, o);
+        FAIL() << "expected an Error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("out of memory on cpu capturing FFN activations, even with one window of 16 tokens"),
+                  std::string::npos)
+            << e.what();
+    }
+}
+
+// The capture options reach convertModel's own captures (parallel and sequential): a faulted
+// conversion gives the layers of an un-faulted one.
+TEST(ResourceFaults, OutOfMemoryDuringAConversionsCaptureGivesTheSameLayers)
+{
+    const auto model = tinyModel();
+    const auto calibration = tinyCalibration(16 * 8);
+    for (const std::string mode : {"parallel", "sequential"}) {
+        ConvertSettings s;
+        s.experts = 4;
+        s.partition = Partition::Contiguous;
+        s.seqLen = 16;
+        s.mode = mode;
+        s.distill = quick();
+        const auto reference = convertModel(model, calibration, s, {});
+        int faults = 0;
+        s.capture.faultHook = [&](int, int64_t windows) {
+            if (windows > 1) {
+                ++faults;
+                throwOom();
+            }
+        };
+        const auto faulted = convertModel(model, calibration, s, {});
+        EXPECT_GT(faults, 0) << mode;
+        ASSERT_EQ(faulted.size(), reference.size());
+        for (std::size_t l = 0; l < reference.size(); ++l)
+            expectSameTensors({faulted[l].router, faulted[l].gate, faulted[l].up, faulted[l].down},
+                              {reference[l].router, reference[l].gate, reference[l].up, reference[l].down},
+                              mode + " layer " + std::to_string(l));
+    }
+}
+
 namespace {
 
 // A small tmpfs mounted for the scope (needs root, as in CI); unmounted on the way out.
@@ -236,13 +338,8 @@ private:
     bool m_mounted = false;
 };
 
-} // namespace
-
-TEST(ResourceFaults, DiskFullDuringALayerSaveKeepsTheProjectConsistent)
+int64_t twoLayerRun(Project& project)
 {
-    namespace fs = std::filesystem;
-    ladimo::test::TempDir dir;
-    auto project = Project::create(dir / "P.ladimo");
     SourceModel m;
     m.path = "/models/tiny";
     m.weightsSha256 = std::string(64, 'a');
@@ -250,7 +347,32 @@ TEST(ResourceFaults, DiskFullDuringALayerSaveKeepsTheProjectConsistent)
     r.modelId = project.addModel(m);
     r.layers = 2;
     r.experts = 4;
-    const auto run = project.startRun(r);
+    return project.startRun(r);
+}
+
+// After a save of layer 1 failed on a full disk: nothing half-written (no layer-001 file, no
+// temporary), layer 0 intact and verified, layer 1 failed and resumable.
+void expectOnlyLayer0Saved(Project& project, int64_t run, const std::filesystem::path& runDir, const std::string& sha0)
+{
+    std::vector<std::string> names;
+    for (const auto& f : std::filesystem::directory_iterator(runDir))
+        names.push_back(f.path().filename().string());
+    EXPECT_EQ(names, std::vector<std::string>{"layer-000.safetensors"});
+    EXPECT_EQ(sha256File(project.absolutePath(Project::layerWeightsPath(run, 0))), sha0);
+    EXPECT_TRUE(project.verify().ok()) << project.verify().describe();
+    EXPECT_EQ(project.layer(run, 0).status, LayerStatus::Done);
+    EXPECT_EQ(project.layer(run, 1).status, LayerStatus::Failed);
+    EXPECT_EQ(project.resumableLayers(run), std::vector<int>{1});
+}
+
+} // namespace
+
+TEST(ResourceFaults, DiskFullDuringALayerSaveKeepsTheProjectConsistent)
+{
+    namespace fs = std::filesystem;
+    ladimo::test::TempDir dir;
+    auto project = Project::create(dir / "P.ladimo");
+    const auto run = twoLayerRun(project);
     const auto runDir = dir / ("P.ladimo.d/runs/" + std::to_string(run));
     SmallTmpfs full(runDir, "64k");
     if (!full.mounted())
@@ -278,14 +400,41 @@ TEST(ResourceFaults, DiskFullDuringALayerSaveKeepsTheProjectConsistent)
         EXPECT_NE(std::string(e.what()).find("layer-001.safetensors"), std::string::npos) << e.what();
         project.failLayer(run, 1, e.what()); // what the CLI does with it
     }
-    // Nothing half-written: no layer-001 file, no temporary left; layer 0 intact and verified.
-    std::vector<std::string> names;
-    for (const auto& f : fs::directory_iterator(runDir))
-        names.push_back(f.path().filename().string());
-    EXPECT_EQ(names, std::vector<std::string>{"layer-000.safetensors"});
-    EXPECT_EQ(sha256File(project.absolutePath(rel0)), sha0);
+    expectOnlyLayer0Saved(project, run, runDir, sha0);
+}
+
+// The same without root: the disk fills up part-way through layer 1's file (the write hook every
+// writer goes through); once there is room again, the layer is saved and the run completes.
+TEST(ResourceFaults, InjectedDiskFullDuringALayerSaveKeepsTheProjectConsistent)
+{
+    ladimo::test::TempDir dir;
+    auto project = Project::create(dir / "P.ladimo");
+    const auto run = twoLayerRun(project);
+    const auto runDir = dir / ("P.ladimo.d/runs/" + std::to_string(run));
+    const auto save = [&](int layer, uint64_t seed) {
+        const auto rel = Project::layerWeightsPath(run, layer);
+        project.markLayerRunning(run, layer);
+        saveMoeLayer(project.prepareFile(rel), tinyLayer(seed).layer);
+        project.finishLayer(run, layer, {0.1, 0.1, 1, rel, ""}, {{0, 0.1}});
+    };
+    save(0, 1);
+    const auto sha0 = sha256File(project.absolutePath(Project::layerWeightsPath(run, 0)));
+    try {
+        DiskFullInjection full(500); // the header and part of the first tensor
+        save(1, 2);
+        FAIL() << "expected an Error on the full disk";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("disk full"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("layer-001.safetensors"), std::string::npos) << e.what();
+        project.failLayer(run, 1, e.what());
+    }
+    expectOnlyLayer0Saved(project, run, runDir, sha0);
+    // Reopened, the same; then the rerun of layer 1 completes.
+    { auto closing = std::move(project); }
+    project = Project::open(dir / "P.ladimo", {Project::Access::ReadWrite, Project::Verify::Checksums});
+    expectOnlyLayer0Saved(project, run, runDir, sha0);
+    save(1, 2);
+    EXPECT_TRUE(project.resumableLayers(run).empty());
+    EXPECT_EQ(project.layer(run, 1).status, LayerStatus::Done);
     EXPECT_TRUE(project.verify().ok()) << project.verify().describe();
-    EXPECT_EQ(project.layer(run, 0).status, LayerStatus::Done);
-    EXPECT_EQ(project.layer(run, 1).status, LayerStatus::Failed);
-    EXPECT_EQ(project.resumableLayers(run), std::vector<int>{1});
 }

@@ -2,7 +2,8 @@
 // `ladimo convert` and `ladimo export` are SIGKILLed after random delays, for several seeds. After
 // every kill the project must open with every finished layer intact (the same bytes as an
 // uninterrupted run), a rerun must finish with the same result, and the export destination must
-// hold either nothing or the whole export, never part of one.
+// hold either nothing or the whole export, never part of one. The FaultsCli tests fill the disk
+// part-way through a layer save or an export instead (LADIMO_FAULT_DISK_FULL_AFTER).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -31,6 +32,14 @@ std::vector<std::string> convertArgs(const fs::path& project)
 {
     return {"convert", stories(), "--data", stories() + "/calib.u16", "--max-tokens", "4096", "--epochs", "2",
             "--router-epochs", "2", "--project", project.string()};
+}
+
+std::string joined(const std::vector<std::string>& args)
+{
+    std::string s;
+    for (const auto& a : args)
+        s += " " + a;
+    return s;
 }
 
 // Starts build/bin/ladimo with `args` (output discarded), kills it with SIGKILL after `delay`;
@@ -92,10 +101,7 @@ TEST(KillCli, KilledConversionsAndExportsResumeToTheSameResult)
     ladimo::test::TempDir tmp;
     // The uninterrupted reference, and how long it takes (the kills land inside that span).
     const auto start = std::chrono::steady_clock::now();
-    std::string cmd;
-    for (const auto& a : convertArgs(tmp / "ref.ladimo"))
-        cmd += " " + a;
-    auto r = runLadimo(cmd);
+    auto r = runLadimo(joined(convertArgs(tmp / "ref.ladimo")));
     ASSERT_EQ(r.status, 0) << r.out;
     const auto convertMs = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
     const auto reference = doneLayers(tmp / "ref.ladimo");
@@ -117,10 +123,7 @@ TEST(KillCli, KilledConversionsAndExportsResumeToTheSameResult)
                 EXPECT_EQ(sha, reference.at(layer)) << "seed " << seed << " layer " << layer;
         }
         // Whatever state the kills left, a rerun finishes with the reference's layers.
-        std::string rerun;
-        for (const auto& a : convertArgs(file))
-            rerun += " " + a;
-        r = runLadimo(rerun);
+        r = runLadimo(joined(convertArgs(file)));
         ASSERT_EQ(r.status, 0) << "seed " << seed << ": " << r.out;
         EXPECT_EQ(doneLayers(file), reference) << "seed " << seed;
 
@@ -160,9 +163,7 @@ TEST(KillCli, APoisonedLayerFailsTheRunButTheOtherLayersAreSaved)
         x[7][3] = std::numeric_limits<float>::quiet_NaN();
         writeSafetensors(act, {{"x", x}, {"y", st->tensor("y").clone()}}, st->metadata());
     }
-    std::string cmd;
-    for (const auto& a : convertArgs(file))
-        cmd += " " + a;
+    const std::string cmd = joined(convertArgs(file));
     r = runLadimo(cmd);
     EXPECT_NE(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("layer 2 FAILED: layer 2: the captured FFN input holds 1 NaN/Inf value"), std::string::npos)
@@ -183,4 +184,135 @@ TEST(KillCli, APoisonedLayerFailsTheRunButTheOtherLayersAreSaved)
     r = runLadimo(cmd);
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("1 of 5 layers left"), std::string::npos) << r.out;
+}
+
+namespace {
+
+// The hidden temporaries (".NAME.tmp-...") of exports of `name` in `dir`.
+std::vector<std::string> temporariesOf(const fs::path& dir, const std::string& name)
+{
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir))
+        if (e.path().filename().string().rfind("." + name + ".tmp-", 0) == 0)
+            out.push_back(e.path().filename().string());
+    return out;
+}
+
+} // namespace
+
+// Issue 9: the disk fills up part-way through a layer file (LADIMO_FAULT_DISK_FULL_AFTER, the
+// write hook every writer goes through). The conversion fails saying so; the project reopens
+// with the finished layers intact and the failed one not done; a rerun completes to the
+// reference result.
+TEST(FaultsCli, DiskFullDuringALayerSaveKeepsTheProjectAndARerunCompletes)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    auto r = runLadimo(joined(convertArgs(tmp / "ref.ladimo")));
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto reference = doneLayers(tmp / "ref.ladimo");
+    ASSERT_EQ(reference.size(), 5u);
+    const auto layerBytes = fs::file_size(tmp / ("ref.ladimo.d/" + Project::layerWeightsPath(1, 0)));
+
+    const auto file = tmp / "p.ladimo";
+    // Room for layer 0 and half of layer 1.
+    r = ladimo::test::runCommand("LADIMO_FAULT_DISK_FULL_AFTER=" + std::to_string(layerBytes + layerBytes / 2) + " " +
+                                 std::string(LADIMO_BIN_DIR) + "/ladimo" + joined(convertArgs(file)));
+    EXPECT_NE(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("disk full"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("layer-001.safetensors"), std::string::npos) << r.out;
+    const auto partial = doneLayers(file);
+    EXPECT_EQ(partial.size(), 1u) << r.out;
+    for (const auto& [layer, sha] : partial)
+        EXPECT_EQ(sha, reference.at(layer)) << "layer " << layer;
+    {
+        auto p = Project::open(file, {Project::Access::ReadOnly, Project::Verify::Checksums});
+        EXPECT_TRUE(p.verify().ok()) << p.verify().describe();
+        EXPECT_NE(p.layer(*p.latestRunId(), 1).status, LayerStatus::Done);
+        for (const auto& e : fs::recursive_directory_iterator(tmp / "p.ladimo.d"))
+            EXPECT_NE(e.path().filename().string()[0], '.') << "a temporary was left: " << e.path();
+        EXPECT_FALSE(fs::exists(p.absolutePath(Project::layerWeightsPath(*p.latestRunId(), 1))));
+    }
+    r = runLadimo(joined(convertArgs(file)));
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(doneLayers(file), reference);
+}
+
+// Issue 9: the disk fills up part-way through an export (hf-mixtral, gguf). The export fails with
+// a message naming the destination and saying the disk is full; nothing is at the destination or
+// next to it; the project is unchanged (no export recorded); the same export then succeeds.
+TEST(FaultsCli, DiskFullDuringAnExportLeavesNothingAndARerunCompletes)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    const auto file = tmp / "p.ladimo";
+    auto r = runLadimo(joined(convertArgs(file)));
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto layers = doneLayers(file);
+    std::size_t recorded = 0; // exports finished so far
+    for (const std::string format : {"hf-mixtral", "gguf"}) {
+        const std::string name = format == "gguf" ? "m.gguf" : "hf";
+        const auto out = tmp / name;
+        const std::string args = " export " + file.string() + " --format " + format + " --top-k 2 --out " + out.string();
+        r = ladimo::test::runCommand("LADIMO_FAULT_DISK_FULL_AFTER=20000 " + std::string(LADIMO_BIN_DIR) + "/ladimo" + args);
+        SCOPED_TRACE(format + ": " + r.out);
+        EXPECT_NE(r.status, 0);
+        EXPECT_NE(r.out.find("export to '" + out.string() + "' failed"), std::string::npos);
+        EXPECT_NE(r.out.find("disk full"), std::string::npos);
+        EXPECT_FALSE(fs::exists(out));
+        EXPECT_TRUE(temporariesOf(tmp.path(), name).empty());
+        {
+            auto p = Project::open(file, {Project::Access::ReadOnly, Project::Verify::Checksums});
+            EXPECT_EQ(p.exports().size(), recorded) << "the failed export was recorded";
+        }
+        EXPECT_EQ(doneLayers(file), layers);
+        r = runLadimo(args);
+        ASSERT_EQ(r.status, 0) << r.out;
+        EXPECT_TRUE(fs::exists(format == "gguf" ? out : out / "config.json"));
+        auto p = Project::open(file, {Project::Access::ReadOnly, Project::Verify::Checksums});
+        EXPECT_EQ(p.exports().size(), ++recorded);
+    }
+}
+
+// Issue 9: gguf exports killed at random points leave nothing at the destination, or the whole
+// file; whatever temporary a kill left next to it, the next export removes and says so.
+TEST(KillCli, KilledGgufExportsLeaveNothingAndTheNextExportSweepsTheirTemporaries)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    const auto file = tmp / "p.ladimo";
+    auto r = runLadimo(joined(convertArgs(file)));
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto start = std::chrono::steady_clock::now();
+    r = runLadimo("export " + file.string() + " --format gguf --top-k 2 --out " + (tmp / "ref.gguf").string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto exportMs = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    const auto refSize = fs::file_size(tmp / "ref.gguf");
+
+    const auto out = tmp / "m.gguf";
+    std::mt19937_64 rng(7);
+    int leftTemporaries = 0;
+    for (int kill = 0; kill < 6; ++kill) {
+        fs::remove(out);
+        runAndKill({"export", file.string(), "--format", "gguf", "--top-k", "2", "--out", out.string()},
+                   std::chrono::milliseconds(rng() % static_cast<uint64_t>(exportMs.count() + 1)));
+        if (fs::exists(out))
+            EXPECT_EQ(fs::file_size(out), refSize) << "a half-written export";
+        leftTemporaries += !temporariesOf(tmp.path(), "m.gguf").empty();
+    }
+    // And one left for sure: the temporary of a dead export process.
+    const pid_t dead = ::fork();
+    if (dead == 0)
+        ::_exit(0);
+    ::waitpid(dead, nullptr, 0);
+    const auto planted = tmp / (".m.gguf.tmp-" + std::to_string(dead) + "-abc123");
+    atomicWriteFile(planted, std::string(1000, 'x'));
+    fs::remove(out);
+    r = runLadimo("export " + file.string() + " --format gguf --top-k 2 --out " + out.string());
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("note: removed '" + planted.string() + "'"), std::string::npos) << r.out;
+    EXPECT_TRUE(temporariesOf(tmp.path(), "m.gguf").empty());
+    EXPECT_EQ(fs::file_size(out), refSize);
+    std::printf("[ kill     ] %d of 6 gguf export kills left a temporary (reference export %lld ms)\n", leftTemporaries,
+                static_cast<long long>(exportMs.count()));
 }

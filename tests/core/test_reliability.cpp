@@ -8,9 +8,11 @@
 #include "common/error.h"
 #include "common/fileutil.h"
 #include "convert/convert.h"
+#include "eval/choice.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "model/tokendata.h"
 #include "routing/policy.h"
 #include "testutil.h"
 
@@ -153,4 +155,28 @@ TEST(InputLimits, MoeLayerFileWithHostileMetadataOrShapes)
     expectMentions(errorOf([&] { loadMoeLayer(file, torch::kCPU, torch::kFloat32); }), {"layer.safetensors", "router"});
     write("3,3", torch::zeros({2, 5})); // hidden size disagrees with gate/up/down
     expectMentions(errorOf([&] { loadMoeLayer(file, torch::kCPU, torch::kFloat32); }), {"layer.safetensors", "inconsistent"});
+}
+
+TEST(InputLimits, JsonlLineLongerThanTheCapNamesTheFileAndLine)
+{
+    // Before: std::getline read the whole line into memory first (a 1 GiB line, 1 GiB allocated,
+    // then an "invalid JSON" error). Now reading stops at the cap. The files are sparse: the long
+    // line is NUL bytes that take no disk space.
+    TempDir tmp;
+    const std::string good = "{\"tokens\": [1, 2, 3]}\n";
+    sparseFile(tmp / "tokens.jsonl", 1ull << 30, good + good);
+    TokenDataOptions o;
+    o.vocabSize = 32;
+    expectMentions(errorOf([&] { loadTokenFile(tmp / "tokens.jsonl", nullptr, o); }),
+                   {"tokens.jsonl:3", "line longer than", "limit"});
+    // Lines up to the cap still load, and so does a last line without a newline.
+    atomicWriteFile(tmp / "ok.jsonl", good + "\n" + "{\"tokens\": [4]}");
+    EXPECT_EQ(loadTokenFile(tmp / "ok.jsonl", nullptr, o), (std::vector<int64_t>{1, 2, 3, 4}));
+
+    // Multiple-choice files: the same reader, a 1 MiB cap per item.
+    const std::string item = R"({"question": "q", "choices": ["a", "b"], "answer": 0})";
+    sparseFile(tmp / "choices.jsonl", 64ull << 20, item + "\n");
+    expectMentions(errorOf([&] { loadChoiceItems(tmp / "choices.jsonl"); }), {"choices.jsonl:2", "line longer than"});
+    atomicWriteFile(tmp / "choices.jsonl", item + "\n" + item);
+    EXPECT_EQ(loadChoiceItems(tmp / "choices.jsonl").size(), 2u);
 }
