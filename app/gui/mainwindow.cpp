@@ -834,7 +834,6 @@ void MainWindow::onLayerStarted(int layer)
 {
     m_conversion->setLayerStatus(layer, core::LayerStatus::Running);
     m_conversion->clearLossCurve(layer); // a restarted layer's curve begins again
-    selectConversionLayer(layer);        // its live loss in view
 }
 
 void MainWindow::onLossPoints(int layer, const QVector<double>& steps, const QVector<double>& losses)
@@ -844,11 +843,13 @@ void MainWindow::onLossPoints(int layer, const QVector<double>& steps, const QVe
     for (int i = 0; i < steps.size() && i < losses.size(); ++i)
         points.push_back({static_cast<int64_t>(steps[i]), losses[i]});
     m_conversion->appendLossPoints(layer, points);
-    // The job batches points (at most 10 updates a second), so redrawing here keeps the loop free.
-    if (m_conversionView->currentIndex().row() == layer) {
+    // The plot follows the layer in training, as it follows each finished layer; the job batches
+    // points (at most 10 updates a second), so redrawing here keeps the event loop free.
+    if (m_conversionView->currentIndex().row() != layer)
+        selectConversionLayer(layer);
+    else
         showLossCurve(layer);
-        emit lossPointsShown(layer, m_lossPlot->seriesCount() > 0 ? m_lossPlot->pointCount(0) : 0);
-    }
+    emit lossPointsShown(layer, m_lossPlot->seriesCount() > 0 ? m_lossPlot->pointCount(0) : 0);
 }
 
 void MainWindow::onLayerFinished(int layer, double finalLoss, double relativeError, double seconds,
