@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/progress.h"
+#include "convert/latestrun.h"
 #include "convert/projectconvert.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
@@ -78,6 +79,8 @@ struct Converted {
 };
 bool isProjectFile(const std::string& path);
 Converted loadConverted(const std::string& projectFile, const ModelOptions& modelOptions);
+// What the messages of core::loadLatestRun tell a CLI user to do.
+core::LatestRunHints convertedHints(const std::string& projectFile);
 
 // `--layers` of convert and capture: "A", "A-B" or a comma-separated list of them ("0-3,6"),
 // each within [0, layers). Throws Error naming the spec and what was expected.

@@ -50,28 +50,18 @@ static void reportCapture(const core::CaptureInfo& info)
                  info.spilled ? " in scratch files in the project folder (more than --activation-memory)" : " in memory");
 }
 
+core::LatestRunHints convertedHints(const std::string& projectFile)
+{
+    core::LatestRunHints h;
+    h.noRun = " (run ladimo convert --project " + projectFile + ")";
+    h.unfinished = "; rerun ladimo convert to resume";
+    return h;
+}
+
 Converted loadConverted(const std::string& projectFile, const ModelOptions& modelOptions)
 {
-    auto p = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
-    const auto runId = p.latestRunId();
-    if (!runId)
-        throw core::Error(projectFile + ": no conversion run yet (run ladimo convert --project " + projectFile + ")");
-    const auto run = p.run(*runId);
-    ModelOptions m = modelOptions;
-    m.path = p.model(run.modelId).path;
-    Converted c{m.load(), {}, run.extra, *runId, m.path};
-    std::string missing;
-    for (const auto& layer : p.layers(*runId)) {
-        if (layer.status != core::LayerStatus::Done) {
-            missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
-            continue;
-        }
-        c.layers.push_back(core::loadMoeLayer(p.absolutePath(layer.weightsPath), c.model.device(), c.model.dtype()));
-    }
-    if (!missing.empty())
-        throw core::Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing +
-                          "); rerun ladimo convert to resume");
-    return c;
+    auto r = core::loadLatestRun(projectFile, modelOptions.loadOptions(), convertedHints(projectFile));
+    return Converted{std::move(*r.model), std::move(r.layers), r.run.extra, r.runId, r.modelDir};
 }
 
 namespace {

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "convert/convert.h"
 #include "export/gguf.h"
+#include "export/projectexport.h"
 #include "export/hf_mixtral.h"
 #include "routing/policy.h"
 #include "store/project.h"
@@ -61,89 +62,33 @@ void registerExportCommand(CLI::App& app)
         if (!isProjectFile(o->project))
             throw core::Error("export needs a project file (*.ladimo), got '" + o->project + "'");
         const int64_t shardBytes = o->shardSize == "0" ? 0 : core::parseByteSize(o->shardSize);
-        torch::InferenceMode guard;
-        ModelOptions mo;
-        mo.device = "cpu";
-        mo.dtype = "float32";
-        const Converted conv = loadConverted(o->project, mo);
-        const bool moe = o->format == "hf-mixtral" || o->format == "gguf";
-        const int L = static_cast<int>(conv.layers.size());
-        const int64_t N = conv.layers.empty() ? 0 : conv.layers.front().numExperts();
-
-        core::ExportInput in;
-        in.modelDir = conv.modelPath;
-        in.model = &conv.model;
-        int64_t policyId = 0;
-        if (moe) {
-            in.layers = &conv.layers;
-            in.conversion = conv.settings;
-            if (!o->policy.empty()) {
-                auto p = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
-                std::string names;
-                for (const auto& pol : p.policies()) {
-                    names += (names.empty() ? "" : ", ") + pol.name;
-                    if (pol.name != o->policy)
-                        continue;
-                    in.rules = core::rulesFromJson(pol.rules, L, N, o->project + ": policy '" + pol.name + "'");
-                    policyId = pol.id;
-                    if (pol.runId && pol.runId != conv.runId)
-                        std::fprintf(stderr, "note: policy '%s' was made for run #%lld, exporting run #%lld\n",
-                                     pol.name.c_str(), (long long)pol.runId, (long long)conv.runId);
-                }
-                if (!policyId)
-                    throw core::Error(o->project + ": no policy named '" + o->policy + "' (the project has: " +
-                                      (names.empty() ? "none" : names) + ")");
-                in.policyName = o->policy;
-            } else {
-                const int k = conv.settings.at("train_top_k").get<int>();
-                in.rules = core::uniformRules(L, core::RoutingRule::staticK(k));
-                in.policyName = "train-k" + std::to_string(k);
-            }
-        }
-        core::ExportOptions eo;
-        eo.out = o->out;
-        eo.dtype = o->dtype;
-        eo.shardBytes = shardBytes;
-        eo.expertsPerToken = o->topK;
+        // The sequence the workbench's Export job runs too.
+        core::ProjectExportRequest req;
+        req.projectFile = o->project;
+        req.format = o->format;
+        req.out = o->out;
+        req.dtype = o->dtype;
+        req.shardBytes = shardBytes;
+        req.policy = o->policy;
+        req.topK = o->topK;
+        req.hints = convertedHints(o->project);
         ProgressPrinter printer;
-        eo.progress = printer.fn();
-        eo.cancel = &interruptToken();
-        eo.log = [](const std::string& line) { std::fprintf(stderr, "note: %s\n", line.c_str()); };
-        const auto report = gguf ? core::exportGguf(in, eo) : core::exportHfMixtral(in, eo);
-
-        core::ExportRecord record;
-        record.format = o->format;
-        record.path = fs::absolute(o->out).lexically_normal().string();
-        record.sha256 = report.sha256;
-        record.policyId = policyId;
-        record.runId = conv.runId;
-        int64_t exportId = 0;
-        try {
-            auto p = core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::None});
-            exportId = p.addExport(record);
-        } catch (const core::Error& e) {
-            throw core::Error("the export in '" + o->out + "' is complete, but it could not be recorded in " + o->project +
-                              ": " + e.what());
-        }
+        req.progress = printer.fn();
+        req.cancel = interruptToken();
+        req.note = [](const std::string& note) { std::fprintf(stderr, "note: %s\n", note.c_str()); };
+        const auto res = core::exportProject(req);
+        const auto& report = res.report;
+        const bool moe = res.moe;
         if (o->json) {
-            nlohmann::json j = {{"out", record.path},         {"format", o->format},  {"bytes", report.bytes},
-                                {"exact", report.exact},      {"notes", report.notes}, {"sha256", report.sha256},
-                                {"policy", in.policyName},    {"run", conv.runId},    {"export_id", exportId},
-                                {"dtype", o->dtype}};
-            if (moe)
-                j["experts_per_token"] = report.expertsPerToken;
-            j["files"] = nlohmann::json::array();
-            for (const auto& f : report.files)
-                j["files"].push_back(f.filename().string());
-            std::cout << j.dump(2) << "\n";
+            std::cout << res.toJson().dump(2) << "\n";
             return;
         }
-        std::printf("exported run #%lld of %s to %s (%s, %s, %zu files, %.1f MB)\n", (long long)conv.runId,
+        std::printf("exported run #%lld of %s to %s (%s, %s, %zu files, %.1f MB)\n", (long long)res.runId,
                     o->project.c_str(), o->out.c_str(), o->format.c_str(), o->dtype.c_str(), report.files.size(),
                     static_cast<double>(report.bytes) / 1e6);
         if (moe) {
             const char* target = gguf ? "llama.cpp" : "Mixtral";
-            std::printf("policy %s, %s %d: %s%s%s\n", in.policyName.c_str(),
+            std::printf("policy %s, %s %d: %s%s%s\n", res.policyName.c_str(),
                         gguf ? "llama.expert_used_count" : "num_experts_per_tok", report.expertsPerToken,
                         report.exact ? "exact (" : "NOT exact; what changes under ", target,
                         report.exact ? " computes what the workbench computes)" : ":");

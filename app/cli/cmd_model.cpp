@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "common/error.h"
 #include "eval/choice.h"
+#include "eval/projecteval.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -148,18 +149,61 @@ void registerEvalCommand(CLI::App& app)
     cmd->add_flag("--no-timing", o->noTiming, "Converted model: skip the prefill/decode latency measurement");
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
+        // The result lines, for a project (core::evaluateProject) and for a folder alike.
+        auto print = [o](const nlohmann::json& j, const core::EvalResult& r, const std::string& device,
+                         const std::string& suffix) {
+            if (o->json)
+                std::cout << j.dump(2) << "\n";
+            else
+                std::printf("perplexity %.4f  (nll %.5f over %lld tokens, %lld windows, %.0f tokens/s on %s)%s\n",
+                            r.perplexity, r.nll, (long long)r.tokens, (long long)r.windows, r.tokensPerSecond,
+                            device.c_str(), suffix.c_str());
+            if (!o->json && j.contains("choice_accuracy"))
+                std::printf("multiple choice: accuracy %.4f, length-normalised %.4f over %lld items\n",
+                            j["choice_accuracy"].get<double>(), j["choice_accuracy_norm"].get<double>(),
+                            (long long)j["choice_items"].get<int64_t>());
+            if (!o->json && j.contains("prefill_fraction"))
+                std::printf("measured: prefill %.0f tokens/s (%.1f%% of dense time), decode %.0f tokens/s (%.1f%% of dense time)\n",
+                            j["prefill_tokens_per_second"].get<double>(), 100 * j["prefill_fraction"].get<double>(),
+                            j["decode_tokens_per_second"].get<double>(), 100 * j["decode_fraction"].get<double>());
+        };
+        if (isProjectFile(o->model.path)) {
+            // A project's latest conversion: the sequence the workbench's Evaluate job runs too.
+            if (!o->policy.empty() && (o->topK > 0 || o->topP > 0))
+                throw core::Error("give either --policy or --top-k / --top-p");
+            ProgressPrinter printer;
+            core::ProjectEvalRequest req;
+            req.projectFile = o->model.path;
+            req.load = o->model.loadOptions();
+            req.hints = convertedHints(o->model.path);
+            req.data = o->data.source();
+            req.seqLen = o->seqLen;
+            req.batch = o->batch;
+            req.policy = o->policy;
+            req.policyHint = " (see ladimo policy --list)";
+            req.topK = o->topK;
+            req.topP = o->topP;
+            req.oracle = o->oracle;
+            req.timing = !o->noTiming;
+            req.choices = o->choices;
+            req.progress = printer.fn();
+            req.cancel = interruptToken();
+            const auto res = core::evaluateProject(req);
+            const auto& j = res.metrics;
+            print(j, res.perplexity, res.device,
+                  "; KL to dense " + std::to_string(res.perplexity.klToReference) + ", activated FFN fraction " +
+                      std::to_string(j["activated_ffn_fraction"].get<double>()));
+            return;
+        }
         torch::InferenceMode guard;
-        std::optional<Converted> converted;
-        if (isProjectFile(o->model.path))
-            converted.emplace(loadConverted(o->model.path, o->model));
-        const std::string modelPath = converted ? converted->modelPath : o->model.path;
+        const std::string modelPath = o->model.path;
         std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory: its MoE blocks and policy
-        if (!converted && core::isHfMixtralDir(o->model.path))
+        if (core::isHfMixtralDir(o->model.path))
             mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
         std::optional<core::LlamaModel> dense;
-        if (!converted && !mixtral)
+        if (!mixtral)
             dense.emplace(o->model.load());
-        const auto& model = converted ? converted->model : mixtral ? mixtral->model : *dense;
+        const auto& model = mixtral ? mixtral->model : *dense;
         auto tok = core::Tokenizer::loadForModel(modelPath);
         ProgressPrinter printer;
         auto stream = o->data.load(model, tok.get(), o->seqLen, printer.fn());
@@ -171,34 +215,7 @@ void registerEvalCommand(CLI::App& app)
         int64_t active = 0, tokens = 0;
         core::ForwardHooks hooks;
         core::PolicyRules rules;
-        core::Policy policy;
-        if (converted) {
-            const int L = static_cast<int>(converted->layers.size());
-            const int64_t N = converted->layers.front().numExperts();
-            if (!o->policy.empty()) {
-                if (o->topK > 0 || o->topP > 0)
-                    throw core::Error("give either --policy or --top-k / --top-p");
-                auto project = core::Project::open(o->model.path, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
-                bool found = false;
-                for (auto& p : project.policies())
-                    if (p.name == o->policy) {
-                        policy = p;
-                        found = true;
-                    }
-                if (!found)
-                    throw core::Error(o->model.path + " has no policy named '" + o->policy + "' (see ladimo policy --list)");
-                rules = core::policyRules(policy, L, N);
-            } else {
-                const int k = o->topK > 0 ? o->topK : converted->settings.at("train_top_k").get<int>();
-                rules = core::uniformRules(L, o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(k));
-            }
-            hooks = o->oracle ? core::oracleHooks(converted->layers, rules, &active, &tokens)
-                              : core::moeHooks(converted->layers, rules, &active, &tokens);
-            if (o->oracle)
-                o->noTiming = true; // the oracle computes every expert: its timing means nothing
-            e.hooks = &hooks;
-            e.reference = &model;
-        } else if (mixtral) {
+        if (mixtral) {
             if (!o->policy.empty() || o->oracle)
                 throw core::Error("--policy and --oracle need a project; an exported directory runs its own policy "
                                   "(or --top-k / --top-p)");
@@ -218,13 +235,11 @@ void registerEvalCommand(CLI::App& app)
                             {"seconds", r.seconds},         {"tokens_per_second", r.tokensPerSecond},
                             {"seq_len", o->seqLen},         {"device", model.device().str()},
                             {"dtype", c10::toString(model.dtype())}};
-        const std::vector<core::MoeLayer>* moeLayers = converted ? &converted->layers : mixtral ? &mixtral->layers : nullptr;
+        const std::vector<core::MoeLayer>* moeLayers = mixtral ? &mixtral->layers : nullptr;
         if (!o->choices.empty()) {
             if (!tok)
                 throw core::Error("--choices needs a tokenizer, and " + modelPath + " has none");
-            auto plain = !moeLayers  ? core::ForwardHooks{}
-                         : o->oracle ? core::oracleHooks(*moeLayers, rules)
-                                     : core::moeHooks(*moeLayers, rules);
+            auto plain = !moeLayers ? core::ForwardHooks{} : core::moeHooks(*moeLayers, rules);
             const auto items = core::loadChoiceItems(o->choices);
             const auto c = core::evaluateChoices(model, *tok, items, moeLayers ? &plain : nullptr, printer.fn(),
                                                  &interruptToken());
@@ -234,14 +249,11 @@ void registerEvalCommand(CLI::App& app)
         }
         if (moeLayers) {
             const auto& c = model.config();
-            if (converted)
-                j["kl_to_dense"] = r.klToReference;
             j["activated_ffn_fraction"] =
                 static_cast<double>(active) / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
             j["rules"] = core::rulesToJson(rules);
             if (!o->noTiming) {
-                // Dense and converted timed in the same run, so their ratio is meaningful (an
-                // export without dense FFNs is timed alone).
+                // An export without dense FFNs is timed alone.
                 core::LatencyOptions lo;
                 lo.cancel = &interruptToken();
                 auto plain = core::moeHooks(*moeLayers, rules);
@@ -251,58 +263,10 @@ void registerEvalCommand(CLI::App& app)
                 j["prefill_tokens_per_second"] = static_cast<double>(lo.prefillTokens) / moe.prefillSeconds;
                 j["decode_tokens_per_second"] = 1.0 / moe.decodeSeconds;
                 j["timing"] = {{"prefill_tokens", lo.prefillTokens}, {"decode_context", lo.decodeContext}};
-                if (converted) {
-                    const auto dense = core::measureForward(model, nullptr, lo);
-                    j["dense_prefill_seconds"] = dense.prefillSeconds;
-                    j["dense_decode_seconds"] = dense.decodeSeconds;
-                    j["prefill_fraction"] = moe.prefillSeconds / dense.prefillSeconds;
-                    j["decode_fraction"] = moe.decodeSeconds / dense.decodeSeconds;
-                }
             }
         }
-        if (converted) {
-            auto project = core::Project::open(o->model.path, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
-            // The estimate beside the measurement, so the two can be compared.
-            try {
-                const auto tables = core::loadPolicyTables(project, converted->runId, model.device().str());
-                const auto est = core::estimatePolicy(tables, rules);
-                j["estimate"] = {{"activated_ffn_fraction", est.activatedFfnFraction}, {"error_proxy", est.errorProxy}};
-                if (est.hasLatency) {
-                    j["estimate"]["prefill_seconds"] = est.prefillSeconds;
-                    j["estimate"]["decode_seconds"] = est.decodeSeconds;
-                    j["estimate"]["prefill_fraction"] = est.prefillFraction;
-                    j["estimate"]["decode_fraction"] = est.decodeFraction;
-                }
-            } catch (const core::Error&) {
-                // No profile yet: nothing to compare with.
-            }
-            core::Evaluation ev;
-            ev.policyId = policy.id;
-            ev.runId = converted->runId;
-            ev.data = o->data.describe();
-            ev.metrics = j;
-            ev.device = model.device().str();
-            project.addEvaluation(ev);
-        }
-        if (o->json)
-            std::cout << j.dump(2) << "\n";
-        else
-            std::printf("perplexity %.4f  (nll %.5f over %lld tokens, %lld windows, %.0f tokens/s on %s)%s\n",
-                        r.perplexity, r.nll, (long long)r.tokens, (long long)r.windows, r.tokensPerSecond,
-                        model.device().str().c_str(),
-                        converted ? ("; KL to dense " + std::to_string(r.klToReference) + ", activated FFN fraction " +
-                                     std::to_string(j["activated_ffn_fraction"].get<double>()))
-                                        .c_str()
-                        : mixtral ? ("; activated FFN fraction " + std::to_string(j["activated_ffn_fraction"].get<double>())).c_str()
-                                  : "");
-        if (!o->json && j.contains("choice_accuracy"))
-            std::printf("multiple choice: accuracy %.4f, length-normalised %.4f over %lld items\n",
-                        j["choice_accuracy"].get<double>(), j["choice_accuracy_norm"].get<double>(),
-                        (long long)j["choice_items"].get<int64_t>());
-        if (!o->json && j.contains("prefill_fraction"))
-            std::printf("measured: prefill %.0f tokens/s (%.1f%% of dense time), decode %.0f tokens/s (%.1f%% of dense time)\n",
-                        j["prefill_tokens_per_second"].get<double>(), 100 * j["prefill_fraction"].get<double>(),
-                        j["decode_tokens_per_second"].get<double>(), 100 * j["decode_fraction"].get<double>());
+        print(j, r, model.device().str(),
+              mixtral ? "; activated FFN fraction " + std::to_string(j["activated_ffn_fraction"].get<double>()) : "");
     });
 }
 

@@ -32,6 +32,25 @@ void ConversionTableModel::setLayerResult(int layer, const core::LayerResult& re
     emit dataChanged(index(layer, 0), index(layer, ColumnCount - 1));
 }
 
+void ConversionTableModel::appendLossPoints(int layer, const core::LossCurve& points)
+{
+    if (layer < 0 || layer >= rowCount())
+        return;
+    m_snapshot.lossCurves.resize(m_snapshot.layers.size());
+    auto& curve = m_snapshot.lossCurves[static_cast<std::size_t>(layer)];
+    curve.insert(curve.end(), points.begin(), points.end());
+    emit dataChanged(index(layer, PointsColumn), index(layer, PointsColumn));
+}
+
+void ConversionTableModel::clearLossCurve(int layer)
+{
+    if (layer < 0 || layer >= rowCount())
+        return;
+    m_snapshot.lossCurves.resize(m_snapshot.layers.size());
+    m_snapshot.lossCurves[static_cast<std::size_t>(layer)].clear();
+    emit dataChanged(index(layer, PointsColumn), index(layer, PointsColumn));
+}
+
 int ConversionTableModel::doneCount() const
 {
     int n = 0;

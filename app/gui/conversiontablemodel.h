@@ -20,6 +20,10 @@ public:
     // Live updates while a conversion runs: one row changes (dataChanged), the rows stay.
     void setLayerStatus(int layer, core::LayerStatus status);
     void setLayerResult(int layer, const core::LayerResult& result, const core::LossCurve& curve);
+    // Loss points of a layer still training (the Points column changes); setLayerResult then
+    // replaces the curve with the one the project recorded. clearLossCurve: a layer (re)starts.
+    void appendLossPoints(int layer, const core::LossCurve& points);
+    void clearLossCurve(int layer);
     int doneCount() const;
     const core::RunSnapshot& snapshot() const { return m_snapshot; }
 

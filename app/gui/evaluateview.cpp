@@ -166,6 +166,10 @@ QString EvaluateView::resultText() const { return m_result->text(); }
 
 void EvaluateView::setRunning(bool running)
 {
+    if (running != m_running) {
+        m_running = running;
+        emit runningChanged(running);
+    }
     const bool ready = !m_project.isEmpty();
     m_start->setEnabled(!running && ready);
     m_cancel->setEnabled(running);

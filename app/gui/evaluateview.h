@@ -44,6 +44,7 @@ public:
     QString resultText() const;
 
 signals:
+    void runningChanged(bool running); // a job of this view started or ended
     void evaluationFinished(bool cancelled, const QString& error);
 
 private:
@@ -52,6 +53,7 @@ private:
     void setRunning(bool running);
 
     QString m_project;
+    bool m_running = false;
     QComboBox* m_policy = nullptr;
     QSpinBox* m_topK = nullptr;
     QComboBox* m_dataKind = nullptr;

@@ -156,6 +156,10 @@ QString ExportView::reportText() const { return m_report->text(); }
 
 void ExportView::setRunning(bool running)
 {
+    if (running != m_running) {
+        m_running = running;
+        emit runningChanged(running);
+    }
     const bool ready = !m_project.isEmpty();
     const bool moe = m_format->currentText() == "hf-mixtral" || m_format->currentText() == "gguf";
     m_start->setEnabled(!running && ready);

@@ -41,6 +41,7 @@ public:
     QString reportText() const;
 
 signals:
+    void runningChanged(bool running); // a job of this view started or ended
     void exportFinished(bool cancelled, const QString& error);
 
 private:
@@ -49,6 +50,7 @@ private:
     void setRunning(bool running);
 
     QString m_project;
+    bool m_running = false;
     QComboBox* m_format = nullptr;
     QComboBox* m_dtype = nullptr;
     QComboBox* m_policy = nullptr;

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 
+#include "calibrationview.h"
 #include "mainwindow.h"
 
 int main(int argc, char** argv)
@@ -21,7 +22,7 @@ int main(int argc, char** argv)
     QCommandLineOption openOption("open", "Model folder (or project) to open.", "path");
     QCommandLineOption demoOption("demo", "Open the bundled demo model.");
     QCommandLineOption shotOption("screenshot", "Render the window to a PNG file and exit.", "file");
-    QCommandLineOption viewOption("view", "View to show (model, convert, routing, policy, tradeoff, evaluate, export).", "name", "model");
+    QCommandLineOption viewOption("view", "View to show (model, calibration, convert, routing, policy, tradeoff, evaluate, export).", "name", "model");
     parser.addOptions({openOption, demoOption, shotOption, viewOption});
     parser.addPositionalArgument("path", "Model folder to open.", "[path]");
     parser.process(app);
@@ -36,14 +37,22 @@ int main(int argc, char** argv)
     const QString shot = parser.value(shotOption);
     if (!shot.isEmpty()) {
         window.setProperty("quiet", true);
-        auto render = [&] {
-            if (!window.selectView(parser.value(viewOption)))
-                std::fprintf(stderr, "ladimo-workbench: no view named '%s'\n", qPrintable(parser.value(viewOption)));
+        auto grab = [&] {
             QTimer::singleShot(200, &app, [&] {
                 const bool ok = window.grab().save(shot);
                 std::fprintf(stderr, ok ? "wrote %s\n" : "could not write %s\n", qPrintable(shot));
                 app.exit(ok ? 0 : 1);
             });
+        };
+        auto render = [&] {
+            if (!window.selectView(parser.value(viewOption)))
+                std::fprintf(stderr, "ladimo-workbench: no view named '%s'\n", qPrintable(parser.value(viewOption)));
+            // The Calibration view shows its token count and first tokens once it has read them.
+            auto* calibration = window.calibrationView();
+            if (parser.value(viewOption).compare("calibration", Qt::CaseInsensitive) == 0 && calibration->startPreview())
+                QObject::connect(calibration, &ladimo::gui::CalibrationView::previewFinished, &app, grab);
+            else
+                grab();
         };
         QObject::connect(&window, &ladimo::gui::MainWindow::modelOpened, &app, render);
         QObject::connect(&window, &ladimo::gui::MainWindow::openFailed, &app, [&](const QString& msg) {

@@ -24,6 +24,8 @@
 #include <QMenuBar>
 #include <QMessageBox>
 #include <QMimeData>
+#include <QPainter>
+#include <QTabBar>
 #include <QSettings>
 #include <QSplitter>
 #include <QStatusBar>
@@ -37,6 +39,7 @@
 #include <limits>
 #include <set>
 
+#include "calibrationview.h"
 #include "common/error.h"
 #include "conversiontablemodel.h"
 #include "evaluateview.h"
@@ -77,9 +80,15 @@ OpenedModel openModel(const QString& path)
             } else {
                 throw core::Error(path.toStdString() + ": the project has no model yet");
             }
+            m.facts = core::readPipelineFacts(p);
+            if (m.facts.calibration)
+                m.calibrationJson = QString::fromStdString(m.facts.calibration->dump());
             m.modelPath = QString::fromStdString(dir.string());
         }
         m.config = core::ModelConfig::load(dir / "config.json");
+        m.facts.modelOpen = true;
+        m.facts.modelName = dir.filename().string();
+        m.facts.modelLayers = static_cast<int>(m.config.numLayers);
         if (auto tok = core::Tokenizer::loadForModel(dir))
             m.tokenizer = QString::fromStdString(tok->kind());
     } catch (const std::exception& e) {
@@ -99,6 +108,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
     m_job = new WorkbenchJob(this);
     connect(m_job, &WorkbenchJob::runStarted, this, &MainWindow::onRunStarted);
     connect(m_job, &WorkbenchJob::layerStarted, this, &MainWindow::onLayerStarted);
+    connect(m_job, &WorkbenchJob::lossPoints, this, &MainWindow::onLossPoints);
     connect(m_job, &WorkbenchJob::layerFinished, this, &MainWindow::onLayerFinished);
     connect(m_job, &WorkbenchJob::progressed, this, &MainWindow::onJobProgressed);
     connect(m_job, &WorkbenchJob::jobFinished, this, &MainWindow::onJobFinished);
@@ -175,6 +185,10 @@ void MainWindow::buildUi()
     layout->addWidget(split, 1);
     m_tabs->addTab(modelPage, tr("Model"));
 
+    m_calibration = new CalibrationView;
+    m_tabs->addTab(m_calibration, tr("Calibration"));
+    connect(m_calibration, &CalibrationView::settingsChanged, this, &MainWindow::onCalibrationChanged);
+
     auto* convertPage = new QWidget;
     auto* convertLayout = new QVBoxLayout(convertPage);
     convertLayout->addWidget(buildConvertForm());
@@ -236,10 +250,8 @@ void MainWindow::buildUi()
     m_tabs->addTab(routingPage, tr("Routing"));
     m_policyView = new PolicyView;
     m_tabs->addTab(m_policyView, tr("Policy"));
-    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
     m_evaluateView = new EvaluateView;
     m_tabs->addTab(m_evaluateView, tr("Evaluate"));
-    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Measure perplexity, KL to dense and latency of the conversion under a rule"));
     connect(m_evaluateView, &EvaluateView::evaluationFinished, this, [this](bool cancelled, const QString& error) {
         if (!error.isEmpty() && !property("quiet").toBool())
             QMessageBox::critical(this, tr("Evaluation failed"), error);
@@ -248,13 +260,36 @@ void MainWindow::buildUi()
     });
     m_exportView = new ExportView;
     m_tabs->addTab(m_exportView, tr("Export"));
-    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Write the conversion or the dense model as Hugging Face or GGUF files"));
     connect(m_exportView, &ExportView::exportFinished, this, [this](bool cancelled, const QString& error) {
         if (!error.isEmpty() && !property("quiet").toBool())
             QMessageBox::critical(this, tr("Export failed"), error);
         if (!cancelled && error.isEmpty() && m_current.isProject)
             openPath(m_current.path); // the new export in the list
     });
+    connect(m_evaluateView, &EvaluateView::runningChanged, this, [this](bool running) {
+        m_runningStep = running ? std::optional(core::PipelineStep::Evaluate) : std::nullopt;
+        refreshStepStates();
+    });
+    connect(m_exportView, &ExportView::runningChanged, this, [this](bool running) {
+        m_runningStep = running ? std::optional(core::PipelineStep::Export) : std::nullopt;
+        refreshStepStates();
+    });
+    // The pipeline: each step's tab shows its state (icon) and what it produced (tooltip).
+    const QWidget* pages[core::kPipelineSteps] = {modelPage,    m_calibration,  convertPage,  routingPage,
+                                                  m_policyView, m_evaluateView, m_exportView};
+    const QString tips[core::kPipelineSteps] = {
+        tr("The dense model: architecture, parameters, layers"),
+        tr("The calibration data the conversion and the profile run on"),
+        tr("Convert every FFN into an MoE block by layer-wise distillation"),
+        tr("Routing profile of the conversion: weight histograms, top-k mass, expert load"),
+        tr("Per-layer routing rules with instant estimates and the tradeoff plot"),
+        tr("Measure perplexity, KL to dense and latency of the conversion under a rule"),
+        tr("Write the conversion or the dense model as Hugging Face or GGUF files")};
+    for (int i = 0; i < core::kPipelineSteps; ++i) {
+        m_stepPages[i] = const_cast<QWidget*>(pages[i]);
+        m_stepBaseTips[i] = tips[i];
+    }
+    refreshStepStates();
     setCentralWidget(m_tabs);
     statusBar()->showMessage(tr("Ready"));
     rebuildRecentMenu();
@@ -315,6 +350,27 @@ void MainWindow::showModel(const OpenedModel& m)
                            .arg(m.tokenizer.isEmpty() ? tr("none (token ids only)") : m.tokenizer)
                            .arg(count(p.total), count(p.attention), count(p.ffn), count(p.embeddings), count(p.norms)));
     m_layers->setConfig(c);
+    m_calibration->setModel(m.modelPath);
+    if (!m.calibrationJson.isEmpty()) {
+        m_calibration->setSettingJson(m.calibrationJson);
+    } else if (m.run && m.run->run.extra.contains("data")) {
+        // Never chosen in this project: the data the latest run was converted on.
+        const auto data = m.run->run.extra["data"];
+        nlohmann::json setting = {{"seed", m.run->run.seed}};
+        if (data.contains("self_sample")) {
+            setting["kind"] = "self_sample";
+            setting["self_sample"] = data["self_sample"];
+        } else {
+            const std::string file = data.value("file", std::string());
+            setting["kind"] = QString::fromStdString(file).endsWith(".txt") ? "text" : "tokens";
+            setting["file"] = file;
+            setting["max_tokens"] = data.value("max_tokens", int64_t{0});
+        }
+        m_calibration->setSettingJson(QString::fromStdString(setting.dump()));
+    }
+    if (!m.isProject) // a model folder: the view's settings go into the project the conversion creates
+        m_current.facts.calibration = nlohmann::json::parse(m_calibration->settingJson().toStdString());
+    m_calibrationSummary->setText(tr("Calibration data: %1 (set in the Calibration view)").arg(m_calibration->summary()));
     showRun(m);
     showProfiles(m);
     if (m.isProject && !m.profiles.empty())
@@ -340,6 +396,7 @@ void MainWindow::showModel(const OpenedModel& m)
         m_projectFile->setText(m.path);
     m_projectFile->setReadOnly(m.isProject);
     setJobRunning(m_jobKind);
+    refreshStepStates();
     statusBar()->showMessage(tr("Opened %1").arg(m.path));
 }
 
@@ -385,17 +442,6 @@ void MainWindow::showRun(const OpenedModel& m)
         m_partition->setCurrentIndex(i);
     if (const int i = m_gating->findText(QString::fromStdString(r.gating)); i >= 0)
         m_gating->setCurrentIndex(i);
-    const auto data = r.extra.value("data", nlohmann::json::object());
-    m_seed->setValue(static_cast<int>(r.seed));
-    if (data.contains("self_sample")) {
-        m_dataKind->setCurrentIndex(0);
-        m_tokens->setValue(static_cast<int>(data["self_sample"].get<int64_t>()));
-    } else if (data.contains("file")) {
-        m_dataKind->setCurrentIndex(1);
-        m_dataFile->setText(QString::fromStdString(data["file"].get<std::string>()));
-        if (const int64_t max = data.value("max_tokens", int64_t{0}); max > 0)
-            m_tokens->setValue(static_cast<int>(max));
-    }
 }
 
 void MainWindow::selectConversionLayer(int layer)
@@ -511,25 +557,6 @@ QWidget* MainWindow::buildConvertForm()
     m_experts = spin("experts", 2, 256, static_cast<int>(defaults.experts), tr("Experts per layer (--experts): the FFN's neurons are split into this many experts"));
     m_trainTopK = spin("trainTopK", 1, 256, defaults.trainTopK, tr("Experts per token while distilling (--train-top-k)"));
     m_epochs = spin("epochs", 1, 1000, defaults.epochs, tr("Distillation epochs over the calibration tokens (--epochs)"));
-    m_tokens = spin("tokens", 64, 100'000'000, 16384, tr("Token budget (--max-tokens / --self-sample N): calibration tokens used"));
-    m_tokens->setSingleStep(1024);
-    m_seed = spin("seed", 0, std::numeric_limits<int>::max(), 1234, tr("Seed (--seed) of self-sampling and of the partition and distillation"));
-    m_dataKind = combo("dataKind", {tr("Self-sample"), tr("File")},
-                       tr("Calibration data: sample tokens from the dense model itself (no data needed), or a token file"));
-    m_dataFile = new QLineEdit;
-    m_dataFile->setObjectName("dataFile");
-    m_dataFile->setPlaceholderText(tr(".txt, .u16, .u32 or .jsonl"));
-    m_dataFile->setToolTip(tr("Calibration token file (--data): .txt (tokenized with the model's tokenizer), .u16, .u32 or .jsonl"));
-    auto* browse = new QPushButton(tr("Browse..."));
-    browse->setToolTip(tr("Choose the calibration token file"));
-    connect(browse, &QPushButton::clicked, this, [this] {
-        const QString f = QFileDialog::getOpenFileName(this, tr("Calibration data"), m_dataFile->text(),
-                                                       tr("Token data (*.txt *.u16 *.u32 *.jsonl);;All files (*)"));
-        if (!f.isEmpty()) {
-            m_dataFile->setText(f);
-            m_dataKind->setCurrentIndex(1);
-        }
-    });
     m_partition = combo("partition", {"coact", "contiguous", "weights"},
                         tr("How neurons are split into experts (--partition): balanced k-means on co-activation, "
                            "contiguous blocks, or k-means on weights"));
@@ -551,20 +578,16 @@ QWidget* MainWindow::buildConvertForm()
     add(0, tr("&Experts:"), m_experts);
     add(1, tr("Train &top-k:"), m_trainTopK);
     add(2, tr("E&pochs:"), m_epochs);
-    add(3, tr("Token &budget:"), m_tokens);
+    add(3, tr("Pa&rtition:"), m_partition);
     ++row;
-    add(0, tr("&Data:"), m_dataKind);
-    auto* fileRow = new QWidget;
-    auto* fileLayout = new QHBoxLayout(fileRow);
-    fileLayout->setContentsMargins(0, 0, 0, 0);
-    fileLayout->addWidget(m_dataFile, 1);
-    fileLayout->addWidget(browse);
-    grid->addWidget(fileRow, row, 2, 1, 6);
+    add(0, tr("&Gating:"), m_gating);
+    add(1, tr("De&vice:"), m_device);
     ++row;
-    add(0, tr("Pa&rtition:"), m_partition);
-    add(1, tr("&Gating:"), m_gating);
-    add(2, tr("De&vice:"), m_device);
-    add(3, tr("See&d:"), m_seed);
+    m_calibrationSummary = new QLabel;
+    m_calibrationSummary->setObjectName("calibrationSummary");
+    m_calibrationSummary->setToolTip(tr("The calibration data of the conversion and the profile: choose it in the "
+                                        "Calibration view"));
+    grid->addWidget(m_calibrationSummary, row, 0, 1, 8);
     ++row;
     add(0, tr("Pro&ject:"), m_projectFile);
     grid->removeWidget(m_projectFile);
@@ -576,7 +599,7 @@ QWidget* MainWindow::buildConvertForm()
     m_startButton->setToolTip(tr("Convert every layer (ladimo convert); a run with the same settings resumes where it stopped"));
     m_profileButton = new QPushButton(tr("P&rofile"));
     m_profileButton->setObjectName("startProfile");
-    m_profileButton->setToolTip(tr("Profile the routers of the latest finished run on the data above (ladimo profile); "
+    m_profileButton->setToolTip(tr("Profile the routers of the latest finished run on held-out calibration data (ladimo profile); "
                                    "fills the Routing and Policy views"));
     m_cancelButton = new QPushButton(tr("&Cancel"));
     m_cancelButton->setObjectName("cancelJob");
@@ -608,17 +631,106 @@ QWidget* MainWindow::buildConvertForm()
     return box;
 }
 
-DataChoice MainWindow::dataChoice() const
+DataChoice MainWindow::dataChoice() const { return m_calibration->dataChoice(); }
+
+void MainWindow::onCalibrationChanged()
 {
-    DataChoice d;
-    d.seed = static_cast<uint64_t>(m_seed->value()); // also seeds partition and distillation, as --seed does
-    if (m_dataKind->currentIndex() == 0) {
-        d.selfSample = m_tokens->value();
-    } else {
-        d.file = m_dataFile->text().trimmed();
-        d.maxTokens = m_tokens->value();
+    m_calibrationSummary->setText(tr("Calibration data: %1 (set in the Calibration view)").arg(m_calibration->summary()));
+    const QString json = m_calibration->settingJson();
+    m_current.calibrationJson = json;
+    m_current.facts.calibration = nlohmann::json::parse(json.toStdString());
+    // Stored as it happens. A project only: a model folder's setting goes into the project the
+    // conversion creates. A tiny write; the controls are disabled while a job of ours writes.
+    if (m_current.isProject && !m_job->isRunning()) {
+        try {
+            auto p = core::Project::open(m_current.path.toStdString(),
+                                         {core::Project::Access::ReadWrite, core::Project::Verify::None});
+            p.setSetting(core::kCalibrationSetting, *m_current.facts.calibration);
+        } catch (const std::exception& e) {
+            statusBar()->showMessage(tr("Calibration settings not saved: %1").arg(QString::fromStdString(e.what())));
+        }
     }
-    return d;
+    refreshStepStates();
+}
+
+namespace {
+// A small round badge per state, drawn once: grey ring (not run), blue (running), green (done),
+// orange (stale).
+QIcon stepIcon(core::StepState state)
+{
+    static QIcon icons[4];
+    QIcon& icon = icons[static_cast<int>(state)];
+    if (!icon.isNull())
+        return icon;
+    for (int size : {16, 32}) {
+        QPixmap pm(size, size);
+        pm.fill(Qt::transparent);
+        QPainter p(&pm);
+        p.setRenderHint(QPainter::Antialiasing);
+        const qreal m = size * 0.15;
+        const QRectF r(m, m, size - 2 * m, size - 2 * m);
+        switch (state) {
+        case core::StepState::NotRun:
+            p.setPen(QPen(QColor(150, 150, 150), size * 0.1));
+            p.setBrush(Qt::NoBrush);
+            break;
+        case core::StepState::Running:
+            p.setPen(Qt::NoPen);
+            p.setBrush(QColor(40, 110, 220));
+            break;
+        case core::StepState::Done:
+            p.setPen(Qt::NoPen);
+            p.setBrush(QColor(40, 160, 70));
+            break;
+        case core::StepState::Stale:
+            p.setPen(Qt::NoPen);
+            p.setBrush(QColor(235, 140, 20));
+            break;
+        }
+        p.drawEllipse(r);
+        icon.addPixmap(pm);
+    }
+    return icon;
+}
+} // namespace
+
+void MainWindow::refreshStepStates()
+{
+    core::PipelineFacts f = m_current.facts;
+    if (m_jobKind == "convert")
+        f.running = core::PipelineStep::Convert;
+    else if (m_jobKind == "profile")
+        f.running = core::PipelineStep::Profile;
+    else if (m_runningStep)
+        f.running = m_runningStep;
+    m_steps = core::pipelineStates(f);
+    for (int i = 0; i < core::kPipelineSteps; ++i) {
+        const int tab = m_tabs->indexOf(m_stepPages[i]);
+        if (tab < 0)
+            continue;
+        const auto& st = m_steps[static_cast<std::size_t>(i)];
+        const QString state = QString::fromLatin1(core::stepStateName(st.state));
+        m_tabs->setTabIcon(tab, stepIcon(st.state));
+        m_tabs->tabBar()->setTabData(tab, state);
+        QString tip = m_stepBaseTips[i] + "\n" + tr("State: %1").arg(state);
+        if (!st.produced.empty())
+            tip += "\n" + tr("Produced: %1").arg(QString::fromStdString(st.produced));
+        if (!st.why.empty() && st.state != core::StepState::Done)
+            tip += "\n" + (st.state == core::StepState::Stale ? tr("Stale: %1") : tr("Why: %1")).arg(QString::fromStdString(st.why));
+        m_tabs->setTabToolTip(tab, tip);
+    }
+    emit stepStatesChanged();
+}
+
+core::StepState MainWindow::stepState(core::PipelineStep step) const
+{
+    return m_steps[static_cast<std::size_t>(step)].state;
+}
+
+QString MainWindow::stepToolTip(core::PipelineStep step) const
+{
+    const int tab = m_tabs->indexOf(m_stepPages[static_cast<int>(step)]);
+    return tab < 0 ? QString() : m_tabs->tabToolTip(tab);
 }
 
 void MainWindow::setJobRunning(const QString& kind)
@@ -629,9 +741,10 @@ void MainWindow::setJobRunning(const QString& kind)
     m_startButton->setEnabled(!running && open);
     m_profileButton->setEnabled(!running && m_current.isProject && m_current.run.has_value());
     m_cancelButton->setEnabled(running);
-    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_epochs, m_tokens, m_seed, m_dataKind, m_dataFile,
-                                                      m_partition, m_gating, m_device, m_projectFile})
+    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_epochs, m_partition, m_gating, m_device,
+                                                      m_projectFile})
         w->setEnabled(!running);
+    m_calibration->setEditable(!running);
 }
 
 bool MainWindow::startConversion()
@@ -649,8 +762,8 @@ bool MainWindow::startConversion()
     if (!project.endsWith(".ladimo"))
         project += ".ladimo";
     m_projectFile->setText(project);
-    if (m_dataKind->currentIndex() == 1 && m_dataFile->text().trimmed().isEmpty()) {
-        const QString msg = tr("Data: choose a calibration token file (.txt, .u16, .u32 or .jsonl), or Self-sample.");
+    if (m_calibration->needsFile()) {
+        const QString msg = tr("Calibration: choose a calibration file (.txt, .u16, .u32 or .jsonl), or Self-sample.");
         m_jobStatus->setText(msg);
         emit conversionFinished(false, msg);
         return false;
@@ -665,6 +778,7 @@ bool MainWindow::startConversion()
     r.gating = m_gating->currentText();
     r.device = m_device->currentText();
     r.data = dataChoice();
+    r.calibrationJson = m_calibration->settingJson();
     if (!m_job->startConversion(r))
         return false;
     m_jobProject = project;
@@ -673,6 +787,7 @@ bool MainWindow::startConversion()
     m_overallProgress->setValue(0);
     m_jobStatus->setText(tr("Loading the model and the calibration data ..."));
     setJobRunning("convert");
+    refreshStepStates();
     return true;
 }
 
@@ -683,9 +798,9 @@ bool MainWindow::startProfile()
     ProfileRequest r;
     r.projectFile = m_current.path;
     r.data = dataChoice();
-    if (m_dataKind->currentIndex() == 0)
+    if (r.data.selfSample > 0)
         r.data.seed += 1; // held-out: not the tokens the conversion was trained on
-    r.sensitivityTokens = std::min<int64_t>(8192, m_tokens->value());
+    r.sensitivityTokens = std::min<int64_t>(8192, r.data.selfSample > 0 ? r.data.selfSample : r.data.maxTokens);
     if (!m_job->startProfile(r))
         return false;
     m_jobProject = r.projectFile;
@@ -693,6 +808,7 @@ bool MainWindow::startProfile()
     m_stageProgress->setValue(0);
     m_jobStatus->setText(tr("Profiling the routers of the latest run ..."));
     setJobRunning("profile");
+    refreshStepStates();
     return true;
 }
 
@@ -717,6 +833,23 @@ void MainWindow::onRunStarted(const core::RunSnapshot& snapshot, bool resumed)
 void MainWindow::onLayerStarted(int layer)
 {
     m_conversion->setLayerStatus(layer, core::LayerStatus::Running);
+    m_conversion->clearLossCurve(layer); // a restarted layer's curve begins again
+}
+
+void MainWindow::onLossPoints(int layer, const QVector<double>& steps, const QVector<double>& losses)
+{
+    core::LossCurve points;
+    points.reserve(static_cast<std::size_t>(steps.size()));
+    for (int i = 0; i < steps.size() && i < losses.size(); ++i)
+        points.push_back({static_cast<int64_t>(steps[i]), losses[i]});
+    m_conversion->appendLossPoints(layer, points);
+    // The plot follows the layer in training, as it follows each finished layer; the job batches
+    // points (at most 10 updates a second), so redrawing here keeps the event loop free.
+    if (m_conversionView->currentIndex().row() != layer)
+        selectConversionLayer(layer);
+    else
+        showLossCurve(layer);
+    emit lossPointsShown(layer, m_lossPlot->seriesCount() > 0 ? m_lossPlot->pointCount(0) : 0);
 }
 
 void MainWindow::onLayerFinished(int layer, double finalLoss, double relativeError, double seconds,
@@ -756,6 +889,7 @@ void MainWindow::onJobFinished(bool cancelled, const QString& error)
 {
     const QString kind = m_jobKind;
     setJobRunning({});
+    refreshStepStates();
     const double secs = (QDateTime::currentMSecsSinceEpoch() - m_jobStartMs) / 1000.0;
     if (!error.isEmpty()) {
         m_jobStatus->setText(tr("%1 failed: %2").arg(kind, error));

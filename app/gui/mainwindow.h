@@ -11,6 +11,7 @@
 
 #include "model/config.h"
 #include "policyview.h"
+#include "store/pipeline.h"
 #include "store/project.h"
 #include "workbenchjob.h"
 
@@ -31,6 +32,7 @@ class LinePlot;
 
 namespace ladimo::gui {
 
+class CalibrationView;
 class EvaluateView;
 class ExportView;
 class LayerTableModel;
@@ -49,6 +51,8 @@ struct OpenedModel {
     std::vector<core::Policy> policies;       // the project's stored policies
     std::vector<core::Evaluation> evaluations; // and evaluations
     std::vector<core::ExportRecord> exports;    // and exports
+    QString calibrationJson;  // the project's calibration setting (core::kCalibrationSetting), or empty
+    core::PipelineFacts facts; // what the pipeline step states derive from
     QString error;           // non-empty when opening failed
 };
 
@@ -73,6 +77,10 @@ public:
     PolicyView* policyView() const { return m_policyView; }
     EvaluateView* evaluateView() const { return m_evaluateView; }
     ExportView* exportView() const { return m_exportView; }
+    CalibrationView* calibrationView() const { return m_calibration; }
+    // The state each step's tab shows (pipeline order), and its tooltip.
+    core::StepState stepState(core::PipelineStep step) const;
+    QString stepToolTip(core::PipelineStep step) const;
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
     bool selectView(const QString& name);
@@ -91,6 +99,10 @@ signals:
     void openFailed(const QString& message);
     void conversionFinished(bool cancelled, const QString& error);
     void profileFinished(bool cancelled, const QString& error);
+    // A running layer's live loss points reached the loss plot (`points` on the plot now).
+    void lossPointsShown(int layer, int points);
+    // The step states were derived again (open, job start / finish, calibration edit).
+    void stepStatesChanged();
 
 protected:
     void dragEnterEvent(QDragEnterEvent* event) override;
@@ -102,6 +114,7 @@ private slots:
     void onOpenFinished();
     void onRunStarted(const ladimo::core::RunSnapshot& snapshot, bool resumed);
     void onLayerStarted(int layer);
+    void onLossPoints(int layer, const QVector<double>& steps, const QVector<double>& losses);
     void onLayerFinished(int layer, double finalLoss, double relativeError, double seconds,
                          const QVector<double>& steps, const QVector<double>& losses);
     void onJobProgressed(const QString& stage, double done, double total);
@@ -115,6 +128,8 @@ private:
     void showProfiles(const OpenedModel& m);
     QWidget* buildConvertForm();
     DataChoice dataChoice() const;
+    void onCalibrationChanged();
+    void refreshStepStates();
     void setJobRunning(const QString& kind);
     void rememberRecent(const QString& path);
     void rebuildRecentMenu();
@@ -140,10 +155,12 @@ private:
     QSpinBox* m_experts = nullptr;
     QSpinBox* m_trainTopK = nullptr;
     QSpinBox* m_epochs = nullptr;
-    QSpinBox* m_tokens = nullptr;
-    QSpinBox* m_seed = nullptr;
-    QComboBox* m_dataKind = nullptr;
-    QLineEdit* m_dataFile = nullptr;
+    CalibrationView* m_calibration = nullptr;
+    QLabel* m_calibrationSummary = nullptr;
+    QWidget* m_stepPages[core::kPipelineSteps] = {};
+    QString m_stepBaseTips[core::kPipelineSteps];
+    std::array<core::StepStatus, core::kPipelineSteps> m_steps{};
+    std::optional<core::PipelineStep> m_runningStep; // Evaluate / Export jobs of their views
     QComboBox* m_partition = nullptr;
     QComboBox* m_gating = nullptr;
     QComboBox* m_device = nullptr;

@@ -3,14 +3,13 @@
 #include "convert/activations.h"
 #include "convert/projectconvert.h"
 #include "model/device.h"
+#include "model/tokendata.h"
 #include "model/tokenizer.h"
-#include "eval/perplexity.h"
-#include "export/gguf.h"
-#include "export/hf_mixtral.h"
-#include "routing/estimate.h"
-#include "routing/latency.h"
-#include "routing/policy.h"
+#include "convert/latestrun.h"
+#include "eval/projecteval.h"
+#include "export/projectexport.h"
 #include "routing/profile.h"
+#include "store/pipeline.h"
 #include "store/project.h"
 
 #include "workbenchjob.h"
@@ -27,6 +26,7 @@
 #include <cmath>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 
 namespace fs = std::filesystem;
@@ -40,50 +40,69 @@ core::DataSource toCore(const DataChoice& d)
     return {d.file.toStdString(), d.selfSample, d.seed, d.maxTokens};
 }
 
-core::LlamaModel loadModel(const std::string& dir, const QString& device, const std::string& dtype = "auto")
+core::LoadOptions loadOptions(const QString& device, const std::string& dtype = "auto")
 {
     core::LoadOptions o;
     o.device = core::parseDevices(device.toStdString()).front();
     o.dtype = core::parseComputeDType(dtype, o.device);
-    return core::LlamaModel::load(dir, o);
+    return o;
 }
 
-// The latest conversion run of a project with every layer loaded, as `ladimo profile` and
-// `ladimo eval` need it; names the unfinished layers otherwise.
-struct LoadedRun {
-    int64_t runId = 0;
-    core::ConversionRun run;
-    std::string modelDir;
-    std::optional<core::LlamaModel> model;
-    std::vector<core::MoeLayer> layers;
-};
-
-LoadedRun loadLatestRun(core::Project& project, const std::string& projectFile, const QString& device = "auto",
-                        const std::string& dtype = "auto")
+core::LlamaModel loadModel(const std::string& dir, const QString& device)
 {
-    LoadedRun r;
-    const auto runId = project.latestRunId();
-    if (!runId)
-        throw core::Error(projectFile + ": no conversion run yet; convert first");
-    r.runId = *runId;
-    r.run = project.run(*runId);
-    r.modelDir = project.model(r.run.modelId).path;
-    r.model.emplace(loadModel(r.modelDir, device, dtype));
-    std::string missing;
-    for (const auto& layer : project.layers(*runId)) {
-        if (layer.status != core::LayerStatus::Done) {
-            missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
-            continue;
-        }
-        r.layers.push_back(core::loadMoeLayer(project.absolutePath(layer.weightsPath), r.model->device(), r.model->dtype()));
-    }
-    if (!missing.empty())
-        throw core::Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing +
-                          "); finish the conversion (Start in the Convert view resumes it) first");
-    return r;
+    return core::LlamaModel::load(dir, loadOptions(device));
+}
+
+// The workbench's words for what to do when the latest run is missing or unfinished.
+core::LatestRunHints runHints()
+{
+    core::LatestRunHints h;
+    h.noRun = "; convert first";
+    h.unfinished = "; finish the conversion (Start in the Convert view resumes it) first";
+    return h;
 }
 
 } // namespace
+
+CalibrationPreview previewCalibration(const QString& modelDir, const DataChoice& data, int previewTokens)
+{
+    CalibrationPreview out;
+    try {
+        const std::string dir = modelDir.toStdString();
+        const auto tokenizer = core::Tokenizer::loadForModel(dir);
+        std::vector<int64_t> tokens;
+        if (data.selfSample > 0) {
+            c10::InferenceMode inference; // thread-local: on this worker
+            auto model = loadModel(dir, "cpu");
+            core::DataSource d = toCore(data);
+            d.selfSample = std::min<int64_t>(data.selfSample, std::max(previewTokens, 64));
+            tokens = d.load(model, tokenizer.get(), std::min<int64_t>(d.selfSample, 256), {}, core::CancelToken());
+            out.tokens = data.selfSample;
+        } else {
+            if (data.file.isEmpty())
+                throw core::Error("choose a calibration file");
+            const auto config = core::ModelConfig::load(fs::path(dir) / "config.json");
+            core::TokenDataOptions o;
+            o.vocabSize = config.vocabSize;
+            o.bosId = config.bosTokenId;
+            o.maxTokens = data.maxTokens;
+            tokens = core::loadTokenFile(data.file.toStdString(), tokenizer.get(), o);
+            out.tokens = static_cast<qint64>(tokens.size());
+        }
+        const std::size_t n = std::min<std::size_t>(tokens.size(), static_cast<std::size_t>(std::max(previewTokens, 0)));
+        if (tokenizer) {
+            out.text = QString::fromStdString(tokenizer->decode(std::vector<int>(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(n))));
+        } else {
+            QStringList ids;
+            for (std::size_t i = 0; i < n; ++i)
+                ids << QString::number(tokens[i]);
+            out.text = ids.join(' ');
+        }
+    } catch (const std::exception& e) {
+        out.error = QString::fromStdString(e.what());
+    }
+    return out;
+}
 
 WorkbenchJob::WorkbenchJob(QObject* parent) : QObject(parent)
 {
@@ -173,6 +192,8 @@ bool WorkbenchJob::startConversion(const ConvertRequest& r)
         req.calibration = data.record(calibration, s.seqLen);
         req.layers = static_cast<int>(model.config().numLayers);
         req.intermediateSize = model.config().intermediateSize;
+        if (!r.calibrationJson.isEmpty())
+            project.setSetting(core::kCalibrationSetting, nlohmann::json::parse(r.calibrationJson.toStdString()));
         const auto plan = core::findOrStartRun(project, req);
         emit runStarted(project.snapshot(plan.runId), plan.resumed);
 
@@ -188,9 +209,40 @@ bool WorkbenchJob::startConversion(const ConvertRequest& r)
                 return core::loadActivations(project.absolutePath(core::Project::activationsPath(calibrationSetId, l)), l,
                                              key, x, y, &why);
             };
+        // Live loss points, batched so the GUI gets at most 10 updates a second whatever the batch rate.
+        struct Live {
+            std::mutex mutex;
+            int layer = -1;
+            QVector<double> steps, losses;
+            std::chrono::steady_clock::time_point last;
+        };
+        auto live = std::make_shared<Live>();
+        auto flush = [this, live] { // with live->mutex held
+            if (live->layer >= 0 && !live->steps.isEmpty())
+                emit lossPoints(live->layer, live->steps, live->losses);
+            live->steps.clear();
+            live->losses.clear();
+            live->last = std::chrono::steady_clock::now();
+        };
+        cb.onStep = [live, flush](int l, int64_t step, double loss) {
+            std::lock_guard<std::mutex> lock(live->mutex);
+            if (l != live->layer) {
+                flush();
+                live->layer = l;
+            }
+            live->steps << static_cast<double>(step);
+            live->losses << loss;
+            if (std::chrono::steady_clock::now() - live->last >= std::chrono::milliseconds(100))
+                flush();
+        };
         cb.onLayerStarted = [this](int l) { emit layerStarted(l); };
-        cb.onLayerFinished = [this](int l, const core::LayerConversion&, const core::LayerOutcome& out,
-                                    const core::LossCurve& curve) {
+        cb.onLayerFinished = [this, live, flush](int l, const core::LayerConversion&, const core::LayerOutcome& out,
+                                                 const core::LossCurve& curve) {
+            {
+                std::lock_guard<std::mutex> lock(live->mutex);
+                if (live->layer == l)
+                    flush();
+            }
             QVector<double> steps, losses;
             steps.reserve(static_cast<int>(curve.size()));
             losses.reserve(static_cast<int>(curve.size()));
@@ -215,7 +267,7 @@ bool WorkbenchJob::startProfile(const ProfileRequest& r)
         const std::string projectFile = r.projectFile.toStdString();
         // As `ladimo profile`: every layer of the latest run, which must be finished.
         auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
-        const auto loaded = loadLatestRun(project, projectFile);
+        const auto loaded = core::loadLatestRun(projectFile, loadOptions("auto"), runHints());
         const auto tokenizer = core::Tokenizer::loadForModel(loaded.modelDir);
         const auto stream = toCore(r.data).load(*loaded.model, tokenizer.get(), r.seqLen, progress, cancel);
         core::ConversionProfileOptions po;
@@ -236,101 +288,24 @@ bool WorkbenchJob::startEvaluation(const EvaluateRequest& r)
     if (isRunning())
         return false;
     start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
-        c10::InferenceMode inference; // thread-local: set here, on the worker
-        const std::string projectFile = r.projectFile.toStdString();
-        auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
-        auto loaded = loadLatestRun(project, projectFile);
-        const auto& model = *loaded.model;
-        const int L = static_cast<int>(loaded.layers.size());
-        const int64_t N = loaded.layers.front().numExperts();
-        const core::DataSource data = toCore(r.data);
-        const auto tokenizer = core::Tokenizer::loadForModel(loaded.modelDir);
-        const auto stream = data.load(model, tokenizer.get(), r.seqLen, progress, cancel);
-        core::EvalOptions e;
-        e.seqLen = r.seqLen;
-        e.progress = progress;
-        e.cancel = cancel;
-        int64_t active = 0, tokens = 0;
-        core::PolicyRules rules;
-        core::Policy policy;
-        core::ForwardHooks hooks;
-        nlohmann::json j;
-        if (r.policy == EvaluateRequest::Policy::Stored) {
-            bool found = false;
-            for (auto& p : project.policies())
-                if (p.name == r.policyName.toStdString()) {
-                    policy = p;
-                    found = true;
-                }
-            if (!found)
-                throw core::Error(projectFile + " has no policy named '" + r.policyName.toStdString() + "'");
-            rules = core::policyRules(policy, L, N);
-            j["policy_label"] = policy.name;
-        } else if (r.policy == EvaluateRequest::Policy::UniformTopK) {
-            const int k = r.topK > 0 ? r.topK : loaded.run.trainTopK;
-            if (k < 1 || k > N)
-                throw core::Error("top-k " + std::to_string(k) + " is out of range: the run has " + std::to_string(N) +
-                                  " experts per layer (expected 1.." + std::to_string(N) + ")");
-            rules = core::uniformRules(L, core::RoutingRule::staticK(k));
-            j["policy_label"] = "uniform top-" + std::to_string(k);
-        } else {
-            j["policy_label"] = "dense";
-        }
-        const bool moe = r.policy != EvaluateRequest::Policy::Dense;
-        if (moe) {
-            hooks = core::moeHooks(loaded.layers, rules, &active, &tokens);
-            e.hooks = &hooks;
-            e.reference = &model;
-        }
-        const auto res = core::evaluatePerplexity(model, stream, e);
-        j["perplexity"] = res.perplexity;
-        j["nll"] = res.nll;
-        j["tokens"] = res.tokens;
-        j["windows"] = res.windows;
-        j["tokens_per_second"] = res.tokensPerSecond;
-        const auto& c = model.config();
-        if (moe) {
-            j["kl_to_dense"] = res.klToReference;
-            j["activated_ffn_fraction"] = static_cast<double>(active) /
-                (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
-            j["rules"] = core::rulesToJson(rules);
-        } else {
-            j["activated_ffn_fraction"] = 1.0;
-        }
-        if (r.timing && moe) {
-            // Dense and converted timed in the same job, so their ratio is meaningful.
-            core::LatencyOptions lo;
-            lo.cancel = &cancel;
-            auto plain = core::moeHooks(loaded.layers, rules);
-            const auto m = core::measureForward(model, &plain, lo);
-            const auto d = core::measureForward(model, nullptr, lo);
-            j["prefill_seconds"] = m.prefillSeconds;
-            j["decode_seconds"] = m.decodeSeconds;
-            j["timing"] = {{"prefill_tokens", lo.prefillTokens}, {"decode_context", lo.decodeContext}};
-            j["dense_prefill_seconds"] = d.prefillSeconds;
-            j["dense_decode_seconds"] = d.decodeSeconds;
-            j["prefill_fraction"] = m.prefillSeconds / d.prefillSeconds;
-            j["decode_fraction"] = m.decodeSeconds / d.decodeSeconds;
-        }
-        if (moe) {
-            // The estimate beside the measurement, as `ladimo eval` records it.
-            try {
-                const auto tables = core::loadPolicyTables(project, loaded.runId, model.device().str());
-                const auto est = core::estimatePolicy(tables, rules);
-                j["estimate"] = {{"activated_ffn_fraction", est.activatedFfnFraction}, {"error_proxy", est.errorProxy}};
-            } catch (const core::Error&) {
-                // No profile yet: nothing to compare with.
-            }
-        }
-        cancel.throwIfCancelled();
-        core::Evaluation ev;
-        ev.policyId = policy.id;
-        ev.runId = loaded.runId;
-        ev.data = data.describe();
-        ev.metrics = j;
-        ev.device = model.device().str();
-        project.addEvaluation(ev);
-        emit evaluated(QString::fromStdString(j.dump()));
+        // The sequence of `ladimo eval P.ladimo`, in core.
+        core::ProjectEvalRequest req;
+        req.projectFile = r.projectFile.toStdString();
+        req.load = loadOptions("auto");
+        req.hints = runHints();
+        req.data = toCore(r.data);
+        req.seqLen = r.seqLen;
+        req.dense = r.policy == EvaluateRequest::Policy::Dense;
+        if (r.policy == EvaluateRequest::Policy::Stored)
+            req.policy = r.policyName.toStdString();
+        else if (r.policy == EvaluateRequest::Policy::UniformTopK)
+            req.topK = r.topK;
+        req.timing = r.timing;
+        req.recordLabel = true;
+        req.progress = progress;
+        req.cancel = cancel;
+        const auto res = core::evaluateProject(req);
+        emit evaluated(QString::fromStdString(res.metrics.dump()));
         return JobOutcome{};
     });
     return true;
@@ -341,81 +316,22 @@ bool WorkbenchJob::startExport(const ExportRequest& r)
     if (isRunning())
         return false;
     start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
-        c10::InferenceMode inference; // thread-local: set here, on the worker
-        const std::string projectFile = r.projectFile.toStdString();
-        const std::string format = r.format.toStdString();
-        const std::string out = r.out.toStdString();
-        const bool gguf = format == "gguf" || format == "gguf-llama";
-        if (format != "hf-mixtral" && format != "hf-llama" && !gguf)
-            throw core::Error("format '" + format + "' is unknown (expected hf-mixtral, hf-llama, gguf or gguf-llama)");
-        if (out.empty())
-            throw core::Error("choose where to export: a folder (hf-*) or a file (gguf*)");
-        if (gguf && fs::exists(out))
-            throw core::Error("'" + out + "' already exists; an export never replaces a file (remove it or choose another name)");
-        // As `ladimo export`: the project is read, then opened for writing only to record the export.
-        LoadedRun conv;
-        {
-            auto project = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
-            conv = loadLatestRun(project, projectFile, "cpu", "float32");
-        }
-        const bool moe = format == "hf-mixtral" || format == "gguf";
-        const int L = static_cast<int>(conv.layers.size());
-        const int64_t N = conv.layers.empty() ? 0 : conv.layers.front().numExperts();
-        core::ExportInput in;
-        in.modelDir = conv.modelDir;
-        in.model = &*conv.model;
-        int64_t policyId = 0;
-        if (moe) {
-            in.layers = &conv.layers;
-            in.conversion = conv.run.extra;
-            if (!r.policyName.isEmpty()) {
-                auto p = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::None});
-                for (const auto& pol : p.policies())
-                    if (pol.name == r.policyName.toStdString()) {
-                        in.rules = core::rulesFromJson(pol.rules, L, N, projectFile + ": policy '" + pol.name + "'");
-                        policyId = pol.id;
-                    }
-                if (!policyId)
-                    throw core::Error(projectFile + ": no policy named '" + r.policyName.toStdString() + "'");
-                in.policyName = r.policyName.toStdString();
-            } else {
-                const int k = conv.run.trainTopK;
-                in.rules = core::uniformRules(L, core::RoutingRule::staticK(k));
-                in.policyName = "train-k" + std::to_string(k);
-            }
-        }
-        core::ExportOptions eo;
-        eo.out = out;
-        eo.dtype = r.dtype.toStdString();
-        eo.expertsPerToken = r.topK;
-        eo.progress = progress;
-        eo.cancel = &cancel;
-        std::vector<std::string> log;
-        eo.log = [&log](const std::string& line) { log.push_back(line); };
-        const auto report = gguf ? core::exportGguf(in, eo) : core::exportHfMixtral(in, eo);
-        core::ExportRecord record;
-        record.format = format;
-        record.path = fs::absolute(out).lexically_normal().string();
-        record.sha256 = report.sha256;
-        record.policyId = policyId;
-        record.runId = conv.runId;
-        int64_t exportId = 0;
-        try {
-            auto p = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::None});
-            exportId = p.addExport(record);
-        } catch (const core::Error& e) {
-            throw core::Error("the export in '" + out + "' is complete, but it could not be recorded in " + projectFile +
-                              ": " + e.what());
-        }
-        nlohmann::json j = {{"out", record.path}, {"format", format},       {"bytes", report.bytes},
-                            {"exact", report.exact}, {"notes", report.notes}, {"sha256", report.sha256},
-                            {"policy", in.policyName}, {"run", conv.runId},  {"export_id", exportId},
-                            {"dtype", eo.dtype}, {"log", log}};
-        if (moe)
-            j["experts_per_token"] = report.expertsPerToken;
-        j["files"] = nlohmann::json::array();
-        for (const auto& f : report.files)
-            j["files"].push_back(f.filename().string());
+        // The sequence of `ladimo export P.ladimo`, in core.
+        core::ProjectExportRequest req;
+        req.projectFile = r.projectFile.toStdString();
+        req.format = r.format.toStdString();
+        req.out = r.out.toStdString();
+        req.dtype = r.dtype.toStdString();
+        req.policy = r.policyName.toStdString();
+        req.topK = r.topK;
+        req.hints = runHints();
+        req.progress = progress;
+        req.cancel = cancel;
+        std::vector<std::string> log; // shown in the export report (e.g. stale temporaries removed)
+        req.note = [&log](const std::string& line) { log.push_back(line); };
+        const auto res = core::exportProject(req);
+        auto j = res.toJson();
+        j["log"] = log;
         emit exported(QString::fromStdString(j.dump()));
         return JobOutcome{};
     });

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <QFutureWatcher>
+#include <QMetaType>
 #include <QObject>
 #include <QString>
 #include <QVector>
@@ -38,6 +39,7 @@ struct ConvertRequest {
     QString gating = "hard";
     QString device = "auto";
     DataChoice data;
+    QString calibrationJson; // the Calibration view's setting, stored in the project (core::kCalibrationSetting)
 };
 
 struct ProfileRequest {
@@ -70,6 +72,17 @@ struct ExportRequest {
     int topK = 0;                  // k for formats with one k for all layers; 0 = from a uniform static policy
 };
 
+// What the Calibration view shows of its data: how many tokens, and the first of them decoded.
+struct CalibrationPreview {
+    qint64 tokens = 0;
+    QString text;  // the first tokens, decoded (ids when the model has no tokenizer)
+    QString error; // non-empty when the data could not be read
+};
+// Counts the tokens `data` yields for the model in `modelDir` and decodes the first `previewTokens`.
+// A file is read as the conversion reads it; self-sampling is previewed on a short sample with the
+// same seed (its count is the budget). Blocking: call it on a worker thread (QtConcurrent).
+CalibrationPreview previewCalibration(const QString& modelDir, const DataChoice& data, int previewTokens = 48);
+
 struct JobOutcome {
     bool cancelled = false;
     QString error; // empty: success (or cancelled)
@@ -94,6 +107,9 @@ signals:
     // Conversion: the run was found (resumed) or started, as the project records it now.
     void runStarted(const ladimo::core::RunSnapshot& snapshot, bool resumed);
     void layerStarted(int layer);
+    // Loss points of a layer in training, batched: at most 10 signals a second (the last points
+    // of a layer come before its layerFinished).
+    void lossPoints(int layer, const QVector<double>& steps, const QVector<double>& losses);
     void layerFinished(int layer, double finalLoss, double relativeError, double seconds,
                        const QVector<double>& steps, const QVector<double>& losses);
     // Evaluation: the metrics recorded in the project (JSON text), just before jobFinished.

@@ -156,8 +156,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         d.seed = s.distill.seed + static_cast<uint64_t>(l);
         d.cancel = cancel;
         const int64_t steps = d.epochs * ((x.size(0) + d.batch - 1) / d.batch);
-        d.onStep = [&](int, int64_t step, double) {
+        d.onStep = [&](int, int64_t step, double loss) {
             cb.cancel.throwIfCancelled(); // the caller's token, besides the workers' shared one
+            if (cb.onStep)
+                cb.onStep(l, step, loss);
             if (cb.progress)
                 cb.progress("layer " + std::to_string(l), static_cast<double>(step + 1), static_cast<double>(steps));
         };

@@ -76,6 +76,10 @@ struct ConvertCallbacks {
     std::function<void(int layer, const std::string& reason)> onLayerFailed;
     ProgressFn progress;
     CancelToken cancel;
+    // After every distillation batch of a layer: (layer, step, normalised MSE), the points the
+    // layer's loss curve gets, as they happen (a step retried after a fault is reported again).
+    // Called on the thread training that layer: with several devices, on several threads at once.
+    std::function<void(int layer, int64_t step, double loss)> onStep;
     // Parallel mode: supplies a layer's captured FFN input/output ([tokens, H] float32, as
     // captureFfn makes them, e.g. from `ladimo capture`), returning false when it has none.
     // Layers it cannot supply are captured from the dense model, which then runs only up to the

@@ -195,6 +195,7 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
 
     ConvertCallbacks cb;
     cb.progress = callbacks.progress;
+    cb.onStep = callbacks.onStep;
     cb.cancel = callbacks.cancel;
     if (settings.mode == "parallel")
         cb.loadCaptured = callbacks.loadCaptured;

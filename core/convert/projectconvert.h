@@ -80,6 +80,8 @@ struct ProjectConvertCallbacks {
     ConvertCallbacks::LoadCapturedFn loadCaptured; // parallel mode only
     std::function<void(const CaptureInfo&)> onCapture; // as ConvertCallbacks::onCapture
     std::function<void(int layer)> onLayerStarted; // after the layer is marked running
+    // After every distillation batch (ConvertCallbacks::onStep): live loss points of a layer.
+    std::function<void(int layer, int64_t step, double loss)> onStep;
     // After the layer is committed to the project.
     std::function<void(int layer, const LayerConversion&, const LayerOutcome&, const LossCurve&)> onLayerFinished;
     // After a layer that could not be converted (numerical fault) is recorded as failed; the

@@ -34,6 +34,8 @@ namespace {
 //     evaluations.
 // v2: loss curves (per layer and step), exports, free-form extra run settings.
 // v3: free-form extra routing-profile measures (cumulative top-k mass, threshold grid).
+// v4: latency models per run and device.
+// v5: project settings (named JSON values, e.g. the calibration choice of the workbench).
 const char* const kMigrations[] = {
     R"sql(
 CREATE TABLE project (
@@ -167,6 +169,14 @@ CREATE TABLE latency_model (
     PRIMARY KEY (run_id, device)
 );
 PRAGMA user_version = 4;
+)sql",
+    R"sql(
+CREATE TABLE setting (
+    key TEXT PRIMARY KEY,
+    value_json TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+PRAGMA user_version = 5;
 )sql",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == Project::kSchemaVersion,
@@ -548,7 +558,8 @@ Project Project::open(const fs::path& file, const OpenOptions& options)
         Project ro(Database(file, Database::Mode::ReadOnly), file, false);
         ro.m_db.setBusyTimeout(kBusyTimeoutMs);
         version = checkIsProject(ro.m_db);
-        if (options.access == Access::ReadOnly && version < kSchemaVersion)
+        // v4 differs from v5 only by the settings table, which a reader treats as empty.
+        if (options.access == Access::ReadOnly && version < 4)
             throw Error("'" + file.string() + "' uses project schema version " + std::to_string(version) +
                         " (current: " + std::to_string(kSchemaVersion) +
                         "); open it for writing once to upgrade it");
@@ -993,6 +1004,36 @@ std::vector<RoutingProfile> Project::routingProfiles(int64_t runId)
     while (st.step())
         out.push_back(readProfile(st));
     return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+void Project::setSetting(const std::string& key, const nlohmann::json& value)
+{
+    requireWritable("save a setting");
+    auto st = m_db.prepare("INSERT INTO setting (key, value_json, updated) VALUES (?1, ?2, ?3) "
+                           "ON CONFLICT(key) DO UPDATE SET value_json = excluded.value_json, updated = excluded.updated");
+    st.bind(1, key).bind(2, value.dump()).bind(3, nowUtc()).run();
+}
+
+std::optional<nlohmann::json> Project::setting(const std::string& key)
+{
+    {
+        // A v4 project opened read-only has no settings table yet.
+        auto t = m_db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'setting'");
+        if (!t.step())
+            return std::nullopt;
+    }
+    auto st = m_db.prepare("SELECT value_json FROM setting WHERE key = ?1");
+    st.bind(1, key);
+    if (!st.step())
+        return std::nullopt;
+    try {
+        return nlohmann::json::parse(st.columnText(0));
+    } catch (const nlohmann::json::exception& e) {
+        throw Error("project '" + m_file.string() + "': setting '" + key + "' is not valid JSON: " + e.what());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ struct VerifyReport {
 
 class Project {
 public:
-    static constexpr int kSchemaVersion = 4;
+    static constexpr int kSchemaVersion = 5;
     static constexpr int32_t kApplicationId = 0x4C444D4F; // "LDMO" in PRAGMA application_id
 
     enum class Access { ReadOnly, ReadWrite };
@@ -71,7 +71,8 @@ public:
     // Checks the file read-only first (is it a project? not from a newer version? are its tensor
     // files there?) and throws an Error naming the problem without touching the file. Only then,
     // for ReadWrite, takes the writer lock, migrates an older schema and recovers interrupted
-    // layers. ReadOnly refuses an older schema (open it for writing once to upgrade).
+    // layers. ReadOnly refuses a schema older than v4 (open it for writing once to upgrade); a v4
+    // project opens read-only and simply has no settings (v5) yet.
     static Project open(const std::filesystem::path& file, const OpenOptions& options);
     static Project open(const std::filesystem::path& file) { return open(file, OpenOptions{}); }
 
@@ -150,6 +151,11 @@ public:
     std::optional<nlohmann::json> latencyModel(int64_t runId, const std::string& device);
     int64_t addExport(const ExportRecord& record);
     std::vector<ExportRecord> exports();
+
+    // ---- project settings (schema v5): named JSON values the workbench keeps between sessions,
+    // e.g. "calibration" (the Calibration view's data choice). setSetting replaces the value.
+    void setSetting(const std::string& key, const nlohmann::json& value);
+    std::optional<nlohmann::json> setting(const std::string& key); // none when unset
 
     // ---- integrity
     // Checks the weights file of every `done` layer (existence, or also its SHA-256).

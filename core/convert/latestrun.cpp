@@ -1,0 +1,39 @@
+#include "convert/latestrun.h"
+
+#include "common/error.h"
+#include "convert/convert.h"
+#include "store/project.h"
+
+namespace ladimo::core {
+
+int LatestRun::trainTopK() const
+{
+    return run.extra.contains("train_top_k") ? run.extra.at("train_top_k").get<int>() : run.trainTopK;
+}
+
+LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints)
+{
+    auto p = Project::open(projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
+    const auto runId = p.latestRunId();
+    if (!runId)
+        throw Error(projectFile + ": no conversion run yet" + hints.noRun);
+    LatestRun r;
+    r.runId = *runId;
+    r.run = p.run(*runId);
+    r.modelDir = p.model(r.run.modelId).path;
+    r.model.emplace(LlamaModel::load(r.modelDir, options));
+    std::string missing;
+    for (const auto& layer : p.layers(*runId)) {
+        if (layer.status != LayerStatus::Done) {
+            missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
+            continue;
+        }
+        r.layers.push_back(loadMoeLayer(p.absolutePath(layer.weightsPath), r.model->device(), r.model->dtype()));
+    }
+    if (!missing.empty())
+        throw Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing + ")" +
+                    hints.unfinished);
+    return r;
+}
+
+} // namespace ladimo::core

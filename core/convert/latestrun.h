@@ -1,0 +1,36 @@
+// The latest conversion run of a project with its dense model and every MoE layer loaded, as
+// evaluation, profiling and export need it; shared by the CLI and the workbench. Throws an Error
+// naming the unfinished layers when the run is incomplete.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+#include "moe/moeblock.h"
+#include "store/records.h"
+
+namespace ladimo::core {
+
+// What the caller tells the user to do, appended to the messages (the CLI names its commands,
+// the workbench its buttons).
+struct LatestRunHints {
+    std::string noRun = "; convert first";                  // after "P: no conversion run yet"
+    std::string unfinished = "; finish the conversion first"; // after "run #R has unfinished layers (...)"
+};
+
+struct LatestRun {
+    int64_t runId = 0;
+    ConversionRun run;
+    std::string modelDir;              // the dense source model
+    std::optional<LlamaModel> model;   // loaded with the caller's options
+    std::vector<MoeLayer> layers;      // every layer, on the model's device and dtype
+    int trainTopK() const;             // the run's settings "train_top_k", else its column
+};
+
+// Opens the project read-only, loads the dense model with `options` and every finished layer.
+LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints = {});
+
+} // namespace ladimo::core

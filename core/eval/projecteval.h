@@ -1,0 +1,51 @@
+// `ladimo eval P.ladimo` and the workbench's Evaluate job, one sequence: the project's latest
+// conversion run under a rule (the training k, a uniform top-k / top-p, a stored policy, oracle
+// routing, or the dense model itself) on token data; perplexity, KL to the dense model, activated
+// FFN fraction, optional multiple-choice accuracy and prefill/decode timing against the dense
+// model, with the estimate from the routing profile beside it; recorded in the project as an
+// evaluation. Runs on the calling thread (set nothing up on it: InferenceMode is taken here).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/progress.h"
+#include "convert/latestrun.h"
+#include "convert/projectconvert.h"
+#include "eval/perplexity.h"
+
+namespace ladimo::core {
+
+struct ProjectEvalRequest {
+    std::string projectFile;
+    LoadOptions load;              // device and compute dtype of the model
+    LatestRunHints hints;
+    DataSource data;
+    int64_t seqLen = 256;
+    int64_t batch = 8;             // windows per forward pass
+    bool dense = false;            // the dense model (a baseline), no rule
+    std::string policy;            // a stored policy of the project (by name)
+    std::string policyHint;        // appended to "P has no policy named 'X'"
+    int topK = 0;                  // uniform top-k (0: the training k)
+    double topP = 0;               // > 0: uniform token-adaptive top-p instead
+    bool oracle = false;           // oracle routing (a ceiling; never timed)
+    bool timing = true;            // measure prefill / decode against the dense model
+    std::string choices;           // also multiple-choice accuracy on this .jsonl (needs a tokenizer)
+    bool recordLabel = false;      // metrics get "policy_label" ("uniform top-4", the policy name, "dense")
+    ProgressFn progress;
+    CancelToken cancel;
+};
+
+struct ProjectEvalResult {
+    int64_t runId = 0;
+    int64_t evaluationId = 0;
+    EvalResult perplexity;
+    nlohmann::json metrics;        // as recorded in the project
+    std::string device;
+};
+
+ProjectEvalResult evaluateProject(const ProjectEvalRequest& request);
+
+} // namespace ladimo::core

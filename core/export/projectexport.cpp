@@ -1,0 +1,107 @@
+#include "export/projectexport.h"
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "export/gguf.h"
+#include "export/hf_mixtral.h"
+#include "routing/policy.h"
+#include "store/project.h"
+
+namespace fs = std::filesystem;
+
+namespace ladimo::core {
+
+nlohmann::json ProjectExportResult::toJson() const
+{
+    nlohmann::json j = {{"out", record.path},         {"format", record.format}, {"bytes", report.bytes},
+                        {"exact", report.exact},      {"notes", report.notes},   {"sha256", report.sha256},
+                        {"policy", policyName},       {"run", runId},            {"export_id", exportId},
+                        {"dtype", dtype}};
+    if (moe)
+        j["experts_per_token"] = report.expertsPerToken;
+    j["files"] = nlohmann::json::array();
+    for (const auto& f : report.files)
+        j["files"].push_back(f.filename().string());
+    return j;
+}
+
+ProjectExportResult exportProject(const ProjectExportRequest& r)
+{
+    const bool gguf = r.format == "gguf" || r.format == "gguf-llama";
+    if (r.format != "hf-mixtral" && r.format != "hf-llama" && !gguf)
+        throw Error("format '" + r.format + "' is unknown (expected hf-mixtral, hf-llama, gguf or gguf-llama)");
+    if (r.out.empty())
+        throw Error("choose where to export: a folder (hf-*) or a file (gguf*)");
+    if (gguf && fs::exists(r.out))
+        throw Error("'" + r.out + "' already exists; an export never replaces a file (remove it or choose another name)");
+    c10::InferenceMode guard; // thread-local: on the calling (worker) thread
+    LoadOptions lo;
+    lo.device = torch::kCPU;
+    lo.dtype = torch::kFloat32;
+    const auto conv = loadLatestRun(r.projectFile, lo, r.hints);
+    ProjectExportResult out;
+    out.moe = r.format == "hf-mixtral" || r.format == "gguf";
+    out.gguf = gguf;
+    out.dtype = r.dtype;
+    out.runId = conv.runId;
+    const int L = static_cast<int>(conv.layers.size());
+    const int64_t N = conv.layers.empty() ? 0 : conv.layers.front().numExperts();
+
+    ExportInput in;
+    in.modelDir = conv.modelDir;
+    in.model = &*conv.model;
+    int64_t policyId = 0;
+    if (out.moe) {
+        in.layers = &conv.layers;
+        in.conversion = conv.run.extra;
+        if (!r.policy.empty()) {
+            auto p = Project::open(r.projectFile, {Project::Access::ReadOnly, Project::Verify::None});
+            std::string names;
+            for (const auto& pol : p.policies()) {
+                names += (names.empty() ? "" : ", ") + pol.name;
+                if (pol.name != r.policy)
+                    continue;
+                in.rules = rulesFromJson(pol.rules, L, N, r.projectFile + ": policy '" + pol.name + "'");
+                policyId = pol.id;
+                if (pol.runId && pol.runId != conv.runId && r.note)
+                    r.note("policy '" + pol.name + "' was made for run #" + std::to_string(pol.runId) +
+                           ", exporting run #" + std::to_string(conv.runId));
+            }
+            if (!policyId)
+                throw Error(r.projectFile + ": no policy named '" + r.policy + "' (the project has: " +
+                            (names.empty() ? "none" : names) + ")");
+            in.policyName = r.policy;
+        } else {
+            const int k = conv.trainTopK();
+            in.rules = uniformRules(L, RoutingRule::staticK(k));
+            in.policyName = "train-k" + std::to_string(k);
+        }
+    }
+    ExportOptions eo;
+    eo.out = r.out;
+    eo.dtype = r.dtype;
+    eo.shardBytes = r.shardBytes;
+    eo.expertsPerToken = r.topK;
+    eo.progress = r.progress;
+    eo.cancel = &r.cancel;
+    eo.log = r.note; // e.g. stale temporaries of killed exports removed
+    out.report = gguf ? exportGguf(in, eo) : exportHfMixtral(in, eo);
+    out.policyName = in.policyName;
+
+    out.record.format = r.format;
+    out.record.path = fs::absolute(r.out).lexically_normal().string();
+    out.record.sha256 = out.report.sha256;
+    out.record.policyId = policyId;
+    out.record.runId = conv.runId;
+    try {
+        auto p = Project::open(r.projectFile, {Project::Access::ReadWrite, Project::Verify::None});
+        out.exportId = p.addExport(out.record);
+    } catch (const Error& e) {
+        throw Error("the export in '" + r.out + "' is complete, but it could not be recorded in " + r.projectFile +
+                    ": " + e.what());
+    }
+    return out;
+}
+
+} // namespace ladimo::core
