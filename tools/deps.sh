@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas0-pthread      # LibTorch (CPU) + a fast BLAS (about 30x faster matmul)
   qt6-base-dev libqcustomplot-dev        # the workbench GUI
+  qt6-svg-dev                            # SVG export of the plots (QSvgGenerator)
   libsqlite3-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libssl-dev
   libsentencepiece-dev sentencepiece     # tokenizer.model support and spm_train for the demo tokenizer
   libgtest-dev libbenchmark-dev          # tests and benchmarks

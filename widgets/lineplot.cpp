@@ -16,7 +16,9 @@ LinePlot::LinePlot(QWidget* parent) : QWidget(parent), m_plot(new QCustomPlot(th
     layout->addWidget(m_plot);
     setMinimumHeight(160);
     m_plot->legend->setVisible(true);
+    m_plot->legend->setBrush(QColor(255, 255, 255, 220));
     m_plot->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
+    installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
 }
 
 void LinePlot::setAxisLabels(const QString& x, const QString& y)
@@ -38,14 +40,16 @@ void LinePlot::setLogY(bool on)
 void LinePlot::clear()
 {
     m_plot->clearGraphs();
+    m_nextColor = 0;
     m_plot->replot();
 }
 
-void LinePlot::addSeries(const QString& name, const QVector<double>& x, const QVector<double>& y)
+void LinePlot::addSeries(const QString& name, const QVector<double>& x, const QVector<double>& y, Style style)
 {
     auto* g = m_plot->addGraph();
     g->setName(name);
-    g->setPen(QPen(kColors[(m_plot->graphCount() - 1) % 4], 1.5));
+    const int color = style.color >= 0 ? style.color : m_nextColor++;
+    g->setPen(QPen(kColors[color % 4], style.dashed ? 2.0 : 1.5, style.dashed ? Qt::DashLine : Qt::SolidLine));
     g->setData(x, y);
     m_plot->rescaleAxes();
     m_plot->replot();
@@ -58,11 +62,49 @@ int LinePlot::pointCount(int series) const
     return series < m_plot->graphCount() ? m_plot->graph(series)->dataCount() : 0;
 }
 
-bool LinePlot::save(const QString& file, int width, int height)
+QString LinePlot::seriesName(int series) const
 {
-    if (file.endsWith(".pdf", Qt::CaseInsensitive))
-        return m_plot->savePdf(file, width, height);
-    return m_plot->savePng(file, width, height);
+    return series >= 0 && series < m_plot->graphCount() ? m_plot->graph(series)->name() : QString();
 }
+
+QVector<double> LinePlot::seriesX(int series) const
+{
+    QVector<double> v;
+    if (series >= 0 && series < m_plot->graphCount())
+        for (auto it = m_plot->graph(series)->data()->constBegin(); it != m_plot->graph(series)->data()->constEnd(); ++it)
+            v << it->key;
+    return v;
+}
+
+QVector<double> LinePlot::seriesY(int series) const
+{
+    QVector<double> v;
+    if (series >= 0 && series < m_plot->graphCount())
+        for (auto it = m_plot->graph(series)->data()->constBegin(); it != m_plot->graph(series)->data()->constEnd(); ++it)
+            v << it->value;
+    return v;
+}
+
+bool LinePlot::seriesDashed(int series) const
+{
+    return series >= 0 && series < m_plot->graphCount() && m_plot->graph(series)->pen().style() == Qt::DashLine;
+}
+
+bool LinePlot::save(const QString& file, int width, int height) { return savePlotImage(m_plot, file, width, height); }
+
+CsvTable LinePlot::csvTable() const
+{
+    QStringList names;
+    QVector<QVector<double>> xs, ys;
+    for (int i = 0; i < seriesCount(); ++i) {
+        names << seriesName(i);
+        xs << seriesX(i);
+        ys << seriesY(i);
+    }
+    const QString x = m_plot->xAxis->label().isEmpty() ? QStringLiteral("x") : m_plot->xAxis->label();
+    return seriesTable(x, names, xs, ys);
+}
+
+bool LinePlot::saveCsv(const QString& file) const { return writeCsv(file, csvTable()); }
 
 } // namespace ladimo::widgets

@@ -53,7 +53,8 @@ TradeoffPlot::TradeoffPlot(QWidget* parent) : QWidget(parent), m_plot(new QCusto
     m_plot->yAxis->setNumberFormat("gb");
     connect(m_plot, &QCustomPlot::mousePress, this, &TradeoffPlot::onMousePress);
     m_plot->setToolTip(tr("Error proxy against cost as a fraction of the dense model. Click a point of the "
-                          "Pareto front or a uniform top-k point to apply that policy."));
+                          "Pareto front or a uniform top-k point to apply that policy. Right click to export."));
+    installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
 }
 
 QCPCurve* TradeoffPlot::addCurve(const QString& name, const QColor& color, int shape, double size, bool line)
@@ -196,12 +197,37 @@ QPoint TradeoffPlot::pixelFor(const QPointF& point) const
 
 void TradeoffPlot::replotNow() { m_plot->replot(QCustomPlot::rpImmediateRefresh); }
 
-bool TradeoffPlot::save(const QString& file, int width, int height)
+bool TradeoffPlot::save(const QString& file, int width, int height) { return savePlotImage(m_plot, file, width, height); }
+
+CsvTable TradeoffPlot::csvTable() const
 {
-    if (file.endsWith(".pdf", Qt::CaseInsensitive))
-        return m_plot->savePdf(file, width, height);
-    return m_plot->savePng(file, width, height);
+    CsvTable t;
+    t.header << QStringLiteral("series") << (m_plot->xAxis->label().isEmpty() ? QStringLiteral("x") : m_plot->xAxis->label())
+             << (m_plot->yAxis->label().isEmpty() ? QStringLiteral("y") : m_plot->yAxis->label()) << QStringLiteral("label");
+    // Labels by series and position, as the text items hold them.
+    auto labelAt = [this](const char* series, double x, double y) {
+        for (const auto* item : m_labels)
+            if (item->property("series").toString() == QLatin1String(series) && item->position->coords() == QPointF(x, y))
+                return item->text();
+        return QString();
+    };
+    const std::pair<QCPCurve*, const char*> series[] = {{m_front, ""},      {m_uniform, "uniform"}, {m_dense, ""},
+                                                        {m_stored, "stored"}, {m_estimated, ""},      {m_measured, "measured"},
+                                                        {m_currentCurve, ""}};
+    for (const auto& [curve, labels] : series) {
+        if (curve == m_dense) {
+            if (m_hasDense)
+                t.rows << QStringList{curve->name(), csvNumber(m_densePoint.x()), csvNumber(m_densePoint.y()), QString()};
+            continue;
+        }
+        for (auto it = curve->data()->constBegin(); it != curve->data()->constEnd(); ++it)
+            t.rows << QStringList{curve->name(), csvNumber(it->key), csvNumber(it->value),
+                                  *labels ? labelAt(labels, it->key, it->value) : QString()};
+    }
+    return t;
 }
+
+bool TradeoffPlot::saveCsv(const QString& file) const { return writeCsv(file, csvTable()); }
 
 void TradeoffPlot::onMousePress(QMouseEvent* event)
 {

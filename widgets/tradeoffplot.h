@@ -4,7 +4,8 @@
 // stored policies, estimate -> measurement pairs joined by a segment, and the current policy as
 // one marker that moves live. The error axis is logarithmic; the dense model (error 0) is drawn
 // as a vertical line at its cost. Clicking near a front or uniform point emits its index. Neutral Qt
-// types in; the plotting library stays inside widgets/. GUI thread only.
+// types in; the plotting library stays inside widgets/. Export as PNG/SVG/PDF and CSV from the
+// context menu or the keyboard (plotexport.h). GUI thread only.
 #pragma once
 
 #include <QColor>
@@ -14,6 +15,8 @@
 #include <QStringList>
 #include <QVector>
 #include <QWidget>
+
+#include "widgets/plotexport.h"
 
 class QCustomPlot;
 class QCPCurve;
@@ -50,7 +53,11 @@ public:
     QPoint pixelFor(const QPointF& point) const;
     // Draws now instead of at the next event loop turn (benchmarks, screenshots).
     void replotNow();
+    // Writes the plot as PNG, SVG or PDF (by extension); returns false when it cannot.
     bool save(const QString& file, int width = 0, int height = 0);
+    // Every point shown: series, x, y, label.
+    CsvTable csvTable() const;
+    bool saveCsv(const QString& file) const;
 
 signals:
     void frontPointClicked(int index);

@@ -46,6 +46,8 @@
 #include "exportview.h"
 #include "layertablemodel.h"
 #include "model/tokenizer.h"
+#include "routingview.h"
+#include "tradeoffview.h"
 #include "widgets/barplot.h"
 #include "widgets/lineplot.h"
 
@@ -217,39 +219,15 @@ void MainWindow::buildUi()
             [this](const QModelIndex& current) { showLossCurve(current.row()); });
     m_tabs->addTab(convertPage, tr("Convert"));
 
-    auto* routingPage = new QWidget;
-    auto* routingLayout = new QVBoxLayout(routingPage);
-    auto* routingTop = new QHBoxLayout;
-    m_routingSummary = new QLabel(tr("No routing profile yet: run ladimo profile P.ladimo --data FILE."));
-    m_routingSummary->setWordWrap(true);
-    m_routingLayer = new QComboBox;
-    m_routingLayer->setToolTip(tr("Layer whose routing profile is shown"));
-    routingTop->addWidget(new QLabel(tr("Layer:")));
-    routingTop->addWidget(m_routingLayer);
-    routingTop->addWidget(m_routingSummary, 1);
-    routingLayout->addLayout(routingTop);
-    auto* routingGrid = new QSplitter(Qt::Horizontal);
-    m_rankPlot = new widgets::LinePlot;
-    m_rankPlot->setAxisLabels(tr("routing weight"), tr("tokens"));
-    m_rankPlot->setToolTip(tr("Histogram of the routing weight of the 1st, 2nd, ... ranked expert of each token: "
-                              "a tall top-1 curve near 1 means one expert dominates and few experts are needed"));
-    routingGrid->addWidget(m_rankPlot);
-    auto* rightSplit = new QSplitter(Qt::Vertical);
-    m_massPlot = new widgets::LinePlot;
-    m_massPlot->setAxisLabels(tr("experts per token (k)"), tr("value"));
-    m_massPlot->setToolTip(tr("Mean cumulative routing mass of the top-k experts, and the MoE block's relative error at each k"));
-    rightSplit->addWidget(m_massPlot);
-    m_loadPlot = new widgets::BarPlot;
-    m_loadPlot->setAxisLabels(tr("expert"), tr("share of tokens (top-1)"));
-    m_loadPlot->setToolTip(tr("Fraction of tokens whose top-1 expert is each expert"));
-    rightSplit->addWidget(m_loadPlot);
-    routingGrid->addWidget(rightSplit);
-    routingGrid->setSizes({550, 450});
-    routingLayout->addWidget(routingGrid, 1);
-    connect(m_routingLayer, qOverload<int>(&QComboBox::currentIndexChanged), this, [this](int i) { selectRoutingLayer(i); });
-    m_tabs->addTab(routingPage, tr("Routing"));
+    m_routingView = new RoutingView;
+    m_tabs->addTab(m_routingView, tr("Routing"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Router profiles: weight histograms, cumulative mass, expert load, all layers"));
     m_policyView = new PolicyView;
     m_tabs->addTab(m_policyView, tr("Policy"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
+    m_tradeoffView = new TradeoffView(m_policyView);
+    m_tabs->addTab(m_tradeoffView, tr("Tradeoff"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Error against cost of every policy; click a point to apply it"));
     m_evaluateView = new EvaluateView;
     m_tabs->addTab(m_evaluateView, tr("Evaluate"));
     connect(m_evaluateView, &EvaluateView::evaluationFinished, this, [this](bool cancelled, const QString& error) {
@@ -275,7 +253,7 @@ void MainWindow::buildUi()
         refreshStepStates();
     });
     // The pipeline: each step's tab shows its state (icon) and what it produced (tooltip).
-    const QWidget* pages[core::kPipelineSteps] = {modelPage,    m_calibration,  convertPage,  routingPage,
+    const QWidget* pages[core::kPipelineSteps] = {modelPage,    m_calibration,  convertPage,  m_routingView,
                                                   m_policyView, m_evaluateView, m_exportView};
     const QString tips[core::kPipelineSteps] = {
         tr("The dense model: architecture, parameters, layers"),
@@ -477,62 +455,15 @@ void MainWindow::showLossCurve(int row)
 
 void MainWindow::showProfiles(const OpenedModel& m)
 {
-    const QSignalBlocker block(m_routingLayer);
-    m_routingLayer->clear();
-    for (const auto& p : m.profiles)
-        m_routingLayer->addItem(tr("layer %1").arg(p.layer), p.layer);
-    m_routingLayer->setEnabled(!m.profiles.empty());
-    if (m.profiles.empty()) {
-        m_rankPlot->clear();
-        m_massPlot->clear();
-        m_loadPlot->setBars({}, {});
-        m_routingSummary->setText(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
-        return;
-    }
-    selectRoutingLayer(0);
+    if (m.profiles.empty())
+        m_routingView->clear(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
+    else
+        m_routingView->setProfiles(m.isProject ? m.path : QString(), m.run ? m.run->run.id : 0, m.profiles);
 }
 
-bool MainWindow::selectRoutingLayer(int index)
-{
-    const auto& profiles = m_current.profiles;
-    if (index < 0 || index >= static_cast<int>(profiles.size()))
-        return false;
-    if (m_routingLayer->currentIndex() != index) {
-        const QSignalBlocker block(m_routingLayer);
-        m_routingLayer->setCurrentIndex(index);
-    }
-    const auto& p = profiles[static_cast<std::size_t>(index)];
-    QVector<double> centers;
-    for (std::size_t b = 0; b + 1 < p.binEdges.size(); ++b)
-        centers << 0.5 * (p.binEdges[b] + p.binEdges[b + 1]);
-    m_rankPlot->clear();
-    const std::size_t N = p.rankHistograms.size();
-    // Ranks 1, 2, the middle one and the last: enough to see how peaked the routing is.
-    for (std::size_t r : std::set<std::size_t>{0, std::min<std::size_t>(1, N - 1), N / 2, N - 1}) {
-        m_rankPlot->addSeries(tr("rank %1").arg(r + 1), centers,
-                              QVector<double>(p.rankHistograms[r].begin(), p.rankHistograms[r].end()));
-    }
-    m_massPlot->clear();
-    QVector<double> ks, mass, err;
-    const auto cumulative = p.extra.value("cumulative_mass", nlohmann::json::array());
-    for (std::size_t k = 0; k < p.errorByK.size(); ++k) {
-        ks << static_cast<double>(k + 1);
-        err << p.errorByK[k];
-        mass << (k < cumulative.size() ? cumulative[k].get<double>() : 0.0);
-    }
-    m_massPlot->addSeries(tr("cumulative routing mass"), ks, mass);
-    m_massPlot->addSeries(tr("relative error"), ks, err);
-    QStringList labels;
-    for (std::size_t e = 0; e < p.expertLoad.size(); ++e)
-        labels << QString::number(e);
-    m_loadPlot->setBars(labels, QVector<double>(p.expertLoad.begin(), p.expertLoad.end()));
-    m_routingSummary->setText(tr("%1 tokens; routing entropy %2 nats (uniform: %3); mean top-1 weight %4")
-                                  .arg(p.tokens)
-                                  .arg(p.entropy, 0, 'f', 3)
-                                  .arg(std::log(static_cast<double>(std::max<std::size_t>(N, 1))), 0, 'f', 3)
-                                  .arg(cumulative.empty() ? 0.0 : cumulative[0].get<double>(), 0, 'f', 3));
-    return true;
-}
+bool MainWindow::selectRoutingLayer(int index) { return m_routingView->selectLayer(index); }
+
+const widgets::LinePlot* MainWindow::rankPlot() const { return m_routingView->rankPlot(); }
 
 QWidget* MainWindow::buildConvertForm()
 {
@@ -916,8 +847,6 @@ QString MainWindow::summaryText() const { return m_summary->text(); }
 
 bool MainWindow::selectView(const QString& name)
 {
-    if (name.compare("tradeoff", Qt::CaseInsensitive) == 0)
-        return selectView("policy");
     for (int i = 0; i < m_tabs->count(); ++i)
         if (m_tabs->tabText(i).compare(name, Qt::CaseInsensitive) == 0) {
             m_tabs->setCurrentIndex(i);

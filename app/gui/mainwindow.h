@@ -35,6 +35,8 @@ namespace ladimo::gui {
 class CalibrationView;
 class EvaluateView;
 class ExportView;
+class RoutingView;
+class TradeoffView;
 class LayerTableModel;
 class ConversionTableModel;
 
@@ -70,11 +72,12 @@ public:
     const ConversionTableModel* conversionModel() const { return m_conversion; }
     const widgets::LinePlot* lossPlot() const { return m_lossPlot; }
     void selectConversionLayer(int layer);
-    // "model", "convert", "routing", "policy" (or "tradeoff": the Policy view holds the plot).
-    // Routing view: shows the profile of `layer`; false when there is none.
-    bool selectRoutingLayer(int layer);
-    const widgets::LinePlot* rankPlot() const { return m_rankPlot; }
+    // Routing view: shows the profile at `index` (of the latest run's profiles); false when there is none.
+    bool selectRoutingLayer(int index);
+    const widgets::LinePlot* rankPlot() const;
+    RoutingView* routingView() const { return m_routingView; }
     PolicyView* policyView() const { return m_policyView; }
+    TradeoffView* tradeoffView() const { return m_tradeoffView; }
     EvaluateView* evaluateView() const { return m_evaluateView; }
     ExportView* exportView() const { return m_exportView; }
     CalibrationView* calibrationView() const { return m_calibration; }
@@ -83,6 +86,7 @@ public:
     QString stepToolTip(core::PipelineStep step) const;
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
+    // "model", "convert", "routing", "policy", "tradeoff", "evaluate", "export" (a tab's name).
     bool selectView(const QString& name);
 
     // Convert view: starts converting the open model into the open project (or the project file
@@ -143,12 +147,9 @@ private:
     QTableView* m_conversionView = nullptr;
     ConversionTableModel* m_conversion = nullptr;
     widgets::LinePlot* m_lossPlot = nullptr;
-    QLabel* m_routingSummary = nullptr;
-    QComboBox* m_routingLayer = nullptr;
-    widgets::LinePlot* m_rankPlot = nullptr;   // weight histogram per rank
-    widgets::LinePlot* m_massPlot = nullptr;   // cumulative top-k mass and error by k
-    widgets::BarPlot* m_loadPlot = nullptr;    // expert load
+    RoutingView* m_routingView = nullptr;
     PolicyView* m_policyView = nullptr;
+    TradeoffView* m_tradeoffView = nullptr;
     EvaluateView* m_evaluateView = nullptr;
     ExportView* m_exportView = nullptr;
     // Convert view: settings, actions, progress.

@@ -368,7 +368,7 @@ void PolicyView::buildUi()
                 return;
         savePolicyAs(name);
     });
-    connect(m_plot, &widgets::TradeoffPlot::frontPointClicked, this, &PolicyView::applyFrontPoint);
+    connect(m_plot, &widgets::TradeoffPlot::frontPointClicked, this, [this](int i) { applyFrontPoint(i); });
     connect(m_plot, &widgets::TradeoffPlot::uniformPointClicked, this, [this](int i) { applyUniform(i + 1); });
 }
 
@@ -446,6 +446,7 @@ void PolicyView::clear(const QString& message)
         w->setEnabled(false);
     m_totals->setText(tr("No policy."));
     m_status->setText(message);
+    emit plotDataChanged();
 }
 
 void PolicyView::refreshPolicyCombo(const QString& select)
@@ -469,17 +470,19 @@ void PolicyView::refreshPolicyCombo(const QString& select)
     m_policyCombo->setCurrentIndex(current);
 }
 
-double PolicyView::xOf(const core::PolicyEstimate& e) const
+double PolicyView::xOf(const core::PolicyEstimate& e) const { return pointOf(e, axis()).x(); }
+
+QPointF PolicyView::pointOf(const core::PolicyEstimate& e) const { return pointOf(e, axis()); }
+
+QPointF PolicyView::pointOf(const core::PolicyEstimate& e, Axis a) const
 {
-    switch (axis()) {
-    case PrefillAxis: return e.prefillFraction;
-    case DecodeAxis: return e.decodeFraction;
+    switch (a) {
+    case PrefillAxis: return {e.prefillFraction, e.errorProxy};
+    case DecodeAxis: return {e.decodeFraction, e.errorProxy};
     case ParamsAxis: break;
     }
-    return e.activatedFfnFraction;
+    return {e.activatedFfnFraction, e.errorProxy};
 }
-
-QPointF PolicyView::pointOf(const core::PolicyEstimate& e) const { return {xOf(e), e.errorProxy}; }
 
 const std::vector<core::SearchResult>& PolicyView::currentFront() const
 {
@@ -496,26 +499,32 @@ PolicyView::Axis PolicyView::axis() const
 
 void PolicyView::refreshPlot()
 {
-    m_plot->clear();
+    fillTradeoffPlot(m_plot, axis());
+    emit plotDataChanged();
+}
+
+void PolicyView::fillTradeoffPlot(widgets::TradeoffPlot* plot, Axis axis) const
+{
+    plot->clear();
     if (m_data.tables.layers.empty())
         return;
     static const char* const names[3] = {QT_TR_NOOP("activated FFN parameters (fraction of dense)"),
                                          QT_TR_NOOP("estimated prefill time (fraction of dense)"),
                                          QT_TR_NOOP("estimated decode time (fraction of dense)")};
-    m_plot->setAxisLabels(tr(names[static_cast<int>(axis())]), tr("error proxy (sum of layer relative errors)"));
+    plot->setAxisLabels(tr(names[static_cast<int>(axis)]), tr("error proxy (sum of layer relative errors)"));
     QVector<QPointF> front;
-    for (const auto& r : currentFront())
-        front << pointOf(r.estimate);
-    m_plot->setFront(front);
+    for (const auto& r : m_data.fronts[static_cast<int>(axis)])
+        front << pointOf(r.estimate, axis);
+    plot->setFront(front);
     const int layers = static_cast<int>(m_data.tables.layers.size());
     QVector<QPointF> uniform;
     QStringList labels;
     for (int k = 1; k <= m_model->experts(); ++k) {
-        uniform << pointOf(core::estimatePolicy(m_data.tables, core::uniformRules(layers, core::RoutingRule::staticK(k))));
+        uniform << pointOf(core::estimatePolicy(m_data.tables, core::uniformRules(layers, core::RoutingRule::staticK(k))), axis);
         labels << QStringLiteral("k=%1").arg(k);
     }
-    m_plot->setUniform(uniform, labels);
-    m_plot->setDense(QPointF(1.0, 0.0));
+    plot->setUniform(uniform, labels);
+    plot->setDense(QPointF(1.0, 0.0));
     QVector<QPointF> stored;
     QStringList storedNames;
     QVector<QPair<QPointF, QPointF>> measured;
@@ -523,14 +532,14 @@ void PolicyView::refreshPlot()
     static const char* const keys[3] = {"activated_ffn_fraction", "prefill_fraction", "decode_fraction"};
     for (std::size_t i = 0; i < m_data.policies.size(); ++i) {
         const auto e = core::estimatePolicy(m_data.tables, m_data.policyRules[i]);
-        const QPointF at = pointOf(e);
+        const QPointF at = pointOf(e, axis);
         stored << at;
         storedNames << QString::fromStdString(m_data.policies[i].name);
         for (const auto& ev : m_data.evaluations) {
-            if (ev.policyId != m_data.policies[i].id || !ev.metrics.contains(keys[static_cast<int>(axis())]))
+            if (ev.policyId != m_data.policies[i].id || !ev.metrics.contains(keys[static_cast<int>(axis)]))
                 continue;
             // The measured cost at the estimated error: the horizontal gap is the estimate's error.
-            const double x = ev.metrics[keys[static_cast<int>(axis())]].get<double>();
+            const double x = ev.metrics[keys[static_cast<int>(axis)]].get<double>();
             measured << qMakePair(at, QPointF(x, at.y()));
             QString label = tr("measured");
             if (ev.metrics.contains("perplexity"))
@@ -540,9 +549,9 @@ void PolicyView::refreshPlot()
             measuredLabels << label;
         }
     }
-    m_plot->setStored(stored, storedNames);
-    m_plot->setMeasured(measured, measuredLabels);
-    m_plot->setCurrent(pointOf(m_model->estimate()));
+    plot->setStored(stored, storedNames);
+    plot->setMeasured(measured, measuredLabels);
+    plot->setCurrent(pointOf(m_model->estimate(), axis));
 }
 
 void PolicyView::onEstimateChanged()
@@ -584,9 +593,11 @@ bool PolicyView::selectPolicy(const QString& name)
     return false;
 }
 
-void PolicyView::applyFrontPoint(int index)
+void PolicyView::applyFrontPoint(int index) { applyFrontPoint(index, axis()); }
+
+void PolicyView::applyFrontPoint(int index, Axis a)
 {
-    const auto& front = currentFront();
+    const auto& front = m_data.fronts[static_cast<int>(a)];
     if (index < 0 || index >= static_cast<int>(front.size()))
         return;
     const auto& r = front[static_cast<std::size_t>(index)];

@@ -104,6 +104,14 @@ public:
     // Applies the front point / uniform top-k point of the current axis (undoable).
     void applyFrontPoint(int index);
     void applyUniform(int k);
+    // The same for the front of `axis` (the Tradeoff tab has an axis of its own).
+    void applyFrontPoint(int index, Axis axis);
+
+    // Draws this view's data (front, uniform k, dense, stored, measured, current) into `plot`
+    // with `axis` as x: the Policy view's plot and the Tradeoff tab share this.
+    void fillTradeoffPlot(widgets::TradeoffPlot* plot, Axis axis) const;
+    QPointF pointOf(const core::PolicyEstimate& e, Axis axis) const;
+    bool hasLatency() const { return m_data.tables.latency.has_value(); }
 
 signals:
     void loaded();
@@ -111,6 +119,8 @@ signals:
     void autoFinished(double cost);
     void policySaved(const QString& name);
     void actionFailed(const QString& message);
+    // The data behind the tradeoff plot changed (loaded, cleared, policy stored).
+    void plotDataChanged();
 
 private slots:
     void onEstimateChanged();

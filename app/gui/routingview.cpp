@@ -1,0 +1,419 @@
+#include "routingview.h"
+
+#include <QComboBox>
+#include <QGridLayout>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QSignalBlocker>
+#include <QSplitter>
+#include <QVBoxLayout>
+#include <QtConcurrent/QtConcurrentRun>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+// See policytablemodel.h: LibTorch's `slots` member against Qt's keyword macro.
+#pragma push_macro("slots")
+#undef slots
+#include "store/project.h"
+#pragma pop_macro("slots")
+
+#include "widgets/barplot.h"
+#include "widgets/heatmapplot.h"
+#include "widgets/lineplot.h"
+
+namespace ladimo::gui {
+
+namespace {
+
+QString runDescription(const core::ConversionRun& r)
+{
+    return QObject::tr("run #%1 (%2 experts, %3, top-%4)")
+        .arg(r.id)
+        .arg(r.experts)
+        .arg(QString::fromStdString(r.partition))
+        .arg(r.trainTopK);
+}
+
+QVector<double> centers(const core::RoutingProfile& p)
+{
+    QVector<double> c;
+    for (std::size_t b = 0; b + 1 < p.binEdges.size(); ++b)
+        c << 0.5 * (p.binEdges[b] + p.binEdges[b + 1]);
+    return c;
+}
+
+// A rank's histogram as the share of tokens per bin: runs profiled on different token counts compare.
+QVector<double> share(const core::RoutingProfile& p, std::size_t rank)
+{
+    QVector<double> v;
+    if (rank >= p.rankHistograms.size())
+        return v;
+    const double n = p.tokens > 0 ? static_cast<double>(p.tokens) : 1.0;
+    for (double c : p.rankHistograms[rank])
+        v << c / n;
+    return v;
+}
+
+QVector<double> cumulativeMass(const core::RoutingProfile& p)
+{
+    QVector<double> mass;
+    const auto cumulative = p.extra.value("cumulative_mass", nlohmann::json::array());
+    for (std::size_t k = 0; k < p.errorByK.size(); ++k)
+        mass << (k < cumulative.size() ? cumulative[k].get<double>() : 0.0);
+    return mass;
+}
+
+QVector<double> ks(const core::RoutingProfile& p)
+{
+    QVector<double> k;
+    for (std::size_t i = 0; i < p.errorByK.size(); ++i)
+        k << static_cast<double>(i + 1);
+    return k;
+}
+
+} // namespace
+
+std::vector<RoutingRun> loadRoutingRuns(const QString& projectPath)
+{
+    auto p = core::Project::open(projectPath.toStdString(), {core::Project::Access::ReadOnly, core::Project::Verify::None});
+    std::vector<RoutingRun> runs;
+    auto all = p.runs();
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.id > b.id; });
+    for (const auto& r : all) {
+        RoutingRun rr;
+        rr.runId = r.id;
+        rr.description = runDescription(r);
+        rr.profiles = p.routingProfiles(r.id);
+        if (!rr.profiles.empty())
+            runs.push_back(std::move(rr));
+    }
+    return runs;
+}
+
+RoutingView::RoutingView(QWidget* parent) : QWidget(parent)
+{
+    auto* layout = new QVBoxLayout(this);
+    auto* top = new QHBoxLayout;
+    auto* layerLabel = new QLabel(tr("&Layer:"));
+    m_layer = new QComboBox;
+    m_layer->setObjectName("routingLayer");
+    m_layer->setToolTip(tr("Layer whose routing profile is shown (or click its row in the all-layers heatmap)"));
+    layerLabel->setBuddy(m_layer);
+    auto* compareLabel = new QLabel(tr("Compare &with:"));
+    m_compareLayer = new QComboBox;
+    m_compareLayer->setObjectName("compareLayer");
+    m_compareLayer->setToolTip(tr("A second layer drawn over the first (dashed lines, hatched bars) for comparison"));
+    compareLabel->setBuddy(m_compareLayer);
+    auto* runLabel = new QLabel(tr("o&f:"));
+    m_compareRun = new QComboBox;
+    m_compareRun->setObjectName("compareRun");
+    m_compareRun->setToolTip(tr("The conversion run the comparison layer comes from: this run or another profiled run "
+                                "of the project"));
+    m_compareRun->setSizeAdjustPolicy(QComboBox::AdjustToContents);
+    runLabel->setBuddy(m_compareRun);
+    m_summary = new QLabel;
+    m_summary->setWordWrap(true);
+    m_summary->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    m_summary->setToolTip(tr("The selected layer's profile: tokens profiled, mean routing entropy, mean top-1 weight"));
+    top->addWidget(layerLabel);
+    top->addWidget(m_layer);
+    top->addSpacing(12);
+    top->addWidget(compareLabel);
+    top->addWidget(m_compareLayer);
+    top->addWidget(runLabel);
+    top->addWidget(m_compareRun);
+    top->addSpacing(12);
+    top->addWidget(m_summary, 1);
+    layout->addLayout(top);
+
+    auto* split = new QSplitter(Qt::Horizontal);
+    m_heatmap = new widgets::HeatmapPlot;
+    m_heatmap->setObjectName("routingHeatmap");
+    m_heatmap->setAxisLabels(tr("top-1 routing weight"), tr("layer"), tr("share of tokens"));
+    m_heatmap->setToolTip(tr("All layers: how the top-1 routing weight is distributed (colour: share of the layer's tokens "
+                             "in each weight bin). Bright cells near 1 mean one expert dominates. Click a row to show "
+                             "that layer; right click to export."));
+    split->addWidget(m_heatmap);
+    auto* grid = new QWidget;
+    auto* gridLayout = new QGridLayout(grid);
+    gridLayout->setContentsMargins(0, 0, 0, 0);
+    m_rankPlot = new widgets::LinePlot;
+    m_rankPlot->setObjectName("rankHistograms");
+    m_rankPlot->setAxisLabels(tr("routing weight"), tr("share of tokens"));
+    m_rankPlot->setToolTip(tr("Histogram of the routing weight of the 1st, 2nd, ... ranked expert of each token: "
+                              "a tall top-1 curve near 1 means one expert dominates and few experts are needed. "
+                              "Right click to export."));
+    m_top1Plot = new widgets::LinePlot;
+    m_top1Plot->setObjectName("top1Histogram");
+    m_top1Plot->setAxisLabels(tr("top-1 routing weight"), tr("share of tokens"));
+    m_top1Plot->setToolTip(tr("Histogram of each token's largest routing weight (the row of the heatmap). "
+                              "Right click to export."));
+    m_massPlot = new widgets::LinePlot;
+    m_massPlot->setObjectName("cumulativeMass");
+    m_massPlot->setAxisLabels(tr("experts per token (k)"), tr("value"));
+    m_massPlot->setToolTip(tr("Mean cumulative routing mass of the top-k experts, and the MoE block's relative error at "
+                              "each k. Right click to export."));
+    m_loadPlot = new widgets::BarPlot;
+    m_loadPlot->setObjectName("expertLoad");
+    m_loadPlot->setAxisLabels(tr("expert"), tr("share of tokens (top-1)"));
+    m_loadPlot->setToolTip(tr("Fraction of tokens whose top-1 expert is each expert. Right click to export."));
+    gridLayout->addWidget(m_rankPlot, 0, 0);
+    gridLayout->addWidget(m_top1Plot, 0, 1);
+    gridLayout->addWidget(m_massPlot, 1, 0);
+    gridLayout->addWidget(m_loadPlot, 1, 1);
+    split->addWidget(grid);
+    split->setStretchFactor(0, 2);
+    split->setStretchFactor(1, 5);
+    split->setSizes({320, 780});
+    layout->addWidget(split, 1);
+
+    connect(m_layer, qOverload<int>(&QComboBox::currentIndexChanged), this, [this](int i) { selectLayer(i); });
+    connect(m_heatmap, &widgets::HeatmapPlot::rowClicked, this, [this](int row) { selectLayer(row); });
+    connect(m_compareLayer, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { redraw(); });
+    connect(m_compareRun, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
+        fillCompareLayers();
+        redraw();
+    });
+    connect(&m_runsWatcher, &QFutureWatcher<std::vector<RoutingRun>>::finished, this, &RoutingView::onRunsLoaded);
+    clear(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
+}
+
+RoutingView::~RoutingView()
+{
+    m_runsWatcher.disconnect();
+    m_runsWatcher.waitForFinished();
+}
+
+const std::vector<core::RoutingProfile>& RoutingView::current() const
+{
+    static const std::vector<core::RoutingProfile> none;
+    return m_runs.empty() ? none : m_runs.front().profiles;
+}
+
+void RoutingView::clear(const QString& message)
+{
+    m_runs.clear();
+    m_path.clear();
+    for (QComboBox* c : {m_layer, m_compareLayer, m_compareRun}) {
+        const QSignalBlocker block(c);
+        c->clear();
+        c->setEnabled(false);
+    }
+    m_heatmap->clear();
+    m_rankPlot->clear();
+    m_top1Plot->clear();
+    m_massPlot->clear();
+    m_loadPlot->setBars({}, {});
+    m_summary->setText(message);
+}
+
+void RoutingView::setProfiles(const QString& projectPath, int64_t runId, const std::vector<core::RoutingProfile>& profiles)
+{
+    if (profiles.empty()) {
+        clear(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
+        return;
+    }
+    m_runs.clear();
+    m_runs.push_back({runId, tr("this run (#%1)").arg(runId), profiles});
+    m_path = projectPath;
+    {
+        const QSignalBlocker block(m_layer);
+        m_layer->clear();
+        for (const auto& p : profiles)
+            m_layer->addItem(tr("layer %1").arg(p.layer), p.layer);
+        m_layer->setEnabled(true);
+    }
+    {
+        const QSignalBlocker block(m_compareRun);
+        m_compareRun->clear();
+        m_compareRun->addItem(m_runs.front().description);
+        m_compareRun->setEnabled(false); // until other runs are found
+    }
+    fillCompareLayers();
+    fillHeatmap();
+    selectLayer(0);
+    if (projectPath.endsWith(".ladimo"))
+        m_runsWatcher.setFuture(QtConcurrent::run([projectPath] {
+            try {
+                return loadRoutingRuns(projectPath);
+            } catch (const std::exception&) {
+                return std::vector<RoutingRun>{}; // no comparison runs; the shown run is already there
+            }
+        }));
+}
+
+void RoutingView::onRunsLoaded()
+{
+    auto runs = m_runsWatcher.result();
+    if (m_runs.empty())
+        return;
+    const int64_t shown = m_runs.front().runId;
+    m_runs.resize(1);
+    for (auto& r : runs)
+        if (r.runId != shown)
+            m_runs.push_back(std::move(r));
+    {
+        const QSignalBlocker block(m_compareRun);
+        m_compareRun->clear();
+        for (const auto& r : m_runs)
+            m_compareRun->addItem(r.description);
+        m_compareRun->setCurrentIndex(0);
+        m_compareRun->setEnabled(m_runs.size() > 1);
+    }
+    emit runsLoaded();
+}
+
+void RoutingView::fillCompareLayers()
+{
+    const QSignalBlocker block(m_compareLayer);
+    m_compareLayer->clear();
+    m_compareLayer->addItem(tr("(none)"), -1);
+    const int run = std::max(0, m_compareRun->currentIndex());
+    if (run < static_cast<int>(m_runs.size()))
+        for (const auto& p : m_runs[static_cast<std::size_t>(run)].profiles)
+            m_compareLayer->addItem(tr("layer %1").arg(p.layer), p.layer);
+    m_compareLayer->setEnabled(m_compareLayer->count() > 1);
+}
+
+void RoutingView::fillHeatmap()
+{
+    const auto& profiles = current();
+    if (profiles.empty() || profiles.front().binEdges.size() < 2) {
+        m_heatmap->clear();
+        return;
+    }
+    QStringList rows;
+    QVector<QVector<double>> values;
+    for (const auto& p : profiles) {
+        rows << tr("L%1").arg(p.layer);
+        values << share(p, 0);
+    }
+    const auto& edges = profiles.front().binEdges;
+    m_heatmap->setData(rows, edges.front(), edges.back(), values);
+}
+
+int RoutingView::currentLayer() const { return m_layer->currentIndex(); }
+
+int RoutingView::comparisonLayer() const { return m_compareLayer->currentIndex() - 1; }
+
+const core::RoutingProfile* RoutingView::compared() const
+{
+    const int run = std::max(0, m_compareRun->currentIndex());
+    const int index = comparisonLayer();
+    if (run >= static_cast<int>(m_runs.size()) || index < 0)
+        return nullptr;
+    const auto& profiles = m_runs[static_cast<std::size_t>(run)].profiles;
+    return index < static_cast<int>(profiles.size()) ? &profiles[static_cast<std::size_t>(index)] : nullptr;
+}
+
+bool RoutingView::selectLayer(int index)
+{
+    const auto& profiles = current();
+    if (index < 0 || index >= static_cast<int>(profiles.size()))
+        return false;
+    if (m_layer->currentIndex() != index) {
+        const QSignalBlocker block(m_layer);
+        m_layer->setCurrentIndex(index);
+    }
+    m_heatmap->setSelectedRow(index);
+    redraw();
+    emit layerSelected(index);
+    return true;
+}
+
+bool RoutingView::setComparison(int index, int run)
+{
+    if (run < 0 || run >= static_cast<int>(m_runs.size()))
+        return false;
+    if (index >= static_cast<int>(m_runs[static_cast<std::size_t>(run)].profiles.size()))
+        return false;
+    {
+        const QSignalBlocker block(m_compareRun);
+        m_compareRun->setCurrentIndex(run);
+    }
+    fillCompareLayers();
+    {
+        const QSignalBlocker block(m_compareLayer);
+        m_compareLayer->setCurrentIndex(std::max(index, -1) + 1);
+    }
+    redraw();
+    return true;
+}
+
+QString RoutingView::summaryText() const { return m_summary->text(); }
+
+void RoutingView::redraw()
+{
+    const int index = currentLayer();
+    const auto& profiles = current();
+    if (index < 0 || index >= static_cast<int>(profiles.size()))
+        return;
+    const auto& p = profiles[static_cast<std::size_t>(index)];
+    const core::RoutingProfile* q = compared();
+    const int run = std::max(0, m_compareRun->currentIndex());
+    const QString qName = !q ? QString()
+                          : run == 0 ? tr("layer %1").arg(q->layer)
+                                     : tr("layer %1 of run #%2").arg(q->layer).arg(m_runs[static_cast<std::size_t>(run)].runId);
+    const QString pName = tr("layer %1").arg(p.layer);
+
+    const QVector<double> x = centers(p);
+    m_rankPlot->clear();
+    const std::size_t N = p.rankHistograms.size();
+    // Ranks 1, 2, the middle one and the last: enough to see how peaked the routing is.
+    const std::set<std::size_t> ranks{0, std::min<std::size_t>(1, N - 1), N / 2, N - 1};
+    int color = 0;
+    for (std::size_t r : ranks)
+        m_rankPlot->addSeries(q ? tr("rank %1, %2").arg(r + 1).arg(pName) : tr("rank %1").arg(r + 1), x, share(p, r),
+                              {color++, false});
+    if (q) {
+        color = 0;
+        const std::size_t M = q->rankHistograms.size();
+        for (std::size_t r : ranks) {
+            const int c = color++;
+            if (r < M)
+                m_rankPlot->addSeries(tr("rank %1, %2").arg(r + 1).arg(qName), centers(*q), share(*q, r), {c, true});
+        }
+    }
+
+    m_top1Plot->clear();
+    m_top1Plot->addSeries(pName, x, share(p, 0), {0, false});
+    if (q)
+        m_top1Plot->addSeries(qName, centers(*q), share(*q, 0), {1, true});
+
+    m_massPlot->clear();
+    const QVector<double> err(p.errorByK.begin(), p.errorByK.end());
+    const QString massName = tr("cumulative routing mass"), errName = tr("relative error");
+    m_massPlot->addSeries(q ? tr("%1, %2").arg(massName, pName) : massName, ks(p), cumulativeMass(p), {0, false});
+    m_massPlot->addSeries(q ? tr("%1, %2").arg(errName, pName) : errName, ks(p), err, {1, false});
+    if (q) {
+        m_massPlot->addSeries(tr("%1, %2").arg(massName, qName), ks(*q), cumulativeMass(*q), {0, true});
+        m_massPlot->addSeries(tr("%1, %2").arg(errName, qName), ks(*q), QVector<double>(q->errorByK.begin(), q->errorByK.end()),
+                              {1, true});
+    }
+
+    QStringList labels;
+    for (std::size_t e = 0; e < std::max(p.expertLoad.size(), q ? q->expertLoad.size() : 0); ++e)
+        labels << QString::number(e);
+    m_loadPlot->setBars(labels, QVector<double>(p.expertLoad.begin(), p.expertLoad.end()), pName);
+    if (q)
+        m_loadPlot->setComparison(qName, QVector<double>(q->expertLoad.begin(), q->expertLoad.end()));
+
+    const auto mass = cumulativeMass(p);
+    QString text = tr("%1 tokens; routing entropy %2 nats (uniform: %3); mean top-1 weight %4")
+                       .arg(p.tokens)
+                       .arg(p.entropy, 0, 'f', 3)
+                       .arg(std::log(static_cast<double>(std::max<std::size_t>(N, 1))), 0, 'f', 3)
+                       .arg(mass.isEmpty() ? 0.0 : mass.front(), 0, 'f', 3);
+    if (q) {
+        const auto qm = cumulativeMass(*q);
+        text += tr(". Dashed: %1 (entropy %2, mean top-1 weight %3)")
+                    .arg(qName)
+                    .arg(q->entropy, 0, 'f', 3)
+                    .arg(qm.isEmpty() ? 0.0 : qm.front(), 0, 'f', 3);
+    }
+    m_summary->setText(text);
+}
+
+} // namespace ladimo::gui
