@@ -10,33 +10,14 @@
 
 #include "common/scratch.h"
 #include "convert/convert.h"
-#include "model/llama.h"
+#include "tinymodel.h"
 
 using namespace ladimo::core;
 
 namespace {
 
-LlamaModel tinyModel()
-{
-    ModelConfig c;
-    c.hiddenSize = 16;
-    c.intermediateSize = 32;
-    c.numLayers = 3;
-    c.numHeads = 2;
-    c.numKvHeads = 2;
-    c.headDim = 8;
-    c.vocabSize = 64;
-    c.maxPositions = 64;
-    return LlamaModel::randomInit(c, 5);
-}
-
-std::vector<int64_t> tokens(std::size_t n)
-{
-    std::vector<int64_t> t(n);
-    for (std::size_t i = 0; i < n; ++i)
-        t[i] = static_cast<int64_t>((i * 11 + 5) % 64);
-    return t;
-}
+using ladimo::testmodel::tinyCalibration;
+using ladimo::testmodel::tinyModel;
 
 std::size_t filesIn(const std::filesystem::path& dir)
 {
@@ -59,7 +40,7 @@ std::filesystem::path freshDir(const std::string& name)
 TEST(Capture, OverTheMemoryBudgetActivationsAreFileBackedAndEqual)
 {
     const auto model = tinyModel();
-    const auto stream = tokens(200); // windows of 32 and a short last one
+    const auto stream = tinyCalibration(200); // windows of 32 and a short last one
     std::vector<torch::Tensor> xs, ys, fx, fy;
     const auto inMemory = captureFfn(model, stream, 32, &xs, &ys);
     EXPECT_FALSE(inMemory.spilled);
@@ -94,7 +75,7 @@ TEST(Capture, OverTheMemoryBudgetActivationsAreFileBackedAndEqual)
 TEST(Capture, AConversionFromSpilledActivationsEqualsOneInMemory)
 {
     const auto model = tinyModel();
-    const auto calibration = tokens(256);
+    const auto calibration = tinyCalibration(256);
     ConvertSettings s;
     s.experts = 4;
     s.partition = Partition::Contiguous;

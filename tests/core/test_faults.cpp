@@ -17,6 +17,7 @@
 #include "model/llama.h"
 #include "store/project.h"
 #include "testutil.h"
+#include "tinymodel.h"
 
 using namespace ladimo::core;
 
@@ -59,27 +60,8 @@ bool allFinite(const MoeLayer& l)
     return true;
 }
 
-LlamaModel tinyModel()
-{
-    ModelConfig c;
-    c.hiddenSize = 16;
-    c.intermediateSize = 32;
-    c.numLayers = 3;
-    c.numHeads = 2;
-    c.numKvHeads = 2;
-    c.headDim = 8;
-    c.vocabSize = 64;
-    c.maxPositions = 64;
-    return LlamaModel::randomInit(c, 3);
-}
-
-std::vector<int64_t> tinyCalibration(std::size_t n)
-{
-    std::vector<int64_t> calibration(n);
-    for (std::size_t i = 0; i < calibration.size(); ++i)
-        calibration[i] = static_cast<int64_t>((i * 7 + 3) % 64);
-    return calibration;
-}
+using ladimo::testmodel::tinyCalibration;
+using ladimo::testmodel::tinyModel;
 
 void expectSameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, const std::string& what)
 {
