@@ -2,6 +2,11 @@
 
 #include "common/error.h"
 
+#include <cstring>
+
+
+#include <ATen/Parallel.h>
+
 namespace ladimo::core {
 
 Gating parseGating(const std::string& name)
@@ -61,45 +66,205 @@ void MoeLayer::route(const torch::Tensor& probs, const RoutingRule& rule, torch:
     }
 }
 
+namespace {
+
+bool fastCpu(const torch::Tensor& t)
+{
+    return t.is_cpu() && (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kFloat64);
+}
+
+// dst = src[idx] (rows). dst and src contiguous, idx int64.
+void gatherRows(torch::Tensor& dst, const torch::Tensor& src, const torch::Tensor& idx)
+{
+    if (!fastCpu(src)) {
+        at::index_select_out(dst, src, 0, idx);
+        return;
+    }
+    const auto bytes = static_cast<std::size_t>(src.size(1) * src.element_size());
+    const auto* from = static_cast<const char*>(src.data_ptr());
+    auto* to = static_cast<char*>(dst.data_ptr());
+    const auto* at = idx.data_ptr<int64_t>();
+    at::parallel_for(0, idx.size(0), 32, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+            std::memcpy(to + static_cast<std::size_t>(i) * bytes, from + static_cast<std::size_t>(at[i]) * bytes, bytes);
+    });
+}
+
+// out[idx[i]] += w[i] * rows[i] (w undefined: weight 1). The indices of one expert never repeat,
+// so the rows are added in parallel without atomics.
+void scatterAddRows(torch::Tensor& out, const torch::Tensor& rows, const torch::Tensor& idx, const torch::Tensor& w)
+{
+    if (!fastCpu(out)) {
+        out.index_add_(0, idx, w.defined() ? rows * w.unsqueeze(1) : rows);
+        return;
+    }
+    const int64_t H = out.size(1);
+    const auto* at = idx.data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "scatterAddRows", [&] {
+        const scalar_t* src = rows.data_ptr<scalar_t>();
+        const scalar_t* weight = w.defined() ? w.data_ptr<scalar_t>() : nullptr;
+        scalar_t* dst = out.data_ptr<scalar_t>();
+        at::parallel_for(0, idx.size(0), 16, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+                scalar_t* __restrict o = dst + at[i] * H;
+                const scalar_t* __restrict in = src + i * H;
+                const scalar_t s = weight ? weight[i] : scalar_t(1);
+                for (int64_t c = 0; c < H; ++c)
+                    o[c] += s * in[c];
+            }
+        });
+    });
+}
+
+// Rows per tile: every per-tile buffer stays within about 2 MiB, so the buffers are reused from
+// cache, not first-touched (page-faulted) memory, while each product keeps enough rows for BLAS.
+int64_t tileRows(int64_t H, int64_t S)
+{
+    return std::clamp<int64_t>((int64_t{1} << 21) / (4 * std::max(H, 2 * S)), 128, 4096);
+}
+
+// Calls f(expert, first pair, rows) for every tile of every expert's block of pairs, in order.
+template <class F>
+void forEachTile(const std::vector<int64_t>& counts, int64_t tile, F&& f)
+{
+    int64_t first = 0;
+    for (std::size_t e = 0; e < counts.size(); ++e) {
+        for (int64_t t = 0; t < counts[e]; t += tile)
+            f(static_cast<int64_t>(e), first + t, std::min(tile, counts[e] - t));
+        first += counts[e];
+    }
+}
+
+// The experts of one MoE block over (token, expert) pairs listed expert-major, as one autograd
+// function: training, evaluation and export checks all run this code. Per block of an expert's
+// pairs: gather the rows, one product for gate and up together, the SwiGLU activation, the down
+// product, and a weighted scatter-add into the output. Training keeps the gate/up pre-activations
+// [pairs, 2S]; everything else is recomputed in the backward, which mirrors the forward.
+struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
+    static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
+                                 const torch::Tensor& gate, const torch::Tensor& up, const torch::Tensor& down,
+                                 const torch::Tensor& tokens, const std::vector<int64_t>& counts)
+    {
+        const int64_t T = x.size(0), H = x.size(1), S = gate.size(1), P = tokens.size(0);
+        const bool training = x.requires_grad() || w.requires_grad() || gate.requires_grad() || up.requires_grad() ||
+                              down.requires_grad();
+        const int64_t R = tileRows(H, S);
+        const auto o = x.options();
+        auto gu = torch::cat({gate, up}, 1); // [N, 2S, H]
+        auto out = torch::zeros({T, H}, o);
+        auto pre = training ? torch::empty({P, 2 * S}, o) : torch::empty({R, 2 * S}, o);
+        auto xt = torch::empty({R, H}, o), yt = torch::empty({R, H}, o), ht = torch::empty({R, S}, o);
+        forEachTile(counts, R, [&](int64_t e, int64_t first, int64_t m) {
+            auto idx = tokens.narrow(0, first, m);
+            auto xe = xt.narrow(0, 0, m), ye = yt.narrow(0, 0, m), he = ht.narrow(0, 0, m);
+            auto ae = pre.narrow(0, training ? first : 0, m);
+            gatherRows(xe, x, idx);
+            at::mm_out(ae, xe, gu[e].t());
+            at::silu_out(he, ae.narrow(1, 0, S));
+            he.mul_(ae.narrow(1, S, S));
+            at::mm_out(ye, he, down[e].t());
+            scatterAddRows(out, ye, idx, w.narrow(0, first, m));
+        });
+        if (training) {
+            ctx->save_for_backward({x, w, gate, up, down, tokens, pre});
+            ctx->saved_data["counts"] = c10::IValue(counts);
+        }
+        return out;
+    }
+
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads)
+    {
+        const auto saved = ctx->get_saved_variables();
+        const auto &x = saved[0], &w = saved[1], &gate = saved[2], &up = saved[3], &down = saved[4], &tokens = saved[5];
+        const auto& pre = saved[6];
+        const auto counts = ctx->saved_data["counts"].toIntVector();
+        const bool needX = ctx->needs_input_grad(0), needW = ctx->needs_input_grad(1);
+        const bool needExperts = ctx->needs_input_grad(2) || ctx->needs_input_grad(3) || ctx->needs_input_grad(4);
+        const auto go = grads[0].contiguous();
+        const int64_t T = x.size(0), H = x.size(1), N = gate.size(0), S = gate.size(1), P = tokens.size(0);
+        const int64_t R = tileRows(H, S);
+        const auto o = x.options();
+        torch::Tensor gx, gw, ggu, gd;
+        if (needX)
+            gx = torch::zeros({T, H}, o);
+        if (needW)
+            gw = torch::empty({P}, o);
+        if (needExperts) {
+            ggu = torch::zeros({N, 2 * S, H}, o);
+            gd = torch::zeros({N, H, S}, o);
+        }
+        auto gu = needX ? torch::cat({gate, up}, 1) : torch::Tensor();
+        auto gt = torch::empty({R, H}, o), xt = torch::empty({R, H}, o), st = torch::empty({R, S}, o);
+        auto ht = torch::empty({R, S}, o), dt = torch::empty({R, S}, o), dat = torch::empty({R, 2 * S}, o);
+        auto gxt = needX ? torch::empty({R, H}, o) : torch::Tensor();
+        forEachTile(counts, R, [&](int64_t e, int64_t first, int64_t m) {
+            auto idx = tokens.narrow(0, first, m);
+            auto we = w.narrow(0, first, m).unsqueeze(1);
+            auto ae = pre.narrow(0, first, m);
+            auto g = ae.narrow(1, 0, S), u = ae.narrow(1, S, S);
+            auto ge = gt.narrow(0, 0, m), se = st.narrow(0, 0, m), he = ht.narrow(0, 0, m), dh = dt.narrow(0, 0, m);
+            auto dae = dat.narrow(0, 0, m);
+            gatherRows(ge, go, idx);
+            at::silu_out(se, g);
+            at::mul_out(he, se, u);
+            at::mm_out(dh, ge, down[e]); // dL/dh before the routing weight
+            if (needW) {
+                auto gwe = gw.narrow(0, first, m);
+                at::sum_out(gwe, dh * he, {1});
+            }
+            dh.mul_(we);
+            if (needExperts) {
+                he.mul_(we);
+                auto gde = gd[e];
+                gde.addmm_(ge.t(), he);
+            }
+            auto dau = dae.narrow(1, S, S), dag = dae.narrow(1, 0, S);
+            at::mul_out(dau, dh, se);                 // d/du = dh * silu(g)
+            at::silu_backward_out(dag, dh.mul_(u), g); // d/dg = dh * u * silu'(g)
+            if (needExperts) {
+                auto xe = xt.narrow(0, 0, m);
+                gatherRows(xe, x, idx);
+                auto ggue = ggu[e];
+                ggue.addmm_(dae.t(), xe);
+            }
+            if (needX) {
+                auto gxe = gxt.narrow(0, 0, m);
+                at::mm_out(gxe, dae, gu[e]);
+                scatterAddRows(gx, gxe, idx, {});
+            }
+        });
+        torch::Tensor gGate, gUp;
+        if (needExperts) {
+            gGate = ggu.narrow(1, 0, S);
+            gUp = ggu.narrow(1, S, S);
+        }
+        return {gx, gw, gGate, gUp, gd, {}, {}};
+    }
+};
+
+} // namespace
+
 torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rule, DispatchStats* stats) const
 {
     const auto shape = xIn.sizes().vec();
-    auto x = xIn.reshape({-1, shape.back()});
+    auto x = xIn.reshape({-1, shape.back()}).contiguous();
     torch::Tensor mask, weights;
     route(routingProbs(x), rule, &mask, &weights);
-    auto out = torch::zeros_like(x);
     // Group tokens by expert: the nonzero entries of the mask, expert-major.
     auto pairs = mask.t().nonzero(); // [P, 2] rows (expert, token), sorted by expert
-    if (pairs.size(0) > 0) {
-        auto experts = pairs.select(1, 0).to(torch::kCPU);
-        auto counts = torch::bincount(experts, {}, numExperts());
-        auto tokens = pairs.select(1, 1);
-        auto w = weights.t().index({pairs.select(1, 0), tokens}).to(x.scalar_type()).unsqueeze(-1);
-        auto cacc = counts.accessor<int64_t, 1>();
-        int64_t start = 0;
+    if (pairs.size(0) == 0)
+        return torch::zeros_like(xIn);
+    auto experts = pairs.select(1, 0);
+    auto tokens = pairs.select(1, 1).contiguous();
+    auto w = weights.t().index({experts, tokens}).to(x.scalar_type()).contiguous();
+    const auto countTensor = torch::bincount(experts.to(torch::kCPU), {}, numExperts());
+    std::vector<int64_t> counts(countTensor.data_ptr<int64_t>(), countTensor.data_ptr<int64_t>() + numExperts());
+    if (stats)
         for (int64_t e = 0; e < numExperts(); ++e) {
-            const int64_t n = cacc[e];
-            if (n == 0)
-                continue;
-            const int64_t s = sizes[static_cast<std::size_t>(e)];
-            auto idx = tokens.narrow(0, start, n);
-            auto xe = x.index_select(0, idx);
-            auto g = gate[e].narrow(0, 0, s), u = up[e].narrow(0, 0, s), d = down[e].narrow(1, 0, s);
-            // Gate and up in one matmul: one pass over the gathered rows and a wider (2S) output,
-            // which BLAS runs closer to peak than two S-wide products. Weight the hidden
-            // activations (S wide) rather than the output (H wide), and accumulate in place: an
-            // out-of-place index_add would copy `out` once per expert.
-            auto gu = torch::matmul(xe, torch::cat({g, u}, 0).t());
-            auto h = torch::silu(gu.narrow(1, 0, s)) * gu.narrow(1, s, s) * w.narrow(0, start, n);
-            out.index_add_(0, idx, torch::matmul(h, d.t()));
-            start += n;
-            if (stats) {
-                stats->pairs += n;
-                stats->parameters += n * expertParameters(e);
-            }
+            stats->pairs += counts[static_cast<std::size_t>(e)];
+            stats->parameters += counts[static_cast<std::size_t>(e)] * expertParameters(e);
         }
-    }
-    return out.view(shape);
+    return ExpertsFn::apply(x, w, gate, up, down, tokens, counts).view(shape);
 }
 
 torch::Tensor MoeLayer::expertOutputs(const torch::Tensor& x) const

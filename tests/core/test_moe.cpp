@@ -94,6 +94,52 @@ TEST(Moe, DispatchEqualsNaiveReference)
     }
 }
 
+// The dispatch's own backward equals autograd through the naive reference: gradients of the
+// experts, the router (through the routing weights) and the input, for every gating and rule.
+// The wide second case makes every expert's block span several tiles.
+TEST(Moe, DispatchGradientsEqualTheNaiveReference)
+{
+    struct Case {
+        int64_t hidden, neurons, experts, tokens;
+    };
+    for (const auto c : {Case{64, 172, 8, 512}, Case{4096, 64, 4, 700}})
+        for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain})
+            for (const auto& rule : {RoutingRule::staticK(2), RoutingRule::topP(0.6, 1, 3)}) {
+                torch::manual_seed(3);
+                const DenseFfn ffn{torch::randn({c.neurons, c.hidden}) * 0.2, torch::randn({c.neurons, c.hidden}) * 0.2,
+                                   torch::randn({c.hidden, c.neurons}) * 0.2};
+                std::vector<int64_t> assign(static_cast<std::size_t>(c.neurons));
+                for (int64_t i = 0; i < c.neurons; ++i)
+                    assign[static_cast<std::size_t>(i)] = i % c.experts;
+                auto layer = buildMoeLayer(ffn, assign, c.experts, gating);
+                layer.router = torch::randn({c.experts, c.hidden}) * 0.1;
+                const auto x0 = torch::randn({c.tokens, c.hidden});
+                const auto target = torch::randn({c.tokens, c.hidden});
+                auto grads = [&](bool naive) {
+                    MoeLayer l = layer;
+                    for (auto* t : {&l.router, &l.gate, &l.up, &l.down})
+                        *t = t->detach().clone().set_requires_grad(true);
+                    auto x = x0.clone().set_requires_grad(true);
+                    auto out = naive ? l.forwardNaive(x, rule) : l.forward(x, rule);
+                    (out * target).sum().backward();
+                    return std::vector<torch::Tensor>{out.detach(), x.grad(), l.router.grad(), l.gate.grad(), l.up.grad(), l.down.grad()};
+                };
+                const auto fast = grads(false), naive = grads(true);
+                const char* names[] = {"output", "input", "router", "gate", "up", "down"};
+                for (std::size_t i = 0; i < fast.size(); ++i) {
+                    if (gating == Gating::Hard && i == 2) { // hard gating: the router only selects
+                        EXPECT_FALSE(fast[i].defined() && fast[i].abs().max().item<double>() > 0) << names[i];
+                        continue;
+                    }
+                    ASSERT_TRUE(fast[i].defined() && naive[i].defined()) << names[i];
+                    const double scale = naive[i].abs().max().item<double>();
+                    EXPECT_GT(scale, 0) << names[i];
+                    EXPECT_LT((fast[i] - naive[i]).abs().max().item<double>(), 1e-4 * scale)
+                        << names[i] << " hidden " << c.hidden << " gating " << gatingName(gating) << " top-k " << rule.topK;
+                }
+            }
+}
+
 TEST(Moe, ThresholdRuleTakesSmallestSetReachingTheMass)
 {
     MoeLayer l;
