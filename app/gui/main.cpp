@@ -7,9 +7,11 @@
 
 #include "calibrationview.h"
 #include "mainwindow.h"
+#include "common/allocator.h"
 
 int main(int argc, char** argv)
 {
+    ladimo::core::tuneAllocatorForTensors();
     QApplication app(argc, argv);
     QApplication::setOrganizationName("LaDiMo");
     QApplication::setApplicationName("LaDiMo Workbench");

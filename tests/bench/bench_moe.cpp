@@ -3,6 +3,7 @@
 //   build/bin/bench_moe --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
+#include "common/allocator.h"
 #include "convert/construct.h"
 #include "moe/moeblock.h"
 
@@ -100,4 +101,14 @@ BENCHMARK(distillStep)
     ->UseRealTime()
     ->ComputeStatistics("min", fastest);
 
-BENCHMARK_MAIN();
+// As in the ladimo and ladimo-workbench programs, so the figures are those users get.
+int main(int argc, char** argv)
+{
+    ladimo::core::tuneAllocatorForTensors();
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv))
+        return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
