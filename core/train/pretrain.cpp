@@ -91,10 +91,11 @@ double lossOn(const LlamaModel& model, const torch::Tensor& batch)
         .item<double>();
 }
 
-std::string modelCard(const PretrainOptions& o, const nlohmann::json& record)
+// `c` is the stored model's configuration: the vocabulary and tied embeddings are only settled after
+// the tokenizer is trained, not in the options.
+std::string modelCard(const PretrainOptions& o, const ModelConfig& c, const nlohmann::json& record)
 {
     std::ostringstream s;
-    const auto& c = o.model;
     s << "# LaDiMo demo model: a small dense LLaMA trained on Jane Austen\n\n"
       << "A " << record["parameters"].get<int64_t>() << "-parameter LLaMA-architecture model (grouped-query "
       << "attention, rotate-half RoPE, RMSNorm, SwiGLU) trained from scratch by `ladimo pretrain` on five "
@@ -275,7 +276,7 @@ nlohmann::json pretrain(const PretrainOptions& o)
         {"curve", curve},
     };
     atomicWriteFile(o.outDir / "training.json", record.dump(2) + "\n");
-    atomicWriteFile(o.outDir / "README.md", modelCard(o, record));
+    atomicWriteFile(o.outDir / "README.md", modelCard(o, stored.config(), record));
     return record;
 }
 

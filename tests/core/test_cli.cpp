@@ -227,3 +227,35 @@ TEST(Cli, ProfileStoresConsistentRoutingDistributions)
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("routing_profiles"), std::string::npos);
 }
+
+// A tiny pretraining run end to end: the model card states the stored model's configuration (the
+// vocabulary and tied embeddings are settled by the tokenizer and the trainer, not the options).
+TEST(Cli, PretrainWritesAModelCardThatMatchesTheStoredConfig)
+{
+    LADIMO_REQUIRE_SHARED("text/austen/persuasion.txt");
+    ladimo::test::TempDir tmp;
+    const auto text = ladimo::test::sharedData() / "text/austen";
+    // Two small training texts cut from the novels, so the tokenizer and the run take seconds.
+    const auto cut = [&](const char* novel, const char* name) {
+        const auto t = ladimo::core::readTextFile(text / novel).substr(0, 60000);
+        const auto p = tmp.path() / name;
+        FILE* f = std::fopen(p.string().c_str(), "wb");
+        std::fwrite(t.data(), 1, t.size(), f);
+        std::fclose(f);
+        return p.string();
+    };
+    const auto train = cut("emma.txt", "train.txt"), validation = cut("persuasion.txt", "validation.txt");
+    const auto out = (tmp.path() / "model").string();
+    const auto r = runLadimo("pretrain --train " + train + " --validation " + validation + " --out " + out +
+                                 " --vocab 512 --hidden 32 --intermediate 64 --layers 1 --heads 2 --kv-heads 1"
+                                 " --seq-len 32 --batch 2 --steps 2 --warmup 1 --eval-every 1",
+                             true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto config = nlohmann::json::parse(ladimo::core::readTextFile(tmp.path() / "model/config.json"));
+    const auto card = ladimo::core::readTextFile(tmp.path() / "model/README.md");
+    EXPECT_EQ(config["vocab_size"].get<int64_t>(), 512);
+    EXPECT_NE(card.find("| vocabulary | 512 "), std::string::npos) << card;
+    EXPECT_NE(card.find(std::string("| tied embeddings | ") + (config["tie_word_embeddings"].get<bool>() ? "yes" : "no")),
+              std::string::npos)
+        << card;
+}
