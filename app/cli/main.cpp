@@ -6,12 +6,12 @@
 
 #include "cliutil.h"
 #include "commands.h"
-#include "common/allocator.h"
+#include "common/processtuning.h"
 #include "common/error.h"
 
 int main(int argc, char** argv)
 {
-    ladimo::core::tuneAllocatorForTensors();
+    ladimo::core::tuneProcessForTensors();
     CLI::App app{"LaDiMo Workbench: convert dense LLaMA-family models into Mixture-of-Experts models "
                  "(layer-wise distillation + adaptive routing policy)",
                  "ladimo"};

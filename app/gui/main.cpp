@@ -7,11 +7,11 @@
 
 #include "calibrationview.h"
 #include "mainwindow.h"
-#include "common/allocator.h"
+#include "common/processtuning.h"
 
 int main(int argc, char** argv)
 {
-    ladimo::core::tuneAllocatorForTensors();
+    ladimo::core::tuneProcessForTensors();
     QApplication app(argc, argv);
     QApplication::setOrganizationName("LaDiMo");
     QApplication::setApplicationName("LaDiMo Workbench");

@@ -3,7 +3,7 @@
 //   build/bin/bench_moe --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
-#include "common/allocator.h"
+#include "common/processtuning.h"
 #include "convert/construct.h"
 #include "moe/moeblock.h"
 
@@ -104,7 +104,7 @@ BENCHMARK(distillStep)
 // As in the ladimo and ladimo-workbench programs, so the figures are those users get.
 int main(int argc, char** argv)
 {
-    ladimo::core::tuneAllocatorForTensors();
+    ladimo::core::tuneProcessForTensors();
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv))
         return 1;
