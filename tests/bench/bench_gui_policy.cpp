@@ -12,6 +12,8 @@
 #include <QTableView>
 
 #include <benchmark/benchmark.h>
+
+#include "benchmain.h"
 #include <cmath>
 
 #include "policytablemodel.h"
@@ -132,10 +134,5 @@ int main(int argc, char** argv)
 {
     qputenv("QT_QPA_PLATFORM", "offscreen");
     QApplication app(argc, argv);
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv))
-        return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return ladimo::test::runBenchmarks(argc, argv);
 }

@@ -1,8 +1,10 @@
 // MoE block forward (token dispatch) against the dense FFN it came from, on the same tokens,
 // and a distillation step. Ratios in one run are what count: the machine is noisy.
-//   build/bin/bench_moe --benchmark_counters_tabular=true
+//   build/bin/bench_moe --benchmark_repetitions=3   (the _min rows: the fastest repetition)
+// The Python reference for the distillation step: tests/bench/distill_step_reference.py.
 #include <benchmark/benchmark.h>
 
+#include "benchmain.h"
 #include "common/processtuning.h"
 #include "convert/construct.h"
 #include "moe/moeblock.h"
@@ -105,10 +107,5 @@ BENCHMARK(distillStep)
 int main(int argc, char** argv)
 {
     ladimo::core::tuneProcessForTensors();
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv))
-        return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return ladimo::test::runBenchmarks(argc, argv);
 }
