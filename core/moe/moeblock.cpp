@@ -143,11 +143,9 @@ void forEachTile(const std::vector<int64_t>& counts, int64_t tile, F&& f)
 struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                  const torch::Tensor& gate, const torch::Tensor& up, const torch::Tensor& down,
-                                 const torch::Tensor& tokens, const std::vector<int64_t>& counts)
+                                 const torch::Tensor& tokens, const std::vector<int64_t>& counts, bool training)
     {
         const int64_t T = x.size(0), H = x.size(1), S = gate.size(1), P = tokens.size(0);
-        const bool training = x.requires_grad() || w.requires_grad() || gate.requires_grad() || up.requires_grad() ||
-                              down.requires_grad();
         const int64_t R = tileRows(H, S);
         const auto o = x.options();
         auto gu = torch::cat({gate, up}, 1); // [N, 2S, H]
@@ -238,7 +236,7 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
             gGate = ggu.narrow(1, 0, S);
             gUp = ggu.narrow(1, S, S);
         }
-        return {gx, gw, gGate, gUp, gd, {}, {}};
+        return {gx, gw, gGate, gUp, gd, {}, {}, {}};
     }
 };
 
@@ -264,7 +262,10 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
             stats->pairs += counts[static_cast<std::size_t>(e)];
             stats->parameters += counts[static_cast<std::size_t>(e)] * expertParameters(e);
         }
-    return ExpertsFn::apply(x, w, gate, up, down, tokens, counts).view(shape);
+    // Whether autograd records this call (the backward then needs the pre-activations).
+    const bool training = torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
+                                                            gate.requires_grad() || up.requires_grad() || down.requires_grad());
+    return ExpertsFn::apply(x, w, gate, up, down, tokens, counts, training).view(shape);
 }
 
 torch::Tensor MoeLayer::expertOutputs(const torch::Tensor& x) const
