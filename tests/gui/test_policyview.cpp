@@ -19,6 +19,7 @@
 #include "routing/estimate.h"
 #include "routing/search.h"
 #include "store/project.h"
+#include "syntheticprofile.h"
 #include "testutil.h"
 #include "widgets/tradeoffplot.h"
 
@@ -65,45 +66,10 @@ std::filesystem::path makeProject(const test::TempDir& tmp)
         prof.rankHistograms = {{100, 412}, {400, 112}, {500, 12}, {512, 0}};
         prof.expertLoad = {0.4, 0.3, 0.2, 0.1};
         prof.entropy = 1.0;
-        // Layers differ in how fast the error falls with k, so the search has something to choose.
-        const double scale = 1.0 + l;
-        for (int k = 1; k <= kExperts; ++k)
-            prof.errorByK.push_back(scale * 0.2 * std::exp(-0.9 * k));
-        nlohmann::json paramsByK = nlohmann::json::array(), thresholds = nlohmann::json::array(),
-                       meanK = nlohmann::json::array(), paramsT = nlohmann::json::array(),
-                       errorT = nlohmann::json::array();
-        for (int k = 1; k <= kExperts; ++k)
-            paramsByK.push_back(1000.0 * k);
-        for (int i = 0; i < 5; ++i) {
-            const double pp = 0.5 + 0.1 * i, kk = 1 + (kExperts - 1) * i / 4.0;
-            thresholds.push_back(pp);
-            meanK.push_back(kk);
-            paramsT.push_back(1000.0 * kk);
-            errorT.push_back(0.8 * scale * 0.2 * std::exp(-0.9 * kk));
-        }
-        prof.extra = {{"cumulative_mass", {0.6, 0.85, 0.95, 1.0}},
-                      {"params_by_k", paramsByK},
-                      {"dense_parameters", 1000.0 * kExperts},
-                      {"thresholds", thresholds},
-                      {"mean_k_by_threshold", meanK},
-                      {"params_by_threshold", paramsT},
-                      {"error_by_threshold", errorT}};
+        test::setSyntheticMeasures(prof, kExperts, 1.0 + l, {0.6, 0.85, 0.95, 1.0});
         p.saveRoutingProfile(prof);
     }
-    core::LatencyModel lat;
-    lat.device = "cpu";
-    lat.layers = kLayers;
-    lat.prefillTokens = 256;
-    lat.decodeContext = 64;
-    lat.prefillOther = 0.004;
-    lat.decodeOther = 0.0004;
-    lat.prefillDenseFfn = 0.002;
-    lat.decodeDenseFfn = 0.0002;
-    for (int k = 1; k <= kExperts; ++k) {
-        lat.prefillMoe.push_back(0.0006 * k);
-        lat.decodeMoe.push_back(0.00007 * k);
-    }
-    p.saveLatencyModel(id, "cpu", lat.toJson());
+    p.saveLatencyModel(id, "cpu", test::syntheticLatencyModel(kLayers, kExperts).toJson());
     return file;
 }
 
