@@ -50,6 +50,24 @@ std::optional<int64_t> optInt(const nlohmann::json& j, const char* key, const st
     return v.get<int64_t>();
 }
 
+std::string optString(const nlohmann::json& j, const char* key, const std::string& dflt, const std::string& source)
+{
+    if (!j.contains(key) || j.at(key).is_null())
+        return dflt;
+    if (!j.at(key).is_string())
+        throw Error(source + ": key '" + key + "' must be a string, got " + j.at(key).dump());
+    return j.at(key).get<std::string>();
+}
+
+bool optBool(const nlohmann::json& j, const char* key, bool dflt, const std::string& source)
+{
+    if (!j.contains(key) || j.at(key).is_null())
+        return dflt;
+    if (!j.at(key).is_boolean())
+        throw Error(source + ": key '" + key + "' must be true or false, got " + j.at(key).dump());
+    return j.at(key).get<bool>();
+}
+
 } // namespace
 
 ModelConfig ModelConfig::fromJson(const nlohmann::json& j, const std::string& source)
@@ -66,7 +84,7 @@ ModelConfig ModelConfig::fromJson(const nlohmann::json& j, const std::string& so
     if (c.architecture != "LlamaForCausalLM" && c.architecture != "MistralForCausalLM")
         throw Error(source + ": unsupported architecture '" + c.architecture +
                     "' (expected LlamaForCausalLM or MistralForCausalLM)");
-    c.modelType = j.value("model_type", c.architecture == "MistralForCausalLM" ? "mistral" : "llama");
+    c.modelType = optString(j, "model_type", c.architecture == "MistralForCausalLM" ? "mistral" : "llama", source);
     c.hiddenSize = requireInt(j, "hidden_size", source, 1, kMaxDim);
     c.intermediateSize = requireInt(j, "intermediate_size", source, 1, kMaxDim);
     c.numLayers = requireInt(j, "num_hidden_layers", source, 1, kMaxLayers);
@@ -99,8 +117,8 @@ ModelConfig ModelConfig::fromJson(const nlohmann::json& j, const std::string& so
         throw Error(source + ": 'rope_scaling' is not supported yet (expected null or absent)");
     if (j.contains("hidden_act") && j.at("hidden_act") != "silu")
         throw Error(source + ": hidden_act " + j.at("hidden_act").dump() + " is not supported (expected \"silu\")");
-    c.tieWordEmbeddings = j.value("tie_word_embeddings", false);
-    c.attentionBias = j.value("attention_bias", false);
+    c.tieWordEmbeddings = optBool(j, "tie_word_embeddings", false, source);
+    c.attentionBias = optBool(j, "attention_bias", false, source);
     if (auto w = optInt(j, "sliding_window", source); w && *w > 0)
         c.slidingWindow = *w;
     if (j.contains("torch_dtype") && j.at("torch_dtype").is_string())

@@ -65,6 +65,21 @@ ModelConfig tinyConfig()
 
 } // namespace
 
+// Keys of the wrong JSON type are an Error naming the file and the key, never a JSON library
+// exception (fuzz_config found `"model_type": 512` escaping as one).
+TEST(InputLimits, ConfigKeysOfTheWrongTypeNameTheKey)
+{
+    TempDir tmp;
+    auto json = tinyConfig().toJson();
+    for (const auto& [key, bad] : std::vector<std::pair<std::string, nlohmann::json>>{
+             {"model_type", 512}, {"tie_word_embeddings", "yes"}, {"attention_bias", 1}}) {
+        auto j = json;
+        j[key] = bad;
+        std::ofstream(tmp / "config.json") << j.dump();
+        expectMentions(errorOf([&] { ModelConfig::load(tmp / "config.json"); }), {"config.json", key.c_str()});
+    }
+}
+
 TEST(InputLimits, OversizedJsonFilesAreRefusedBeforeTheyAreRead)
 {
     TempDir tmp;
