@@ -161,6 +161,7 @@ MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignme
         l.down[e].narrow(1, 0, n).copy_(ffn.down.index_select(1, idx) * scale);
     }
     l.router = torch::zeros({experts, H}, opt);
+    fuseGateUp(l);
     return l;
 }
 

@@ -354,6 +354,7 @@ MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, t
     for (auto s : l.sizes)
         if (s < 0 || s > l.gate.size(1))
             throw Error(file.string() + ": expert size " + std::to_string(s) + " exceeds the stored width");
+    fuseGateUp(l);
     return l;
 }
 

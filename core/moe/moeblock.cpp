@@ -135,6 +135,18 @@ void forEachTile(const std::vector<int64_t>& counts, int64_t tile, F&& f)
     }
 }
 
+// Gate and up as one [N, 2S, H] tensor: a view when fuseGateUp laid them out that way, else a copy.
+torch::Tensor gateUpBlock(const torch::Tensor& gate, const torch::Tensor& up)
+{
+    const int64_t N = gate.size(0), S = gate.size(1), H = gate.size(2);
+    const std::vector<int64_t> fused = {2 * S * H, H, 1};
+    if (gate.strides().vec() == fused && up.strides().vec() == fused && up.sizes() == gate.sizes() &&
+        up.scalar_type() == gate.scalar_type() && up.device() == gate.device() &&
+        up.storage().is_alias_of(gate.storage()) && up.storage_offset() == gate.storage_offset() + S * H)
+        return gate.as_strided({N, 2 * S, H}, fused);
+    return torch::cat({gate, up}, 1);
+}
+
 // The experts of one MoE block over (token, expert) pairs listed expert-major, as one autograd
 // function: training, evaluation and export checks all run this code. Per block of an expert's
 // pairs: gather the rows, one product for gate and up together, the SwiGLU activation, the down
@@ -148,7 +160,7 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
         const int64_t T = x.size(0), H = x.size(1), S = gate.size(1), P = tokens.size(0);
         const int64_t R = tileRows(H, S);
         const auto o = x.options();
-        auto gu = torch::cat({gate, up}, 1); // [N, 2S, H]
+        auto gu = gateUpBlock(gate, up); // [N, 2S, H]
         auto out = torch::zeros({T, H}, o);
         auto pre = training ? torch::empty({P, 2 * S}, o) : torch::empty({R, 2 * S}, o);
         auto xt = torch::empty({R, H}, o), yt = torch::empty({R, H}, o), ht = torch::empty({R, S}, o);
@@ -191,7 +203,7 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
             ggu = torch::zeros({N, 2 * S, H}, o);
             gd = torch::zeros({N, H, S}, o);
         }
-        auto gu = needX ? torch::cat({gate, up}, 1) : torch::Tensor();
+        auto gu = needX ? gateUpBlock(gate, up) : torch::Tensor();
         auto gt = torch::empty({R, H}, o), xt = torch::empty({R, H}, o), st = torch::empty({R, S}, o);
         auto ht = torch::empty({R, S}, o), dt = torch::empty({R, S}, o), dat = torch::empty({R, 2 * S}, o);
         auto gxt = needX ? torch::empty({R, H}, o) : torch::Tensor();
@@ -311,6 +323,20 @@ torch::Tensor MoeLayer::forwardNaive(const torch::Tensor& xIn, const RoutingRule
     route(routingProbs(x), rule, &mask, &weights);
     auto all = expertOutputs(x); // [T, N, H]
     return (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
+}
+
+void fuseGateUp(MoeLayer& l)
+{
+    const int64_t S = l.gate.size(1);
+    torch::NoGradGuard noGrad;
+    auto block = torch::cat({l.gate.detach(), l.up.detach()}, 1).contiguous();
+    const bool gateGrad = l.gate.requires_grad(), upGrad = l.up.requires_grad();
+    l.gate = block.narrow(1, 0, S);
+    l.up = block.narrow(1, S, S);
+    if (gateGrad)
+        l.gate.set_requires_grad(true);
+    if (upGrad)
+        l.up.set_requires_grad(true);
 }
 
 } // namespace ladimo::core

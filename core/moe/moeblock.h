@@ -66,4 +66,10 @@ struct MoeLayer {
     int64_t expertParameters(int64_t expert) const { return 3 * router.size(1) * sizes[static_cast<std::size_t>(expert)]; }
 };
 
+// Stores gate and up of every expert in one [N, 2S, H] block (expert e's gate rows, then its up
+// rows) and makes `l.gate` and `l.up` views of it, values unchanged. The dispatch then runs gate
+// and up as one product without copying the weights on every call; layers whose gate and up are
+// separate tensors still work (the dispatch concatenates them per call).
+void fuseGateUp(MoeLayer& l);
+
 } // namespace ladimo::core

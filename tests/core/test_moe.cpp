@@ -140,6 +140,35 @@ TEST(Moe, DispatchGradientsEqualTheNaiveReference)
             }
 }
 
+// Built layers keep gate and up in one block, so the dispatch needs no per-call copy of them; the
+// result is the same as with separate gate and up tensors, and a fused layer still trains.
+TEST(Moe, FusedGateUpGivesTheSameOutputAndStillTrains)
+{
+    const auto f = fixture(512);
+    auto fused = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Contiguous, 0), 8, Gating::Renorm);
+    fused.router = torch::randn({8, 64}) * 0.1;
+    const int64_t S = fused.gate.size(1), H = fused.gate.size(2);
+    EXPECT_TRUE(fused.up.storage().is_alias_of(fused.gate.storage()));
+    EXPECT_EQ(fused.up.storage_offset(), fused.gate.storage_offset() + S * H);
+    MoeLayer separate = fused;
+    separate.gate = fused.gate.clone();
+    separate.up = fused.up.clone();
+    EXPECT_FALSE(separate.up.storage().is_alias_of(separate.gate.storage()));
+    {
+        torch::NoGradGuard ng;
+        EXPECT_TRUE(torch::equal(fused.forward(f.x, RoutingRule::staticK(6)), separate.forward(f.x, RoutingRule::staticK(6))));
+    }
+    MoeLayer again = separate;
+    fuseGateUp(again);
+    EXPECT_TRUE(torch::equal(again.gate, separate.gate) && torch::equal(again.up, separate.up));
+    DistillOptions o;
+    o.epochs = 3;
+    o.batch = 128;
+    const auto r = distill(fused, f.x, f.y, o);
+    EXPECT_LT(r.finalLoss, r.initialLoss);
+    EXPECT_FALSE(torch::equal(fused.gate, separate.gate)) << "the fused gate views were trained in place";
+}
+
 TEST(Moe, ThresholdRuleTakesSmallestSetReachingTheMass)
 {
     MoeLayer l;
