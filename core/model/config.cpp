@@ -139,7 +139,13 @@ ModelConfig ModelConfig::load(const std::filesystem::path& configJson)
     } catch (const nlohmann::json::exception& e) {
         throw Error(configJson.string() + ": invalid JSON: " + e.what());
     }
-    return fromJson(j, configJson.string());
+    // Every check in fromJson names its key; a wrong type that slips past them still becomes an
+    // Error naming the file, never a JSON library exception.
+    try {
+        return fromJson(j, configJson.string());
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(configJson.string() + ": unexpected structure: " + e.what());
+    }
 }
 
 nlohmann::json ModelConfig::toJson() const

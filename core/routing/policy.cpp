@@ -225,7 +225,9 @@ nlohmann::json policyDocument(const std::string& name, const PolicyRules& rules,
             {"rules", rulesToJson(rules)}};
 }
 
-PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_t experts, const std::string& where)
+namespace {
+
+PolicyDocument parsePolicyDocumentChecked(const nlohmann::json& doc, int layers, int64_t experts, const std::string& where)
 {
     if (!doc.is_object() || doc.value("format", std::string()) != "ladimo-routing-policy")
         throw Error(where + ": not a routing policy (expected \"format\": \"ladimo-routing-policy\")");
@@ -255,6 +257,19 @@ PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_
         }
     }
     return out;
+}
+
+} // namespace
+
+PolicyDocument parsePolicyDocument(const nlohmann::json& doc, int layers, int64_t experts, const std::string& where)
+{
+    // Every check above names its key; a wrong JSON type that slips past them (fuzz_policy found
+    // '"format": 1') still becomes an Error naming the file, never a JSON library exception.
+    try {
+        return parsePolicyDocumentChecked(doc, layers, experts, where);
+    } catch (const nlohmann::json::exception& e) {
+        throw Error(where + ": unexpected structure: " + e.what());
+    }
 }
 
 PolicyDocument loadPolicyDocument(const std::filesystem::path& file, int layers, int64_t experts)

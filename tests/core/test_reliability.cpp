@@ -138,6 +138,13 @@ TEST(InputLimits, PolicyFilesNameTheFileAndCannotNameAPathOutside)
     doc["name"] = "fine-name_1.0";
     atomicWriteFile(tmp / "p.json", doc.dump());
     EXPECT_EQ(loadPolicyDocument(tmp / "p.json", 4, 8).name, "fine-name_1.0");
+    // Keys of the wrong JSON type (fuzz_policy found '"format": 1') name the file.
+    for (const char* key : {"format", "name", "gating"}) {
+        auto bad = doc;
+        bad[key] = 1;
+        atomicWriteFile(tmp / "p.json", bad.dump());
+        expectMentions(errorOf([&] { loadPolicyDocument(tmp / "p.json", 4, 8); }), {"p.json"});
+    }
 }
 
 TEST(InputLimits, SequenceLengthIsBoundedByTheModel)
