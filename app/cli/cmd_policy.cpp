@@ -16,10 +16,12 @@
 #include "common/error.h"
 #include "common/fileutil.h"
 #include "convert/convert.h"
+#include "eval/perplexity.h"
 #include "model/device.h"
 #include "routing/estimate.h"
 #include "routing/latency.h"
 #include "routing/policy.h"
+#include "routing/refine.h"
 #include "routing/search.h"
 #include "store/project.h"
 
@@ -90,6 +92,70 @@ nlohmann::json policyJson(const RunContext& c, const std::string& name, const co
     auto j = core::policyDocument(name, rules, core::parseGating(c.run.gating), c.run.experts);
     j["estimate"] = core::toJson(e);
     return j;
+}
+
+// `ladimo policy --refine-data`: the held-out NLL of the converted model under each candidate.
+core::RefineResult refineMeasured(const std::string& projectFile, const std::string& device, const DataOptions& data,
+                                  int64_t seqLen, const core::PolicyTables& tables, const core::PolicyRules& start,
+                                  core::RefineOptions options)
+{
+    ModelOptions mo;
+    mo.path = projectFile;
+    mo.device = device;
+    auto converted = loadConverted(projectFile, mo);
+    torch::InferenceMode guard;
+    ProgressPrinter printer;
+    const auto tokenizer = core::Tokenizer::loadForModel(converted.modelPath);
+    const auto stream = data.load(converted.model, tokenizer.get(), seqLen, printer.fn());
+    if (static_cast<int64_t>(stream.size()) < 2 * seqLen)
+        throw core::Error("refinement data (" + data.describe() + "): " + std::to_string(stream.size()) +
+                          " tokens, expected at least " + std::to_string(2 * seqLen) + " (two windows)");
+    options.progress = printer.fn();
+    options.cancel = interruptToken();
+    return core::refinePolicy(tables, start, options, [&](const core::PolicyRules& rules) {
+        const auto hooks = core::moeHooks(converted.layers, rules);
+        core::EvalOptions e;
+        e.seqLen = seqLen;
+        e.hooks = &hooks;
+        e.cancel = interruptToken();
+        return core::evaluatePerplexity(converted.model, stream, e).nll;
+    });
+}
+
+std::string describeRules(const core::PolicyRules& rules, int64_t experts)
+{
+    std::string s;
+    for (const auto& r : rules)
+        s += (s.empty() ? "" : " ") + core::describeRule(r, experts);
+    return s;
+}
+
+nlohmann::json refineJson(const core::RefineResult& r, const DataOptions& data, int64_t experts)
+{
+    nlohmann::json j = {{"data", data.describe()},
+                        {"measure", "nll"},
+                        {"rounds", r.rounds},
+                        {"start_nll", r.start.measured},
+                        {"best_nll", r.best.measured},
+                        {"start_rules", core::rulesToJson(r.start.rules)}};
+    j["measured"] = nlohmann::json::array();
+    for (const auto& c : r.measured)
+        j["measured"].push_back({{"rules", describeRules(c.rules, experts)},
+                                 {"cost", c.cost},
+                                 {"error_proxy", c.proxy},
+                                 {"nll", c.measured}});
+    return j;
+}
+
+void printRefine(const core::RefineResult& r, int64_t experts)
+{
+    std::printf("refinement: %zu policies measured in %d rounds (held-out NLL, nats/token)\n", r.measured.size(), r.rounds);
+    std::printf("     cost  error proxy        NLL  rules\n");
+    for (const auto& c : r.measured)
+        std::printf("  %7.4f  %11.5f  %9.5f  %s%s\n", c.cost, c.proxy, c.measured, describeRules(c.rules, experts).c_str(),
+                    &c == &r.measured.front() ? "  (search)" : "");
+    std::printf("kept: %s (NLL %.5f; the search's choice %.5f)\n", describeRules(r.best.rules, experts).c_str(),
+                r.best.measured, r.start.measured);
 }
 
 } // namespace
@@ -163,6 +229,9 @@ void registerPolicyCommand(CLI::App& app)
         std::string latency = "prefill";
         std::string name, base;
         bool list = false, remove = false, json = false;
+        DataOptions refine;      // --refine-data: measured refinement of a budget search
+        core::RefineOptions refineOptions;
+        int64_t refineSeqLen = 256;
     };
     auto o = std::make_shared<Opts>();
     auto* cmd = app.add_subcommand("policy", "LaDiMo stage 2b: choose per-layer routing rules (search, edit, import, export)");
@@ -189,7 +258,35 @@ void registerPolicyCommand(CLI::App& app)
     cmd->add_option("--base", o->base, "--set edits this stored policy (default: the training k in every layer)");
     cmd->add_option("--device", o->device, "Device whose latency model estimates use")->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
-    cmd->callback([o] {
+    o->refine.maxTokens = 32768;
+    auto* rd = cmd->add_option("--refine-data", o->refine.file,
+                               "Budget search: then measure the held-out NLL of the search's choice, the uniform top-k "
+                               "and their neighbours on this text or token file, and keep the best (not the "
+                               "evaluation data)");
+    auto* rs = cmd->add_option("--refine-self-sample", o->refine.selfSample,
+                               "Budget search: refine as --refine-data does, on N tokens sampled from the dense model");
+    cmd->add_option("--refine-seed", o->refine.seed, "Refinement: seed of --refine-self-sample")
+        ->capture_default_str()
+        ->needs(rs);
+    rd->excludes(rs);
+    cmd->add_option("--refine-tokens", o->refine.maxTokens, "Refinement: use at most N tokens of --refine-data (0 = all)")
+        ->capture_default_str();
+    cmd->add_option("--refine-evals", o->refineOptions.maxEvaluations, "Refinement: at most N measured policies")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1000));
+    cmd->add_option("--refine-per-round", o->refineOptions.perRound,
+                    "Refinement: neighbours measured (lowest error proxy first) before moving to the best")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1000));
+    for (auto* other : {me, st, im, ex, ls, sh, rm}) {
+        rd->excludes(other);
+        rs->excludes(other);
+    }
+    cmd->callback([o, cmd] {
+        const bool refine = !o->refine.file.empty() || o->refine.selfSample > 0;
+        for (const char* opt : {"--refine-tokens", "--refine-evals", "--refine-per-round"})
+            if (!refine && cmd->count(opt) > 0)
+                throw core::Error(std::string(opt) + " needs --refine-data or --refine-self-sample");
         if (!isProjectFile(o->project))
             throw core::Error("policy needs a project file (*.ladimo), got '" + o->project + "'");
         const bool writes = o->budgetParams || o->budgetLatency || o->maxError || !o->set.empty() ||
@@ -200,12 +297,17 @@ void registerPolicyCommand(CLI::App& app)
         const int L = c.run.layers;
         const int64_t N = c.run.experts;
 
+        nlohmann::json refineReport; // set by a refined search
         auto output = [&](const std::string& name, const core::PolicyRules& rules) {
             const auto e = core::estimatePolicy(c.tables, rules);
-            if (o->json)
-                std::cout << policyJson(c, name, rules, e).dump(2) << "\n";
-            else
-                printEstimate(c, name, rules, e);
+            if (o->json) {
+                auto j = policyJson(c, name, rules, e);
+                if (!refineReport.is_null())
+                    j["refine"] = refineReport;
+                std::cout << j.dump(2) << "\n";
+                return;
+            }
+            printEstimate(c, name, rules, e);
         };
         auto store = [&](std::string name, core::PolicyOrigin origin, const core::PolicyRules& rules) {
             core::validatePolicyName(name);
@@ -309,6 +411,16 @@ void registerPolicyCommand(CLI::App& app)
         } else {
             throw core::Error("policy: give a target (--budget-params, --budget-latency, --max-error), --set, --import, "
                               "--export, --show or --list");
+        }
+        if (refine) {
+            auto ro = o->refineOptions;
+            ro.cost = so.cost;
+            ro.budgetFraction = o->budgetParams ? *o->budgetParams : *o->budgetLatency;
+            const auto refined = refineMeasured(o->project, o->device, o->refine, o->refineSeqLen, c.tables, r.rules, ro);
+            refineReport = refineJson(refined, o->refine, N);
+            if (!o->json)
+                printRefine(refined, N);
+            r.rules = refined.best.rules;
         }
         store(o->name.empty() ? buf : o->name, core::PolicyOrigin::Auto, r.rules);
     });

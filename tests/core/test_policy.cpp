@@ -10,6 +10,7 @@
 #include "common/fileutil.h"
 #include "routing/estimate.h"
 #include "routing/policy.h"
+#include "routing/refine.h"
 #include "routing/search.h"
 #include "testutil.h"
 
@@ -247,6 +248,109 @@ TEST(Policy, LatencyEstimateAddsTheRestOfTheModel)
     EXPECT_THROW(LatencyModel::fromJson(nlohmann::json::object(), "lat"), Error);
 }
 
+namespace {
+
+std::vector<int> staticKs(const PolicyRules& rules)
+{
+    std::vector<int> ks;
+    for (const auto& r : rules)
+        ks.push_back(r.topK);
+    return ks;
+}
+
+} // namespace
+
+// The measured refinement climbs from the search's choice to the measure's optimum through
+// budget-respecting neighbours, never measures a policy over the budget or twice, and counts
+// its measurements.
+TEST(Policy, RefinementFindsTheMeasuredOptimumWithinTheBudget)
+{
+    const int L = 4, N = 8;
+    const auto t = syntheticTables(L, N, layerError);
+    RefineOptions o;
+    o.budgetFraction = 0.75;
+    o.maxEvaluations = 60;
+    const auto start = searchBudget(t, 0.75).rules;
+    // A measure that disagrees with the proxy: it prefers k = 7,6,5,6 (a made-up interaction).
+    const std::vector<int> target = {7, 6, 5, 6};
+    std::vector<PolicyRules> calls;
+    auto measure = [&](const PolicyRules& rules) {
+        calls.push_back(rules);
+        double d = 0;
+        for (int l = 0; l < L; ++l)
+            d += std::abs(rules[static_cast<std::size_t>(l)].topK - target[static_cast<std::size_t>(l)]);
+        return 1.0 + d;
+    };
+    ASSERT_NE(staticKs(start), target);
+    const auto r = refinePolicy(t, start, o, measure);
+    EXPECT_EQ(staticKs(r.best.rules), target);
+    EXPECT_DOUBLE_EQ(r.best.measured, 1.0);
+    EXPECT_EQ(staticKs(r.start.rules), staticKs(start));
+    EXPECT_EQ(r.start.measured, measure(start));
+    calls.pop_back();
+    ASSERT_EQ(r.measured.size(), calls.size());
+    EXPECT_LE(static_cast<int>(calls.size()), o.maxEvaluations);
+    EXPECT_EQ(staticKs(r.measured[1].rules), std::vector<int>(L, 6)); // the uniform top-k that fits
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+        EXPECT_LE(estimatePolicy(t, calls[i]).activatedFfnFraction, 0.75 + 1e-12);
+        for (std::size_t j = 0; j < i; ++j)
+            EXPECT_NE(staticKs(calls[i]), staticKs(calls[j])) << "measured twice";
+    }
+
+    // When the search's choice is the measure's optimum, it is kept.
+    auto atStart = [&](const PolicyRules& rules) {
+        double d = 0;
+        for (int l = 0; l < L; ++l)
+            d += std::abs(rules[static_cast<std::size_t>(l)].topK - start[static_cast<std::size_t>(l)].topK);
+        return d;
+    };
+    const auto kept = refinePolicy(t, start, o, atStart);
+    EXPECT_EQ(staticKs(kept.best.rules), staticKs(start));
+    EXPECT_EQ(kept.rounds, 1);
+
+    // The measurement budget is a hard limit.
+    o.maxEvaluations = 3;
+    calls.clear();
+    EXPECT_EQ(refinePolicy(t, start, o, measure).measured.size(), 3u);
+    EXPECT_EQ(calls.size(), 3u);
+
+    // Over-budget starts are refused; a cancelled job stops before measuring.
+    o.budgetFraction = 0.5;
+    EXPECT_THROW(refinePolicy(t, start, o, measure), Error);
+    o.budgetFraction = 0.75;
+    o.cancel.cancel();
+    calls.clear();
+    EXPECT_THROW(refinePolicy(t, start, o, measure), Cancelled);
+    EXPECT_TRUE(calls.empty());
+}
+
+// Top-p rules move along the profile's threshold grid, and stay top-p rules.
+TEST(Policy, RefinementStepsTopPRulesAlongTheGrid)
+{
+    const auto t = syntheticTables(2, 8, layerError);
+    const PolicyRules start = {RoutingRule::topP(0.7), RoutingRule::topP(0.7)};
+    RefineOptions o;
+    o.budgetFraction = 1.0;
+    o.maxEvaluations = 100;
+    o.perRound = 100;
+    // Lower is better with more mass in layer 1 and less in layer 0. The only static candidate
+    // is the uniform top-8 that fits the budget.
+    int statics = 0;
+    const auto r = refinePolicy(t, start, o, [&](const PolicyRules& rules) {
+        if (rules[0].topK > 0 || rules[1].topK > 0) {
+            ++statics;
+            EXPECT_EQ(rules[0].topK, 8);
+            EXPECT_EQ(rules[1].topK, 8);
+            return 1.0;
+        }
+        return rules[0].threshold - rules[1].threshold;
+    });
+    EXPECT_EQ(statics, 1);
+    EXPECT_DOUBLE_EQ(r.best.rules[0].threshold, 0.5);
+    EXPECT_DOUBLE_EQ(r.best.rules[1].threshold, 0.9);
+    EXPECT_DOUBLE_EQ(r.best.measured, -0.4);
+}
+
 // The whole stage-2 flow on a real (quickly) converted model. Profile and evaluation read the same
 // windows but in different batch shapes, so a few near-tied routing choices between experts of
 // 22 and 21 neurons can flip: the counts agree closely here; Moe.ProfileEstimatesEqualTheDispatchCounts
@@ -308,6 +412,37 @@ TEST(Policy, CliFlowEstimatesMatchMeasurements)
     EXPECT_EQ(tradeoff["uniform"].size(), 8u);
     ASSERT_EQ(tradeoff["policies"].size(), 3u);
     EXPECT_EQ(tradeoff["policies"][0]["measured"].size(), 1u); // the evaluation of "searched"
+
+    // Refinement by held-out NLL: the kept policy is the best measured, every candidate fits.
+    r = runLadimo("policy " + project + " --budget-params 0.6 --rules static --name refined --refine-data " + stories +
+                      "/calib.u16 --refine-tokens 2048 --refine-evals 5 --json",
+                  true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto refined = nlohmann::json::parse(r.out);
+    const auto& report = refined["refine"];
+    ASSERT_GE(report["measured"].size(), 2u);
+    EXPECT_LE(report["measured"].size(), 5u);
+    double lowest = 1e9;
+    std::string lowestRules;
+    for (const auto& m : report["measured"]) {
+        EXPECT_LE(m["cost"].get<double>(), 0.6 + 1e-9);
+        if (m["nll"].get<double>() < lowest) {
+            lowest = m["nll"].get<double>();
+            lowestRules = m["rules"].get<std::string>();
+        }
+    }
+    EXPECT_DOUBLE_EQ(report["best_nll"].get<double>(), lowest);
+    EXPECT_LE(report["best_nll"].get<double>(), report["start_nll"].get<double>());
+    EXPECT_EQ(report["start_rules"], searched["rules"]);
+    std::string keptRules;
+    for (const auto& rule : refined["rules"])
+        keptRules += (keptRules.empty() ? "k=" : " k=") + std::to_string(rule["top_k"].get<int>());
+    EXPECT_EQ(keptRules, lowestRules);
+    r = runLadimo("policy " + project + " --max-error 0.1 --refine-data " + stories + "/calib.u16");
+    EXPECT_NE(r.status, 0);
+    r = runLadimo("policy " + project + " --budget-params 0.6 --refine-evals 3");
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.out.find("--refine-evals needs --refine-data"), std::string::npos) << r.out;
 
     r = runLadimo("policy " + project + " --budget-params 0.01");
     EXPECT_NE(r.status, 0);
