@@ -177,7 +177,7 @@ void registerLatencyCommand(CLI::App& app)
     cmd->add_option("--prefill", o->latency.prefillTokens, "Prefill batch in tokens")->capture_default_str();
     cmd->add_option("--decode-context", o->latency.decodeContext, "Cached tokens before the timed decode step")
         ->capture_default_str();
-    cmd->add_option("--repeats", o->latency.repeats, "Timed runs per measurement (median)")->capture_default_str();
+    cmd->add_option("--repeats", o->latency.repeats, "Timed runs per measurement (the fastest counts)")->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
         if (!isProjectFile(o->model.path))

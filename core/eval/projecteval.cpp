@@ -93,17 +93,17 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
             (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
         j["rules"] = rulesToJson(rules);
         if (r.timing && !r.oracle) { // the oracle computes every expert: its timing means nothing
-            // Dense and converted timed in the same job, so their ratio is meaningful.
+            // Dense and converted timed in interleaved rounds of the same job, so their ratio is meaningful.
             LatencyOptions lo;
             lo.cancel = &r.cancel;
             auto plain = moeHooks(converted.layers, rules);
-            const auto m = measureForward(model, &plain, lo);
+            const auto timed = measureForwards(model, {&plain, nullptr}, lo);
+            const auto &m = timed[0], &d = timed[1];
             j["prefill_seconds"] = m.prefillSeconds;
             j["decode_seconds"] = m.decodeSeconds;
             j["prefill_tokens_per_second"] = static_cast<double>(lo.prefillTokens) / m.prefillSeconds;
             j["decode_tokens_per_second"] = 1.0 / m.decodeSeconds;
             j["timing"] = {{"prefill_tokens", lo.prefillTokens}, {"decode_context", lo.decodeContext}};
-            const auto d = measureForward(model, nullptr, lo);
             j["dense_prefill_seconds"] = d.prefillSeconds;
             j["dense_decode_seconds"] = d.decodeSeconds;
             j["prefill_fraction"] = m.prefillSeconds / d.prefillSeconds;
@@ -124,6 +124,14 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
                 j["estimate"]["decode_seconds"] = est.decodeSeconds;
                 j["estimate"]["prefill_fraction"] = est.prefillFraction;
                 j["estimate"]["decode_fraction"] = est.decodeFraction;
+                j["estimate"]["dense_prefill_seconds"] = est.densePrefillSeconds;
+                j["estimate"]["dense_decode_seconds"] = est.denseDecodeSeconds;
+                if (j.contains("dense_prefill_seconds")) {
+                    // The machine's speed drifts between the latency model's job and this one (other
+                    // load): the estimate at the dense speed measured in this job, beside the raw one.
+                    j["estimate"]["prefill_seconds_at_measured_dense"] = est.prefillFraction * j["dense_prefill_seconds"].get<double>();
+                    j["estimate"]["decode_seconds_at_measured_dense"] = est.decodeFraction * j["dense_decode_seconds"].get<double>();
+                }
             }
         } catch (const Error&) {
             // No profile yet: nothing to compare with.

@@ -2,8 +2,10 @@
 // prefill-sized batch (one sequence of `prefillTokens`) and a decode step (one token after
 // `decodeContext` cached tokens): the whole model with every FFN skipped (embeddings, attention,
 // norms, head), one dense FFN, and one MoE block at each static k on real FFN inputs. The model
-// estimate is other + sum over layers (routing/estimate.h). Medians of `repeats` timed runs after
-// a warm-up; CUDA is synchronised around each. Runs on the calling thread.
+// estimate is other + sum over layers (routing/estimate.h). Each measure is the fastest of
+// `repeats` timed runs after a warm-up (on a shared machine other load only adds time; the MoE
+// block's k are timed in interleaved rounds); CUDA is synchronised around each. Runs on the
+// calling thread.
 #pragma once
 
 #include <vector>
@@ -19,7 +21,7 @@ namespace ladimo::core {
 struct LatencyOptions {
     int64_t prefillTokens = 512;
     int64_t decodeContext = 256;
-    int repeats = 7;
+    int repeats = 15;
     ProgressFn progress;
     const CancelToken* cancel = nullptr;
 };
@@ -29,12 +31,16 @@ struct LatencyOptions {
 LatencyModel measureLatency(const LlamaModel& model, const MoeLayer& layer, const torch::Tensor& sampleX,
                             const LatencyOptions& options = {});
 
-// Measured whole-model times with the given hooks (nullptr: dense): median seconds of one prefill
+// Measured whole-model times with the given hooks (nullptr: dense): the fastest seconds of one prefill
 // forward of `prefillTokens` tokens and of one decode step after `decodeContext` cached tokens.
 struct ForwardTiming {
     double prefillSeconds = 0;
     double decodeSeconds = 0;
 };
 ForwardTiming measureForward(const LlamaModel& model, const ForwardHooks* hooks, const LatencyOptions& options = {});
+// The same for several hook sets (nullptr: dense) timed in interleaved rounds, so their ratios
+// are not skewed by load that comes and goes during the measurement.
+std::vector<ForwardTiming> measureForwards(const LlamaModel& model, const std::vector<const ForwardHooks*>& variants,
+                                           const LatencyOptions& options = {});
 
 } // namespace ladimo::core

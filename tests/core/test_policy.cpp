@@ -396,6 +396,7 @@ TEST(Policy, CliFlowEstimatesMatchMeasurements)
     EXPECT_GT(ev["prefill_tokens_per_second"].get<double>(), 0.0);
     EXPECT_GT(ev["decode_fraction"].get<double>(), 0.0);
     EXPECT_TRUE(ev["estimate"].contains("prefill_seconds"));
+    EXPECT_GT(ev["estimate"]["prefill_seconds_at_measured_dense"].get<double>(), 0.0);
 
     // Export, re-import under another name: the same rules.
     const std::string file = (tmp / "adaptive.json").string();
