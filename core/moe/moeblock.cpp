@@ -116,6 +116,40 @@ void scatterAddRows(torch::Tensor& out, const torch::Tensor& rows, const torch::
     });
 }
 
+// The (token, expert) pairs of a routing mask [T, N] on the CPU, expert-major with tokens in
+// order (what mask.t().nonzero() lists), their weights as `dtype`, and the pairs per expert: one
+// counting pass and one filling pass instead of a transpose, nonzero, gather and bincount.
+void listPairs(const torch::Tensor& maskIn, const torch::Tensor& weightsIn, torch::ScalarType dtype, torch::Tensor* tokens,
+               torch::Tensor* w, std::vector<int64_t>* counts)
+{
+    const auto mask = maskIn.contiguous();
+    const auto weights = weightsIn.to(torch::kFloat32).contiguous();
+    const int64_t T = mask.size(0), N = mask.size(1);
+    const bool* m = mask.data_ptr<bool>();
+    const float* wt = weights.data_ptr<float>();
+    counts->assign(static_cast<std::size_t>(N), 0);
+    for (int64_t i = 0; i < T * N; ++i)
+        (*counts)[static_cast<std::size_t>(i % N)] += m[i] ? 1 : 0;
+    std::vector<int64_t> next(static_cast<std::size_t>(N), 0);
+    int64_t P = 0;
+    for (int64_t e = 0; e < N; ++e) {
+        next[static_cast<std::size_t>(e)] = P;
+        P += (*counts)[static_cast<std::size_t>(e)];
+    }
+    *tokens = torch::empty({P}, torch::kLong);
+    auto wf = torch::empty({P}, torch::kFloat32);
+    int64_t* tk = tokens->data_ptr<int64_t>();
+    float* wp = wf.data_ptr<float>();
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < N; ++e)
+            if (m[t * N + e]) {
+                const int64_t at = next[static_cast<std::size_t>(e)]++;
+                tk[at] = t;
+                wp[at] = wt[t * N + e];
+            }
+    *w = wf.to(dtype);
+}
+
 // Rows per tile: every per-tile buffer stays within about 2 MiB, so the buffers are reused from
 // cache, not first-touched (page-faulted) memory, while each product keeps enough rows for BLAS.
 int64_t tileRows(int64_t H, int64_t S)
@@ -261,14 +295,20 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
     torch::Tensor mask, weights;
     route(routingProbs(x), rule, &mask, &weights);
     // Group tokens by expert: the nonzero entries of the mask, expert-major.
-    auto pairs = mask.t().nonzero(); // [P, 2] rows (expert, token), sorted by expert
-    if (pairs.size(0) == 0)
+    torch::Tensor tokens, w;
+    std::vector<int64_t> counts;
+    if (mask.is_cpu() && mask.scalar_type() == torch::kBool && !(torch::GradMode::is_enabled() && weights.requires_grad())) {
+        listPairs(mask, weights, x.scalar_type(), &tokens, &w, &counts);
+    } else {
+        auto pairs = mask.t().nonzero(); // [P, 2] rows (expert, token), sorted by expert
+        auto experts = pairs.select(1, 0);
+        tokens = pairs.select(1, 1).contiguous();
+        w = weights.t().index({experts, tokens}).to(x.scalar_type()).contiguous();
+        const auto countTensor = torch::bincount(experts.to(torch::kCPU), {}, numExperts());
+        counts.assign(countTensor.data_ptr<int64_t>(), countTensor.data_ptr<int64_t>() + numExperts());
+    }
+    if (tokens.size(0) == 0)
         return torch::zeros_like(xIn);
-    auto experts = pairs.select(1, 0);
-    auto tokens = pairs.select(1, 1).contiguous();
-    auto w = weights.t().index({experts, tokens}).to(x.scalar_type()).contiguous();
-    const auto countTensor = torch::bincount(experts.to(torch::kCPU), {}, numExperts());
-    std::vector<int64_t> counts(countTensor.data_ptr<int64_t>(), countTensor.data_ptr<int64_t>() + numExperts());
     if (stats)
         for (int64_t e = 0; e < numExperts(); ++e) {
             stats->pairs += counts[static_cast<std::size_t>(e)];

@@ -1,7 +1,11 @@
 // MoE block forward (token dispatch) against the dense FFN it came from, on the same tokens,
 // and a distillation step. Ratios in one run are what count: the machine is noisy.
 //   build/bin/bench_moe --benchmark_repetitions=3   (the _min rows: the fastest repetition)
+//   build/bin/bench_moe --benchmark_filter=moeVsDense   (the ratio, dense and MoE interleaved)
 // The Python reference for the distillation step: tests/bench/distill_step_reference.py.
+#include <algorithm>
+#include <chrono>
+
 #include <benchmark/benchmark.h>
 
 #include "benchmain.h"
@@ -58,6 +62,34 @@ void moeTop6of8(benchmark::State& state)
     state.counters["tokens/s"] = benchmark::Counter(double(state.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The ratio itself, robust to the machine's speed drifting over seconds: each iteration times
+// one dense FFN call and one MoE block call back to back, and the fastest of each over all
+// iterations counts. Counters: dense_ms, moe_ms, and ideal_fraction = dense x 0.75 / moe (the
+// share of the ideal speedup reached; 1 = ideal).
+void moeVsDense(benchmark::State& state)
+{
+    torch::InferenceMode guard;
+    auto s = makeSetup(state.range(0), state.range(1), state.range(2));
+    auto dense = [&] {
+        return torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()), s.ffn.down.t());
+    };
+    auto moe = [&] { return s.moe.forward(s.x, RoutingRule::staticK(6)); };
+    auto seconds = [](auto&& f) {
+        const auto t0 = std::chrono::steady_clock::now();
+        auto out = f();
+        benchmark::DoNotOptimize(out.data_ptr());
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    double bestDense = 1e30, bestMoe = 1e30;
+    for (auto _ : state) {
+        bestDense = std::min(bestDense, seconds(dense));
+        bestMoe = std::min(bestMoe, seconds(moe));
+    }
+    state.counters["dense_ms"] = 1e3 * bestDense;
+    state.counters["moe_ms"] = 1e3 * bestMoe;
+    state.counters["ideal_fraction"] = 0.75 * bestDense / bestMoe;
+}
+
 void distillStep(benchmark::State& state)
 {
     auto s = makeSetup(state.range(0), state.range(1), state.range(2));
@@ -96,6 +128,7 @@ void sizes(benchmark::internal::Benchmark* b)
 
 BENCHMARK(denseFfn)->Apply(sizes);
 BENCHMARK(moeTop6of8)->Apply(sizes);
+BENCHMARK(moeVsDense)->Apply(sizes)->MinTime(2.0);
 BENCHMARK(distillStep)
     ->Args({256, 768, 512})
     ->Args({1024, 2816, 512})
