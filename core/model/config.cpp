@@ -26,13 +26,22 @@ int64_t requireInt(const nlohmann::json& j, const char* key, const std::string& 
     return x;
 }
 
-double optNumber(const nlohmann::json& j, const char* key, double dflt, const std::string& source)
+// An optional key of one JSON type: `dflt` when absent or null, an Error naming the key when of
+// another type.
+template <typename T>
+T optTyped(const nlohmann::json& j, const char* key, T dflt, const std::string& source,
+           bool (nlohmann::json::*isType)() const noexcept, const char* expected)
 {
     if (!j.contains(key) || j.at(key).is_null())
         return dflt;
-    if (!j.at(key).is_number())
-        throw Error(source + ": key '" + key + "' must be a number, got " + j.at(key).dump());
-    return j.at(key).get<double>();
+    if (!(j.at(key).*isType)())
+        throw Error(source + ": key '" + key + "' must be " + expected + ", got " + j.at(key).dump());
+    return j.at(key).get<T>();
+}
+
+double optNumber(const nlohmann::json& j, const char* key, double dflt, const std::string& source)
+{
+    return optTyped(j, key, dflt, source, &nlohmann::json::is_number, "a number");
 }
 
 std::optional<int64_t> optInt(const nlohmann::json& j, const char* key, const std::string& source)
@@ -52,20 +61,12 @@ std::optional<int64_t> optInt(const nlohmann::json& j, const char* key, const st
 
 std::string optString(const nlohmann::json& j, const char* key, const std::string& dflt, const std::string& source)
 {
-    if (!j.contains(key) || j.at(key).is_null())
-        return dflt;
-    if (!j.at(key).is_string())
-        throw Error(source + ": key '" + key + "' must be a string, got " + j.at(key).dump());
-    return j.at(key).get<std::string>();
+    return optTyped(j, key, dflt, source, &nlohmann::json::is_string, "a string");
 }
 
 bool optBool(const nlohmann::json& j, const char* key, bool dflt, const std::string& source)
 {
-    if (!j.contains(key) || j.at(key).is_null())
-        return dflt;
-    if (!j.at(key).is_boolean())
-        throw Error(source + ": key '" + key + "' must be true or false, got " + j.at(key).dump());
-    return j.at(key).get<bool>();
+    return optTyped(j, key, dflt, source, &nlohmann::json::is_boolean, "true or false");
 }
 
 } // namespace
