@@ -16,7 +16,7 @@
 #include "common/error.h"
 #include "common/fileutil.h"
 #include "convert/convert.h"
-#include "eval/perplexity.h"
+#include "eval/projecteval.h"
 #include "model/device.h"
 #include "routing/estimate.h"
 #include "routing/latency.h"
@@ -92,34 +92,6 @@ nlohmann::json policyJson(const RunContext& c, const std::string& name, const co
     auto j = core::policyDocument(name, rules, core::parseGating(c.run.gating), c.run.experts);
     j["estimate"] = core::toJson(e);
     return j;
-}
-
-// `ladimo policy --refine-data`: the held-out NLL of the converted model under each candidate.
-core::RefineResult refineMeasured(const std::string& projectFile, const std::string& device, const DataOptions& data,
-                                  int64_t seqLen, const core::PolicyTables& tables, const core::PolicyRules& start,
-                                  core::RefineOptions options)
-{
-    ModelOptions mo;
-    mo.path = projectFile;
-    mo.device = device;
-    auto converted = loadConverted(projectFile, mo);
-    torch::InferenceMode guard;
-    ProgressPrinter printer;
-    const auto tokenizer = core::Tokenizer::loadForModel(converted.modelPath);
-    const auto stream = data.load(converted.model, tokenizer.get(), seqLen, printer.fn());
-    if (static_cast<int64_t>(stream.size()) < 2 * seqLen)
-        throw core::Error("refinement data (" + data.describe() + "): " + std::to_string(stream.size()) +
-                          " tokens, expected at least " + std::to_string(2 * seqLen) + " (two windows)");
-    options.progress = printer.fn();
-    options.cancel = interruptToken();
-    return core::refinePolicy(tables, start, options, [&](const core::PolicyRules& rules) {
-        const auto hooks = core::moeHooks(converted.layers, rules);
-        core::EvalOptions e;
-        e.seqLen = seqLen;
-        e.hooks = &hooks;
-        e.cancel = interruptToken();
-        return core::evaluatePerplexity(converted.model, stream, e).nll;
-    });
 }
 
 std::string describeRules(const core::PolicyRules& rules, int64_t experts)
@@ -416,7 +388,15 @@ void registerPolicyCommand(CLI::App& app)
             auto ro = o->refineOptions;
             ro.cost = so.cost;
             ro.budgetFraction = o->budgetParams ? *o->budgetParams : *o->budgetLatency;
-            const auto refined = refineMeasured(o->project, o->device, o->refine, o->refineSeqLen, c.tables, r.rules, ro);
+            ModelOptions model;
+            model.path = o->project;
+            model.device = o->device;
+            ProgressPrinter printer;
+            ro.progress = printer.fn();
+            ro.cancel = interruptToken();
+            const auto refined = core::refineProjectPolicy(
+                {o->project, model.loadOptions(), convertedHints(o->project), o->refine.source(), o->refineSeqLen, ro},
+                c.tables, r.rules);
             refineReport = refineJson(refined, o->refine, N);
             if (!o->json)
                 printRefine(refined, N);

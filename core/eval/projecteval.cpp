@@ -148,4 +148,24 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     return out;
 }
 
+RefineResult refineProjectPolicy(const ProjectRefineRequest& r, const PolicyTables& tables, const PolicyRules& start)
+{
+    c10::InferenceMode guard; // thread-local: on the calling (worker) thread
+    const auto converted = loadLatestRun(r.projectFile, r.load, r.hints);
+    const auto& model = *converted.model;
+    const auto tok = Tokenizer::loadForModel(converted.modelDir);
+    const auto stream = r.data.load(model, tok.get(), r.seqLen, r.options.progress, r.options.cancel);
+    if (static_cast<int64_t>(stream.size()) < 2 * r.seqLen)
+        throw Error("refinement data (" + r.data.describe() + "): " + std::to_string(stream.size()) +
+                    " tokens, expected at least " + std::to_string(2 * r.seqLen) + " (two windows)");
+    return refinePolicy(tables, start, r.options, [&](const PolicyRules& rules) {
+        const auto hooks = moeHooks(converted.layers, rules);
+        EvalOptions e;
+        e.seqLen = r.seqLen;
+        e.hooks = &hooks;
+        e.cancel = r.options.cancel;
+        return evaluatePerplexity(model, stream, e).nll;
+    });
+}
+
 } // namespace ladimo::core

@@ -15,6 +15,7 @@
 #include "convert/latestrun.h"
 #include "convert/projectconvert.h"
 #include "eval/perplexity.h"
+#include "routing/refine.h"
 
 namespace ladimo::core {
 
@@ -47,5 +48,19 @@ struct ProjectEvalResult {
 };
 
 ProjectEvalResult evaluateProject(const ProjectEvalRequest& request);
+
+// `ladimo policy --refine-data`: the measured refinement (routing/refine.h) of a policy for the
+// project's latest run, each candidate measured by the converted model's NLL on `data` (the model
+// and the tokens loaded once). Needs at least two windows of tokens. Runs on the calling thread.
+struct ProjectRefineRequest {
+    std::string projectFile;
+    LoadOptions load;
+    LatestRunHints hints;
+    DataSource data;
+    int64_t seqLen = 256;
+    RefineOptions options;         // budget, measurements, progress and cancel
+};
+
+RefineResult refineProjectPolicy(const ProjectRefineRequest& request, const PolicyTables& tables, const PolicyRules& start);
 
 } // namespace ladimo::core
