@@ -14,6 +14,7 @@
 #include <benchmark/benchmark.h>
 
 #include "benchmain.h"
+#include "gui/syntheticprofile.h"
 #include <cmath>
 
 #include "policytablemodel.h"
@@ -48,18 +49,7 @@ core::PolicyTables syntheticTables()
         }
         t.layers.push_back(lt);
     }
-    core::LatencyModel m;
-    m.device = "cpu";
-    m.layers = kLayers;
-    m.prefillOther = 0.05;
-    m.decodeOther = 0.004;
-    m.prefillDenseFfn = 0.01;
-    m.decodeDenseFfn = 0.001;
-    for (int k = 1; k <= kExperts; ++k) {
-        m.prefillMoe.push_back(0.0015 * k);
-        m.decodeMoe.push_back(0.00015 * k);
-    }
-    t.latency = m;
+    t.latency = test::syntheticLatencyModel(kLayers, kExperts);
     return t;
 }
 
