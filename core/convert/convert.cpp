@@ -6,6 +6,7 @@
 #include <thread>
 #include <sstream>
 
+#include "common/cputeam.h"
 #include "common/error.h"
 #include "common/scratch.h"
 #include "model/safetensors.h"
@@ -253,6 +254,8 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
             stopAll.cancel();
         }
     };
+    // Several workers do BLAS work at once: none may change the process's BLAS thread count.
+    CpuTeam::Solo solo;
     std::vector<std::thread> threads;
     for (const auto& d : devices)
         threads.emplace_back(worker, d);

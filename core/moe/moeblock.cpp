@@ -1,9 +1,11 @@
 #include "moe/moeblock.h"
 
+#include "common/cputeam.h"
 #include "common/error.h"
 
+#include <algorithm>
 #include <cstring>
-
+#include <functional>
 
 #include <ATen/Parallel.h>
 
@@ -157,16 +159,67 @@ int64_t tileRows(int64_t H, int64_t S)
     return std::clamp<int64_t>((int64_t{1} << 21) / (4 * std::max(H, 2 * S)), 128, 4096);
 }
 
-// Calls f(expert, first pair, rows) for every tile of every expert's block of pairs, in order.
-template <class F>
-void forEachTile(const std::vector<int64_t>& counts, int64_t tile, F&& f)
+// The pairs of each expert whose tokens lie in [t0, t1) of T tokens: [lo, hi) per expert. Within
+// an expert's block the pairs are in token order (the listing is expert-major, tokens ascending).
+std::vector<std::pair<int64_t, int64_t>> pairsOfTokens(const torch::Tensor& tokens, const std::vector<int64_t>& counts,
+                                                       int64_t t0, int64_t t1, int64_t T)
 {
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    const bool all = t0 == 0 && t1 == T; // also for tokens on a GPU, which are not searched
+    const int64_t* tk = all ? nullptr : tokens.data_ptr<int64_t>();
     int64_t first = 0;
-    for (std::size_t e = 0; e < counts.size(); ++e) {
-        for (int64_t t = 0; t < counts[e]; t += tile)
-            f(static_cast<int64_t>(e), first + t, std::min(tile, counts[e] - t));
-        first += counts[e];
+    for (const int64_t count : counts) {
+        if (all)
+            ranges.emplace_back(first, first + count);
+        else
+            ranges.emplace_back(std::lower_bound(tk + first, tk + first + count, t0) - tk,
+                                std::lower_bound(tk + first, tk + first + count, t1) - tk);
+        first += count;
     }
+    return ranges;
+}
+
+// Rows of the largest tile over these ranges (at most `tile`): what the tile buffers need.
+int64_t largestTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t tile)
+{
+    int64_t rows = 0;
+    for (const auto& [lo, hi] : ranges)
+        rows = std::max(rows, std::min(tile, hi - lo));
+    return rows;
+}
+
+// Calls f(expert, first pair, rows) for every tile of every expert's range of pairs, in order.
+template <class F>
+void forEachTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t tile, F&& f)
+{
+    for (std::size_t e = 0; e < ranges.size(); ++e)
+        for (int64_t p = ranges[e].first; p < ranges[e].second; p += tile)
+            f(static_cast<int64_t>(e), p, std::min(tile, ranges[e].second - p));
+}
+
+// Below this many multiply-adds per product set (pairs x S x H) the experts run on the calling
+// thread: waking the CPU team costs tens of microseconds.
+constexpr int64_t kTeamWork = int64_t{1} << 20;
+
+// Runs part(i, n) for i in [0, n): n equal shares of the tokens, each with all their pairs, so
+// shares write disjoint rows. The CPU team runs them (n = its size) when the work is large enough
+// on the CPU, else part(0, 1) runs here. The team gives the same bits whether or not it was free
+// (see CpuTeam::run), and the choice depends on the shapes only, so results are reproducible.
+// Grad and inference mode are per thread: every share runs with the caller's inference mode and
+// without autograd (the parts run inside an autograd function).
+template <class F>
+void onTokenShares(const torch::Tensor& x, int64_t work, F&& part)
+{
+    const bool inference = c10::InferenceMode::is_enabled();
+    const std::function<void(int, int)> share = [&](int i, int n) {
+        c10::InferenceMode inferenceMode(inference);
+        torch::NoGradGuard noGrad;
+        part(i, n);
+    };
+    if (fastCpu(x) && work >= kTeamWork)
+        CpuTeam::instance().run(share);
+    else
+        share(0, 1);
 }
 
 // Gate and up as one [N, 2S, H] tensor: a view when fuseGateUp laid them out that way, else a copy.
@@ -181,33 +234,116 @@ torch::Tensor gateUpBlock(const torch::Tensor& gate, const torch::Tensor& up)
     return torch::cat({gate, up}, 1);
 }
 
+// The forward of the experts for the tokens in [t0, t1) only: their rows of `out` are written
+// (zeroed, then every pair's weighted output added); other rows are not touched, so disjoint
+// token ranges can run at the same time. Within each expert's block the pairs are in token order.
+// `pre` (training): the gate/up pre-activations of every pair [P, 2S]; else a tile buffer is used.
+void forwardTokens(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& gu, const torch::Tensor& down,
+                   const torch::Tensor& tokens, const std::vector<int64_t>& counts, int64_t t0, int64_t t1, torch::Tensor& out,
+                   const torch::Tensor& pre)
+{
+    const int64_t T = x.size(0), H = x.size(1), S = down.size(2);
+    const int64_t R = tileRows(H, S);
+    const auto o = x.options();
+    out.narrow(0, t0, t1 - t0).zero_();
+    const auto ranges = pairsOfTokens(tokens, counts, t0, t1, T);
+    const int64_t rows = largestTile(ranges, R);
+    if (rows == 0)
+        return;
+    auto scratch = pre.defined() ? pre : torch::empty({rows, 2 * S}, o);
+    auto xt = torch::empty({rows, H}, o), yt = torch::empty({rows, H}, o), ht = torch::empty({rows, S}, o);
+    forEachTile(ranges, R, [&](int64_t e, int64_t first, int64_t m) {
+        auto idx = tokens.narrow(0, first, m);
+        auto xe = xt.narrow(0, 0, m), ye = yt.narrow(0, 0, m), he = ht.narrow(0, 0, m);
+        auto ae = scratch.narrow(0, pre.defined() ? first : 0, m);
+        gatherRows(xe, x, idx);
+        at::mm_out(ae, xe, gu[e].t());
+        at::silu_out(he, ae.narrow(1, 0, S));
+        he.mul_(ae.narrow(1, S, S));
+        at::mm_out(ye, he, down[e].t());
+        scatterAddRows(out, ye, idx, w.narrow(0, first, m));
+    });
+}
+
+// The backward for the tokens in [t0, t1) only: their rows of gx and their pairs' entries of gw
+// are written (other entries untouched); the experts' gradients of these pairs are added to ggu
+// and gd, which must belong to this share alone. Undefined outputs are not computed.
+void backwardTokens(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& gu, const torch::Tensor& down,
+                    const torch::Tensor& tokens, const std::vector<int64_t>& counts, const torch::Tensor& pre,
+                    const torch::Tensor& go, int64_t t0, int64_t t1, torch::Tensor& gx, torch::Tensor& gw, torch::Tensor& ggu,
+                    torch::Tensor& gd)
+{
+    const int64_t T = x.size(0), H = x.size(1), S = down.size(2);
+    const int64_t R = tileRows(H, S);
+    const auto o = x.options();
+    if (gx.defined())
+        gx.narrow(0, t0, t1 - t0).zero_();
+    const auto ranges = pairsOfTokens(tokens, counts, t0, t1, T);
+    const int64_t rows = largestTile(ranges, R);
+    if (rows == 0)
+        return;
+    auto gt = torch::empty({rows, H}, o), xt = torch::empty({rows, H}, o), st = torch::empty({rows, S}, o);
+    auto ht = torch::empty({rows, S}, o), dt = torch::empty({rows, S}, o), dat = torch::empty({rows, 2 * S}, o);
+    auto gxt = gx.defined() ? torch::empty({rows, H}, o) : torch::Tensor();
+    forEachTile(ranges, R, [&](int64_t e, int64_t first, int64_t m) {
+        auto idx = tokens.narrow(0, first, m);
+        auto we = w.narrow(0, first, m).unsqueeze(1);
+        auto ae = pre.narrow(0, first, m);
+        auto g = ae.narrow(1, 0, S), u = ae.narrow(1, S, S);
+        auto ge = gt.narrow(0, 0, m), se = st.narrow(0, 0, m), he = ht.narrow(0, 0, m), dh = dt.narrow(0, 0, m);
+        auto dae = dat.narrow(0, 0, m);
+        gatherRows(ge, go, idx);
+        at::silu_out(se, g);
+        at::mul_out(he, se, u);
+        at::mm_out(dh, ge, down[e]); // dL/dh before the routing weight
+        if (gw.defined()) {
+            auto gwe = gw.narrow(0, first, m);
+            at::sum_out(gwe, dh * he, {1});
+        }
+        dh.mul_(we);
+        if (gd.defined()) {
+            he.mul_(we);
+            auto gde = gd[e];
+            gde.addmm_(ge.t(), he);
+        }
+        auto dau = dae.narrow(1, S, S), dag = dae.narrow(1, 0, S);
+        at::mul_out(dau, dh, se);                 // d/du = dh * silu(g)
+        at::silu_backward_out(dag, dh.mul_(u), g); // d/dg = dh * u * silu'(g)
+        if (ggu.defined()) {
+            auto xe = xt.narrow(0, 0, m);
+            gatherRows(xe, x, idx);
+            auto ggue = ggu[e];
+            ggue.addmm_(dae.t(), xe);
+        }
+        if (gx.defined()) {
+            auto gxe = gxt.narrow(0, 0, m);
+            at::mm_out(gxe, dae, gu[e]);
+            scatterAddRows(gx, gxe, idx, {});
+        }
+    });
+}
+
 // The experts of one MoE block over (token, expert) pairs listed expert-major, as one autograd
 // function: training, evaluation and export checks all run this code. Per block of an expert's
 // pairs: gather the rows, one product for gate and up together, the SwiGLU activation, the down
 // product, and a weighted scatter-add into the output. Training keeps the gate/up pre-activations
-// [pairs, 2S]; everything else is recomputed in the backward, which mirrors the forward.
+// [pairs, 2S]; everything else is recomputed in the backward, which mirrors the forward. On the
+// CPU, forward and backward split the tokens into shares for the CPU team: each member runs every
+// expert on its own tokens with a single-threaded BLAS, so the gathers, activations and
+// scatter-adds between the products run on every core too (with OpenBLAS's own threading they ran
+// on one core while the other waited, and the small per-expert products split poorly). The shares'
+// expert gradients are summed in a fixed order.
 struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
     static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w,
                                  const torch::Tensor& gate, const torch::Tensor& up, const torch::Tensor& down,
                                  const torch::Tensor& tokens, const std::vector<int64_t>& counts, bool training)
     {
         const int64_t T = x.size(0), H = x.size(1), S = gate.size(1), P = tokens.size(0);
-        const int64_t R = tileRows(H, S);
-        const auto o = x.options();
         auto gu = gateUpBlock(gate, up); // [N, 2S, H]
-        auto out = torch::zeros({T, H}, o);
-        auto pre = training ? torch::empty({P, 2 * S}, o) : torch::empty({R, 2 * S}, o);
-        auto xt = torch::empty({R, H}, o), yt = torch::empty({R, H}, o), ht = torch::empty({R, S}, o);
-        forEachTile(counts, R, [&](int64_t e, int64_t first, int64_t m) {
-            auto idx = tokens.narrow(0, first, m);
-            auto xe = xt.narrow(0, 0, m), ye = yt.narrow(0, 0, m), he = ht.narrow(0, 0, m);
-            auto ae = pre.narrow(0, training ? first : 0, m);
-            gatherRows(xe, x, idx);
-            at::mm_out(ae, xe, gu[e].t());
-            at::silu_out(he, ae.narrow(1, 0, S));
-            he.mul_(ae.narrow(1, S, S));
-            at::mm_out(ye, he, down[e].t());
-            scatterAddRows(out, ye, idx, w.narrow(0, first, m));
+        auto out = torch::empty({T, H}, x.options());
+        auto pre = training ? torch::empty({P, 2 * S}, x.options()) : torch::Tensor();
+        onTokenShares(x, P * S * H, [&](int i, int n) {
+            forwardTokens(x, w, gu, down, tokens, counts, T * i / n, T * (i + 1) / n, out, pre);
         });
         if (training) {
             ctx->save_for_backward({x, w, gate, up, down, tokens, pre});
@@ -226,57 +362,35 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
         const bool needExperts = ctx->needs_input_grad(2) || ctx->needs_input_grad(3) || ctx->needs_input_grad(4);
         const auto go = grads[0].contiguous();
         const int64_t T = x.size(0), H = x.size(1), N = gate.size(0), S = gate.size(1), P = tokens.size(0);
-        const int64_t R = tileRows(H, S);
         const auto o = x.options();
         torch::Tensor gx, gw, ggu, gd;
         if (needX)
-            gx = torch::zeros({T, H}, o);
+            gx = torch::empty({T, H}, o);
         if (needW)
             gw = torch::empty({P}, o);
-        if (needExperts) {
-            ggu = torch::zeros({N, 2 * S, H}, o);
-            gd = torch::zeros({N, H, S}, o);
-        }
         auto gu = needX ? gateUpBlock(gate, up) : torch::Tensor();
-        auto gt = torch::empty({R, H}, o), xt = torch::empty({R, H}, o), st = torch::empty({R, S}, o);
-        auto ht = torch::empty({R, S}, o), dt = torch::empty({R, S}, o), dat = torch::empty({R, 2 * S}, o);
-        auto gxt = needX ? torch::empty({R, H}, o) : torch::Tensor();
-        forEachTile(counts, R, [&](int64_t e, int64_t first, int64_t m) {
-            auto idx = tokens.narrow(0, first, m);
-            auto we = w.narrow(0, first, m).unsqueeze(1);
-            auto ae = pre.narrow(0, first, m);
-            auto g = ae.narrow(1, 0, S), u = ae.narrow(1, S, S);
-            auto ge = gt.narrow(0, 0, m), se = st.narrow(0, 0, m), he = ht.narrow(0, 0, m), dh = dt.narrow(0, 0, m);
-            auto dae = dat.narrow(0, 0, m);
-            gatherRows(ge, go, idx);
-            at::silu_out(se, g);
-            at::mul_out(he, se, u);
-            at::mm_out(dh, ge, down[e]); // dL/dh before the routing weight
-            if (needW) {
-                auto gwe = gw.narrow(0, first, m);
-                at::sum_out(gwe, dh * he, {1});
-            }
-            dh.mul_(we);
+        // Every share of the tokens accumulates its own expert gradients; they are summed after.
+        const auto shares = static_cast<std::size_t>(std::max(1, CpuTeam::instance().size()));
+        std::vector<torch::Tensor> shareGgu(shares), shareGd(shares);
+        onTokenShares(x, P * S * H, [&](int i, int n) {
+            torch::Tensor myGgu, myGd;
             if (needExperts) {
-                he.mul_(we);
-                auto gde = gd[e];
-                gde.addmm_(ge.t(), he);
+                myGgu = torch::zeros({N, 2 * S, H}, o);
+                myGd = torch::zeros({N, H, S}, o);
             }
-            auto dau = dae.narrow(1, S, S), dag = dae.narrow(1, 0, S);
-            at::mul_out(dau, dh, se);                 // d/du = dh * silu(g)
-            at::silu_backward_out(dag, dh.mul_(u), g); // d/dg = dh * u * silu'(g)
-            if (needExperts) {
-                auto xe = xt.narrow(0, 0, m);
-                gatherRows(xe, x, idx);
-                auto ggue = ggu[e];
-                ggue.addmm_(dae.t(), xe);
-            }
-            if (needX) {
-                auto gxe = gxt.narrow(0, 0, m);
-                at::mm_out(gxe, dae, gu[e]);
-                scatterAddRows(gx, gxe, idx, {});
-            }
+            backwardTokens(x, w, gu, down, tokens, counts, pre, go, T * i / n, T * (i + 1) / n, gx, gw, myGgu, myGd);
+            shareGgu.at(static_cast<std::size_t>(i)) = myGgu;
+            shareGd.at(static_cast<std::size_t>(i)) = myGd;
         });
+        if (needExperts) {
+            ggu = shareGgu[0];
+            gd = shareGd[0];
+            for (std::size_t i = 1; i < shares; ++i)
+                if (shareGgu[i].defined()) {
+                    ggu.add_(shareGgu[i]);
+                    gd.add_(shareGd[i]);
+                }
+        }
         torch::Tensor gGate, gUp;
         if (needExperts) {
             gGate = ggu.narrow(1, 0, S);

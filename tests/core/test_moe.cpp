@@ -1,7 +1,14 @@
 // MoE block and stage-1 construction on real FFNs of stories260K (172 neurons / 8 experts, so
 // experts differ by one neuron) and on random ones.
+#include <atomic>
 #include <numeric>
+#include <thread>
 
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include "common/cputeam.h"
 #include "common/error.h"
 #include "convert/construct.h"
 #include "model/llama.h"
@@ -254,4 +261,109 @@ TEST(Moe, OracleRoutingIsACeilingForTheRouter)
     const double oracle = (out - f.y).pow(2).sum().item<double>() / f.y.pow(2).sum().item<double>();
     EXPECT_LE(oracle, relativeError(layer, f.x, f.y, RoutingRule::staticK(6)));
     EXPECT_THROW(layer.forwardOracle(f.x, 9), ladimo::core::Error);
+}
+
+// The CPU team runs every share once per run, share 0 on the caller, and leaves the caller's CPU
+// affinity and OpenBLAS's thread count as they were. A run from inside a run still runs every
+// share, on the calling thread; a share's exception reaches the caller; a Solo guard makes runs
+// unsplit.
+TEST(CpuTeam, RunsEveryShareOnceAndRestoresTheCaller)
+{
+    auto& team = CpuTeam::instance();
+    if (team.size() < 2)
+        GTEST_SKIP() << "the CPU team has one member here (one CPU, or no OpenBLAS thread pool)";
+    using GetInt = int (*)();
+    const auto blasThreads = reinterpret_cast<GetInt>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    ASSERT_TRUE(blasThreads);
+    const int threadsBefore = blasThreads();
+    cpu_set_t before, after;
+    ASSERT_EQ(pthread_getaffinity_np(pthread_self(), sizeof before, &before), 0);
+    const auto caller = std::this_thread::get_id();
+    const auto n = static_cast<std::size_t>(team.size());
+    std::vector<std::atomic<int>> calls(n), nestedCalls(n);
+    std::atomic<bool> callerIsZero{false}, nestedOnCaller{true};
+    std::atomic<int> blasInside{0};
+    team.run([&](int i, int shares) {
+        EXPECT_EQ(shares, team.size());
+        ++calls[static_cast<std::size_t>(i)];
+        if (i == 0) {
+            callerIsZero = std::this_thread::get_id() == caller;
+            blasInside = blasThreads();
+            team.run([&](int j, int) {
+                ++nestedCalls[static_cast<std::size_t>(j)];
+                nestedOnCaller = nestedOnCaller && std::this_thread::get_id() == caller;
+            });
+        }
+    });
+    for (std::size_t i = 0; i < n; ++i) {
+        EXPECT_EQ(calls[i].load(), 1);
+        EXPECT_EQ(nestedCalls[i].load(), 1);
+    }
+    EXPECT_TRUE(callerIsZero.load());
+    EXPECT_TRUE(nestedOnCaller.load());
+    EXPECT_EQ(blasInside.load(), 1);
+    EXPECT_EQ(blasThreads(), threadsBefore);
+    ASSERT_EQ(pthread_getaffinity_np(pthread_self(), sizeof after, &after), 0);
+    EXPECT_TRUE(CPU_EQUAL(&before, &after));
+    EXPECT_THROW(team.run([](int i, int) {
+        if (i == 1)
+            throw Error("share 1 failed");
+    }),
+                 Error);
+    EXPECT_EQ(blasThreads(), threadsBefore);
+    team.run([&](int i, int) { ++calls[static_cast<std::size_t>(i)]; });
+    EXPECT_EQ(calls[1].load(), 2) << "usable again after an exception";
+    {
+        CpuTeam::Solo solo;
+        EXPECT_EQ(team.size(), 1);
+        int shares = 0;
+        team.run([&](int, int k) {
+            shares = k;
+            EXPECT_EQ(blasThreads(), threadsBefore) << "a solo run leaves the BLAS alone";
+        });
+        EXPECT_EQ(shares, 1);
+    }
+    EXPECT_EQ(team.size(), static_cast<int>(n));
+}
+
+// With the team, each member takes a share of the tokens. When the team is busy (forced here by
+// calling from inside a team run) the caller runs the same shares itself: the output and the
+// gradients are bit for bit the same, so results never depend on whether the team was free.
+// Static and threshold rules, in inference mode and with autograd. Hard gating: inside a run the
+// router's own product is single-threaded too, and its last bits must not move the weights.
+TEST(CpuTeam, MoeDispatchIsTheSameWhetherTheTeamIsFreeOrBusy)
+{
+    auto& team = CpuTeam::instance();
+    if (team.size() < 2)
+        GTEST_SKIP() << "the CPU team has one member here (one CPU, or no OpenBLAS thread pool)";
+    const auto f = fixture(1024);
+    auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, Gating::Hard);
+    layer.router = torch::randn({8, 64}) * 0.3;
+    for (const auto& rule : {RoutingRule::staticK(6), RoutingRule::topP(0.7, 1, 5)}) {
+        auto teamBusy = [&](auto&& f) {
+            decltype(f()) r;
+            team.run([&](int i, int) {
+                if (i == 0)
+                    r = f();
+            });
+            return r;
+        };
+        {
+            c10::InferenceMode inference;
+            auto forward = [&] { return layer.forward(f.x, rule); };
+            auto busy = teamBusy(forward), free = forward();
+            EXPECT_TRUE(torch::equal(busy, free)) << (busy - free).abs().max().item<double>();
+        }
+        auto grads = [&] {
+            MoeLayer l = layer;
+            for (auto* t : {&l.gate, &l.up, &l.down})
+                *t = t->detach().clone().set_requires_grad(true);
+            auto out = l.forward(f.x, rule);
+            out.pow(2).sum().backward();
+            return std::vector<torch::Tensor>{out.detach(), l.gate.grad(), l.up.grad(), l.down.grad()};
+        };
+        const auto busy = teamBusy(grads), free = grads();
+        for (std::size_t i = 0; i < busy.size(); ++i)
+            EXPECT_TRUE(torch::equal(busy[i], free[i])) << i << ": " << (busy[i] - free[i]).abs().max().item<double>();
+    }
 }
