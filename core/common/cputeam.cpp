@@ -74,7 +74,7 @@ void CpuTeam::member(int index)
     int pinned = -1;
     for (;;) {
         const std::function<void(int, int)>* task;
-        int cpu;
+        int cpu, shares;
         {
             std::unique_lock<std::mutex> lock(m_);
             wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
@@ -83,13 +83,16 @@ void CpuTeam::member(int index)
             seen = generation_;
             task = task_;
             cpu = memberCpu_[static_cast<std::size_t>(index)];
+            shares = shares_;
         }
-        if (cpu != pinned && pinTo(cpu))
-            pinned = cpu;
-        try {
-            (*task)(index, size_);
-        } catch (...) {
-            errors_[static_cast<std::size_t>(index)] = std::current_exception();
+        if (index < shares) {
+            if (cpu != pinned && pinTo(cpu))
+                pinned = cpu;
+            try {
+                (*task)(index, shares);
+            } catch (...) {
+                errors_[static_cast<std::size_t>(index)] = std::current_exception();
+            }
         }
         std::lock_guard<std::mutex> lock(m_);
         if (--pending_ == 0)
@@ -123,9 +126,9 @@ void CpuTeam::singleThreadedBlas(bool on)
     }
 }
 
-void CpuTeam::run(const std::function<void(int, int)>& task)
+void CpuTeam::run(const std::function<void(int, int)>& task, int shares)
 {
-    const int n = size();
+    const int n = std::min(size(), std::max(1, shares));
     if (n < 2) {
         task(0, 1);
         return;
@@ -160,12 +163,13 @@ void CpuTeam::run(const std::function<void(int, int)>& task)
         }
         std::fill(errors_.begin(), errors_.end(), nullptr);
         task_ = &task;
+        shares_ = n;
         pending_ = size_ - 1;
         ++generation_;
     }
     wake_.notify_all();
     try {
-        task(0, size_);
+        task(0, n);
     } catch (...) {
         errors_[0] = std::current_exception();
     }

@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -31,14 +32,14 @@ public:
     // How many shares run() splits work into now: 1 while a Solo guard exists.
     int size() const;
 
-    // Runs task(i, n) for every i in [0, n), n = size(), and waits for all; rethrows the first
+    // Runs task(i, n) for every i in [0, n), n = min(size(), shares), and waits for all; rethrows the first
     // exception a share threw. With n > 1, OpenBLAS is single-threaded meanwhile, and the shares
     // run on the members (task(0, n) on the calling thread) when the team is free, else one after
     // another on the calling thread (a nested or concurrent call): the same products with the
     // same thread count, so the results are bit for bit the same either way. (OpenBLAS's results
     // differ in the last bits between one and two threads.) Tasks must not use LibTorch's intra-op
     // pool for large work: the CLI and the workbench run with one intra-op thread.
-    void run(const std::function<void(int, int)>& task);
+    void run(const std::function<void(int, int)>& task, int shares = std::numeric_limits<int>::max());
 
     // While one exists, size() is 1 and the BLAS thread count is left alone. For several threads
     // doing BLAS work at once (a conversion with several workers): a process-wide thread count
@@ -79,6 +80,7 @@ private:
     std::vector<std::exception_ptr> errors_;
     const std::function<void(int, int)>* task_ = nullptr;
     unsigned long generation_ = 0;
+    int shares_ = 0;                   // of the current run
     int pending_ = 0;
     bool stop_ = false;
 };

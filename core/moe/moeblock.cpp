@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
+#include <limits>
 
 #include <ATen/Parallel.h>
 
@@ -197,16 +198,16 @@ void forEachTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t
             f(static_cast<int64_t>(e), p, std::min(tile, ranges[e].second - p));
 }
 
-// Below this many multiply-adds per product set (pairs x S x H) the experts run on the calling
-// thread: waking the CPU team costs tens of microseconds.
-constexpr int64_t kTeamWork = int64_t{1} << 20;
+// Multiply-adds per share (pairs x S x H) at least: smaller shares run the products too thin
+// (waking a team member costs tens of microseconds). Decoding one token runs unsplit.
+constexpr int64_t kShareWork = int64_t{1} << 20;
 
 // Runs part(i, n) for i in [0, n): n equal shares of the tokens, each with all their pairs, so
-// shares write disjoint rows. The CPU team runs them (n = its size) when the work is large enough
-// on the CPU, else part(0, 1) runs here. The team gives the same bits whether or not it was free
-// (see CpuTeam::run), and the choice depends on the shapes only, so results are reproducible.
-// Grad and inference mode are per thread: every share runs with the caller's inference mode and
-// without autograd (the parts run inside an autograd function).
+// shares write disjoint rows. On the CPU the team runs them, n = the team's size or fewer so that
+// every share has kShareWork; elsewhere (and for small work) part(0, 1) runs here. The team gives
+// the same bits whether or not it was free (see CpuTeam::run), and n depends on the shapes only,
+// so results are reproducible. Grad and inference mode are per thread: every share runs with the
+// caller's inference mode and without autograd (the parts run inside an autograd function).
 template <class F>
 void onTokenShares(const torch::Tensor& x, int64_t work, F&& part)
 {
@@ -216,8 +217,9 @@ void onTokenShares(const torch::Tensor& x, int64_t work, F&& part)
         torch::NoGradGuard noGrad;
         part(i, n);
     };
-    if (fastCpu(x) && work >= kTeamWork)
-        CpuTeam::instance().run(share);
+    const int64_t shares = std::min<int64_t>(work / kShareWork, std::numeric_limits<int>::max());
+    if (fastCpu(x) && shares >= 2)
+        CpuTeam::instance().run(share, static_cast<int>(shares));
     else
         share(0, 1);
 }

@@ -265,8 +265,8 @@ TEST(Moe, OracleRoutingIsACeilingForTheRouter)
 
 // The CPU team runs every share once per run, share 0 on the caller, and leaves the caller's CPU
 // affinity and OpenBLAS's thread count as they were. A run from inside a run still runs every
-// share, on the calling thread; a share's exception reaches the caller; a Solo guard makes runs
-// unsplit.
+// share, on the calling thread; a share's exception reaches the caller; a run never splits into
+// more shares than asked; a Solo guard makes runs unsplit.
 TEST(CpuTeam, RunsEveryShareOnceAndRestoresTheCaller)
 {
     auto& team = CpuTeam::instance();
@@ -313,6 +313,9 @@ TEST(CpuTeam, RunsEveryShareOnceAndRestoresTheCaller)
     EXPECT_EQ(blasThreads(), threadsBefore);
     team.run([&](int i, int) { ++calls[static_cast<std::size_t>(i)]; });
     EXPECT_EQ(calls[1].load(), 2) << "usable again after an exception";
+    std::vector<int> asked;
+    team.run([&](int i, int k) { asked.push_back(i * 100 + k); }, 1);
+    EXPECT_EQ(asked, std::vector<int>{1}) << "at most the shares asked for";
     {
         CpuTeam::Solo solo;
         EXPECT_EQ(team.size(), 1);
