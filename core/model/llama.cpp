@@ -112,6 +112,24 @@ torch::Tensor LlamaModel::rmsNorm(const torch::Tensor& x, const torch::Tensor& w
     return weight * normed;
 }
 
+namespace {
+
+// x @ w^T. A single row on the CPU (decoding one token) is a matrix-vector product: OpenBLAS 0.3.21
+// runs a one-row matrix product through its packing of the whole weight matrix first, 2-4x slower
+// than its matrix-vector product on these shapes (measured: [1, 256] x [256, 192] 34 vs 9 us).
+torch::Tensor timesTransposed(const torch::Tensor& x, const torch::Tensor& w)
+{
+    const auto type = x.scalar_type();
+    if (x.is_cpu() && x.numel() == x.size(-1) && w.dim() == 2 && (type == torch::kFloat32 || type == torch::kFloat64)) {
+        auto shape = x.sizes().vec();
+        shape.back() = w.size(0);
+        return at::mv(w, x.reshape({-1})).view(shape);
+    }
+    return torch::matmul(x, w.t());
+}
+
+} // namespace
+
 torch::Tensor LlamaModel::ffn(int layer, const torch::Tensor& x) const
 {
     const auto& l = m_weights.layers[static_cast<std::size_t>(layer)];
@@ -119,9 +137,9 @@ torch::Tensor LlamaModel::ffn(int layer, const torch::Tensor& x) const
         throw Error("layer " + std::to_string(layer) +
                     " has no dense FFN weights (a model loaded from a Mixtral export): run it with its MoE "
                     "blocks as FFN hooks (moeHooks)");
-    auto g = torch::matmul(x, l.gate.t());
-    auto u = torch::matmul(x, l.up.t());
-    return torch::matmul(torch::silu(g) * u, l.down.t());
+    auto g = timesTransposed(x, l.gate);
+    auto u = timesTransposed(x, l.up);
+    return timesTransposed(torch::silu(g) * u, l.down);
 }
 
 std::pair<torch::Tensor, torch::Tensor> LlamaModel::ropeTables(int64_t endPos) const
@@ -156,7 +174,7 @@ torch::Tensor rotateHalf(const torch::Tensor& x)
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b)
 {
-    auto y = torch::matmul(x, w.t());
+    auto y = timesTransposed(x, w);
     return b.defined() ? y + b : y;
 }
 
@@ -241,7 +259,7 @@ torch::Tensor LlamaModel::forward(const torch::Tensor& tokens, KvCache* cache, c
         return h;
     h = rmsNorm(h, m_weights.finalNorm);
     const auto& head = m_weights.lmHead.defined() ? m_weights.lmHead : m_weights.embed;
-    return torch::matmul(h, head.t()).to(torch::kFloat32);
+    return timesTransposed(h, head).to(torch::kFloat32);
 }
 
 KvCache LlamaModel::makeCache(int64_t batch, int64_t capacity) const

@@ -198,13 +198,17 @@ void forEachTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t
             f(static_cast<int64_t>(e), p, std::min(tile, ranges[e].second - p));
 }
 
-// Multiply-adds per share (pairs x S x H) at least: smaller shares run the products too thin
-// (waking a team member costs tens of microseconds). Decoding one token runs unsplit.
+// What every share must have at least: multiply-adds (pairs x S x H), since waking a team member
+// costs tens of microseconds, and tokens, since every share reads the weights of all experts its
+// tokens use: with few tokens per share the products are bound by reading weights, and splitting
+// would read them once per share instead of once (decoding a token runs unsplit, with the BLAS's
+// own threads on every product).
 constexpr int64_t kShareWork = int64_t{1} << 20;
+constexpr int64_t kShareTokens = 32;
 
 // Runs part(i, n) for i in [0, n): n equal shares of the tokens, each with all their pairs, so
 // shares write disjoint rows. On the CPU the team runs them, n = the team's size or fewer so that
-// every share has kShareWork; elsewhere (and for small work) part(0, 1) runs here. The team gives
+// every share has kShareWork and kShareTokens; elsewhere (and for small work) part(0, 1) runs here. The team gives
 // the same bits whether or not it was free (see CpuTeam::run), and n depends on the shapes only,
 // so results are reproducible. Grad and inference mode are per thread: every share runs with the
 // caller's inference mode and without autograd (the parts run inside an autograd function).
@@ -217,7 +221,7 @@ void onTokenShares(const torch::Tensor& x, int64_t work, F&& part)
         torch::NoGradGuard noGrad;
         part(i, n);
     };
-    const int64_t shares = std::min<int64_t>(work / kShareWork, std::numeric_limits<int>::max());
+    const int64_t shares = std::min<int64_t>({work / kShareWork, x.size(0) / kShareTokens, std::numeric_limits<int>::max()});
     if (fastCpu(x) && shares >= 2)
         CpuTeam::instance().run(share, static_cast<int>(shares));
     else
@@ -259,10 +263,20 @@ void forwardTokens(const torch::Tensor& x, const torch::Tensor& w, const torch::
         auto xe = xt.narrow(0, 0, m), ye = yt.narrow(0, 0, m), he = ht.narrow(0, 0, m);
         auto ae = scratch.narrow(0, pre.defined() ? first : 0, m);
         gatherRows(xe, x, idx);
-        at::mm_out(ae, xe, gu[e].t());
+        if (m == 1) { // one token (decoding): matrix-vector products, see timesTransposed in llama.cpp
+            auto row = ae[0];
+            at::mv_out(row, gu[e], xe[0]);
+        } else {
+            at::mm_out(ae, xe, gu[e].t());
+        }
         at::silu_out(he, ae.narrow(1, 0, S));
         he.mul_(ae.narrow(1, S, S));
-        at::mm_out(ye, he, down[e].t());
+        if (m == 1) {
+            auto row = ye[0];
+            at::mv_out(row, down[e], he[0]);
+        } else {
+            at::mm_out(ye, he, down[e].t());
+        }
         scatterAddRows(out, ye, idx, w.narrow(0, first, m));
     });
 }

@@ -87,6 +87,11 @@ TEST(Moe, DispatchEqualsNaiveReference)
             const int64_t active = stats.pairs;
             auto naive = layer.forwardNaive(f.x, rule);
             EXPECT_LT((fast - naive).abs().max().item<double>(), 1e-5) << gatingName(gating);
+            for (int64_t t : {0, 1, 2}) { // one token (decoding): matrix-vector products
+                auto one = f.x.narrow(0, t, 1);
+                EXPECT_LT((layer.forward(one, rule) - layer.forwardNaive(one, rule)).abs().max().item<double>(), 1e-5)
+                    << gatingName(gating) << " token " << t;
+            }
             torch::Tensor mask, w;
             layer.route(layer.routingProbs(f.x), rule, &mask, &w);
             EXPECT_EQ(active, mask.sum().item<int64_t>());
