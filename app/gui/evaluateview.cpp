@@ -2,7 +2,6 @@
 
 #include <QCheckBox>
 #include <QComboBox>
-#include <QFileDialog>
 #include <QGridLayout>
 #include <QGroupBox>
 #include <QHBoxLayout>
@@ -46,8 +45,7 @@ EvaluateView::EvaluateView(QWidget* parent) : QWidget(parent)
     auto* browse = new QPushButton(tr("Browse..."));
     browse->setToolTip(tr("Choose the evaluation token file"));
     connect(browse, &QPushButton::clicked, this, [this] {
-        const QString f = QFileDialog::getOpenFileName(this, tr("Evaluation data"), m_dataFile->text(),
-                                                       tr("Token data (*.txt *.u16 *.u32 *.jsonl);;All files (*)"));
+        const QString f = chooseTokenFile(this, tr("Evaluation data"), m_dataFile->text());
         if (!f.isEmpty()) {
             m_dataFile->setText(f);
             m_dataKind->setCurrentIndex(1);

@@ -2,7 +2,10 @@
 
 #include <QAction>
 #include <QComboBox>
+#include <QDialog>
+#include <QDialogButtonBox>
 #include <QDoubleSpinBox>
+#include <QFormLayout>
 #include <QGroupBox>
 #include <QHBoxLayout>
 #include <QHeaderView>
@@ -10,9 +13,11 @@
 #include <QLabel>
 #include <QLineEdit>
 #include <QMessageBox>
+#include <QProgressBar>
 #include <QPushButton>
 #include <QSignalBlocker>
 #include <QSlider>
+#include <QSpinBox>
 #include <QSplitter>
 #include <QStandardItemModel>
 #include <QStyledItemDelegate>
@@ -32,7 +37,9 @@
 #include "model/device.h"
 #pragma pop_macro("slots")
 #include "policytablemodel.h"
+#include "viewparts.h"
 #include "widgets/tradeoffplot.h"
+#include "workbenchjob.h"
 
 namespace ladimo::gui {
 
@@ -129,6 +136,91 @@ public:
 
 QString percent(double fraction) { return QString::number(100.0 * fraction, 'f', 2) + QStringLiteral(" %"); }
 
+// Self-sampled refinement data uses its own seed: not the calibration tokens (1234 by default)
+// nor the Evaluate view's (99), so the policy is neither chosen on what trained the experts nor
+// on what later judges it.
+constexpr uint64_t kRefineSeed = 7;
+
+// "Refine by measurement...": the held-out data and the measurement limit, as the CLI's
+// --refine-data / --refine-self-sample, --refine-tokens and --refine-evals.
+class RefineDialog : public QDialog {
+public:
+    RefineDialog(QWidget* parent, const QString& file, qint64 selfSample, qint64 tokens, int evals) : QDialog(parent)
+    {
+        setWindowTitle(tr("Refine by measurement"));
+        auto* form = new QFormLayout(this);
+        auto* intro = new QLabel(tr("Measures the held-out NLL of the current policy, the uniform top-k and their "
+                                    "neighbours within the Auto budget on the converted model, and applies the "
+                                    "best. Use tokens that neither calibrated the conversion nor will evaluate it."));
+        intro->setWordWrap(true);
+        form->addRow(intro);
+        m_kind = new QComboBox;
+        m_kind->setObjectName("refineDataKind");
+        m_kind->addItems({tr("File"), tr("Self-sample")});
+        m_kind->setCurrentIndex(selfSample > 0 ? 1 : 0);
+        m_kind->setToolTip(tr("A token file, or tokens sampled from the dense model (seed %1)").arg(kRefineSeed));
+        form->addRow(tr("&Data:"), m_kind);
+        auto* fileRow = new QHBoxLayout;
+        m_file = new QLineEdit(file);
+        m_file->setObjectName("refineDataFile");
+        m_file->setPlaceholderText(tr(".txt, .u16, .u32 or .jsonl"));
+        auto* browse = new QPushButton(tr("Browse..."));
+        connect(browse, &QPushButton::clicked, this, [this] {
+            const QString f = chooseTokenFile(this, tr("Refinement data"), m_file->text());
+            if (!f.isEmpty()) {
+                m_file->setText(f);
+                m_kind->setCurrentIndex(0);
+            }
+        });
+        fileRow->addWidget(m_file, 1);
+        fileRow->addWidget(browse);
+        form->addRow(tr("&File:"), fileRow);
+        m_tokens = new QSpinBox;
+        m_tokens->setObjectName("refineTokens");
+        m_tokens->setRange(512, 100'000'000); // two windows of 256 at least
+        m_tokens->setSingleStep(4096);
+        m_tokens->setValue(static_cast<int>(selfSample > 0 ? selfSample : tokens));
+        m_tokens->setToolTip(tr("Use at most this many tokens of the file, or sample this many (--refine-tokens)"));
+        form->addRow(tr("Max &tokens:"), m_tokens);
+        m_evals = new QSpinBox;
+        m_evals->setObjectName("refineEvals");
+        m_evals->setRange(1, 1000);
+        m_evals->setValue(evals);
+        m_evals->setToolTip(tr("At most this many policies are measured, the starting one included (--refine-evals)"));
+        form->addRow(tr("&Measurements:"), m_evals);
+        auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+        buttons->button(QDialogButtonBox::Ok)->setText(tr("&Refine"));
+        connect(buttons, &QDialogButtonBox::accepted, this, [this] {
+            if (m_kind->currentIndex() == 0 && m_file->text().trimmed().isEmpty()) {
+                m_file->setFocus();
+                return;
+            }
+            accept();
+        });
+        connect(buttons, &QDialogButtonBox::rejected, this, &QDialog::reject);
+        form->addRow(buttons);
+    }
+    DataChoice data() const
+    {
+        DataChoice d;
+        if (m_kind->currentIndex() == 1) {
+            d.selfSample = m_tokens->value();
+            d.seed = kRefineSeed;
+        } else {
+            d.file = m_file->text().trimmed();
+            d.maxTokens = m_tokens->value();
+        }
+        return d;
+    }
+    int evaluations() const { return m_evals->value(); }
+
+private:
+    QComboBox* m_kind = nullptr;
+    QLineEdit* m_file = nullptr;
+    QSpinBox* m_tokens = nullptr;
+    QSpinBox* m_evals = nullptr;
+};
+
 } // namespace
 
 PolicyData loadPolicyData(const QString& projectPath)
@@ -194,11 +286,25 @@ PolicyView::PolicyView(QWidget* parent) : QWidget(parent)
     connect(&m_loadWatcher, &QFutureWatcher<PolicyData>::finished, this, &PolicyView::onLoadFinished);
     connect(&m_autoWatcher, &QFutureWatcher<AutoResult>::finished, this, &PolicyView::onAutoFinished);
     connect(&m_saveWatcher, &QFutureWatcher<SaveResult>::finished, this, &PolicyView::onSaveFinished);
+    m_refineJob = new WorkbenchJob(this);
+    connect(m_refineJob, &WorkbenchJob::progressed, m_refineProgress, [this](const QString& stage, double done, double total) {
+        m_refineProgress->setRange(0, 1000);
+        m_refineProgress->setValue(total > 0 ? static_cast<int>(1000 * done / total) : 0);
+        // Candidates report themselves (onRefineMeasured); before them, say what is loading.
+        if (stage != QLatin1String("refine"))
+            m_status->setText(tr("%1: %2 (%3 of %4) ...").arg(m_refineDescription, stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0));
+    });
+    connect(m_refineJob, &WorkbenchJob::refineMeasured, this, &PolicyView::onRefineMeasured);
+    connect(m_refineJob, &WorkbenchJob::refined, this, [this](const QString& report) { m_refineReport = report; });
+    connect(m_refineJob, &WorkbenchJob::jobFinished, this, &PolicyView::onRefineFinished);
     clear(tr("No routing policy yet: open a project with a conversion run and a routing profile (ladimo profile)."));
 }
 
 PolicyView::~PolicyView()
 {
+    // Cancels and waits for a running refinement; its signals no longer reach this view.
+    m_refineJob->disconnect(this);
+    delete m_refineJob;
     m_loadWatcher.disconnect();
     m_autoWatcher.disconnect();
     m_saveWatcher.disconnect();
@@ -247,6 +353,7 @@ void PolicyView::buildUi()
     autoLayout->setContentsMargins(6, 2, 6, 2);
     auto* budgetLabel = new QLabel(tr("&Budget:"));
     m_budget = new QDoubleSpinBox;
+    m_budget->setObjectName("autoBudget");
     m_budget->setRange(0.01, 1.0);
     m_budget->setSingleStep(0.05);
     m_budget->setDecimals(2);
@@ -257,6 +364,7 @@ void PolicyView::buildUi()
     autoLayout->addWidget(m_budget);
     auto* ofLabel = new QLabel(tr("of &dense"));
     m_measure = new QComboBox;
+    m_measure->setObjectName("autoMeasure");
     m_measure->addItem(tr("FFN parameters"), static_cast<int>(core::CostKind::Params));
     m_measure->addItem(tr("prefill latency"), static_cast<int>(core::CostKind::PrefillLatency));
     m_measure->addItem(tr("decode latency"), static_cast<int>(core::CostKind::DecodeLatency));
@@ -275,6 +383,9 @@ void PolicyView::buildUi()
     m_autoButton = new QPushButton(tr("&Auto"));
     m_autoButton->setToolTip(tr("Run the policy search for this budget and apply the result (undoable)"));
     autoLayout->addWidget(m_autoButton);
+    m_refineButton = new QPushButton(tr("Refine by &measurement…"));
+    m_refineButton->setObjectName("refineButton");
+    autoLayout->addWidget(m_refineButton);
     top->addWidget(autoBox);
     top->addStretch(1);
     layout->addLayout(top);
@@ -337,10 +448,23 @@ void PolicyView::buildUi()
     split->setSizes({700, 480});
     layout->addWidget(split, 1);
 
+    auto* statusRow = new QHBoxLayout;
     m_status = new QLabel;
     m_status->setWordWrap(true);
     m_status->setTextInteractionFlags(Qt::TextSelectableByMouse);
-    layout->addWidget(m_status);
+    statusRow->addWidget(m_status, 1);
+    m_refineProgress = new QProgressBar;
+    m_refineProgress->setObjectName("refineProgress");
+    m_refineProgress->setMaximumWidth(220);
+    m_refineProgress->setToolTip(tr("Policies measured of the measurement limit"));
+    m_refineProgress->hide();
+    statusRow->addWidget(m_refineProgress);
+    m_refineCancel = new QPushButton(tr("&Cancel refinement"));
+    m_refineCancel->setObjectName("refineCancel");
+    m_refineCancel->setToolTip(tr("Stop measuring; the policy stays as it is"));
+    m_refineCancel->hide();
+    statusRow->addWidget(m_refineCancel);
+    layout->addLayout(statusRow);
 
     connect(m_policyCombo, qOverload<int>(&QComboBox::activated), this, [this](int i) {
         if (i == 0)
@@ -353,6 +477,11 @@ void PolicyView::buildUi()
         runAuto(m_budget->value(), static_cast<core::CostKind>(m_measure->currentData().toInt()),
                 static_cast<core::RuleKinds>(m_ruleKinds->currentData().toInt()));
     });
+    connect(m_refineButton, &QPushButton::clicked, this, &PolicyView::askAndRefine);
+    connect(m_refineCancel, &QPushButton::clicked, this, &PolicyView::cancelRefine);
+    // The button follows whether the current rules fit the budget they would be refined in.
+    connect(m_budget, qOverload<double>(&QDoubleSpinBox::valueChanged), this, &PolicyView::updateRefineEnabled);
+    connect(m_measure, qOverload<int>(&QComboBox::currentIndexChanged), this, &PolicyView::updateRefineEnabled);
     connect(m_saveButton, &QPushButton::clicked, this, [this] {
         bool ok = false;
         const QString name = QInputDialog::getText(this, tr("Save policy"),
@@ -423,6 +552,7 @@ void PolicyView::setData(const PolicyData& d)
     }
     for (QWidget* w : std::initializer_list<QWidget*>{m_policyCombo, m_saveButton, m_autoButton, m_budget, m_ruleKinds, m_table})
         w->setEnabled(true);
+    updateRefineEnabled();
     refreshPlot();
     m_status->setText(tr("Run #%1: %2 layers, %3 experts, %4 gating, trained at top-%5. %6")
                           .arg(d.run.id)
@@ -446,6 +576,7 @@ void PolicyView::clear(const QString& message)
         w->setEnabled(false);
     m_totals->setText(tr("No policy."));
     m_status->setText(message);
+    updateRefineEnabled();
     emit plotDataChanged();
 }
 
@@ -576,6 +707,7 @@ void PolicyView::onEstimateChanged()
         text += tr(" &nbsp;&middot;&nbsp; no latency model (ladimo latency)");
     m_totals->setText(text);
     m_plot->setCurrent(pointOf(e));
+    updateRefineEnabled();
 }
 
 QString PolicyView::totalsText() const { return m_totals->text(); }
@@ -747,6 +879,165 @@ void PolicyView::onSaveFinished()
     refreshPlot();
     m_status->setText(tr("Saved policy %1 in %2.").arg(m_savingName, m_data.path));
     emit policySaved(m_savingName);
+}
+
+bool PolicyView::isRefining() const { return m_refineJob->isRunning(); }
+
+QString PolicyView::refineBlocker() const
+{
+    if (isRefining())
+        return tr("A refinement is running.");
+    if (m_data.path.isEmpty() || m_model->rowCount() == 0)
+        return tr("Open a project with a converted, profiled run first.");
+    const auto cost = static_cast<core::CostKind>(m_measure->currentData().toInt());
+    if (cost != core::CostKind::Params && !m_data.tables.latency)
+        return tr("No latency model for a latency budget: run ladimo latency P.ladimo.");
+    // As the core's check of the starting policy (routing/refine.cpp), with its tolerance.
+    const double now = core::costFraction(m_model->estimate(), cost);
+    if (now > m_budget->value() * (1 + 1e-9))
+        return tr("The current policy costs %1 of dense, over the budget %2: run Auto (or lower the sliders) first.")
+            .arg(now, 0, 'f', 3)
+            .arg(m_budget->value(), 0, 'f', 2);
+    return {};
+}
+
+void PolicyView::updateRefineEnabled()
+{
+    if (!m_refineJob)
+        return; // during construction
+    const QString blocker = refineBlocker();
+    m_refineButton->setEnabled(blocker.isEmpty());
+    m_refineButton->setToolTip(
+        tr("Measure the held-out NLL of the current policy, the uniform top-k and their neighbours within the budget on "
+           "the converted model, and apply the best (undoable); as ladimo policy --refine-data") +
+        (blocker.isEmpty() ? QString() : QStringLiteral("\n") + blocker));
+}
+
+void PolicyView::askAndRefine()
+{
+    RefineDialog dialog(this, m_refineFile, m_refineSelfSample, m_refineTokens, m_refineEvals);
+    if (dialog.exec() != QDialog::Accepted)
+        return;
+    const DataChoice d = dialog.data();
+    m_refineFile = d.selfSample > 0 ? m_refineFile : d.file;
+    m_refineSelfSample = d.selfSample;
+    m_refineTokens = d.selfSample > 0 ? d.selfSample : d.maxTokens;
+    m_refineEvals = dialog.evaluations();
+    runRefine(d, m_refineEvals);
+}
+
+bool PolicyView::runRefine(const DataChoice& data, int maxEvaluations)
+{
+    const QString blocker = refineBlocker();
+    if (!blocker.isEmpty()) {
+        m_status->setText(blocker);
+        return false;
+    }
+    const auto cost = static_cast<core::CostKind>(m_measure->currentData().toInt());
+    RefineRequest r;
+    r.projectFile = m_data.path;
+    r.data = data;
+    r.startRules = QString::fromStdString(core::rulesToJson(m_model->rules()).dump());
+    r.cost = static_cast<int>(cost);
+    r.budget = m_budget->value();
+    r.latencyDevice = m_data.device;
+    r.maxEvaluations = maxEvaluations;
+    if (!m_refineJob->startRefine(r))
+        return false;
+    m_refinePath = m_data.path;
+    m_refineLayers = m_model->rowCount();
+    m_refineReport.clear();
+    m_status->setToolTip({});
+    m_refineDescription = tr("Refining within %1 %2 of dense")
+                              .arg(QString::fromLatin1(core::costKindName(cost)))
+                              .arg(r.budget, 0, 'f', 2);
+    m_refineProgress->setRange(0, 0); // busy until the first count: the model and data load first
+    m_refineProgress->show();
+    m_refineCancel->show();
+    m_refineCancel->setEnabled(true);
+    m_status->setText(tr("%1: loading the converted model and %2 ...")
+                          .arg(m_refineDescription,
+                               data.selfSample > 0 ? tr("sampling %1 tokens").arg(data.selfSample) : data.file));
+    updateRefineEnabled();
+    return true;
+}
+
+void PolicyView::cancelRefine()
+{
+    if (!isRefining())
+        return;
+    m_refineJob->cancel();
+    m_refineCancel->setEnabled(false);
+    m_status->setText(tr("%1: cancelling ...").arg(m_refineDescription));
+}
+
+void PolicyView::onRefineMeasured(int index, const QString& rules, double cost, double proxy, double nll)
+{
+    m_status->setText(tr("%1: measured %2 policies; last [%3]: NLL %4, cost %5, error proxy %6")
+                          .arg(m_refineDescription)
+                          .arg(index + 1)
+                          .arg(rules)
+                          .arg(nll, 0, 'f', 5)
+                          .arg(cost, 0, 'f', 4)
+                          .arg(proxy, 0, 'f', 5));
+    emit refineMeasured(index, rules, nll);
+}
+
+void PolicyView::onRefineFinished(bool cancelled, const QString& error)
+{
+    m_refineProgress->hide();
+    m_refineCancel->hide();
+    updateRefineEnabled();
+    if (!error.isEmpty()) {
+        fail(tr("Refinement failed: %1").arg(error));
+        emit refineFinished(false, error);
+        return;
+    }
+    if (cancelled) {
+        m_status->setText(tr("Refinement cancelled; the policy is unchanged."));
+        emit refineFinished(true, {});
+        return;
+    }
+    if (m_data.path != m_refinePath || m_model->rowCount() != m_refineLayers) {
+        const QString why = tr("the project changed while measuring; the result was not applied");
+        fail(tr("Refinement: %1.").arg(why));
+        emit refineFinished(false, why);
+        return;
+    }
+    core::PolicyRules best;
+    nlohmann::json report;
+    try {
+        report = nlohmann::json::parse(m_refineReport.toStdString());
+        best = core::rulesFromJson(report.at("best_rules"), m_refineLayers, m_model->experts(), "the refined policy");
+    } catch (const std::exception& e) {
+        fail(tr("Refinement: %1").arg(QString::fromStdString(e.what())));
+        emit refineFinished(false, QString::fromStdString(e.what()));
+        return;
+    }
+    const std::size_t measured = report.at("measured").size();
+    m_model->requestRules(best, tr("refined by measurement (%1 policies)").arg(measured));
+    const double startNll = report.at("start_nll").get<double>();
+    const double bestNll = report.at("best_nll").get<double>();
+    m_status->setText(tr("Refined by measurement on %1: %2 policies measured in %3 rounds (held-out NLL, nats/token). "
+                         "Kept NLL <b>%4</b> against %5 for the starting policy%6; cost %7 of dense, error proxy %8.")
+                          .arg(QString::fromStdString(report.value("data", std::string())).toHtmlEscaped())
+                          .arg(measured)
+                          .arg(report.value("rounds", 0))
+                          .arg(bestNll, 0, 'f', 5)
+                          .arg(startNll, 0, 'f', 5)
+                          .arg(bestNll < startNll ? QString() : tr(" (the starting policy stays)"))
+                          .arg(report.value("best_cost", 0.0), 0, 'f', 4)
+                          .arg(report.value("best_proxy", 0.0), 0, 'f', 5));
+    // Every candidate, for whoever wants to see what the search tried.
+    QString table = tr("Measured (cost, error proxy, NLL, rules):");
+    for (const auto& c : report.at("measured"))
+        table += QStringLiteral("\n%1  %2  %3  %4")
+                     .arg(c.value("cost", 0.0), 0, 'f', 4)
+                     .arg(c.value("error_proxy", 0.0), 0, 'f', 5)
+                     .arg(c.value("nll", 0.0), 0, 'f', 5)
+                     .arg(QString::fromStdString(c.value("rules", std::string())));
+    m_status->setToolTip(table);
+    emit refineFinished(false, {});
 }
 
 void PolicyView::fail(const QString& message)

@@ -2,9 +2,12 @@
 // (top-k 1..N, or top-p for token-adaptive rows), the whole-model totals above it, and the
 // tradeoff plot beside it (Pareto front, dense model, uniform top-k, stored policies, measured
 // evaluations, and the current policy moving live). Edits are undoable; stored policies load
-// from a combo; "Auto" searches a budget; "Save as..." stores a named manual policy.
+// from a combo; "Auto" searches a budget; "Refine by measurement..." measures the held-out NLL of
+// the current policy and its neighbours within that budget on the converted model and applies the
+// best (as `ladimo policy --refine-data`); "Save as..." stores a named manual policy.
 // Reading the project, the Pareto fronts, the search and the save run on worker threads
-// (QtConcurrent); a slider move is arithmetic on the GUI thread (estimateRule + updateTotals).
+// (QtConcurrent), the refinement on a WorkbenchJob with progress and Cancel; a slider move is
+// arithmetic on the GUI thread (estimateRule + updateTotals).
 // GUI thread only; the destructor waits for its workers.
 #pragma once
 
@@ -26,6 +29,7 @@
 class QComboBox;
 class QDoubleSpinBox;
 class QLabel;
+class QProgressBar;
 class QPushButton;
 class QTableView;
 class QToolButton;
@@ -38,6 +42,8 @@ class TradeoffPlot;
 namespace ladimo::gui {
 
 class PolicyTableModel;
+class WorkbenchJob;
+struct DataChoice;
 
 // Everything the view shows, read from a project on a worker thread.
 struct PolicyData {
@@ -98,6 +104,19 @@ public:
     // Auto: searches the budget with the measure and rule kinds set in the controls, in the
     // background; autoFinished or actionFailed follow.
     void runAuto(double budget, core::CostKind cost, core::RuleKinds rules);
+    // Refine by measurement: from the current rules, within the budget and measure of the Auto
+    // controls, at most `maxEvaluations` policies scored by held-out NLL on `data` with the
+    // project's latest run; the best is applied (undoable). False, with the reason in the status
+    // line, when it cannot start (see refineBlocker). refineMeasured per candidate, then
+    // refineFinished; on an error actionFailed too. Cancelled or failed: the rules stay as they are.
+    bool runRefine(const DataChoice& data, int maxEvaluations);
+    void cancelRefine();
+    bool isRefining() const;
+    // Why "Refine by measurement..." is disabled now; empty when it can run.
+    QString refineBlocker() const;
+    // The last finished refinement as WorkbenchJob::refined reports it (JSON text); empty before.
+    QString lastRefineReport() const { return m_refineReport; }
+
     // Stores the current rules as a manual policy `name` (ReadWrite, on a worker thread);
     // policySaved or actionFailed follow.
     void savePolicyAs(const QString& name);
@@ -119,6 +138,10 @@ signals:
     void autoFinished(double cost);
     void policySaved(const QString& name);
     void actionFailed(const QString& message);
+    // Refinement: one candidate measured (0-based), its rules as text and held-out NLL.
+    void refineMeasured(int index, const QString& rules, double nll);
+    // Refinement ended: applied (both empty / false), cancelled, or failed with `error`.
+    void refineFinished(bool cancelled, const QString& error);
     // The data behind the tradeoff plot changed (loaded, cleared, policy stored).
     void plotDataChanged();
 
@@ -127,6 +150,8 @@ private slots:
     void onLoadFinished();
     void onAutoFinished();
     void onSaveFinished();
+    void onRefineMeasured(int index, const QString& rules, double cost, double proxy, double nll);
+    void onRefineFinished(bool cancelled, const QString& error);
 
 private:
     void buildUi();
@@ -136,6 +161,8 @@ private:
     void stepCurrentRow(int delta);
     void toggleCurrentRowKind();
     void fail(const QString& message);
+    void askAndRefine();
+    void updateRefineEnabled();
     QPointF pointOf(const core::PolicyEstimate& e) const;
     double xOf(const core::PolicyEstimate& e) const;
 
@@ -153,6 +180,9 @@ private:
     QComboBox* m_ruleKinds = nullptr;
     QPushButton* m_autoButton = nullptr;
     QPushButton* m_saveButton = nullptr;
+    QPushButton* m_refineButton = nullptr;
+    QPushButton* m_refineCancel = nullptr;
+    QProgressBar* m_refineProgress = nullptr;
     QToolButton* m_undoButton = nullptr;
     QToolButton* m_redoButton = nullptr;
     QFutureWatcher<PolicyData> m_loadWatcher;
@@ -160,6 +190,18 @@ private:
     QFutureWatcher<SaveResult> m_saveWatcher;
     QString m_autoDescription;
     QString m_savingName;
+    WorkbenchJob* m_refineJob = nullptr;
+    // What the running refinement started from: its result applies only to the same project
+    // and layer count (a reopened project of another run is not touched).
+    QString m_refinePath;
+    int m_refineLayers = 0;
+    QString m_refineDescription;
+    QString m_refineReport;
+    // The dialog's last choices, offered again next time.
+    QString m_refineFile;
+    qint64 m_refineSelfSample = 0;
+    qint64 m_refineTokens = 32768;
+    int m_refineEvals = 24;
 };
 
 } // namespace ladimo::gui

@@ -1,5 +1,6 @@
 #include "viewparts.h"
 
+#include <QFileDialog>
 #include <QHeaderView>
 #include <QLabel>
 #include <QProgressBar>
@@ -28,6 +29,12 @@ void followJobProgress(WorkbenchJob* job, QProgressBar* bar, QLabel* status)
         bar->setValue(total > 0 ? static_cast<int>(1000 * done / total) : 0);
         status->setText(QObject::tr("%1: %2 of %3").arg(stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0));
     });
+}
+
+QString chooseTokenFile(QWidget* parent, const QString& title, const QString& current)
+{
+    return QFileDialog::getOpenFileName(parent, title, current,
+                                        QObject::tr("Token data (*.txt *.u16 *.u32 *.jsonl);;All files (*)"));
 }
 
 } // namespace ladimo::gui

@@ -8,7 +8,9 @@
 #include "convert/latestrun.h"
 #include "eval/projecteval.h"
 #include "export/projectexport.h"
+#include "routing/estimate.h"
 #include "routing/profile.h"
+#include "routing/refine.h"
 #include "store/pipeline.h"
 #include "store/project.h"
 
@@ -60,6 +62,14 @@ core::LatestRunHints runHints()
     h.noRun = "; convert first";
     h.unfinished = "; finish the conversion (Start in the Convert view resumes it) first";
     return h;
+}
+
+std::string describeRules(const core::PolicyRules& rules, int64_t experts)
+{
+    std::string s;
+    for (const auto& r : rules)
+        s += (s.empty() ? "" : " ") + core::describeRule(r, experts);
+    return s;
 }
 
 } // namespace
@@ -333,6 +343,65 @@ bool WorkbenchJob::startExport(const ExportRequest& r)
         auto j = res.toJson();
         j["log"] = log;
         emit exported(QString::fromStdString(j.dump()));
+        return JobOutcome{};
+    });
+    return true;
+}
+
+bool WorkbenchJob::startRefine(const RefineRequest& r)
+{
+    if (isRunning())
+        return false;
+    start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
+        // The sequence of `ladimo policy P --budget-... --refine-data`: the tables of the latest
+        // run as the CLI loads them, then the refinement in core.
+        const std::string projectFile = r.projectFile.toStdString();
+        core::PolicyTables tables;
+        core::ConversionRun run;
+        {
+            auto project = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
+            const auto runId = project.latestRunId();
+            if (!runId)
+                throw core::Error(projectFile + ": no conversion run yet" + runHints().noRun);
+            run = project.run(*runId);
+            tables = core::loadPolicyTables(project, *runId, r.latencyDevice.isEmpty() ? "cpu" : r.latencyDevice.toStdString());
+        }
+        const auto start = core::rulesFromJson(nlohmann::json::parse(r.startRules.toStdString()), run.layers, run.experts,
+                                               "the policy to refine");
+        core::ProjectRefineRequest req;
+        req.projectFile = projectFile;
+        req.load = loadOptions("auto");
+        req.hints = runHints();
+        req.data = toCore(r.data);
+        req.seqLen = r.seqLen;
+        req.options.cost = static_cast<core::CostKind>(r.cost);
+        req.options.budgetFraction = r.budget;
+        req.options.maxEvaluations = r.maxEvaluations;
+        req.options.perRound = r.perRound;
+        req.options.progress = progress;
+        req.options.cancel = cancel;
+        auto measured = std::make_shared<int>(0); // only touched on this worker thread
+        req.options.onMeasured = [this, measured, experts = run.experts](const core::RefineCandidate& c) {
+            emit refineMeasured((*measured)++, QString::fromStdString(describeRules(c.rules, experts)), c.cost, c.proxy,
+                                c.measured);
+        };
+        const auto res = core::refineProjectPolicy(req, tables, start);
+        nlohmann::json j = {{"data", req.data.describe()},
+                            {"measure", "nll"},
+                            {"rounds", res.rounds},
+                            {"start_nll", res.start.measured},
+                            {"best_nll", res.best.measured},
+                            {"start_rules", core::rulesToJson(res.start.rules)},
+                            {"best_rules", core::rulesToJson(res.best.rules)},
+                            {"best_cost", res.best.cost},
+                            {"best_proxy", res.best.proxy}};
+        j["measured"] = nlohmann::json::array();
+        for (const auto& c : res.measured)
+            j["measured"].push_back({{"rules", describeRules(c.rules, run.experts)},
+                                     {"cost", c.cost},
+                                     {"error_proxy", c.proxy},
+                                     {"nll", c.measured}});
+        emit refined(QString::fromStdString(j.dump()));
         return JobOutcome{};
     });
     return true;

@@ -1,7 +1,8 @@
-// WorkbenchJob: runs one long core job (convert into a project, or profile its latest run) on a
-// worker thread (QtConcurrent) with cooperative cancellation. Progress and per-layer results are
-// emitted from the worker thread and reach receivers in the GUI thread as queued signals, never
-// blocking the worker; progress is throttled to 20 per second. Owned by the GUI thread; the
+// WorkbenchJob: runs one long core job (convert into a project; profile, evaluate or export its
+// latest run; refine a policy of it by measurement) on a worker thread (QtConcurrent) with
+// cooperative cancellation. Progress and per-layer results are emitted from the worker thread and
+// reach receivers in the GUI thread as queued signals, never blocking the worker; progress is
+// throttled to 20 per second. Owned by the GUI thread; the
 // destructor cancels and waits. One job at a time.
 #pragma once
 
@@ -62,6 +63,21 @@ struct EvaluateRequest {
     bool timing = true;    // measure prefill / decode time against the dense model
 };
 
+// `ladimo policy P.ladimo --budget-params F --refine-data FILE` from the Policy view: the
+// measured refinement (core::refineProjectPolicy) of a policy of the latest run, each candidate
+// scored by the converted model's held-out NLL. Nothing is stored; the view applies the result.
+struct RefineRequest {
+    QString projectFile;
+    DataChoice data;
+    int64_t seqLen = 256;
+    QString startRules;      // core::rulesToJson of the policy to start from, as JSON text
+    int cost = 0;            // core::CostKind of the budget
+    double budget = 1;       // fraction of dense
+    QString latencyDevice;   // whose latency model latency costs use ("" for parameter budgets)
+    int maxEvaluations = 24; // as --refine-evals
+    int perRound = 8;        // as --refine-per-round
+};
+
 // `ladimo export P.ladimo` from the window: writes the files and records the export.
 struct ExportRequest {
     QString projectFile;
@@ -99,6 +115,7 @@ public:
     bool startProfile(const ProfileRequest& request);
     bool startEvaluation(const EvaluateRequest& request);
     bool startExport(const ExportRequest& request);
+    bool startRefine(const RefineRequest& request);
     void cancel();
     bool isRunning() const { return m_watcher.isRunning(); }
 
@@ -116,6 +133,13 @@ signals:
     void evaluated(const QString& metricsJson);
     // Export: the report (out, format, exact, notes, files, bytes, sha256, policy) as JSON text.
     void exported(const QString& reportJson);
+    // Refinement: one measured candidate (0-based, in the order measured) with its rules as
+    // describeRule text ("k4 k3 p0.90"), cost and error proxy estimates, and held-out NLL.
+    void refineMeasured(int index, const QString& rules, double cost, double proxy, double nll);
+    // Refinement: the result as JSON text, just before jobFinished: rounds, start_nll, best_nll,
+    // start_rules and best_rules (rulesToJson), best_cost, best_proxy, and "measured" (rules text,
+    // cost, error_proxy, nll, as the CLI's --json report).
+    void refined(const QString& reportJson);
     void jobFinished(bool cancelled, const QString& error);
 
 private:

@@ -78,6 +78,8 @@ RefineResult refinePolicy(const PolicyTables& tables, const PolicyRules& start, 
             o.progress("refine", static_cast<double>(out.measured.size()), o.maxEvaluations);
         c.measured = measure(c.rules);
         out.measured.push_back(c);
+        if (o.onMeasured)
+            o.onMeasured(out.measured.back());
         if (out.measured.size() == 1 || c.measured < out.best.measured) {
             out.best = c;
             return true;

@@ -282,7 +282,15 @@ TEST(Policy, RefinementFindsTheMeasuredOptimumWithinTheBudget)
         return 1.0 + d;
     };
     ASSERT_NE(staticKs(start), target);
+    std::vector<RefineCandidate> reported; // what a live caller (the workbench) is told, in order
+    o.onMeasured = [&](const RefineCandidate& c) { reported.push_back(c); };
     const auto r = refinePolicy(t, start, o, measure);
+    o.onMeasured = nullptr;
+    ASSERT_EQ(reported.size(), r.measured.size());
+    for (std::size_t i = 0; i < reported.size(); ++i) {
+        EXPECT_EQ(staticKs(reported[i].rules), staticKs(r.measured[i].rules));
+        EXPECT_DOUBLE_EQ(reported[i].measured, r.measured[i].measured);
+    }
     EXPECT_EQ(staticKs(r.best.rules), target);
     EXPECT_DOUBLE_EQ(r.best.measured, 1.0);
     EXPECT_EQ(staticKs(r.start.rules), staticKs(start));

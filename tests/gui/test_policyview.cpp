@@ -1,9 +1,16 @@
 // The Policy view, offscreen: per-layer sliders re-estimate exactly what estimatePolicy gives,
 // totals and the tradeoff point follow, undo/redo restore, Auto stays within its budget, a
-// clicked Pareto point applies its rules, "Save as..." stores a manual policy; and the real
-// window on a stories260K project converted, profiled and timed by the CLI.
+// clicked Pareto point applies its rules, "Save as..." stores a manual policy; the real window
+// on a stories260K project converted, profiled and timed by the CLI; and "Refine by measurement"
+// on such a project applies what core::refineProjectPolicy finds, or nothing when cancelled or
+// failing.
+// LibTorch before Qt: Qt's `slots` macro breaks the LibTorch headers that come after it.
+#include "eval/projecteval.h"
+
 #include <QAbstractItemModelTester>
 #include <QComboBox>
+#include <QDoubleSpinBox>
+#include <QPushButton>
 #include <QSignalSpy>
 #include <QSlider>
 #include <QTableView>
@@ -22,6 +29,11 @@
 #include "syntheticprofile.h"
 #include "testutil.h"
 #include "widgets/tradeoffplot.h"
+#include "workbenchjob.h"
+
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
 
 using namespace ladimo;
 using gui::PolicyTableModel;
@@ -380,4 +392,229 @@ TEST(PolicyView, MainWindowShowsTheCliFlowOfStories260K)
     expectShows(*view, rules);
     view->undoStack()->undo();
     expectShows(*view, view->data().policyRules.back());
+}
+
+namespace {
+
+// A stories260K project converted (1 epoch) and profiled by the CLI on the first 2048 calibration
+// tokens, and held-out refinement tokens (the 1024 after them), made once for the tests below:
+// converting is the slow part. Empty when the shared data is absent or the CLI failed (`why`).
+struct RefineFixture {
+    std::filesystem::path project;
+    std::filesystem::path heldOut;
+    std::string why;
+};
+
+const RefineFixture& refineFixture()
+{
+    static test::TempDir tmp;
+    static const RefineFixture f = [] {
+        RefineFixture f;
+        const auto stories = test::sharedData() / "stories260K";
+        const std::string data = " --data " + (stories / "calib.u16").string() + " --max-tokens 2048";
+        const auto project = tmp / "refine.ladimo";
+        auto r = test::runLadimo("convert " + stories.string() + data + " --epochs 1 --router-epochs 1 --project " +
+                                 project.string());
+        if (r.status != 0)
+            return RefineFixture{{}, {}, r.out};
+        r = test::runLadimo("profile " + project.string() + data);
+        if (r.status != 0)
+            return RefineFixture{{}, {}, r.out};
+        std::ifstream in(stories / "calib.u16", std::ios::binary);
+        const std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const std::size_t from = 2048 * 2, bytes = 1024 * 2; // uint16 tokens
+        if (all.size() < from + bytes)
+            return RefineFixture{{}, {}, "calib.u16 is shorter than expected"};
+        f.heldOut = tmp / "heldout.u16";
+        std::ofstream(f.heldOut, std::ios::binary).write(all.data() + from, static_cast<std::streamsize>(bytes));
+        f.project = project;
+        return f;
+    }();
+    return f;
+}
+
+// Opens the fixture project and applies the Auto search for `budget` of the dense FFN parameters
+// (static rules), with the Auto controls set to that budget as a person would have them.
+void openSearched(PolicyView& view, double budget)
+{
+    ASSERT_NO_FATAL_FAILURE(openView(view, refineFixture().project));
+    auto* spin = view.findChild<QDoubleSpinBox*>("autoBudget");
+    ASSERT_NE(spin, nullptr);
+    spin->setValue(budget);
+    QSignalSpy done(&view, &PolicyView::autoFinished);
+    view.runAuto(budget, core::CostKind::Params, core::RuleKinds::Static);
+    ASSERT_TRUE(done.wait(20000));
+}
+
+} // namespace
+
+// The button runs the CLI's refinement in the background and applies its best policy: the rules
+// shown are the RefineResult's best (the same as core::refineProjectPolicy gives on the same
+// inputs), within the budget, one undo step away from the search's choice.
+TEST(PolicyView, RefineByMeasurementAppliesTheMeasuredBestWithinTheBudget)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    const auto& fx = refineFixture();
+    ASSERT_FALSE(fx.project.empty()) << fx.why;
+    constexpr double kBudget = 0.6;
+    constexpr int kEvals = 4;
+    PolicyView view;
+    QAbstractItemModelTester tester(view.model(), QAbstractItemModelTester::FailureReportingMode::Fatal);
+    ASSERT_NO_FATAL_FAILURE(openSearched(view, kBudget));
+    auto* button = view.findChild<QPushButton*>("refineButton");
+    ASSERT_NE(button, nullptr);
+    EXPECT_TRUE(button->isEnabled()) << view.refineBlocker().toStdString();
+    const auto searched = view.model()->rules();
+    const int undoSteps = view.undoStack()->count();
+
+    gui::DataChoice data;
+    data.file = QString::fromStdString(fx.heldOut.string());
+    data.maxTokens = 1024;
+    QSignalSpy measured(&view, &PolicyView::refineMeasured);
+    QSignalSpy finished(&view, &PolicyView::refineFinished);
+    ASSERT_TRUE(view.runRefine(data, kEvals));
+    EXPECT_TRUE(view.isRefining());
+    EXPECT_FALSE(button->isEnabled()); // one refinement at a time
+    ASSERT_TRUE(finished.wait(60000));
+    ASSERT_EQ(finished.size(), 1);
+    EXPECT_FALSE(finished.front().at(0).toBool());
+    ASSERT_TRUE(finished.front().at(1).toString().isEmpty()) << finished.front().at(1).toString().toStdString();
+    EXPECT_FALSE(view.isRefining());
+    EXPECT_TRUE(button->isEnabled());
+
+    // What the worker reported: every candidate live, then the result.
+    const auto report = nlohmann::json::parse(view.lastRefineReport().toStdString());
+    const int layers = view.model()->rowCount();
+    const auto best = core::rulesFromJson(report.at("best_rules"), layers, view.model()->experts(), "test");
+    ASSERT_EQ(static_cast<int>(report.at("measured").size()), measured.size());
+    EXPECT_GE(measured.size(), 2); // the search's choice and the uniform top-k at least
+    EXPECT_LE(measured.size(), kEvals);
+    for (int i = 0; i < measured.size(); ++i) {
+        EXPECT_EQ(measured.at(i).at(0).toInt(), i);
+        EXPECT_DOUBLE_EQ(measured.at(i).at(2).toDouble(), report["measured"][static_cast<std::size_t>(i)]["nll"].get<double>());
+    }
+    expectSameRules(core::rulesFromJson(report.at("start_rules"), layers, view.model()->experts(), "test"), searched);
+
+    // The same refinement in core, on this thread: the view shows its best.
+    core::ProjectRefineRequest req;
+    req.projectFile = fx.project.string();
+    req.data = {fx.heldOut.string(), 0, 1234, 1024};
+    req.options.cost = core::CostKind::Params;
+    req.options.budgetFraction = kBudget;
+    req.options.maxEvaluations = kEvals;
+    const auto direct = core::refineProjectPolicy(req, view.model()->tables(), searched);
+    expectSameRules(direct.best.rules, best);
+    expectShows(view, direct.best.rules);
+    EXPECT_NEAR(report.at("best_nll").get<double>(), direct.best.measured, 1e-6);
+    EXPECT_NEAR(report.at("start_nll").get<double>(), direct.start.measured, 1e-6);
+    EXPECT_EQ(report.at("measured").size(), direct.measured.size());
+    EXPECT_LE(direct.best.measured, direct.start.measured);
+    EXPECT_LE(core::costFraction(view.model()->estimate(), core::CostKind::Params), kBudget + 1e-9);
+    EXPECT_TRUE(view.statusText().contains(QString("%1 policies measured").arg(direct.measured.size())))
+        << view.statusText().toStdString();
+    EXPECT_TRUE(view.statusText().contains(QString::number(direct.best.measured, 'f', 5))) << view.statusText().toStdString();
+
+    // One undoable step back to the search's choice.
+    EXPECT_EQ(view.undoStack()->count(), undoSteps + 1);
+    view.undoStack()->undo();
+    expectShows(view, searched);
+}
+
+// Cancel, a missing file, too few tokens and an over-budget start all leave the rules as they
+// were; errors show the core's message.
+TEST(PolicyView, RefineCancelledOrFailedLeavesThePolicyAsItWas)
+{
+    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    const auto& fx = refineFixture();
+    ASSERT_FALSE(fx.project.empty()) << fx.why;
+    PolicyView view;
+    ASSERT_NO_FATAL_FAILURE(openSearched(view, 0.6));
+    const auto searched = view.model()->rules();
+    const int undoSteps = view.undoStack()->count();
+    auto* button = view.findChild<QPushButton*>("refineButton");
+    ASSERT_NE(button, nullptr);
+    auto unchanged = [&] {
+        expectShows(view, searched);
+        EXPECT_EQ(view.undoStack()->count(), undoSteps);
+        EXPECT_FALSE(view.isRefining());
+        EXPECT_TRUE(button->isEnabled());
+    };
+
+    // Cancelled before the first measurement finishes: nothing applied.
+    gui::DataChoice data;
+    data.file = QString::fromStdString(fx.heldOut.string());
+    data.maxTokens = 1024;
+    QSignalSpy finished(&view, &PolicyView::refineFinished);
+    ASSERT_TRUE(view.runRefine(data, 24));
+    view.cancelRefine();
+    ASSERT_TRUE(finished.wait(60000));
+    EXPECT_TRUE(finished.back().at(0).toBool());
+    EXPECT_TRUE(finished.back().at(1).toString().isEmpty());
+    EXPECT_TRUE(view.statusText().contains("cancelled")) << view.statusText().toStdString();
+    unchanged();
+
+    // A file that is not there: the core's error, shown and signalled.
+    QSignalSpy failed(&view, &PolicyView::actionFailed);
+    data.file = QString::fromStdString((fx.project.parent_path() / "missing.u16").string());
+    ASSERT_TRUE(view.runRefine(data, 4));
+    ASSERT_TRUE(finished.wait(60000));
+    EXPECT_FALSE(finished.back().at(0).toBool());
+    EXPECT_TRUE(finished.back().at(1).toString().contains("missing.u16")) << finished.back().at(1).toString().toStdString();
+    ASSERT_EQ(failed.size(), 1);
+    EXPECT_TRUE(failed.front().front().toString().contains("missing.u16"));
+    EXPECT_TRUE(view.statusText().contains("missing.u16"));
+    unchanged();
+
+    // Fewer tokens than two windows of 256.
+    data.file = QString::fromStdString(fx.heldOut.string());
+    data.maxTokens = 300;
+    ASSERT_TRUE(view.runRefine(data, 4));
+    ASSERT_TRUE(finished.wait(60000));
+    EXPECT_TRUE(finished.back().at(1).toString().contains("expected at least 512 (two windows)"))
+        << finished.back().at(1).toString().toStdString();
+    unchanged();
+
+    // A start over the budget cannot be refined in it: the button says why, nothing starts.
+    view.findChild<QDoubleSpinBox*>("autoBudget")->setValue(0.3);
+    EXPECT_FALSE(button->isEnabled());
+    EXPECT_TRUE(view.refineBlocker().contains("over the budget")) << view.refineBlocker().toStdString();
+    EXPECT_FALSE(view.runRefine(data, 4));
+    EXPECT_FALSE(view.isRefining());
+    view.findChild<QDoubleSpinBox*>("autoBudget")->setValue(0.6);
+    EXPECT_TRUE(button->isEnabled());
+}
+
+// Without a project (data the benchmarks show) there is nothing to measure with; a project whose
+// run is not converted yet says so, in the workbench's words.
+TEST(PolicyView, RefineNeedsAConvertedProject)
+{
+    test::TempDir tmp;
+    const auto file = makeProject(tmp);
+    PolicyView view;
+    view.setProperty("quiet", true);
+    auto* button = view.findChild<QPushButton*>("refineButton");
+    ASSERT_NE(button, nullptr);
+    EXPECT_FALSE(button->isEnabled());
+    auto unsaved = gui::loadPolicyData(QString::fromStdString(file.string()));
+    ASSERT_TRUE(unsaved.error.isEmpty()) << unsaved.error.toStdString();
+    unsaved.path.clear();
+    view.setData(unsaved);
+    ASSERT_EQ(view.model()->rowCount(), kLayers);
+    EXPECT_FALSE(button->isEnabled());
+    EXPECT_FALSE(view.refineBlocker().isEmpty());
+    EXPECT_FALSE(view.runRefine(gui::DataChoice{}, 4));
+
+    // The synthetic project has profiles but no converted layers.
+    ASSERT_NO_FATAL_FAILURE(openView(view, file));
+    EXPECT_TRUE(button->isEnabled()) << view.refineBlocker().toStdString();
+    const auto rules = view.model()->rules();
+    QSignalSpy finished(&view, &PolicyView::refineFinished);
+    gui::DataChoice data;
+    data.selfSample = 1024;
+    ASSERT_TRUE(view.runRefine(data, 4));
+    ASSERT_TRUE(finished.wait(60000));
+    const QString error = finished.front().at(1).toString();
+    EXPECT_TRUE(error.contains("unfinished layers")) << error.toStdString();
+    EXPECT_TRUE(error.contains("Convert view")) << error.toStdString();
+    expectSameRules(view.model()->rules(), rules);
 }
