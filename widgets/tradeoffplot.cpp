@@ -52,6 +52,10 @@ TradeoffPlot::TradeoffPlot(QWidget* parent) : QWidget(parent), m_plot(new QCusto
     m_plot->yAxis->setTicker(QSharedPointer<QCPAxisTickerLog>(new QCPAxisTickerLog));
     m_plot->yAxis->setNumberFormat("gb");
     connect(m_plot, &QCustomPlot::mousePress, this, &TradeoffPlot::onMousePress);
+    // Many evaluated or stored policies sit close together: their labels would pile up into an
+    // unreadable blot. Which labels fit depends on the axis ranges and the widget's size, so it
+    // is decided again before every replot.
+    connect(m_plot, &QCustomPlot::beforeReplot, this, &TradeoffPlot::hideOverlappingLabels);
     m_plot->setToolTip(tr("Error proxy against cost as a fraction of the dense model. Click a point of the "
                           "Pareto front or a uniform top-k point to apply that policy. Right click to export."));
     installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
@@ -90,6 +94,39 @@ void TradeoffPlot::replaceLabels(const char* series, const QVector<QPointF>& poi
         t->setText(labels[i]);
         m_labels << t;
     }
+}
+
+void TradeoffPlot::hideOverlappingLabels()
+{
+    QVector<QCPItemText*> ordered; // uniform first (they name the axis of k), then stored, then measured
+    for (const char* series : {"uniform", "stored", "measured"})
+        for (auto* t : std::as_const(m_labels))
+            if (t->property("series").toString() == QLatin1String(series))
+                ordered << t;
+    QVector<QRectF> drawn;
+    for (auto* t : std::as_const(ordered)) {
+        const QPointF at = t->position->pixelPosition();
+        const QMargins pad = t->padding();
+        const QSizeF size = QFontMetricsF(t->font()).size(0, t->text()) + QSizeF(pad.left() + pad.right(), pad.top() + pad.bottom());
+        const Qt::Alignment a = t->positionAlignment();
+        const double x = a & Qt::AlignRight ? at.x() - size.width() : a & Qt::AlignHCenter ? at.x() - size.width() / 2 : at.x();
+        const double y = a & Qt::AlignBottom ? at.y() - size.height() : a & Qt::AlignVCenter ? at.y() - size.height() / 2 : at.y();
+        const QRectF box(QPointF(x, y), size);
+        const bool clear = QRectF(m_plot->axisRect()->rect()).contains(box) && // not cut off at the edge
+                           std::none_of(drawn.begin(), drawn.end(), [&](const QRectF& r) { return r.intersects(box); });
+        t->setVisible(clear);
+        if (clear)
+            drawn << box;
+    }
+}
+
+QStringList TradeoffPlot::visibleLabels() const
+{
+    QStringList out;
+    for (const auto* t : m_labels)
+        if (t->visible())
+            out << t->text();
+    return out;
 }
 
 void TradeoffPlot::setAxisLabels(const QString& x, const QString& y)

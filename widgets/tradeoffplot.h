@@ -55,6 +55,10 @@ public:
     void replotNow();
     // Writes the plot as PNG, SVG or PDF (by extension); returns false when it cannot.
     bool save(const QString& file, int width = 0, int height = 0);
+    // The point labels drawn at the last replot: labels that would be cut off at the plot's edge
+    // are not drawn, and where labels would overlap, only the first
+    // (uniform, then stored, then measured) is drawn; the CSV export keeps every label.
+    QStringList visibleLabels() const;
     // Every point shown: series, x, y, label.
     CsvTable csvTable() const;
     bool saveCsv(const QString& file) const;
@@ -66,6 +70,7 @@ signals:
 private:
     void onMousePress(QMouseEvent* event);
     void rescale();
+    void hideOverlappingLabels();
     void replaceLabels(const char* series, const QVector<QPointF>& points, const QStringList& labels, const QColor& color,
                        Qt::Alignment alignment, const QMargins& padding);
     QCPCurve* addCurve(const QString& name, const QColor& color, int shape, double size, bool line);

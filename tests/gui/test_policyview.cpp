@@ -618,3 +618,36 @@ TEST(PolicyView, RefineNeedsAConvertedProject)
     EXPECT_TRUE(error.contains("Convert view")) << error.toStdString();
     expectSameRules(view.model()->rules(), rules);
 }
+
+// Labels of points close together would pile up into a blot: of overlapping labels only the first
+// is drawn (uniform before stored before measured), labels apart are all drawn, and the CSV export
+// keeps every label.
+TEST(TradeoffPlot, OverlappingLabelsAreNotDrawnOnTopOfEachOther)
+{
+    widgets::TradeoffPlot plot;
+    plot.resize(600, 400);
+    plot.show();
+    plot.setFront({{0.1, 1.0}, {0.5, 0.1}, {1.0, 0.01}});
+    plot.setUniform({{0.125, 0.8}, {1.0, 0.012}}, {"k=1", "k=8"});
+    auto measured = [&](int n, double dx, double dy) {
+        QVector<QPair<QPointF, QPointF>> pairs;
+        QStringList labels;
+        for (int i = 0; i < n; ++i) {
+            const QPointF p(0.2 + dx * i, 0.5 * std::pow(dy, i));
+            pairs << qMakePair(p, p);
+            labels << QString("measured %1").arg(i);
+        }
+        plot.setMeasured(pairs, labels);
+        plot.replotNow();
+        return plot.visibleLabels();
+    };
+    auto crowded = measured(20, 0.001, 1.0);
+    EXPECT_TRUE(crowded.contains("k=1") && crowded.contains("k=8")) << crowded.join(", ").toStdString();
+    EXPECT_EQ(crowded.filter("measured").size(), 1) << crowded.join(", ").toStdString();
+    int inCsv = 0;
+    for (const auto& row : plot.csvTable().rows)
+        inCsv += row.back().startsWith("measured") ? 1 : 0;
+    EXPECT_EQ(inCsv, 20);
+    auto apart = measured(3, 0.3, 0.1);
+    EXPECT_EQ(apart.filter("measured").size(), 3) << apart.join(", ").toStdString();
+}
