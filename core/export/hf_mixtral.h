@@ -9,6 +9,8 @@
 // tensors and reports options.progress in bytes.
 #pragma once
 
+#include "common/memory.h" // parseByteSize
+
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -46,8 +48,5 @@ bool isHfMixtralDir(const std::filesystem::path& dir);
 // Single-file or sharded, F32/BF16/F16 as stored; tensors land on options.device in
 // options.dtype. Errors name the file and the key or tensor.
 LoadedMixtral loadHfMixtral(const std::filesystem::path& dir, const LoadOptions& options = {});
-
-// "2GB", "500MB", "1.5GiB", "123456" -> bytes (decimal units as Hugging Face, binary with "iB").
-int64_t parseByteSize(const std::string& text);
 
 } // namespace ladimo::core

@@ -97,6 +97,22 @@ torch::Tensor CheckpointFiles::tensor(const std::string& name, const std::vector
     return t;
 }
 
+const StTensorInfo& CheckpointFiles::info(const std::string& name) const
+{
+    auto it = m_where.find(name);
+    if (it == m_where.end())
+        throw Error(m_dir.string() + ": missing tensor '" + name + "' (checked " + describe() + ")");
+    return *m_open.at(it->second)->find(name);
+}
+
+torch::Tensor CheckpointFiles::read(const std::string& name, int64_t rowBegin, int64_t rows, bool pinned) const
+{
+    auto it = m_where.find(name);
+    if (it == m_where.end())
+        throw Error(m_dir.string() + ": missing tensor '" + name + "' (checked " + describe() + ")");
+    return m_open.at(it->second)->read(name, rowBegin, rows, pinned);
+}
+
 std::string CheckpointFiles::describe() const
 {
     if (m_files.size() == 1)
@@ -115,6 +131,36 @@ std::vector<StTensorInfo> CheckpointFiles::tensorInfos() const
 LlamaWeights loadLlamaWeights(const fs::path& dir, const ModelConfig& c, torch::Device device, torch::ScalarType dtype)
 {
     return loadLlamaWeights(CheckpointFiles::open(dir), c, device, dtype);
+}
+
+std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> layerTensorNames(int layer, bool biases, bool withFfn)
+{
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> out = {
+        {p + "input_layernorm.weight", &LayerWeights::inputNorm},
+        {p + "self_attn.q_proj.weight", &LayerWeights::q},
+        {p + "self_attn.k_proj.weight", &LayerWeights::k},
+        {p + "self_attn.v_proj.weight", &LayerWeights::v},
+        {p + "self_attn.o_proj.weight", &LayerWeights::o}};
+    if (biases) {
+        out.push_back({p + "self_attn.q_proj.bias", &LayerWeights::qBias});
+        out.push_back({p + "self_attn.k_proj.bias", &LayerWeights::kBias});
+        out.push_back({p + "self_attn.v_proj.bias", &LayerWeights::vBias});
+        out.push_back({p + "self_attn.o_proj.bias", &LayerWeights::oBias});
+    }
+    out.push_back({p + "post_attention_layernorm.weight", &LayerWeights::postNorm});
+    if (withFfn) {
+        out.push_back({p + "mlp.gate_proj.weight", &LayerWeights::gate});
+        out.push_back({p + "mlp.up_proj.weight", &LayerWeights::up});
+        out.push_back({p + "mlp.down_proj.weight", &LayerWeights::down});
+    }
+    return out;
+}
+
+void checkLlamaTensors(const CheckpointFiles& files, const ModelConfig& c, bool withFfn)
+{
+    // Zero-copy views of the mapped files: the headers are checked, no data page is touched.
+    (void)loadLlamaWeights(files, c, torch::kCPU, std::nullopt, withFfn);
 }
 
 LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& c, torch::Device device,

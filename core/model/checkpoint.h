@@ -26,6 +26,11 @@ public:
     torch::Tensor tensor(const std::string& name) const;
     // Fails with an Error naming tensor, file, expected and actual shape.
     torch::Tensor tensor(const std::string& name, const std::vector<int64_t>& expectedShape) const;
+    // A fresh CPU tensor read with pread (SafetensorsFile::read): rows of the first dimension, in
+    // the stored dtype; nothing of the file stays resident. Error naming file and tensor.
+    torch::Tensor read(const std::string& name, int64_t rowBegin = 0, int64_t rows = -1, bool pinned = false) const;
+    // The stored dtype and shape of a tensor (from the header); Error naming the file when absent.
+    const StTensorInfo& info(const std::string& name) const;
     const std::filesystem::path& dir() const { return m_dir; }
     const std::vector<std::filesystem::path>& files() const { return m_files; }
     // Every tensor of every file (name, dtype, shape), without touching the data.
@@ -48,6 +53,13 @@ LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& c
                               std::optional<torch::ScalarType> dtype, bool withFfn = true);
 LlamaWeights loadLlamaWeights(const std::filesystem::path& dir, const ModelConfig& config,
                               torch::Device device, torch::ScalarType dtype);
+
+// Checks every tensor the config implies (present, floating point, shape) from the headers only,
+// nothing read; the same errors as loadLlamaWeights.
+void checkLlamaTensors(const CheckpointFiles& files, const ModelConfig& config, bool withFfn = true);
+
+// The checkpoint names of one layer's tensors, in checkpoint order, and the slot each fills.
+std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> layerTensorNames(int layer, bool biases, bool withFfn);
 
 // Checks a shard file name from an index: a plain file name inside the checkpoint folder.
 void checkShardName(const std::string& name, const std::filesystem::path& indexFile);

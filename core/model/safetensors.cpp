@@ -185,10 +185,13 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
                     " bytes, too short for a safetensors header (truncated?)");
     }
     void* map = ::mmap(nullptr, fileSize, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    ::close(fd);
-    if (map == MAP_FAILED)
-        throw Error("cannot memory-map '" + source + "': " + std::strerror(errno));
+    if (map == MAP_FAILED) {
+        const int err = errno;
+        ::close(fd);
+        throw Error("cannot memory-map '" + source + "': " + std::strerror(err));
+    }
     std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
+    f->m_fd = fd;
     f->m_path = file;
     f->m_map = map;
     f->m_mapSize = fileSize;
@@ -206,6 +209,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     const std::string header(reinterpret_cast<const char*>(bytes + 8), headerLen);
     f->m_tensors = parseHeader(header, fileSize - 8 - headerLen, source, &f->m_metadata);
     f->m_data = bytes + 8 + headerLen;
+    f->m_dataOffset = 8 + headerLen;
     for (std::size_t i = 0; i < f->m_tensors.size(); ++i)
         f->m_index[f->m_tensors[i].name] = i;
     return f;
@@ -215,6 +219,8 @@ SafetensorsFile::~SafetensorsFile()
 {
     if (m_map)
         ::munmap(m_map, m_mapSize);
+    if (m_fd >= 0)
+        ::close(m_fd);
 }
 
 const StTensorInfo* SafetensorsFile::find(const std::string& name) const
@@ -242,6 +248,40 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const
     std::shared_ptr<const SafetensorsFile> keepAlive = m_self.lock();
     return torch::from_blob(const_cast<uint8_t*>(ptr), info->shape,
                             [keepAlive](void*) mutable { keepAlive.reset(); }, options);
+}
+
+torch::Tensor SafetensorsFile::read(const std::string& name, int64_t rowBegin, int64_t rows, bool pinned) const
+{
+    const StTensorInfo* info = find(name);
+    if (!info)
+        throw Error(m_path.string() + ": missing tensor '" + name + "'");
+    std::vector<int64_t> shape = info->shape;
+    const int64_t total = shape.empty() ? 1 : shape[0];
+    if (rows < 0)
+        rows = total - rowBegin;
+    if (rowBegin < 0 || rows < 0 || rowBegin + rows > total || (shape.empty() && (rowBegin != 0 || rows != 1)))
+        throw Error(m_path.string() + ": tensor '" + name + "': rows [" + std::to_string(rowBegin) + ", " +
+                    std::to_string(rowBegin + rows) + ") lie outside its " + std::to_string(total) + " rows");
+    const uint64_t rowBytes = total > 0 ? (info->end - info->begin) / static_cast<uint64_t>(total) : 0;
+    if (!shape.empty())
+        shape[0] = rows;
+    auto options = torch::TensorOptions().dtype(toTorch(info->dtype)).device(torch::kCPU).pinned_memory(pinned);
+    auto t = torch::empty(shape, options);
+    auto* dst = static_cast<char*>(t.data_ptr());
+    uint64_t left = shape.empty() ? info->end - info->begin : rowBytes * static_cast<uint64_t>(rows);
+    uint64_t at = m_dataOffset + info->begin + rowBytes * static_cast<uint64_t>(rowBegin);
+    while (left > 0) {
+        const ssize_t n = ::pread(m_fd, dst, std::min<uint64_t>(left, 1ull << 30), static_cast<off_t>(at));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            throw Error(m_path.string() + ": cannot read tensor '" + name + "': " +
+                        (n < 0 ? std::strerror(errno) : std::string("unexpected end of file (truncated?)")));
+        dst += n;
+        at += static_cast<uint64_t>(n);
+        left -= static_cast<uint64_t>(n);
+    }
+    return t;
 }
 
 void writeSafetensorsHeader(OutputFile& out, const std::string& header)

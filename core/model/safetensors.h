@@ -53,8 +53,14 @@ public:
     const std::vector<StTensorInfo>& tensors() const { return m_tensors; }
     const std::map<std::string, std::string>& metadata() const { return m_metadata; }
     const StTensorInfo* find(const std::string& name) const;
-    // CPU tensor in the file's dtype; throws Error if the name is absent.
+    // CPU tensor in the file's dtype; throws Error if the name is absent. A zero-copy view of the
+    // mapping: its pages count in the resident set once touched, for as long as the file is open.
     torch::Tensor tensor(const std::string& name) const;
+    // A fresh CPU tensor in the file's dtype read with pread(), rows [rowBegin, rowBegin + rows)
+    // of the first dimension (rows < 0: to the end): nothing of the file stays resident after the
+    // tensor is freed (the kernel's page cache is not this process's memory). With `pinned` the
+    // buffer is page-locked host memory (fast, asynchronous copies to CUDA).
+    torch::Tensor read(const std::string& name, int64_t rowBegin = 0, int64_t rows = -1, bool pinned = false) const;
 
 private:
     SafetensorsFile() = default;
@@ -62,6 +68,8 @@ private:
     std::vector<StTensorInfo> m_tensors;
     std::map<std::string, std::size_t> m_index;
     std::map<std::string, std::string> m_metadata;
+    int m_fd = -1;  // kept open for read()
+    uint64_t m_dataOffset = 0; // file offset of the data section
     void* m_map = nullptr;
     std::size_t m_mapSize = 0;
     const uint8_t* m_data = nullptr; // start of the data section
