@@ -53,6 +53,9 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
     std::vector<std::vector<int64_t>> out = prompts;
     std::vector<bool> done(static_cast<std::size_t>(B), false);
     KvCache cache = model.makeCache(B, capacity);
+    // A streamed model reads every layer for every token: keep layers resident, lowest first, in
+    // half the memory budget while generating, and let them go afterwards.
+    LayerCacheScope layerCache(model);
     auto input = tokens;
     for (int64_t step = 0; step < o.maxNew; ++step) {
         o.cancel.throwIfCancelled();
