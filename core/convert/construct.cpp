@@ -1,7 +1,12 @@
 #include "convert/construct.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -224,6 +229,91 @@ void requireFinite(const torch::Tensor& t, const std::string& what)
         throw NumericalFault(what + " holds " + std::to_string(bad) + " NaN/Inf value" + (bad == 1 ? "" : "s"));
 }
 
+namespace {
+
+// The last good state of the trained tensors, restored after a fault. Up to 64 MiB it is a copy
+// in memory; larger (a 7B layer's experts take 0.5 GB) it goes to an unlinked temporary file
+// written with write(): the page cache is not this process's memory, and a restore is rare.
+class Snapshot {
+public:
+    explicit Snapshot(const std::vector<torch::Tensor>& params)
+    {
+        torch::NoGradGuard ng;
+        int64_t bytes = 0;
+        bool cpu = true;
+        for (const auto& p : params) {
+            bytes += static_cast<int64_t>(p.nbytes());
+            cpu = cpu && p.is_cpu();
+        }
+        if (!cpu || bytes <= (int64_t(64) << 20)) {
+            for (const auto& p : params)
+                m_copies.push_back(p.detach().clone());
+            return;
+        }
+        std::string pattern = (std::filesystem::temp_directory_path() / "ladimo-snapshot-XXXXXX").string();
+        m_fd = ::mkstemp(pattern.data());
+        if (m_fd < 0)
+            throw Error("cannot create a temporary file in '" + std::filesystem::temp_directory_path().string() +
+                        "' for the distillation snapshot: " + std::strerror(errno));
+        ::unlink(pattern.c_str());
+        for (const auto& p : params) {
+            const auto t = p.detach().contiguous();
+            const auto* src = static_cast<const char*>(t.data_ptr());
+            std::size_t left = t.nbytes();
+            while (left > 0) {
+                const ssize_t n = ::write(m_fd, src, left);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0)
+                    throw Error("cannot write the distillation snapshot to '" +
+                                std::filesystem::temp_directory_path().string() + "': " + std::strerror(errno));
+                src += n;
+                left -= static_cast<std::size_t>(n);
+            }
+        }
+    }
+    ~Snapshot()
+    {
+        if (m_fd >= 0)
+            ::close(m_fd);
+    }
+    Snapshot(const Snapshot&) = delete;
+    Snapshot& operator=(const Snapshot&) = delete;
+
+    void restore(std::vector<torch::Tensor>& params) const
+    {
+        torch::NoGradGuard ng;
+        if (m_fd < 0) {
+            for (std::size_t i = 0; i < params.size(); ++i)
+                params[i].copy_(m_copies[i]);
+            return;
+        }
+        off_t at = 0;
+        for (auto& p : params) {
+            auto t = torch::empty(p.sizes(), p.options().requires_grad(false));
+            auto* dst = static_cast<char*>(t.data_ptr());
+            std::size_t left = t.nbytes();
+            while (left > 0) {
+                const ssize_t n = ::pread(m_fd, dst, left, at);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0)
+                    throw Error(std::string("cannot read back the distillation snapshot: ") + std::strerror(errno));
+                dst += n;
+                at += n;
+                left -= static_cast<std::size_t>(n);
+            }
+            p.copy_(t);
+        }
+    }
+
+private:
+    std::vector<torch::Tensor> m_copies;
+    int m_fd = -1;
+};
+
+} // namespace
+
 DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y, const DistillOptions& o)
 {
     const int64_t T = x.size(0), N = layer.numExperts();
@@ -251,12 +341,7 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
     auto energy = y.pow(2).sum(-1).mean().item<double>();
     for (int epoch = 0; epoch < o.epochs; ++epoch) {
         // The last good state: weights, optimiser, sampling and curve as this epoch starts.
-        std::vector<torch::Tensor> saved;
-        {
-            torch::NoGradGuard ng;
-            for (const auto& p : params)
-                saved.push_back(p.detach().clone());
-        }
+        const Snapshot saved(params);
         const auto savedRng = rng;
         const auto savedPerm = perm;
         const auto savedCurve = r.lossCurve.size();
@@ -306,11 +391,7 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
             if (fault.empty() && !oom)
                 break;
             // Back to the last good state, with a fresh optimiser (its moments may hold the fault).
-            {
-                torch::NoGradGuard ng;
-                for (std::size_t i = 0; i < params.size(); ++i)
-                    params[i].copy_(saved[i]);
-            }
+            saved.restore(params);
             rng = savedRng;
             perm = savedPerm;
             r.lossCurve.resize(savedCurve);

@@ -85,26 +85,41 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
                        : torch::Tensor();
         };
     std::size_t perPass = static_cast<std::size_t>(std::max<int64_t>(1, options.maxWindows));
+    // A streamed model runs a group of passes layer-major, so each layer is read once per group;
+    // the group's hidden states take at most an eighth of the budget (at least one pass).
+    const std::uint64_t groupBytes = model.streamed() ? budget / 8 : 0;
+    const std::uint64_t tokenBytes = static_cast<std::uint64_t>(H) * c10::elementSize(model.dtype());
     for (std::size_t i = 0; i < windows.size();) {
-        const std::size_t len = windows[i].size();
-        std::vector<int64_t> flat;
+        std::vector<torch::Tensor> passes;
         std::size_t j = i;
-        for (; j < windows.size() && windows[j].size() == len && j - i < perPass; ++j)
-            flat.insert(flat.end(), windows[j].begin(), windows[j].end());
-        passWindows = static_cast<int64_t>(j - i);
-        const std::vector<int64_t> before = filled; // rows per layer before this pass
+        std::uint64_t bytes = 0;
+        do {
+            const std::size_t len = windows[j].size();
+            std::vector<int64_t> flat;
+            std::size_t k = j;
+            for (; k < windows.size() && windows[k].size() == len && k - j < perPass; ++k)
+                flat.insert(flat.end(), windows[k].begin(), windows[k].end());
+            passes.push_back(torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(k - j), static_cast<int64_t>(len)}));
+            bytes += static_cast<std::uint64_t>(flat.size()) * tokenBytes;
+            j = k;
+        } while (j < windows.size() && bytes + perPass * windows[j].size() * tokenBytes <= groupBytes);
+        passWindows = passes.front().size(0);
+        const std::vector<int64_t> before = filled; // rows per layer before this group
         try {
-            model.forward(torch::tensor(flat, torch::kInt64).view({passWindows, static_cast<int64_t>(len)}), nullptr,
-                          &hooks);
+            if (passes.size() == 1)
+                model.forward(passes.front(), nullptr, &hooks);
+            else
+                model.forwardLayerMajor(passes, &hooks, [](std::size_t, const torch::Tensor&) {});
         } catch (const c10::OutOfMemoryError&) {
-            filled = before; // the retry overwrites the failed pass's partial rows
-            if (j - i == 1)
+            filled = before; // the retry overwrites the failed group's partial rows
+            if (passWindows == 1)
                 throw Error("out of memory on " + model.device().str() +
-                            " capturing FFN activations, even with one window of " + std::to_string(len) +
+                            " capturing FFN activations, even with one window of " +
+                            std::to_string(passes.front().size(1)) +
                             " tokens per forward pass (free device memory or use a shorter sequence length)");
-            perPass = (j - i) / 2;
+            perPass = static_cast<std::size_t>(passWindows) / 2;
             if (options.onRecovered)
-                options.onRecovered("capture: out of memory with " + std::to_string(j - i) +
+                options.onRecovered("capture: out of memory with " + std::to_string(passWindows) +
                                     " windows per forward pass, retried with " + std::to_string(perPass));
             continue;
         }
@@ -148,11 +163,16 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
     // whichever worker runs it.
     auto convertLayer = [&](int l, const torch::Device& device, const CancelToken& cancel) {
         const auto start = std::chrono::steady_clock::now();
-        const auto& w = model.weights().layers[static_cast<std::size_t>(l)];
-        DenseFfn ffn{w.gate.to(device, torch::kFloat32), w.up.to(device, torch::kFloat32), w.down.to(device, torch::kFloat32)};
+        DenseFfn ffn;
+        {
+            const auto w = model.layer(l); // a streamed model reads the layer now and frees it after the copy
+            ffn = DenseFfn{w->gate.to(device, torch::kFloat32), w->up.to(device, torch::kFloat32),
+                           w->down.to(device, torch::kFloat32)};
+        }
         const auto x = xs[static_cast<std::size_t>(l)].to(device);
         const auto y = ys[static_cast<std::size_t>(l)].to(device);
         auto layer = buildMoeLayer(ffn, partitionNeurons(ffn, x, s.experts, s.partition, s.distill.seed + l), s.experts, s.gating);
+        ffn = DenseFfn{}; // the experts are cut; a 7B layer's dense copy is 0.5 GB
         DistillOptions d = s.distill;
         d.seed = s.distill.seed + static_cast<uint64_t>(l);
         d.cancel = cancel;
@@ -327,10 +347,11 @@ MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, t
     if (!meta.count("gating") || !meta.count("sizes"))
         throw Error(file.string() + ": not a LaDiMo MoE layer file (missing 'gating'/'sizes' metadata)");
     l.gating = parseGating(meta.at("gating"));
-    l.router = st->tensor("router").to(device, dtype);
-    l.gate = st->tensor("gate").to(device, dtype);
-    l.up = st->tensor("up").to(device, dtype);
-    l.down = st->tensor("down").to(device, dtype);
+    // Read, not mapped: mapped pages would stay in the resident set for as long as the layer lives.
+    l.router = st->read("router").to(device, dtype);
+    l.gate = st->read("gate").to(device, dtype);
+    l.up = st->read("up").to(device, dtype);
+    l.down = st->read("down").to(device, dtype);
     // The file may come from anywhere (a copied project): every number is checked before use.
     std::stringstream ss(meta.at("sizes"));
     std::string item;

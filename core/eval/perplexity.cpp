@@ -24,10 +24,9 @@ EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t
     double nllSum = 0, klSum = 0;
     int64_t scored = 0, processed = 0;
     const int64_t batch = std::max<int64_t>(1, o.batch);
-    std::size_t i = 0;
-    while (i < windows.size()) {
-        o.cancel.throwIfCancelled();
-        // Batch windows of equal length (only the last one may be shorter).
+    // Batches of windows of equal length (only the last one may be shorter).
+    std::vector<torch::Tensor> batches;
+    for (std::size_t i = 0; i < windows.size();) {
         const std::size_t len = windows[i].size();
         std::vector<int64_t> flat;
         std::size_t j = i;
@@ -35,22 +34,56 @@ EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t
             flat.insert(flat.end(), windows[j].begin(), windows[j].end());
             ++j;
         }
-        const int64_t B = static_cast<int64_t>(j - i), T = static_cast<int64_t>(len);
-        auto tokens = torch::tensor(flat, torch::kInt64).view({B, T});
-        auto logits = model.forward(tokens, nullptr, o.hooks);
-        auto logp = torch::log_softmax(logits.narrow(1, 0, T - 1).to(torch::kFloat64), -1);
-        auto target = tokens.narrow(1, 1, T - 1).to(logp.device()).unsqueeze(-1);
-        nllSum += -logp.gather(-1, target).sum().item<double>();
-        if (o.reference) {
-            auto refLogits = o.reference->forward(tokens);
-            auto refLogp = torch::log_softmax(refLogits.narrow(1, 0, T - 1).to(torch::kFloat64), -1).to(logp.device());
-            klSum += (refLogp.exp() * (refLogp - logp)).sum().item<double>();
-        }
-        scored += B * (T - 1);
-        processed += B * T;
+        batches.push_back(torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(j - i), static_cast<int64_t>(len)}));
         i = j;
-        if (o.progress)
-            o.progress("eval", static_cast<double>(i), static_cast<double>(windows.size()));
+    }
+    // A streamed model runs groups of batches layer-major (each layer read once per group); a
+    // group's logits (twice with a reference) take at most an eighth of the memory budget.
+    const bool streamed = model.streamed() || (o.reference && o.reference->streamed());
+    const std::uint64_t groupBytes = streamed ? model.memoryBudget() / 8 / (o.reference ? 2 : 1) : 0;
+    const auto logitBytes = [&](const torch::Tensor& t) {
+        return static_cast<std::uint64_t>(t.numel()) * static_cast<std::uint64_t>(model.config().vocabSize) * 4;
+    };
+    std::size_t windowsDone = 0;
+    for (std::size_t g = 0; g < batches.size();) {
+        o.cancel.throwIfCancelled();
+        std::size_t end = g + 1;
+        std::uint64_t bytes = logitBytes(batches[g]);
+        while (end < batches.size() && bytes + logitBytes(batches[end]) <= groupBytes)
+            bytes += logitBytes(batches[end++]);
+        const std::vector<torch::Tensor> group(batches.begin() + static_cast<std::ptrdiff_t>(g),
+                                               batches.begin() + static_cast<std::ptrdiff_t>(end));
+        const auto run = [&](const LlamaModel& m, const ForwardHooks* hooks,
+                             const std::function<void(std::size_t, const torch::Tensor&)>& use) {
+            if (group.size() == 1) {
+                use(0, m.forward(group.front(), nullptr, hooks));
+                return;
+            }
+            ForwardHooks h = hooks ? *hooks : ForwardHooks{};
+            h.onLayerDone = [&](int) { o.cancel.throwIfCancelled(); };
+            m.forwardLayerMajor(group, &h, use);
+        };
+        std::vector<torch::Tensor> refLogits(group.size());
+        if (o.reference)
+            run(*o.reference, nullptr, [&](std::size_t b, const torch::Tensor& l) { refLogits[b] = l; });
+        run(model, o.hooks, [&](std::size_t b, const torch::Tensor& logits) {
+            const auto& tokens = group[b];
+            const int64_t B = tokens.size(0), T = tokens.size(1);
+            auto logp = torch::log_softmax(logits.narrow(1, 0, T - 1).to(torch::kFloat64), -1);
+            auto target = tokens.narrow(1, 1, T - 1).to(logp.device()).unsqueeze(-1);
+            nllSum += -logp.gather(-1, target).sum().item<double>();
+            if (o.reference) {
+                auto refLogp = torch::log_softmax(refLogits[b].narrow(1, 0, T - 1).to(torch::kFloat64), -1).to(logp.device());
+                refLogits[b] = torch::Tensor();
+                klSum += (refLogp.exp() * (refLogp - logp)).sum().item<double>();
+            }
+            scored += B * (T - 1);
+            processed += B * T;
+            windowsDone += static_cast<std::size_t>(B);
+            if (o.progress)
+                o.progress("eval", static_cast<double>(windowsDone), static_cast<double>(windows.size()));
+        });
+        g = end;
     }
     EvalResult r;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -205,6 +205,8 @@ void forEachTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t
 // own threads on every product).
 constexpr int64_t kShareWork = int64_t{1} << 20;
 constexpr int64_t kShareTokens = 32;
+// Per-share expert gradient buffers larger than this run the backward as one share (below).
+constexpr int64_t kMaxShareGradBytes = int64_t{64} << 20;
 
 // Runs part(i, n) for i in [0, n): n equal shares of the tokens, each with all their pairs, so
 // shares write disjoint rows. On the CPU the team runs them, n = the team's size or fewer so that
@@ -213,7 +215,7 @@ constexpr int64_t kShareTokens = 32;
 // so results are reproducible. Grad and inference mode are per thread: every share runs with the
 // caller's inference mode and without autograd (the parts run inside an autograd function).
 template <class F>
-void onTokenShares(const torch::Tensor& x, int64_t work, F&& part)
+void onTokenShares(const torch::Tensor& x, int64_t work, F&& part, int64_t maxShares = std::numeric_limits<int>::max())
 {
     const bool inference = c10::InferenceMode::is_enabled();
     const std::function<void(int, int)> share = [&](int i, int n) {
@@ -221,7 +223,7 @@ void onTokenShares(const torch::Tensor& x, int64_t work, F&& part)
         torch::NoGradGuard noGrad;
         part(i, n);
     };
-    const int64_t shares = std::min<int64_t>({work / kShareWork, x.size(0) / kShareTokens, std::numeric_limits<int>::max()});
+    const int64_t shares = std::min<int64_t>({work / kShareWork, x.size(0) / kShareTokens, maxShares});
     if (fastCpu(x) && shares >= 2)
         CpuTeam::instance().run(share, static_cast<int>(shares));
     else
@@ -386,6 +388,11 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
             gw = torch::empty({P}, o);
         auto gu = needX ? gateUpBlock(gate, up) : torch::Tensor();
         // Every share of the tokens accumulates its own expert gradients; they are summed after.
+        // Experts whose gradients take more than kMaxShareGradBytes (a 7B-sized layer's take 0.5 GB)
+        // run as one share instead: a copy per team member would cost more memory than the
+        // split saves time, and the BLAS's own threads handle products of that size well.
+        const int64_t gradBytes = N * 3 * S * H * static_cast<int64_t>(o.dtype().itemsize());
+        const int64_t maxShares = needExperts && gradBytes > kMaxShareGradBytes ? 1 : std::numeric_limits<int>::max();
         const auto shares = static_cast<std::size_t>(std::max(1, CpuTeam::instance().size()));
         std::vector<torch::Tensor> shareGgu(shares), shareGd(shares);
         onTokenShares(x, P * S * H, [&](int i, int n) {
@@ -397,7 +404,7 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
             backwardTokens(x, w, gu, down, tokens, counts, pre, go, T * i / n, T * (i + 1) / n, gx, gw, myGgu, myGd);
             shareGgu.at(static_cast<std::size_t>(i)) = myGgu;
             shareGd.at(static_cast<std::size_t>(i)) = myGd;
-        });
+        }, maxShares);
         if (needExperts) {
             ggu = shareGgu[0];
             gd = shareGd[0];

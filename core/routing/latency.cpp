@@ -56,6 +56,8 @@ std::vector<ForwardTiming> measureForwards(const LlamaModel& model, const std::v
                                            const LatencyOptions& o)
 {
     torch::InferenceMode guard;
+    // A streamed model keeps what fits of its layers resident while timed; the rest is read as it runs.
+    LayerCacheScope layerCache(model);
     const auto prompt = promptTokens(model, o.prefillTokens);
     const auto next = promptTokens(model, 1);
     std::vector<std::function<void()>> prefill, decode;
@@ -108,6 +110,8 @@ LatencyModel measureLatency(const LlamaModel& model, const MoeLayer& layer, cons
     const int64_t decodeSamples = std::min<int64_t>(8, sampleX.size(0));
     const auto xDecodeSamples = sampleX.narrow(0, 0, decodeSamples).to(dev, model.dtype()).unsqueeze(1);
     const int mid = m.layers / 2;
+    LayerCacheScope layerCache(model);
+    const auto midLayer = model.layer(mid); // held while timed (a streamed model would read it every call)
     ForwardHooks skipFfn;
     skipFfn.ffnOverride = [](int, const torch::Tensor& x) { return torch::zeros_like(x); };
     const auto prompt = promptTokens(model, o.prefillTokens);
@@ -116,14 +120,14 @@ LatencyModel measureLatency(const LlamaModel& model, const MoeLayer& layer, cons
     model.forward(promptTokens(model, o.decodeContext), &cache, &skipFfn);
 
     std::vector<std::function<void()>> prefill = {[&] { model.forward(prompt, nullptr, &skipFfn); },
-                                                  [&] { model.ffn(mid, xPrefill); }};
+                                                  [&] { model.ffn(*midLayer, mid, xPrefill); }};
     std::vector<std::function<void()>> decode = {[&] {
                                                      cache.length = o.decodeContext;
                                                      model.forward(next, &cache, &skipFfn);
                                                  },
                                                  [&] {
                                                      for (int64_t s = 0; s < decodeSamples; ++s)
-                                                         model.ffn(mid, xDecode);
+                                                         model.ffn(*midLayer, mid, xDecode);
                                                  }};
     for (int64_t k = 1; k <= N; ++k) {
         const auto rule = RoutingRule::staticK(static_cast<int>(k));
