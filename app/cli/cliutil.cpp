@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/fileutil.h"
+#include "common/memory.h"
 #include "convert/projectconvert.h"
 #include "model/device.h"
 #include "model/generate.h"
@@ -20,6 +21,13 @@ void ModelOptions::add(CLI::App* cmd, bool positional)
         ->capture_default_str();
     cmd->add_option("--dtype", dtype, "Compute dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
         ->capture_default_str();
+    cmd->add_option("--memory-budget", memoryBudget,
+                    "Memory the job may keep resident (weights, layer caches, activations), e.g. 8GB; "
+                    "0 = half the available memory")
+        ->capture_default_str();
+    cmd->add_option("--weights", weights,
+                    "auto (models over 1 GiB or half the budget are streamed layer by layer), resident or streamed")
+        ->capture_default_str();
 }
 
 core::LoadOptions ModelOptions::loadOptions() const
@@ -27,8 +35,12 @@ core::LoadOptions ModelOptions::loadOptions() const
     core::LoadOptions o;
     o.device = core::parseDevices(device).front(); // a device list: the model lives on the first
     o.dtype = core::parseComputeDType(dtype, o.device);
+    o.residency = core::parseResidency(weights);
+    o.memoryBudget = memoryBudget == "0" ? 0 : static_cast<std::uint64_t>(core::parseByteSize(memoryBudget));
     return o;
 }
+
+void addPeakRss(nlohmann::json& j) { j["peak_rss_bytes"] = core::peakRssBytes(); }
 
 core::LlamaModel ModelOptions::load() const
 {

@@ -28,10 +28,16 @@ struct ModelOptions {
     std::string path;
     std::string device = "auto";
     std::string dtype = "auto";
+    std::string memoryBudget = "0"; // --memory-budget, "0": the default (half the available memory)
+    std::string weights = "auto";   // --weights auto | resident | streamed
     void add(CLI::App* cmd, bool positional = true);
-    core::LoadOptions loadOptions() const; // device (the first of a list) and compute dtype
+    // Device (the first of a list), compute dtype, residency and memory budget.
+    core::LoadOptions loadOptions() const;
     core::LlamaModel load() const;
 };
+
+// The peak resident set size of the process so far, added to a command's --json output.
+void addPeakRss(nlohmann::json& j);
 
 struct DataOptions {
     std::string file;

@@ -104,6 +104,7 @@ void registerConvertCommand(CLI::App& app)
         std::string layers;
         bool prepare = false;
         bool dryRun = false;
+        bool json = false;
         std::string activationMemory = "0";
         core::ConvertSettings s;
     };
@@ -131,6 +132,7 @@ void registerConvertCommand(CLI::App& app)
                                      "Create (or find) the run for these settings, then exit: the step before workers start");
     prepareOpt->excludes(layersOpt);
     cmd->add_flag("--dry-run", o->dryRun, "Print the cost model (tokens, FLOPs, memory, estimated time) and exit");
+    cmd->add_flag("--json", o->json, "With --dry-run: the cost model as JSON (with peak_rss_bytes of the dry run)");
     cmd->add_option("--activation-memory", o->activationMemory,
                     "Captured activations kept in memory up to this size, e.g. 8GB; beyond it they go to scratch "
                     "files in the project folder (0 = half the available memory)")
@@ -142,8 +144,12 @@ void registerConvertCommand(CLI::App& app)
         o->s.gating = core::parseGating(o->gating);
         o->s.distill.seed = o->data.seed;
         o->s.capture.memoryBudget =
-            o->activationMemory == "0" ? 0 : static_cast<std::uint64_t>(core::parseByteSize(o->activationMemory));
-        const auto source = describeSourceModel(o->model.path);
+            o->activationMemory == "0" ? o->model.loadOptions().memoryBudget
+                                       : static_cast<std::uint64_t>(core::parseByteSize(o->activationMemory));
+        // A dry run without a project needs no weights checksum (hashing a 7B checkpoint takes
+        // seconds); everything else records the model by it.
+        const bool checksum = !o->dryRun || fs::exists(o->project);
+        const auto source = checksum ? describeSourceModel(o->model.path) : core::describeSourceModel(o->model.path, false);
         auto model = o->model.load();
         o->s.devices = core::parseDevices(o->model.device);
         const int L = static_cast<int>(model.config().numLayers);
@@ -175,7 +181,11 @@ void registerConvertCommand(CLI::App& app)
             for (int l : layers)
                 if (!captured.count(l))
                     in.captureLayers.push_back(l);
-            in.modelBytes = source.totalParams * static_cast<int64_t>(c10::elementSize(model.dtype()));
+            in.modelBytes = model.streamed() ? 0 : source.totalParams * static_cast<int64_t>(c10::elementSize(model.dtype()));
+            in.streamed = model.streamed();
+            in.layerBytes = static_cast<int64_t>(model.layerBytes());
+            in.computeElementBytes = static_cast<int64_t>(c10::elementSize(model.dtype()));
+            in.memoryBudget = static_cast<int64_t>(o->s.capture.memoryBudget);
             return core::estimateCost(in);
         };
         if (o->dryRun) {
@@ -190,7 +200,14 @@ void registerConvertCommand(CLI::App& app)
                             captured.insert(l);
                 }
             }
-            std::printf("%s", costFor(selected, captured).describe(static_cast<int>(selected.size())).c_str());
+            const auto cost = costFor(selected, captured);
+            if (o->json) {
+                auto j = cost.toJson();
+                addPeakRss(j);
+                std::cout << j.dump(2) << "\n";
+            } else {
+                std::printf("%s", cost.describe(static_cast<int>(selected.size())).c_str());
+            }
             return;
         }
 

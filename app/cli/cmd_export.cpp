@@ -80,7 +80,9 @@ void registerExportCommand(CLI::App& app)
         const auto& report = res.report;
         const bool moe = res.moe;
         if (o->json) {
-            std::cout << res.toJson().dump(2) << "\n";
+            auto j = res.toJson();
+            addPeakRss(j);
+            std::cout << j.dump(2) << "\n";
             return;
         }
         std::printf("exported run #%lld of %s to %s (%s, %s, %zu files, %.1f MB)\n", (long long)res.runId,

@@ -17,6 +17,7 @@
 #include "model/generate.h"
 #include "model/safetensors.h"
 #include "convert/convert.h"
+#include "export/gguf_reader.h"
 #include "export/hf_mixtral.h"
 #include "routing/estimate.h"
 #include "routing/latency.h"
@@ -96,6 +97,7 @@ void registerInspectCommand(CLI::App& app)
                                    {"ffn_parameters", p.ffnPerLayer},
                                    {"intermediate_size", config.intermediateSize}});
         if (o->json) {
+            addPeakRss(j);
             std::cout << j.dump(2) << "\n";
             return;
         }
@@ -189,7 +191,8 @@ void registerEvalCommand(CLI::App& app)
             req.progress = printer.fn();
             req.cancel = interruptToken();
             const auto res = core::evaluateProject(req);
-            const auto& j = res.metrics;
+            auto j = res.metrics;
+            addPeakRss(j);
             print(j, res.perplexity, res.device,
                   "; KL to dense " + std::to_string(res.perplexity.klToReference) + ", activated FFN fraction " +
                       std::to_string(j["activated_ffn_fraction"].get<double>()));
@@ -197,12 +200,19 @@ void registerEvalCommand(CLI::App& app)
         }
         torch::InferenceMode guard;
         const std::string modelPath = o->model.path;
-        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory: its MoE blocks and policy
-        if (core::isHfMixtralDir(o->model.path))
-            mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
+        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory or GGUF file: its MoE blocks and policy
         std::optional<core::LlamaModel> dense;
-        if (!mixtral)
+        if (core::isHfMixtralDir(o->model.path)) {
+            mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
+        } else if (core::isGgufFile(o->model.path)) {
+            auto g = core::loadGguf(o->model.path, o->model.loadOptions());
+            if (g.layers.empty())
+                dense.emplace(std::move(g.model));
+            else
+                mixtral.emplace(std::move(g));
+        } else {
             dense.emplace(o->model.load());
+        }
         const auto& model = mixtral ? mixtral->model : *dense;
         auto tok = core::Tokenizer::loadForModel(modelPath);
         ProgressPrinter printer;
@@ -236,6 +246,7 @@ void registerEvalCommand(CLI::App& app)
                             {"seq_len", o->seqLen},         {"device", model.device().str()},
                             {"dtype", c10::toString(model.dtype())}};
         const std::vector<core::MoeLayer>* moeLayers = mixtral ? &mixtral->layers : nullptr;
+        j["weights"] = model.streamed() ? "streamed" : "resident";
         if (!o->choices.empty()) {
             if (!tok)
                 throw core::Error("--choices needs a tokenizer, and " + modelPath + " has none");
@@ -265,6 +276,7 @@ void registerEvalCommand(CLI::App& app)
                 j["timing"] = {{"prefill_tokens", lo.prefillTokens}, {"decode_context", lo.decodeContext}};
             }
         }
+        addPeakRss(j);
         print(j, r, model.device().str(),
               mixtral ? "; activated FFN fraction " + std::to_string(j["activated_ffn_fraction"].get<double>()) : "");
     });
@@ -295,10 +307,14 @@ void registerGenerateCommand(CLI::App& app)
     cmd->add_flag("--ignore-eos", o->ignoreEos, "Do not stop at the end-of-sequence token");
     cmd->callback([o] {
         torch::InferenceMode guard;
-        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory runs with its MoE blocks
+        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory or GGUF file runs with its MoE blocks
         if (core::isHfMixtralDir(o->model.path))
             mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
+        else if (core::isGgufFile(o->model.path))
+            mixtral.emplace(core::loadGguf(o->model.path, o->model.loadOptions()));
         auto model = mixtral ? std::move(mixtral->model) : o->model.load();
+        if (mixtral && mixtral->layers.empty())
+            mixtral.reset(); // a dense GGUF file
         auto tok = core::Tokenizer::loadForModel(o->model.path);
         std::vector<int64_t> prompt;
         if (!o->promptIds.empty()) {
@@ -354,6 +370,8 @@ void registerBenchCommand(CLI::App& app)
     cmd->callback([o] {
         torch::InferenceMode guard;
         auto model = o->model.load();
+        // A streamed model keeps layers resident in half the budget, as generation does.
+        core::LayerCacheScope layerCache(model);
         const auto& c = model.config();
         const int64_t prefill = std::min(o->prefill, c.maxPositions - o->decode);
         if (prefill < 1)
@@ -386,7 +404,9 @@ void registerBenchCommand(CLI::App& app)
         nlohmann::json j = {{"device", model.device().str()}, {"dtype", c10::toString(model.dtype())},
                             {"threads", torch::get_num_threads()},
                             {"prefill_tokens", prefill},      {"prefill_tokens_per_second", prefillTps},
-                            {"decode_tokens", o->decode},     {"decode_tokens_per_second", decodeTps}};
+                            {"decode_tokens", o->decode},     {"decode_tokens_per_second", decodeTps},
+                            {"weights", model.streamed() ? "streamed" : "resident"}};
+        addPeakRss(j);
         if (o->json)
             std::cout << j.dump(2) << "\n";
         else

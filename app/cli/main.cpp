@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "common/processtuning.h"
 #include "common/error.h"
+#include "common/memory.h"
 
 int main(int argc, char** argv)
 {
@@ -17,6 +18,9 @@ int main(int argc, char** argv)
                  "ladimo"};
     app.set_version_flag("--version", std::string("ladimo ") + LADIMO_VERSION);
     app.require_subcommand(1);
+    bool peakMemory = false;
+    app.add_flag("--peak-memory", peakMemory,
+                 "After the command, print the process's peak resident memory on stderr (as /usr/bin/time -f %M)");
     ladimo::cli::registerInspectCommand(app);
     ladimo::cli::registerEvalCommand(app);
     ladimo::cli::registerGenerateCommand(app);
@@ -33,6 +37,16 @@ int main(int argc, char** argv)
     ladimo::cli::registerExportCommand(app);
     ladimo::cli::registerImportCommand(app);
     ladimo::cli::installInterruptHandler();
+    struct PeakReport {
+        const bool& on;
+        ~PeakReport()
+        {
+            if (on)
+                std::fprintf(stderr, "ladimo: peak resident memory %s (%llu bytes)\n",
+                             ladimo::core::memoryText(static_cast<double>(ladimo::core::peakRssBytes())).c_str(),
+                             static_cast<unsigned long long>(ladimo::core::peakRssBytes()));
+        }
+    } peakReport{peakMemory};
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

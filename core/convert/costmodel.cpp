@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "common/error.h"
+#include "common/memory.h"
 
 namespace ladimo::core {
 
@@ -77,9 +78,15 @@ DeviceSpeed measureDevice(const torch::Device& device, int64_t H, int64_t I, int
     // A private generator: measuring must not move the global RNG of the process.
     at::Generator gen = at::detail::createCPUGenerator(0);
     const auto randn = [&](std::vector<int64_t> shape) { return at::randn(shape, gen, torch::kFloat32).to(device); };
+    // At most 1M-parameter products and a 2M-parameter expert set, scaled up by FLOPs: the full
+    // shapes of a 7B layer would take gigabytes just to estimate (issue 19); a dry run stays
+    // within 0.5 GB.
+    const int64_t Ifull = I;
+    I = std::max<int64_t>(std::min<int64_t>(I, (int64_t(2) << 20) / (3 * std::max<int64_t>(1, H))), N);
+    const int64_t Imat = std::max<int64_t>(1, std::min<int64_t>(Ifull, (int64_t(1) << 20) / std::max<int64_t>(1, H)));
     {
         torch::NoGradGuard ng;
-        auto a = randn({batch, H}), b = randn({H, I});
+        auto a = randn({batch, H}), b = randn({H, Imat});
         double sink = torch::matmul(a, b).sum().item<double>(); // warm-up (and CUDA init)
         int reps = 0;
         const auto start = Clock::now();
@@ -87,7 +94,7 @@ DeviceSpeed measureDevice(const torch::Device& device, int64_t H, int64_t I, int
             sink += torch::matmul(a, b).sum().item<double>(); // .item() waits for the device
             ++reps;
         } while (since(start) < 0.15 && reps < 1000);
-        d.matmulFlops = 2.0 * batch * H * I * reps / since(start);
+        d.matmulFlops = 2.0 * batch * H * Imat * reps / since(start);
         (void)sink;
     }
     // Real distillation steps (the routed MoE forward, backward, Adam) at the layer's shapes;
@@ -119,7 +126,9 @@ DeviceSpeed measureDevice(const torch::Device& device, int64_t H, int64_t I, int
         step();
         ++steps;
     } while (since(start) < 0.3 && steps < 200);
-    d.stepSeconds = since(start) / steps;
+    // The expert products scale with the width; the router's share (2 H N per token) does not.
+    const double expertPart = 3.0 * static_cast<double>(I), routerPart = static_cast<double>(N);
+    d.stepSeconds = since(start) / steps * (3.0 * static_cast<double>(Ifull) + routerPart) / (expertPart + routerPart);
     return d;
 }
 
@@ -177,6 +186,42 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
     m.workspace = std::max({batchWork, targets, clustering});
     e.memoryPerLayer = m;
     e.captureHeldBytes = 2 * in.tokens * Hi * f32 * static_cast<int64_t>(in.captureLayers.size());
+
+    // Peak memory. Weights: the whole model, or (streamed) the running layer, the next one read
+    // in the background, and a 64 MiB chunk of the embedding or head. The capture's forward
+    // passes: a group's hidden states (an eighth of the budget at most, the whole calibration set
+    // at least when it fits), per pass of 8 windows the FFN's three intermediate tensors and the
+    // attention scores. Then training: the captured X/Y stay while each worker trains its layer.
+    // Plus the process itself (LibTorch, BLAS buffers, tokens): 0.3 GiB, measured.
+    const int64_t chunk = int64_t(64) << 20;
+    e.weightsHeldBytes = in.streamed ? 2 * in.layerBytes + chunk : in.modelBytes;
+    const int64_t passTokens = std::min<int64_t>(in.tokens, 8 * s.seqLen);
+    const int64_t el = in.computeElementBytes;
+    const int64_t heads = c.numHeads;
+    const int64_t groupTokens = in.streamed ? in.tokens : passTokens;
+    e.captureWorkspaceBytes = in.captureLayers.empty() ? 0 :
+        groupTokens * Hi * el + passTokens * (3 * Ii + 6 * Hi) * el +
+        passTokens / std::max<int64_t>(1, s.seqLen) * heads * s.seqLen * s.seqLen * (el + 4);
+    const std::vector<torch::Device> devs = s.devices.empty() ? std::vector<torch::Device>{torch::kCPU} : s.devices;
+    const int64_t workers = static_cast<int64_t>(std::min<std::size_t>(devs.size(), std::max<std::size_t>(1, in.layers.size())));
+    const int64_t base = int64_t(300) << 20;
+    // Training one layer at its peak (the backward of a distillation step): experts, their
+    // gradients and the fresh gradients being added to them, Adam's moments and the temporaries
+    // of its step (two of the largest tensor), the last good state when it is kept in memory (up
+    // to 64 MiB, else in a temporary file), the batch workspace. The dense FFN copy is freed once
+    // the experts are cut, before any of this exists. The layer's X/Y are among the held ones.
+    const int64_t snapshot = m.experts <= (int64_t(64) << 20) ? m.experts : 0;
+    const int64_t training = m.experts + 2 * m.gradients + m.adam + 2 * (m.gradients / 3) + snapshot + m.workspace;
+    const bool onCpu = devs.front().is_cpu();
+    // Captured X/Y beyond the budget live in scratch files (CaptureOptions); the kernel keeps
+    // about the budget's worth of their pages resident: an upper bound there.
+    const int64_t budget = in.memoryBudget > 0 ? in.memoryBudget : static_cast<int64_t>(defaultMemoryBudget());
+    const int64_t held = std::min(e.captureHeldBytes, budget);
+    const int64_t capturePeak = e.weightsHeldBytes + held + e.captureWorkspaceBytes;
+    const int64_t trainPeak = (in.streamed ? 0 : in.modelBytes) + held + (onCpu ? workers : 0) * training;
+    e.peakHostBytes = base + std::max(capturePeak, trainPeak);
+    e.peakDeviceBytes = onCpu ? e.peakHostBytes
+                              : std::max(e.weightsHeldBytes + e.captureWorkspaceBytes, training + m.activations);
 
     e.assumptions = {
         "float32 training; FLOPs count multiply-adds as 2; backward = 2x forward",
@@ -248,6 +293,10 @@ nlohmann::json CostEstimate::toJson() const
               {"total", m.total()}}},
             {"capture_held_bytes", captureHeldBytes},
             {"model_bytes", modelBytes},
+            {"weights_held_bytes", weightsHeldBytes},
+            {"capture_workspace_bytes", captureWorkspaceBytes},
+            {"peak_host_bytes", peakHostBytes},
+            {"peak_device_bytes", peakDeviceBytes},
             {"devices", devs},
             {"capture_seconds", captureSeconds},
             {"layer_seconds", layerSeconds},
@@ -271,8 +320,13 @@ std::string CostEstimate::describe(int layers) const
            ", experts " + bytesText(static_cast<double>(m.experts)) + ", gradients " +
            bytesText(static_cast<double>(m.gradients)) + ", Adam " + bytesText(static_cast<double>(m.adam)) +
            ", workspace " + bytesText(static_cast<double>(m.workspace)) + ")\n";
-    out += "  first device also holds: dense model " + bytesText(static_cast<double>(modelBytes)) +
-           ", captured X/Y of all layers to capture " + bytesText(static_cast<double>(captureHeldBytes)) + "\n";
+    out += std::string("  first device also holds: ") +
+           (weightsHeldBytes == modelBytes ? "dense model " : "streamed weights (2 layers + a chunk) ") +
+           bytesText(static_cast<double>(weightsHeldBytes)) + ", captured X/Y of all layers to capture " +
+           bytesText(static_cast<double>(captureHeldBytes)) + ", capture forward passes " +
+           bytesText(static_cast<double>(captureWorkspaceBytes)) + "\n";
+    out += "  predicted peak memory: host " + bytesText(static_cast<double>(peakHostBytes)) +
+           (peakDeviceBytes != peakHostBytes ? ", device " + bytesText(static_cast<double>(peakDeviceBytes)) : std::string()) + "\n";
     for (const auto& d : devices) {
         std::snprintf(buf, sizeof buf, "  device %s (%d worker%s): matmul %.1f GFLOP/s, distillation step %.2f ms\n",
                       d.device.c_str(), d.workers, d.workers == 1 ? "" : "s", d.matmulFlops / 1e9, d.stepSeconds * 1e3);

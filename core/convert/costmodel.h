@@ -26,6 +26,10 @@ struct CostInputs {
     std::vector<int> layers;         // the layers this process converts
     std::vector<int> captureLayers;  // of those, the ones whose X/Y must come from the dense model
     int64_t modelBytes = 0;          // the dense model's weights in memory (on the first device)
+    bool streamed = false;           // weights streamed layer by layer (LlamaModel::streamed())
+    int64_t layerBytes = 0;          // one layer's weights in the compute dtype (LlamaModel::layerBytes())
+    int64_t computeElementBytes = 4; // of the compute dtype
+    int64_t memoryBudget = 0;        // CaptureOptions::memoryBudget; 0 = defaultMemoryBudget()
 };
 
 struct LayerFlops {
@@ -61,6 +65,10 @@ struct CostEstimate {
     LayerMemory memoryPerLayer;
     int64_t captureHeldBytes = 0;      // X/Y of every captured layer, held while the run lasts
     int64_t modelBytes = 0;
+    int64_t weightsHeldBytes = 0;      // weights resident at once: the model, or 2 streamed layers + chunks
+    int64_t captureWorkspaceBytes = 0; // the dense forward passes of the capture (hidden states, FFN, attention)
+    int64_t peakHostBytes = 0;         // predicted peak resident memory of the process (CPU)
+    int64_t peakDeviceBytes = 0;       // predicted peak memory on the first device (= host on the CPU)
     std::vector<DeviceSpeed> devices;
     double captureSeconds = 0;
     double layerSeconds = 0;           // one layer on the first device, alone

@@ -11,7 +11,8 @@ int LatestRun::trainTopK() const
     return run.extra.contains("train_top_k") ? run.extra.at("train_top_k").get<int>() : run.trainTopK;
 }
 
-LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints)
+LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints,
+                        std::optional<torch::ScalarType> expertDtype)
 {
     auto p = Project::open(projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
     const auto runId = p.latestRunId();
@@ -28,7 +29,11 @@ LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& optio
             missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
             continue;
         }
-        r.layers.push_back(loadMoeLayer(p.absolutePath(layer.weightsPath), r.model->device(), r.model->dtype()));
+        auto m = loadMoeLayer(p.absolutePath(layer.weightsPath), r.model->device(), r.model->dtype());
+        if (expertDtype)
+            for (auto* t : {&m.gate, &m.up, &m.down})
+                *t = t->to(*expertDtype);
+        r.layers.push_back(std::move(m));
     }
     if (!missing.empty())
         throw Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing + ")" +

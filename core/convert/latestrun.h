@@ -31,6 +31,9 @@ struct LatestRun {
 };
 
 // Opens the project read-only, loads the dense model with `options` and every finished layer.
-LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints = {});
+// With `expertDtype` the experts (gate, up, down) are kept in that dtype instead, the router in
+// the model's: an export in bf16 or f16 holds half the memory and writes the same bytes.
+LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints = {},
+                        std::optional<torch::ScalarType> expertDtype = std::nullopt);
 
 } // namespace ladimo::core

@@ -1,6 +1,9 @@
 #include "convert/projectconvert.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/error.h"
 #include "common/fileutil.h"
@@ -12,6 +15,51 @@ namespace fs = std::filesystem;
 
 namespace ladimo::core {
 
+namespace {
+
+// SHA-256 of a large weights file, remembered across runs in the user's cache folder
+// ($XDG_CACHE_HOME or ~/.cache, ladimo/sha256.json) under the file's path, size, modification
+// time and inode: a 7B checkpoint takes 10+ s to hash, and every command that records the model
+// would hash it again. Files under 64 MiB, or with no cache folder, are always hashed.
+std::string cachedSha256(const fs::path& file)
+{
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0 || st.st_size < (64 << 20))
+        return sha256File(file);
+    const char* xdg = std::getenv("XDG_CACHE_HOME");
+    const char* home = std::getenv("HOME");
+    if ((!xdg || !*xdg) && (!home || !*home))
+        return sha256File(file);
+    const fs::path cacheFile = (xdg && *xdg ? fs::path(xdg) : fs::path(home) / ".cache") / "ladimo" / "sha256.json";
+    const std::string key = fs::absolute(file).lexically_normal().string();
+    const std::string stamp = std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+                              std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ino);
+    nlohmann::json cache = nlohmann::json::object();
+    std::error_code ec;
+    try {
+        if (fs::exists(cacheFile, ec))
+            cache = nlohmann::json::parse(readTextFile(cacheFile, 16 << 20));
+    } catch (const std::exception&) {
+        cache = nlohmann::json::object(); // unreadable: start afresh
+    }
+    if (!cache.is_object())
+        cache = nlohmann::json::object();
+    if (cache.contains(key) && cache[key].is_object() && cache[key].value("stamp", "") == stamp &&
+        cache[key].value("sha256", "").size() == 64)
+        return cache[key]["sha256"].get<std::string>();
+    const std::string sum = sha256File(file);
+    cache[key] = {{"stamp", stamp}, {"sha256", sum}};
+    try {
+        fs::create_directories(cacheFile.parent_path());
+        atomicWriteFile(cacheFile, cache.dump(1) + "\n");
+    } catch (const std::exception&) {
+        // a read-only home: the checksum is still right, only not remembered
+    }
+    return sum;
+}
+
+} // namespace
+
 std::string weightsChecksum(const fs::path& dir)
 {
     std::vector<fs::path> files;
@@ -22,14 +70,14 @@ std::string weightsChecksum(const fs::path& dir)
     if (files.empty())
         throw Error("model folder '" + dir.string() + "' has no *.safetensors file");
     if (files.size() == 1)
-        return sha256File(files[0]);
+        return cachedSha256(files[0]);
     std::string listing;
     for (const auto& f : files)
-        listing += sha256File(f) + "  " + f.filename().string() + "\n";
+        listing += cachedSha256(f) + "  " + f.filename().string() + "\n";
     return sha256Bytes(listing.data(), listing.size());
 }
 
-SourceModel describeSourceModel(const std::string& modelDir)
+SourceModel describeSourceModel(const std::string& modelDir, bool checksum)
 {
     const fs::path dir = modelDir;
     const auto configFile = dir / "config.json";
@@ -38,7 +86,8 @@ SourceModel describeSourceModel(const std::string& modelDir)
     SourceModel m;
     m.path = fs::absolute(dir).lexically_normal().string();
     m.config = nlohmann::json::parse(readTextFile(configFile, kMaxConfigJsonBytes));
-    m.weightsSha256 = weightsChecksum(dir);
+    if (checksum)
+        m.weightsSha256 = weightsChecksum(dir);
     m.totalParams = counts.total;
     m.embeddingParams = counts.embeddings;
     m.attentionParams = counts.attention;

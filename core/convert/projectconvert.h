@@ -25,7 +25,8 @@
 namespace ladimo::core {
 
 // A project's source-model record for a dense model folder (config, weights checksum, counts).
-SourceModel describeSourceModel(const std::string& modelDir);
+// Without `checksum` the weightsSha256 stays empty (a dry run reads no weights at all).
+SourceModel describeSourceModel(const std::string& modelDir, bool checksum = true);
 // One checksum for a model's weights: the SHA-256 of the single *.safetensors file, or for a
 // sharded checkpoint the SHA-256 of its `sha256sum`-style listing ("<hex>  <name>\n", by name).
 std::string weightsChecksum(const std::filesystem::path& modelDir);

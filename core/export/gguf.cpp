@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <type_traits>
@@ -280,7 +281,11 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     if (options.dtype != "f32" && options.dtype != "f16")
         throw Error("gguf export: dtype '" + options.dtype + "' is not supported (expected f32 or f16)");
     const auto& cfg = in.model->config();
-    const auto& w = in.model->weights();
+    // Tensor by tensor: a streamed model reads each from its checkpoint as it is written.
+    const auto named = in.model->namedWeights();
+    std::map<std::string, const NamedWeight*> byName;
+    for (const auto& nw : named)
+        byName[nw.name] = &nw;
     const TensorType matType = options.dtype == "f16" ? TensorType::F16 : TensorType::F32;
     const bool moe = in.layers != nullptr;
 
@@ -360,27 +365,41 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     auto permQ = [heads](const torch::Tensor& t) { return permuteForRope(t, heads); };
     auto permK = [kvHeads](const torch::Tensor& t) { return permuteForRope(t, kvHeads); };
 
-    add("token_embd.weight", w.embed, matType);
+    // A weight of the dense model under its Hugging Face name, read when written.
+    auto addDense = [&](const std::string& tname, const std::string& hfName, TensorType type,
+                        std::function<torch::Tensor(const torch::Tensor&)> transform = {}) {
+        auto it = byName.find(hfName);
+        if (it == byName.end())
+            throw Error("gguf export: the model has no weight for tensor '" + tname + "'");
+        auto get = it->second->get;
+        tensors.push_back({tname, it->second->shape, type, [get, type, transform]() {
+                               const auto t = get();
+                               return toCpu(transform ? transform(t) : t, type);
+                           }});
+    };
+    const auto has = [&](const std::string& hfName) { return byName.count(hfName) > 0; };
+
+    addDense("token_embd.weight", "model.embed_tokens.weight", matType);
     for (int64_t l = 0; l < cfg.numLayers; ++l) {
-        const auto& L = w.layers[static_cast<std::size_t>(l)];
         const std::string p = "blk." + std::to_string(l) + ".";
-        add(p + "attn_norm.weight", L.inputNorm, TensorType::F32);
-        add(p + "attn_q.weight", L.q, matType, permQ);
-        add(p + "attn_k.weight", L.k, matType, permK);
-        add(p + "attn_v.weight", L.v, matType);
-        add(p + "attn_output.weight", L.o, matType);
-        if (L.qBias.defined()) {
-            add(p + "attn_q.bias", L.qBias, TensorType::F32, permQ);
-            add(p + "attn_k.bias", L.kBias, TensorType::F32, permK);
-            add(p + "attn_v.bias", L.vBias, TensorType::F32);
+        const std::string h = "model.layers." + std::to_string(l) + ".";
+        addDense(p + "attn_norm.weight", h + "input_layernorm.weight", TensorType::F32);
+        addDense(p + "attn_q.weight", h + "self_attn.q_proj.weight", matType, permQ);
+        addDense(p + "attn_k.weight", h + "self_attn.k_proj.weight", matType, permK);
+        addDense(p + "attn_v.weight", h + "self_attn.v_proj.weight", matType);
+        addDense(p + "attn_output.weight", h + "self_attn.o_proj.weight", matType);
+        if (has(h + "self_attn.q_proj.bias")) {
+            addDense(p + "attn_q.bias", h + "self_attn.q_proj.bias", TensorType::F32, permQ);
+            addDense(p + "attn_k.bias", h + "self_attn.k_proj.bias", TensorType::F32, permK);
+            addDense(p + "attn_v.bias", h + "self_attn.v_proj.bias", TensorType::F32);
         }
-        if (L.oBias.defined())
-            add(p + "attn_output.bias", L.oBias, TensorType::F32);
-        add(p + "ffn_norm.weight", L.postNorm, TensorType::F32);
+        if (has(h + "self_attn.o_proj.bias"))
+            addDense(p + "attn_output.bias", h + "self_attn.o_proj.bias", TensorType::F32);
+        addDense(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", TensorType::F32);
         if (!moe) {
-            add(p + "ffn_gate.weight", L.gate, matType);
-            add(p + "ffn_up.weight", L.up, matType);
-            add(p + "ffn_down.weight", L.down, matType);
+            addDense(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", matType);
+            addDense(p + "ffn_up.weight", h + "mlp.up_proj.weight", matType);
+            addDense(p + "ffn_down.weight", h + "mlp.down_proj.weight", matType);
         } else {
             const auto& m = (*in.layers)[static_cast<std::size_t>(l)];
             const int64_t pad = expertSize - m.gate.size(1);
@@ -401,9 +420,9 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
             tensors.back().shape = {m.numExperts(), cfg.hiddenSize, expertSize};
         }
     }
-    add("output_norm.weight", w.finalNorm, TensorType::F32);
-    if (w.lmHead.defined())
-        add("output.weight", w.lmHead, matType);
+    addDense("output_norm.weight", "model.norm.weight", TensorType::F32);
+    if (has("lm_head.weight"))
+        addDense("output.weight", "lm_head.weight", matType);
 
     // Header, metadata and tensor infos; then data at aligned offsets.
     Bytes head;

@@ -218,32 +218,6 @@ bool declaresMixtral(const nlohmann::json& j)
 
 } // namespace
 
-int64_t parseByteSize(const std::string& text)
-{
-    const std::string bad = "size '" + text + "' is not a size (expected e.g. 2GB, 500MB, 1.5GiB or a byte count)";
-    std::size_t used = 0;
-    double value = 0;
-    try {
-        value = std::stod(text, &used);
-    } catch (const std::exception&) {
-        throw Error(bad);
-    }
-    std::string unit = text.substr(used);
-    unit.erase(0, unit.find_first_not_of(' '));
-    for (auto& ch : unit)
-        ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-    static const std::map<std::string, double> units = {
-        {"", 1},        {"B", 1},          {"KB", 1e3},       {"MB", 1e6},       {"GB", 1e9},
-        {"TB", 1e12},   {"KIB", 1024.0},   {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
-    const auto u = units.find(unit);
-    if (u == units.end() || !(value > 0) || !std::isfinite(value))
-        throw Error(bad);
-    const double bytes = value * u->second;
-    if (bytes > 9e18)
-        throw Error(bad);
-    return static_cast<int64_t>(std::llround(bytes));
-}
-
 ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options)
 {
     if (!in.model)
@@ -277,16 +251,18 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
     ExportReport report;
     nlohmann::json config;
     std::vector<Entry> entries;
-    auto& weights = const_cast<LlamaWeights&>(in.model->weights()); // named() is non-const; only read here
-    auto plain = [&](const std::string& name, const torch::Tensor* t) {
-        entries.push_back({name, t->sizes().vec(), [t] { return *t; }, 0});
+    // Tensor by tensor: a streamed model reads each from its checkpoint as it is written.
+    const auto weights = in.model->namedWeights();
+    auto plain = [&](const NamedWeight& w) { entries.push_back({w.name, w.shape, w.get, 0}); };
+    auto has = [&](const std::string& name) {
+        return std::any_of(weights.begin(), weights.end(), [&](const NamedWeight& w) { return w.name == name; });
     };
 
     if (!moe) {
-        for (const auto& [name, t] : weights.named())
-            plain(name, t);
+        for (const auto& w : weights)
+            plain(w);
         for (int l = 0; l < L; ++l)
-            if (!weights.layers[static_cast<std::size_t>(l)].gate.defined())
+            if (!has("model.layers." + std::to_string(l) + ".mlp.gate_proj.weight"))
                 throw Error("export: layer " + std::to_string(l) + " has no dense FFN; a dense export needs one");
         config = c.toJson();
         config["torch_dtype"] = torchDtypeName(dtype);
@@ -327,9 +303,9 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         }
         if (S == 0)
             throw Error("export: every expert is empty");
-        for (int l = 0; l < L; ++l) {
-            const auto& w = weights.layers[static_cast<std::size_t>(l)];
-            if (w.qBias.defined() || w.oBias.defined() || c.attentionBias)
+        for (const auto& w : weights) {
+            const auto& n = w.name;
+            if (c.attentionBias || (n.find(".self_attn.") != std::string::npos && n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0))
                 throw Error("export: the model has attention biases, which Mixtral's attention does not have "
                             "(Hugging Face MixtralAttention uses bias=False)");
         }
@@ -362,10 +338,11 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         report.notes = mixtralDifferences(rules, gating, k, N);
         report.exact = report.notes.empty();
 
-        for (const auto& [name, t] : weights.named()) {
+        for (const auto& w : weights) {
+            const std::string& name = w.name;
             if (name.find(".mlp.") != std::string::npos)
                 continue;
-            plain(name, t);
+            plain(w);
             const std::string suffix = "post_attention_layernorm.weight";
             if (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
                 continue;
@@ -590,13 +567,15 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
         }
     }
 
-    const auto files = CheckpointFiles::open(dir);
-    LlamaWeights weights = loadLlamaWeights(files, c, options.device, options.dtype, /*withFfn=*/false);
+    const auto filesPtr = std::make_shared<const CheckpointFiles>(CheckpointFiles::open(dir));
+    const auto& files = *filesPtr;
+    // The dense part (embeddings, attention, norms, head), resident or streamed as a dense model.
+    LlamaModel model = LlamaModel::fromCheckpoint(c, filesPtr, options, /*withFfn=*/false);
     auto get = [&](const std::string& name, std::vector<int64_t> shape) {
-        auto t = files.tensor(name, shape);
+        auto t = files.tensor(name, shape); // checks name, shape and dtype from the header
         if (!t.is_floating_point())
             throw Error(dir.string() + ": tensor '" + name + "' has integer dtype, expected F32/F16/BF16");
-        return t.to(options.device, options.dtype);
+        return files.read(name).to(options.device, options.dtype); // read, not mapped: nothing stays resident
     };
     std::vector<MoeLayer> layers;
     for (int l = 0; l < L; ++l) {
@@ -642,7 +621,7 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
     }
     for (auto& m : layers)
         m.gating = gating;
-    return LoadedMixtral{LlamaModel(std::move(c), std::move(weights)), std::move(layers), std::move(rules), gating,
+    return LoadedMixtral{std::move(model), std::move(layers), std::move(rules), gating,
                          static_cast<int>(k), policyName, sourceModel, ladimo};
 }
 

@@ -39,7 +39,15 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
     LoadOptions lo;
     lo.device = torch::kCPU;
     lo.dtype = torch::kFloat32;
-    const auto conv = loadLatestRun(r.projectFile, lo, r.hints);
+    // The experts of an MoE export in bf16 / f16 are held in that dtype: half the memory, and the
+    // same rounding as converting each tensor while it is written. The router stays float32.
+    const bool moeFormat = r.format == "hf-mixtral" || r.format == "gguf";
+    std::optional<torch::ScalarType> expertDtype;
+    if (moeFormat && r.dtype == "bf16")
+        expertDtype = torch::kBFloat16;
+    else if (moeFormat && r.dtype == "f16")
+        expertDtype = torch::kFloat16;
+    const auto conv = loadLatestRun(r.projectFile, lo, r.hints, expertDtype);
     ProjectExportResult out;
     out.moe = r.format == "hf-mixtral" || r.format == "gguf";
     out.gguf = gguf;
