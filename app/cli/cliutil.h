@@ -53,8 +53,9 @@ struct DataOptions {
                               int64_t seqLen, const core::ProgressFn& progress) const;
 };
 
-// Prints "stage done/total (eta)" on stderr, at most 5 times a second, only after the job has
-// run for a second (so quick commands stay quiet).
+// Prints "stage done/total (eta)" on stderr only after the job has run for a second (so quick
+// commands stay quiet): on a terminal one line rewritten at most 5 times a second, into a file or
+// pipe a line every 5 seconds (and each stage's last step).
 class ProgressPrinter {
 public:
     core::ProgressFn fn();
@@ -78,7 +79,7 @@ core::SourceModel describeSourceModel(const std::string& modelDir);
 // MoE layer. Throws Error naming the unfinished layers when the run is incomplete.
 struct Converted {
     core::LlamaModel model;
-    std::vector<core::MoeLayer> layers;
+    core::MoeLayers layers;
     nlohmann::json settings;
     int64_t runId = 0;
     std::string modelPath;

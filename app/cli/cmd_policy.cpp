@@ -171,7 +171,7 @@ void registerLatencyCommand(CLI::App& app)
         opts.progress = printer.fn();
         opts.cancel = &interruptToken();
         opts.prefillTokens = std::min<int64_t>(opts.prefillTokens, xs[static_cast<std::size_t>(mid)].size(0));
-        const auto m = core::measureLatency(converted.model, converted.layers[static_cast<std::size_t>(mid)],
+        const auto m = core::measureLatency(converted.model, *converted.layers.get(static_cast<std::size_t>(mid)),
                                             xs[static_cast<std::size_t>(mid)], opts);
         project.saveLatencyModel(converted.runId, m.device, m.toJson());
         if (o->json) {

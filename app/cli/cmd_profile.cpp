@@ -50,6 +50,8 @@ void registerProfileCommand(CLI::App& app)
         po.seqLen = o->seqLen;
         po.bins = o->bins;
         po.sensitivityTokens = o->sensitivityTokens;
+        po.spillDir = project.absolutePath("scratch"); // activations beyond the budget, as convert does
+        po.memoryBudget = o->model.loadOptions().memoryBudget;
         const auto profiles = core::profileConversion(converted.model, converted.layers, converted.runId, stream, po,
                                                       &interruptToken(), progress);
         nlohmann::json out = nlohmann::json::array();

@@ -284,6 +284,7 @@ bool WorkbenchJob::startProfile(const ProfileRequest& r)
         po.seqLen = r.seqLen;
         po.bins = r.bins;
         po.sensitivityTokens = r.sensitivityTokens;
+        po.spillDir = project.absolutePath("scratch"); // activations beyond the budget, as convert does
         const auto profiles =
             core::profileConversion(*loaded.model, loaded.layers, loaded.runId, stream, po, &cancel, progress);
         for (const auto& p : profiles)

@@ -287,14 +287,17 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
     return done;
 }
 
-ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules, int64_t* activeParams,
+ForwardHooks moeHooks(const MoeLayers& layers, const std::vector<RoutingRule>& rules, int64_t* activeParams,
                       int64_t* tokens)
 {
     ForwardHooks h;
-    h.ffnOverride = [&layers, rules, activeParams, tokens](int l, const torch::Tensor& x) -> torch::Tensor {
-        if (l >= static_cast<int>(layers.size()) || !layers[static_cast<std::size_t>(l)].router.defined())
+    h.ffnOverride = [layers, rules, activeParams, tokens](int l, const torch::Tensor& x) -> torch::Tensor {
+        if (l >= static_cast<int>(layers.size()))
             return {};
-        const auto& layer = layers[static_cast<std::size_t>(l)];
+        const auto held = layers.get(static_cast<std::size_t>(l));
+        const auto& layer = *held;
+        if (!layer.router.defined())
+            return {};
         const auto& rule = rules.at(static_cast<std::size_t>(l));
         if (!activeParams)
             return layer.forward(x, rule);
@@ -308,20 +311,23 @@ ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<Rou
     return h;
 }
 
-ForwardHooks oracleHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules, int64_t* activeParams,
+ForwardHooks oracleHooks(const MoeLayers& layers, const std::vector<RoutingRule>& rules, int64_t* activeParams,
                          int64_t* tokens)
 {
     for (const auto& r : rules)
         if (r.topK <= 0)
             throw Error("oracle routing needs static top-k rules");
     ForwardHooks h;
-    h.ffnOverride = [&layers, rules, activeParams, tokens](int l, const torch::Tensor& x) -> torch::Tensor {
-        if (l >= static_cast<int>(layers.size()) || !layers[static_cast<std::size_t>(l)].router.defined())
+    h.ffnOverride = [layers, rules, activeParams, tokens](int l, const torch::Tensor& x) -> torch::Tensor {
+        if (l >= static_cast<int>(layers.size()))
+            return {};
+        const auto layer = layers.get(static_cast<std::size_t>(l));
+        if (!layer->router.defined())
             return {};
         if (tokens && l == 0)
             *tokens += x.numel() / x.size(-1);
         DispatchStats stats;
-        auto out = layers[static_cast<std::size_t>(l)].forwardOracle(x, rules.at(static_cast<std::size_t>(l)).topK, &stats);
+        auto out = layer->forwardOracle(x, rules.at(static_cast<std::size_t>(l)).topK, &stats);
         if (activeParams)
             *activeParams += stats.parameters;
         return out;

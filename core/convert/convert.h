@@ -17,6 +17,7 @@
 
 #include "common/progress.h"
 #include "convert/construct.h"
+#include "convert/moelayers.h"
 #include "model/llama.h"
 #include "moe/moeblock.h"
 
@@ -102,11 +103,12 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                                    const ConvertSettings& settings, const ConvertCallbacks& callbacks,
                                    const std::set<int>& skipLayers = {}, std::vector<MoeLayer> done = {});
 
-// Forward hooks that replace every FFN that has an MoE layer, under per-layer rules.
-ForwardHooks moeHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules,
+// Forward hooks that replace every FFN that has an MoE layer, under per-layer rules. The hooks
+// hold the layer set (a copy sharing its layers): a streamed set reads each layer as it is used.
+ForwardHooks moeHooks(const MoeLayers& layers, const std::vector<RoutingRule>& rules,
                       int64_t* activeParams = nullptr, int64_t* tokens = nullptr);
 // The same with oracle routing (MoeLayer::forwardOracle) at a static top-k per layer.
-ForwardHooks oracleHooks(const std::vector<MoeLayer>& layers, const std::vector<RoutingRule>& rules,
+ForwardHooks oracleHooks(const MoeLayers& layers, const std::vector<RoutingRule>& rules,
                          int64_t* activeParams = nullptr, int64_t* tokens = nullptr);
 
 void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& layer);

@@ -24,20 +24,36 @@ LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& optio
     r.modelDir = p.model(r.run.modelId).path;
     r.model.emplace(LlamaModel::load(r.modelDir, options));
     std::string missing;
+    std::vector<std::filesystem::path> files;
+    std::uintmax_t bytes = 0;
+    for (const auto& layer : p.layers(*runId)) {
+        if (layer.status == LayerStatus::Done) {
+            files.push_back(p.absolutePath(layer.weightsPath));
+            std::error_code ec;
+            const auto n = std::filesystem::file_size(files.back(), ec);
+            bytes += ec ? 0 : n;
+        }
+    }
+    const bool streamed = !expertDtype && (r.model->streamed() || bytes > r.model->memoryBudget() / 2);
+    std::vector<MoeLayer> resident;
     for (const auto& layer : p.layers(*runId)) {
         if (layer.status != LayerStatus::Done) {
             missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
             continue;
         }
+        if (streamed)
+            continue;
         auto m = loadMoeLayer(p.absolutePath(layer.weightsPath), r.model->device(), r.model->dtype());
         if (expertDtype)
             for (auto* t : {&m.gate, &m.up, &m.down})
                 *t = t->to(*expertDtype);
-        r.layers.push_back(std::move(m));
+        resident.push_back(std::move(m));
     }
     if (!missing.empty())
         throw Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing + ")" +
                     hints.unfinished);
+    r.layers = streamed ? MoeLayers::streamed(std::move(files), r.model->device(), r.model->dtype())
+                        : MoeLayers(std::move(resident));
     return r;
 }
 

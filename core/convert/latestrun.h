@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "convert/moelayers.h"
 #include "model/llama.h"
 #include "moe/moeblock.h"
 #include "store/records.h"
@@ -26,13 +27,16 @@ struct LatestRun {
     ConversionRun run;
     std::string modelDir;              // the dense source model
     std::optional<LlamaModel> model;   // loaded with the caller's options
-    std::vector<MoeLayer> layers;      // every layer, on the model's device and dtype
+    // Every layer, on the model's device and dtype: streamed when the dense model is streamed or
+    // the layers take more than half the memory budget, else resident.
+    MoeLayers layers;
     int trainTopK() const;             // the run's settings "train_top_k", else its column
 };
 
 // Opens the project read-only, loads the dense model with `options` and every finished layer.
-// With `expertDtype` the experts (gate, up, down) are kept in that dtype instead, the router in
-// the model's: an export in bf16 or f16 holds half the memory and writes the same bytes.
+// With `expertDtype` the layers are resident and their experts (gate, up, down) are kept in that
+// dtype instead, the router in the model's: an export in bf16 or f16 holds half the memory and
+// writes the same bytes.
 LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints = {},
                         std::optional<torch::ScalarType> expertDtype = std::nullopt);
 

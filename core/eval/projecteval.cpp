@@ -33,7 +33,7 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     const bool moe = !r.dense;
     if (moe) {
         const int L = static_cast<int>(converted.layers.size());
-        const int64_t N = converted.layers.front().numExperts();
+        const int64_t N = converted.layers.numExperts();
         if (!r.policy.empty()) {
             auto project = Project::open(r.projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
             bool found = false;
@@ -97,7 +97,10 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
             LatencyOptions lo;
             lo.cancel = &r.cancel;
             auto plain = moeHooks(converted.layers, rules);
+            // Timing reads every layer for every token: streamed MoE layers stay cached meanwhile.
+            converted.layers.setCache(model.memoryBudget() / 4);
             const auto timed = measureForwards(model, {&plain, nullptr}, lo);
+            converted.layers.setCache(0);
             const auto &m = timed[0], &d = timed[1];
             j["prefill_seconds"] = m.prefillSeconds;
             j["decode_seconds"] = m.decodeSeconds;

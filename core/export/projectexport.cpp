@@ -53,15 +53,16 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
     out.gguf = gguf;
     out.dtype = r.dtype;
     out.runId = conv.runId;
-    const int L = static_cast<int>(conv.layers.size());
-    const int64_t N = conv.layers.empty() ? 0 : conv.layers.front().numExperts();
+    const auto& layers = conv.layers.resident(); // resident: requested by expertDtype, or a small run
+    const int L = static_cast<int>(layers.size());
+    const int64_t N = layers.empty() ? 0 : layers.front().numExperts();
 
     ExportInput in;
     in.modelDir = conv.modelDir;
     in.model = &*conv.model;
     int64_t policyId = 0;
     if (out.moe) {
-        in.layers = &conv.layers;
+        in.layers = &layers;
         in.conversion = conv.run.extra;
         if (!r.policy.empty()) {
             auto p = Project::open(r.projectFile, {Project::Access::ReadOnly, Project::Verify::None});

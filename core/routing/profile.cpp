@@ -69,7 +69,7 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
     return p;
 }
 
-std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const MoeLayers& layers,
                                                const std::vector<int64_t>& stream, int64_t seqLen,
                                                const RoutingRule& rule, const CancelToken* cancel)
 {
@@ -80,9 +80,10 @@ std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const st
     const double denseNll = evaluatePerplexity(model, stream, base).nll;
     std::vector<LayerSensitivity> out;
     for (std::size_t l = 0; l < layers.size(); ++l) {
+        const auto held = layers.get(l); // read once for all of this layer's passes
         ForwardHooks hooks;
-        hooks.ffnOverride = [&layers, &rule, l](int layer, const torch::Tensor& x) -> torch::Tensor {
-            return layer == static_cast<int>(l) ? layers[l].forward(x, rule) : torch::Tensor();
+        hooks.ffnOverride = [&held, &rule, l](int layer, const torch::Tensor& x) -> torch::Tensor {
+            return layer == static_cast<int>(l) ? held->forward(x, rule) : torch::Tensor();
         };
         EvalOptions o = base;
         o.hooks = &hooks;
@@ -93,7 +94,7 @@ std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const st
     return out;
 }
 
-std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers,
                                               int64_t runId, const std::vector<int64_t>& stream,
                                               const ConversionProfileOptions& options, const CancelToken* cancel,
                                               const ProgressFn& progress)
@@ -103,7 +104,10 @@ std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const std
             cancel->throwIfCancelled();
     };
     std::vector<torch::Tensor> xs, ys;
-    captureFfn(model, stream, options.seqLen, &xs, &ys);
+    CaptureOptions co;
+    co.spillDir = options.spillDir;
+    co.memoryBudget = options.memoryBudget;
+    captureFfn(model, stream, options.seqLen, &xs, &ys, nullptr, nullptr, -1, nullptr, co);
     ProfileOptions po;
     po.bins = options.bins;
     const auto& cfg = model.config();
@@ -111,7 +115,9 @@ std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const std
     std::vector<RoutingProfile> profiles;
     for (std::size_t l = 0; l < layers.size(); ++l) {
         check();
-        auto p = profileLayer(layers[l], xs[l], ys[l], po);
+        auto p = profileLayer(*layers.get(l), xs[l], ys[l], po);
+        xs[l] = torch::Tensor(); // done with this layer's activations
+        ys[l] = torch::Tensor();
         p.runId = runId;
         p.layer = static_cast<int>(l);
         profiles.push_back(std::move(p));
@@ -123,7 +129,7 @@ std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const std
     if (options.sensitivityTokens > 0 && !layers.empty()) {
         // How much each layer's error moves the model's output: KL to dense and NLL increase with
         // only that layer converted, at a k in the range policies use.
-        const int64_t N = layers.front().numExperts();
+        const int64_t N = layers.numExperts();
         const int k = std::max<int>(1, static_cast<int>(std::lround(0.625 * static_cast<double>(N))));
         const auto n = std::min<int64_t>(options.sensitivityTokens, static_cast<int64_t>(stream.size()));
         const std::vector<int64_t> head(stream.begin(), stream.begin() + n);

@@ -5,9 +5,12 @@
 // Pure function; runs on the calling thread.
 #pragma once
 
+#include <filesystem>
+
 #include <torch/types.h>
 
 #include "common/progress.h"
+#include "convert/moelayers.h"
 #include "moe/moeblock.h"
 #include "store/records.h"
 
@@ -39,7 +42,7 @@ struct LayerSensitivity {
     double kl = 0;
     double nllIncrease = 0; // may be negative on a small sample
 };
-std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const MoeLayers& layers,
                                                const std::vector<int64_t>& stream, int64_t seqLen,
                                                const RoutingRule& rule, const CancelToken* cancel = nullptr);
 
@@ -52,8 +55,12 @@ struct ConversionProfileOptions {
     int64_t seqLen = 256;
     int bins = 20;
     int64_t sensitivityTokens = 8192;
+    // Where the captured activations go beyond `memoryBudget` (0 = half the available memory):
+    // CaptureOptions; empty = always in memory.
+    std::filesystem::path spillDir;
+    std::uint64_t memoryBudget = 0;
 };
-std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const std::vector<MoeLayer>& layers,
+std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers,
                                               int64_t runId, const std::vector<int64_t>& stream,
                                               const ConversionProfileOptions& options,
                                               const CancelToken* cancel = nullptr, const ProgressFn& progress = {});

@@ -53,6 +53,19 @@ torch::Tensor tokens(int64_t B, int64_t T, int64_t seed)
     return torch::randint(64, {B, T}, torch::kInt64);
 }
 
+// A conversion of the tiny model in milliseconds.
+ConvertSettings quickSettings()
+{
+    ConvertSettings cs;
+    cs.experts = 4;
+    cs.seqLen = 32;
+    cs.distill.trainTopK = 2;
+    cs.distill.epochs = 1;
+    cs.distill.routerEpochs = 1;
+    cs.distill.batch = 64;
+    return cs;
+}
+
 } // namespace
 
 TEST(Streaming, AutoKeepsSmallModelsResidentAndStreamsWhenAsked)
@@ -158,13 +171,7 @@ TEST(Streaming, ConversionOfAStreamedModelGivesTheSameWeights)
     Saved s(torch::kFloat32);
     const auto resident = s.load(Residency::Resident);
     const auto streamed = s.load(Residency::Streamed);
-    ConvertSettings cs;
-    cs.experts = 4;
-    cs.seqLen = 32;
-    cs.distill.trainTopK = 2;
-    cs.distill.epochs = 1;
-    cs.distill.routerEpochs = 1;
-    cs.distill.batch = 64;
+    const auto cs = quickSettings();
     const auto calibration = ladimo::testmodel::tinyCalibration(256);
     torch::InferenceMode off(false);
     const auto a = convertModel(resident, calibration, cs, {});
@@ -234,4 +241,50 @@ TEST(Streaming, MemorySizesParseAndPeakIsMeasured)
     EXPECT_GT(peakRssBytes(), currentRssBytes() / 2);
     EXPECT_GE(defaultMemoryBudget(), 1ull << 30);
     EXPECT_EQ(memoryText(1536.0 * 1024 * 1024), "1.5 GiB");
+}
+
+TEST(Streaming, StreamedMoeLayersGiveTheSameConvertedModel)
+{
+    Saved s(torch::kFloat32);
+    const auto model = s.load(Residency::Streamed);
+    const auto cs = quickSettings();
+    std::vector<MoeLayer> layers;
+    {
+        torch::InferenceMode off(false);
+        layers = convertModel(model, ladimo::testmodel::tinyCalibration(256), cs, {});
+    }
+    std::vector<std::filesystem::path> files;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        files.push_back(s.tmp / ("layer-" + std::to_string(l) + ".safetensors"));
+        saveMoeLayer(files.back(), layers[l]);
+    }
+    const MoeLayers resident(layers);
+    const auto streamed = MoeLayers::streamed(files, torch::kCPU, torch::kFloat32);
+    EXPECT_FALSE(resident.streamed());
+    EXPECT_TRUE(streamed.streamed());
+    EXPECT_EQ(streamed.size(), layers.size());
+    EXPECT_EQ(streamed.numExperts(), 4);
+    torch::InferenceMode guard;
+    const auto rules = uniformRules(static_cast<int>(layers.size()), RoutingRule::staticK(3));
+    int64_t activeA = 0, tokensA = 0, activeB = 0, tokensB = 0;
+    const auto a = moeHooks(resident, rules, &activeA, &tokensA);
+    const auto b = moeHooks(streamed, rules, &activeB, &tokensB);
+    const std::vector<torch::Tensor> batches = {tokens(2, 16, 5), tokens(2, 16, 6)};
+    for (const auto& t : batches)
+        EXPECT_TRUE(torch::equal(model.forward(t, nullptr, &a), model.forward(t, nullptr, &b)));
+    // Layer-major: each streamed layer is read once for both batches and gives the same logits.
+    std::vector<torch::Tensor> layerMajor(batches.size());
+    model.forwardLayerMajor(batches, &b, [&](std::size_t i, const torch::Tensor& l) { layerMajor[i] = l; });
+    for (std::size_t i = 0; i < batches.size(); ++i)
+        EXPECT_TRUE(torch::equal(layerMajor[i], model.forward(batches[i], nullptr, &a)));
+    EXPECT_EQ(activeA, activeB); // both ran every batch twice, and counted the same experts
+    EXPECT_EQ(tokensA, tokensB);
+    EXPECT_EQ(tokensA, 2 * 2 * 2 * 16);
+    // All at once for writers, and the same tensors.
+    const auto& all = streamed.resident();
+    ASSERT_EQ(all.size(), layers.size());
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        EXPECT_TRUE(torch::equal(all[l].down, layers[l].down));
+        EXPECT_TRUE(torch::equal(streamed.get(l)->router, layers[l].router));
+    }
 }
