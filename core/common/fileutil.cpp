@@ -273,4 +273,21 @@ std::string sha256File(const fs::path& file)
     return hexDigest(md, len);
 }
 
+void preadFully(int fd, void* dst, std::uint64_t size, std::uint64_t offset, const std::string& what,
+                const fs::path& file)
+{
+    auto* p = static_cast<char*>(dst);
+    while (size > 0) {
+        const ssize_t n = ::pread(fd, p, std::min<std::uint64_t>(size, 1ull << 30), static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            throw Error("cannot read " + what + " from '" + file.string() + "': " +
+                        (n < 0 ? std::strerror(errno) : std::string("unexpected end of file (truncated?)")));
+        p += n;
+        offset += static_cast<std::uint64_t>(n);
+        size -= static_cast<std::uint64_t>(n);
+    }
+}
+
 } // namespace ladimo::core

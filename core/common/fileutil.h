@@ -98,6 +98,11 @@ private:
 
 // Lower-case hex SHA-256 of a file's content / of a byte range.
 std::string sha256File(const std::filesystem::path& file);
+
+// Reads exactly `size` bytes at `offset` of an open file (pread, retried on EINTR and short
+// reads); throws Error "cannot read WHAT from FILE: reason" (end of file: truncated?).
+void preadFully(int fd, void* dst, std::uint64_t size, std::uint64_t offset, const std::string& what,
+                const std::filesystem::path& file);
 std::string sha256Bytes(const void* data, std::size_t size);
 
 } // namespace ladimo::core

@@ -12,6 +12,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "common/fileutil.h"
 
 namespace ladimo::core {
 
@@ -288,21 +289,12 @@ public:
                 params[i].copy_(m_copies[i]);
             return;
         }
-        off_t at = 0;
+        uint64_t at = 0;
         for (auto& p : params) {
             auto t = torch::empty(p.sizes(), p.options().requires_grad(false));
-            auto* dst = static_cast<char*>(t.data_ptr());
-            std::size_t left = t.nbytes();
-            while (left > 0) {
-                const ssize_t n = ::pread(m_fd, dst, left, at);
-                if (n < 0 && errno == EINTR)
-                    continue;
-                if (n <= 0)
-                    throw Error(std::string("cannot read back the distillation snapshot: ") + std::strerror(errno));
-                dst += n;
-                at += n;
-                left -= static_cast<std::size_t>(n);
-            }
+            preadFully(m_fd, t.data_ptr(), t.nbytes(), at, "the distillation snapshot",
+                       std::filesystem::temp_directory_path());
+            at += t.nbytes();
             p.copy_(t);
         }
     }

@@ -31,18 +31,7 @@ double meanActive(const ConvertSettings& s)
     return 0.5 * (lo + N);
 }
 
-std::string bytesText(double b)
-{
-    char buf[32];
-    const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int u = 0;
-    while (b >= 1024 && u < 4) {
-        b /= 1024;
-        ++u;
-    }
-    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, unit[u]);
-    return buf;
-}
+std::string bytesText(double b) { return memoryText(b); }
 
 std::string flopsText(double f)
 {

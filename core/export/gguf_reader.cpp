@@ -9,6 +9,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "common/fileutil.h"
 
 namespace fs = std::filesystem;
 
@@ -44,18 +45,7 @@ public:
         if (at > m_size || n > m_size - at)
             throw Error(m_path.string() + ": " + what + " lies past the end of the file (" + std::to_string(m_size) +
                         " bytes; truncated?)");
-        auto* p = static_cast<char*>(dst);
-        while (n > 0) {
-            const ssize_t got = ::pread(m_fd, p, std::min<uint64_t>(n, 1ull << 30), static_cast<off_t>(at));
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got <= 0)
-                throw Error(m_path.string() + ": cannot read " + what + ": " +
-                            (got < 0 ? std::strerror(errno) : std::string("unexpected end of file")));
-            p += got;
-            at += static_cast<uint64_t>(got);
-            n -= static_cast<uint64_t>(got);
-        }
+        preadFully(m_fd, dst, n, at, what, m_path);
     }
     template <typename T>
     T next(const std::string& what)

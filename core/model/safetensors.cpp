@@ -267,20 +267,9 @@ torch::Tensor SafetensorsFile::read(const std::string& name, int64_t rowBegin, i
         shape[0] = rows;
     auto options = torch::TensorOptions().dtype(toTorch(info->dtype)).device(torch::kCPU).pinned_memory(pinned);
     auto t = torch::empty(shape, options);
-    auto* dst = static_cast<char*>(t.data_ptr());
-    uint64_t left = shape.empty() ? info->end - info->begin : rowBytes * static_cast<uint64_t>(rows);
-    uint64_t at = m_dataOffset + info->begin + rowBytes * static_cast<uint64_t>(rowBegin);
-    while (left > 0) {
-        const ssize_t n = ::pread(m_fd, dst, std::min<uint64_t>(left, 1ull << 30), static_cast<off_t>(at));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            throw Error(m_path.string() + ": cannot read tensor '" + name + "': " +
-                        (n < 0 ? std::strerror(errno) : std::string("unexpected end of file (truncated?)")));
-        dst += n;
-        at += static_cast<uint64_t>(n);
-        left -= static_cast<uint64_t>(n);
-    }
+    const uint64_t bytes = shape.empty() ? info->end - info->begin : rowBytes * static_cast<uint64_t>(rows);
+    preadFully(m_fd, t.data_ptr(), bytes, m_dataOffset + info->begin + rowBytes * static_cast<uint64_t>(rowBegin),
+               "tensor '" + name + "'", m_path);
     return t;
 }
 
