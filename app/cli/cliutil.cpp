@@ -1,5 +1,7 @@
 #include "cliutil.h"
 
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 
@@ -69,16 +71,21 @@ std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core
 
 core::ProgressFn ProgressPrinter::fn()
 {
-    return [this](const std::string& stage, double done, double total) {
+    // A terminal gets one line rewritten up to 5 times a second; a file or pipe (a log, a batch
+    // job) a line of its own every 5 seconds, and the last step of each stage.
+    const bool terminal = ::isatty(STDERR_FILENO) == 1;
+    return [this, terminal](const std::string& stage, double done, double total) {
         const auto now = std::chrono::steady_clock::now();
         const double elapsed = std::chrono::duration<double>(now - m_start).count();
-        if (elapsed < 1.0 || (now - m_last < std::chrono::milliseconds(200) && done < total))
+        const auto every = terminal ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000);
+        if (elapsed < 1.0 || (now - m_last < every && done < total))
             return;
         m_last = now;
-        m_printed = true;
+        m_printed = terminal;
         const double eta = done > 0 ? elapsed * (total - done) / done : 0;
-        std::fprintf(stderr, "\r%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)   ", stage.c_str(), done,
-                     total, total > 0 ? 100.0 * done / total : 0.0, elapsed, eta);
+        std::fprintf(stderr, terminal ? "\r%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)   "
+                                      : "%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)\n",
+                     stage.c_str(), done, total, total > 0 ? 100.0 * done / total : 0.0, elapsed, eta);
         std::fflush(stderr);
     };
 }
