@@ -202,7 +202,7 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
 
     auto need = [&](const std::string& key) -> const nlohmann::json& {
         auto it = md.find(key);
-        if (it == md.end() || !it->second.is_primitive() || it->second.is_string())
+        if (it == md.end() || !it->second.is_number())
             throw Error(src + ": metadata '" + key + "' is missing or not a number");
         return it->second;
     };
@@ -227,8 +227,11 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
         c.bosTokenId = need("tokenizer.ggml.bos_token_id").get<int64_t>();
     if (md.count("tokenizer.ggml.eos_token_id"))
         c.eosTokenId = need("tokenizer.ggml.eos_token_id").get<int64_t>();
-    if (c.hiddenSize <= 0 || c.numLayers <= 0 || c.numHeads <= 0 || c.numKvHeads <= 0 || c.headDim <= 0 ||
-        c.numHeads % c.numKvHeads != 0 || c.headDim % 2 != 0 || c.numLayers > 4096)
+    constexpr int64_t kMaxDim = int64_t(1) << 24; // keeps every product below of the sizes in range
+    const auto bad = [&](int64_t v) { return v <= 0 || v > kMaxDim; };
+    if (bad(c.hiddenSize) || bad(c.intermediateSize) || bad(c.numHeads) || bad(c.numKvHeads) || bad(c.headDim) ||
+        bad(c.vocabSize) || c.numHeads % c.numKvHeads != 0 || c.headDim % 2 != 0 || c.numLayers <= 0 ||
+        c.numLayers > 4096 || c.numHeads * c.headDim > kMaxDim)
         throw Error(src + ": inconsistent llama.* metadata (layers " + std::to_string(c.numLayers) + ", heads " +
                     std::to_string(c.numHeads) + "/" + std::to_string(c.numKvHeads) + ", head dim " +
                     std::to_string(c.headDim) + ")");
@@ -248,8 +251,19 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
             throw Error(where + " has shape [" + got + "], expected [" + want + "]");
         }
         const auto type = tensorType(it->second.type, where);
+        // The tensor must lie inside the file before anything is allocated for it: a damaged or
+        // hostile header could otherwise ask for terabytes.
+        uint64_t bytes = c10::elementSize(type);
+        for (auto d : shape)
+            if (d < 0 || (d > 0 && bytes > r.size() / static_cast<uint64_t>(d)))
+                throw Error(where + " is larger than the file (" + std::to_string(r.size()) + " bytes; truncated?)");
+            else
+                bytes *= static_cast<uint64_t>(d);
+        if (it->second.offset > r.size() || dataStart > r.size() - it->second.offset ||
+            bytes > r.size() - dataStart - it->second.offset)
+            throw Error(where + " lies past the end of the file (" + std::to_string(r.size()) + " bytes; truncated?)");
         auto t = torch::empty(shape, torch::TensorOptions().dtype(type));
-        r.read(t.data_ptr(), static_cast<uint64_t>(t.nbytes()), dataStart + it->second.offset, "tensor '" + name + "'");
+        r.read(t.data_ptr(), bytes, dataStart + it->second.offset, "tensor '" + name + "'");
         return t.to(options.device, options.dtype);
     };
     const int64_t H = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim;
@@ -280,6 +294,8 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
             L.down = get(p + "ffn_down.weight", {H, c.intermediateSize});
         } else {
             N = need("llama.expert_count").get<int64_t>();
+            if (N < 1 || N > (int64_t(1) << 16))
+                throw Error(src + ": llama.expert_count " + std::to_string(N) + " is outside 1..65536");
             const int64_t S = c.intermediateSize;
             MoeLayer m;
             m.router = get(p + "ffn_gate_inp.weight", {N, H});

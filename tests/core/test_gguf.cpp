@@ -15,6 +15,7 @@
 #include "convert/construct.h"
 #include "convert/convert.h"
 #include "export/gguf.h"
+#include "export/gguf_reader.h"
 #include "ggufreader.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -390,6 +391,48 @@ TEST(Gguf, MoeRoundTripsWithStackedExpertsAndRouter)
     const auto g = GgufFile::load(o.out);
     EXPECT_EQ(g.at("llama.feed_forward_length").integer(), 96);
     checkExport(g, demoModel(), &layers, 6, false);
+}
+
+// `ladimo eval` / `generate` read a GGUF export back with the core's reader: an F32 export gives
+// the workbench's logits, dense and converted (policy, gating and experts restored).
+TEST(Gguf, TheCoreReadsAnExportBackToTheSameLogits)
+{
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
+    const auto& layers = demoMoe8(); // converted (with autograd) before inference mode below
+    ladimo::test::TempDir tmp;
+    torch::InferenceMode guard;
+    const auto tokens = torch::randint(demoModel().config().vocabSize, {2, 24}, torch::kInt64);
+    ExportOptions o;
+    o.out = tmp / "dense.gguf";
+    exportGguf(denseInput(), o);
+    ASSERT_TRUE(isGgufFile(o.out));
+    EXPECT_FALSE(isGgufFile(demoDir() / "config.json"));
+    const auto dense = loadGguf(o.out);
+    EXPECT_TRUE(dense.layers.empty());
+    EXPECT_TRUE(torch::allclose(dense.model.forward(tokens), demoModel().forward(tokens), 1e-5, 1e-5));
+
+    const auto rules = uniformRules(4, RoutingRule::staticK(6));
+    o.out = tmp / "moe.gguf";
+    exportGguf(moeInput(layers, rules, "k6"), o);
+    const auto moe = loadGguf(o.out);
+    ASSERT_EQ(moe.layers.size(), layers.size());
+    EXPECT_EQ(moe.expertsPerToken, 6);
+    EXPECT_EQ(moe.gating, Gating::Renorm);
+    EXPECT_EQ(moe.policyName, "k6");
+    const auto theirs = moeHooks(moe.layers, moe.rules);
+    const auto ours = moeHooks(layers, rules);
+    EXPECT_TRUE(torch::allclose(moe.model.forward(tokens, nullptr, &theirs), demoModel().forward(tokens, nullptr, &ours),
+                                1e-5, 1e-5));
+
+    // A truncated file is an Error naming it, before anything is allocated for its tensors.
+    const auto bytes = readTextFile(o.out);
+    atomicWriteFile(tmp / "cut.gguf", bytes.substr(0, bytes.size() / 2));
+    try {
+        (void)loadGguf(tmp / "cut.gguf");
+        ADD_FAILURE() << "a truncated GGUF file loaded";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("cut.gguf"), std::string::npos) << e.what();
+    }
 }
 
 TEST(Gguf, UnequalExpertsArePaddedExactly)

@@ -140,6 +140,42 @@ def gguf():
 
 put("gguf", "llama_one_tensor", gguf())
 
+# ---- GGUF models for the core's reader: a one-layer llama, dense and MoE (2 experts), F32.
+def gguf_model(moe):
+    H, HEADS, D, I, N, S, V = 8, 2, 4, 8, 2, 4, 16
+    def u32(k, v): return gguf_str(k) + struct.pack("<II", 4, v)
+    def f32kv(k, v): return gguf_str(k) + struct.pack("<If", 6, v)
+    kv = [gguf_str("general.architecture") + struct.pack("<I", 8) + gguf_str("llama"), u32("general.alignment", 32),
+          u32("llama.context_length", 32), u32("llama.embedding_length", H), u32("llama.block_count", 1),
+          u32("llama.feed_forward_length", S if moe else I), u32("llama.attention.head_count", HEADS),
+          u32("llama.attention.head_count_kv", HEADS), u32("llama.attention.key_length", D),
+          f32kv("llama.rope.freq_base", 10000.0), f32kv("llama.attention.layer_norm_rms_epsilon", 1e-5)]
+    tensors = [("token_embd.weight", [V, H]), ("blk.0.attn_norm.weight", [H]), ("blk.0.attn_q.weight", [HEADS * D, H]),
+               ("blk.0.attn_k.weight", [HEADS * D, H]), ("blk.0.attn_v.weight", [HEADS * D, H]),
+               ("blk.0.attn_output.weight", [H, HEADS * D]), ("blk.0.ffn_norm.weight", [H])]
+    if moe:
+        kv += [u32("llama.expert_count", N), u32("llama.expert_used_count", 1)]
+        tensors += [("blk.0.ffn_gate_inp.weight", [N, H]), ("blk.0.ffn_gate_exps.weight", [N, S, H]),
+                    ("blk.0.ffn_up_exps.weight", [N, S, H]), ("blk.0.ffn_down_exps.weight", [N, H, S])]
+    else:
+        tensors += [("blk.0.ffn_gate.weight", [I, H]), ("blk.0.ffn_up.weight", [I, H]), ("blk.0.ffn_down.weight", [H, I])]
+    tensors.append(("output_norm.weight", [H]))
+    info, data = b"", b""
+    for name, shape in tensors:
+        n = 1
+        for d in shape:
+            n *= d
+        info += gguf_str(name) + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in reversed(shape))
+        info += struct.pack("<IQ", 0, len(data))
+        data += f32(*[((i * 7) % 11 - 5) / 10 for i in range(n)])
+        data += b"\0" * (-len(data) % 32)
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv)) + b"".join(kv) + info
+    head += b"\0" * (-len(head) % 32)
+    return head + data
+
+put("gguf_load", "llama_dense", gguf_model(False))
+put("gguf_load", "llama_moe", gguf_model(True))
+
 # ---- project files: the v1 schema of tests/data/store (opening migrates it) and, when a built
 # fuzz_project is given, a current-schema project with a run, layers and a policy.
 with tempfile.TemporaryDirectory() as tmp:
