@@ -89,6 +89,11 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
     // the group's hidden states take at most an eighth of the budget (at least one pass).
     const std::uint64_t groupBytes = model.streamed() ? budget / 8 : 0;
     const std::uint64_t tokenBytes = static_cast<std::uint64_t>(H) * c10::elementSize(model.dtype());
+    const auto report = [&](double done) {
+        options.cancel.throwIfCancelled();
+        if (options.progress)
+            options.progress("capture", done, static_cast<double>(windows.size()));
+    };
     for (std::size_t i = 0; i < windows.size();) {
         std::vector<torch::Tensor> passes;
         std::size_t j = i;
@@ -106,11 +111,17 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
         passWindows = passes.front().size(0);
         const std::vector<int64_t> before = filled; // rows per layer before this group
         try {
-            if (passes.size() == 1)
+            if (passes.size() == 1) {
                 model.forward(passes.front(), nullptr, &hooks);
-            else
+            } else {
+                hooks.onLayerDone = [&](int layer) {
+                    report(static_cast<double>(i) + static_cast<double>(j - i) * (layer + 1) / (L + 1));
+                };
                 model.forwardLayerMajor(passes, &hooks, [](std::size_t, const torch::Tensor&) {});
+                hooks.onLayerDone = nullptr;
+            }
         } catch (const c10::OutOfMemoryError&) {
+            hooks.onLayerDone = nullptr;
             filled = before; // the retry overwrites the failed group's partial rows
             if (passWindows == 1)
                 throw Error("out of memory on " + model.device().str() +
@@ -124,6 +135,7 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
             continue;
         }
         i = j;
+        report(static_cast<double>(i));
     }
     return info;
 }
@@ -148,8 +160,11 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                 missing.insert(l);
         if (!missing.empty()) {
             std::vector<torch::Tensor> cx, cy;
+            CaptureOptions co = s.capture;
+            co.progress = cb.progress;
+            co.cancel = cb.cancel;
             const auto info =
-                captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, s.capture);
+                captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, co);
             if (cb.onCapture)
                 cb.onCapture(info);
             for (int l : missing) {

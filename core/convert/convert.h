@@ -36,6 +36,10 @@ struct CaptureOptions {
     std::uint64_t memoryBudget = 0;
     // Told each time a pass is retried with fewer windows, in words.
     std::function<void(const std::string& what)> onRecovered;
+    // ("capture", windows done, windows) after every pass, and after every layer of a layer-major
+    // group; the token is checked as often (a 7B capture of 100K tokens takes hours on a CPU).
+    ProgressFn progress;
+    CancelToken cancel;
     // Tests only (fault injection): called as each layer's FFN input/output is recorded, with the
     // number of windows of the pass; may throw c10::OutOfMemoryError.
     std::function<void(int layer, int64_t windows)> faultHook;

@@ -3,6 +3,7 @@
 // streamed model are byte-identical to exports of the resident one.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "common/fileutil.h"
@@ -286,5 +287,33 @@ TEST(Streaming, StreamedMoeLayersGiveTheSameConvertedModel)
     for (std::size_t l = 0; l < layers.size(); ++l) {
         EXPECT_TRUE(torch::equal(all[l].down, layers[l].down));
         EXPECT_TRUE(torch::equal(streamed.get(l)->router, layers[l].router));
+    }
+}
+
+TEST(Streaming, CaptureReportsProgressAndCanBeCancelled)
+{
+    Saved s(torch::kFloat32);
+    const auto stream = ladimo::testmodel::tinyCalibration(700);
+    for (auto residency : {Residency::Resident, Residency::Streamed}) {
+        LoadOptions lo;
+        lo.residency = residency;
+        const auto model = LlamaModel::load(s.dir, lo);
+        std::vector<double> done;
+        CaptureOptions co;
+        co.maxWindows = 2;
+        co.progress = [&](const std::string& stage, double d, double total) {
+            EXPECT_EQ(stage, "capture");
+            EXPECT_EQ(total, 22.0); // 700 tokens in windows of 32
+            done.push_back(d);
+        };
+        std::vector<torch::Tensor> xs, ys;
+        captureFfn(model, stream, 32, &xs, &ys, nullptr, nullptr, -1, nullptr, co);
+        ASSERT_FALSE(done.empty());
+        EXPECT_TRUE(std::is_sorted(done.begin(), done.end()));
+        EXPECT_EQ(done.back(), 22.0);
+        // Cancelled at the first report: the capture stops with Cancelled.
+        CaptureOptions cancelled = co;
+        cancelled.progress = [&](const std::string&, double, double) { cancelled.cancel.cancel(); };
+        EXPECT_THROW(captureFfn(model, stream, 32, &xs, &ys, nullptr, nullptr, -1, nullptr, cancelled), Cancelled);
     }
 }
