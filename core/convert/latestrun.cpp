@@ -27,31 +27,28 @@ LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& optio
     std::vector<std::filesystem::path> files;
     std::uintmax_t bytes = 0;
     for (const auto& layer : p.layers(*runId)) {
-        if (layer.status == LayerStatus::Done) {
-            files.push_back(p.absolutePath(layer.weightsPath));
-            std::error_code ec;
-            const auto n = std::filesystem::file_size(files.back(), ec);
-            bytes += ec ? 0 : n;
-        }
-    }
-    const bool streamed = !expertDtype && (r.model->streamed() || bytes > r.model->memoryBudget() / 2);
-    std::vector<MoeLayer> resident;
-    for (const auto& layer : p.layers(*runId)) {
         if (layer.status != LayerStatus::Done) {
             missing += (missing.empty() ? "" : ", ") + std::to_string(layer.layer);
             continue;
         }
-        if (streamed)
-            continue;
-        auto m = loadMoeLayer(p.absolutePath(layer.weightsPath), r.model->device(), r.model->dtype());
-        if (expertDtype)
-            for (auto* t : {&m.gate, &m.up, &m.down})
-                *t = t->to(*expertDtype);
-        resident.push_back(std::move(m));
+        files.push_back(p.absolutePath(layer.weightsPath));
+        std::error_code ec;
+        const auto n = std::filesystem::file_size(files.back(), ec);
+        bytes += ec ? 0 : n;
     }
     if (!missing.empty())
         throw Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing + ")" +
                     hints.unfinished);
+    const bool streamed = !expertDtype && (r.model->streamed() || bytes > r.model->memoryBudget() / 2);
+    std::vector<MoeLayer> resident;
+    if (!streamed)
+        for (const auto& file : files) {
+            auto m = loadMoeLayer(file, r.model->device(), r.model->dtype());
+            if (expertDtype)
+                for (auto* t : {&m.gate, &m.up, &m.down})
+                    *t = t->to(*expertDtype);
+            resident.push_back(std::move(m));
+        }
     r.layers = streamed ? MoeLayers::streamed(std::move(files), r.model->device(), r.model->dtype())
                         : MoeLayers(std::move(resident));
     return r;

@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <array>
 #include <cmath>
 #include <future>
 #include <mutex>
@@ -25,6 +26,16 @@ struct LlamaModel::RopeCache {
     std::mutex mutex;
     torch::Tensor cos, sin; // guarded by mutex; [positions, D] in the model dtype
 };
+
+namespace {
+
+// Every tensor slot of a layer (undefined ones included).
+std::array<const torch::Tensor*, 13> tensorsOf(const LayerWeights& l)
+{
+    return {&l.inputNorm, &l.q, &l.k, &l.v, &l.o, &l.qBias, &l.kBias, &l.vBias, &l.oBias, &l.postNorm, &l.gate, &l.up, &l.down};
+}
+
+} // namespace
 
 // Streamed weights: the checkpoint files, the layers being read in the background and the layer
 // cache. Every member after `mutex` is guarded by it.
@@ -84,9 +95,7 @@ struct LlamaModel::Stream {
         if (l.ready) {
             const auto current = c10::impl::VirtualGuardImpl(c10::DeviceType::CUDA).getStream(device);
             l.ready->block(current);
-            const auto& w = *l.weights;
-            for (const auto* t : {&w.inputNorm, &w.q, &w.k, &w.v, &w.o, &w.qBias, &w.kBias, &w.vBias, &w.oBias,
-                                  &w.postNorm, &w.gate, &w.up, &w.down})
+            for (const auto* t : tensorsOf(*l.weights))
                 if (t->defined())
                     t->record_stream(current);
         }
@@ -277,8 +286,7 @@ std::uint64_t LlamaModel::layerBytes() const
     std::uint64_t most = 0;
     for (const auto& l : m_weights.layers) {
         std::uint64_t n = 0;
-        for (const auto* t : {&l.inputNorm, &l.q, &l.k, &l.v, &l.o, &l.qBias, &l.kBias, &l.vBias, &l.oBias, &l.postNorm,
-                              &l.gate, &l.up, &l.down})
+        for (const auto* t : tensorsOf(l))
             if (t->defined())
                 n += static_cast<std::uint64_t>(t->numel()) * t->element_size();
         most = std::max(most, n);
