@@ -60,6 +60,16 @@ struct LlamaModel::Stream {
     std::uint64_t cacheBudget = 0;
     std::uint64_t cached = 0;
 
+    Stream() = default;
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    // Background reads use this stream's files: let them finish before anything is destroyed.
+    ~Stream()
+    {
+        for (auto& [index, f] : pending)
+            f.wait();
+    }
+
     // Reads a layer: each tensor with pread (into page-locked memory for CUDA), then converted on
     // the device. On CUDA the copies run on a side stream from the pool, so a layer read in the
     // background (prefetch) overlaps the layer computing on the current stream.
@@ -263,7 +273,9 @@ void LlamaModel::prefetch(int index) const
     std::lock_guard<std::mutex> lock(m_stream->mutex);
     if (m_stream->cache.count(index) || m_stream->pending.count(index))
         return;
-    std::shared_ptr<const Stream> s = m_stream;
+    // The task holds the stream by plain pointer: a shared_ptr in a future that the stream itself
+    // keeps would be a cycle (leaked when a pass stops before it takes the layer). ~Stream waits.
+    const Stream* s = m_stream.get();
     m_stream->pending[index] = std::async(std::launch::async, [s, index] { return s->read(index); }).share();
 }
 
