@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
+# The layer walls (docs/ARCHITECTURE.md): seconds, so it goes first.
+python3 tools/check_layers.py
 tools/build.sh "$@"
 tools/llamanode.sh   # pinned llama.cpp for the GGUF test; skips (test says why) when offline
 export QT_QPA_PLATFORM=offscreen

@@ -14,7 +14,7 @@ BarPlot::BarPlot(QWidget* parent) : QWidget(parent), m_plot(new QCustomPlot(this
     setMinimumHeight(160);
     m_plot->legend->setBrush(QColor(255, 255, 255, 220));
     connect(m_plot, &QCustomPlot::plottableClick, this, [this](QCPAbstractPlottable*, int dataIndex, QMouseEvent*) {
-        emit barClicked(dataIndex);
+        Q_EMIT barClicked(dataIndex);
     });
     installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
 }

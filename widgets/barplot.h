@@ -35,7 +35,7 @@ public:
     CsvTable csvTable() const;
     bool saveCsv(const QString& file) const;
 
-signals:
+Q_SIGNALS:
     void barClicked(int index);
 
 private:

@@ -130,7 +130,7 @@ void HeatmapPlot::onMousePress(QMouseEvent* event)
     if (row < 0 || row >= rowCount())
         return;
     setSelectedRow(row);
-    emit rowClicked(row);
+    Q_EMIT rowClicked(row);
 }
 
 bool HeatmapPlot::save(const QString& file, int width, int height) { return savePlotImage(m_plot, file, width, height); }

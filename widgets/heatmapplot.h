@@ -48,7 +48,7 @@ public:
     CsvTable csvTable() const;
     bool saveCsv(const QString& file) const;
 
-signals:
+Q_SIGNALS:
     void rowClicked(int row);
 
 private:

@@ -289,9 +289,9 @@ void TradeoffPlot::onMousePress(QMouseEvent* event)
     const int f = nearest(m_frontPoints, &df);
     const int u = nearest(m_uniformPoints, &du);
     if (f >= 0 && df <= kClickRadius && df <= du)
-        emit frontPointClicked(f);
+        Q_EMIT frontPointClicked(f);
     else if (u >= 0 && du <= kClickRadius)
-        emit uniformPointClicked(u);
+        Q_EMIT uniformPointClicked(u);
 }
 
 void TradeoffPlot::rescale()

@@ -63,7 +63,7 @@ public:
     CsvTable csvTable() const;
     bool saveCsv(const QString& file) const;
 
-signals:
+Q_SIGNALS:
     void frontPointClicked(int index);
     void uniformPointClicked(int index);
 

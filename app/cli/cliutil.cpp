@@ -8,7 +8,7 @@
 #include "common/error.h"
 #include "common/fileutil.h"
 #include "common/memory.h"
-#include "convert/projectconvert.h"
+#include "project/convert.h"
 #include "model/device.h"
 #include "model/generate.h"
 #include "model/tokendata.h"

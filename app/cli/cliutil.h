@@ -13,7 +13,7 @@
 
 #include "common/progress.h"
 #include "convert/latestrun.h"
-#include "convert/projectconvert.h"
+#include "project/convert.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "moe/moeblock.h"
@@ -96,6 +96,6 @@ std::string describeLayers(const std::set<int>& layers); // "0-3,6"
 
 // The calibration-set record of data loaded with `data` (tokens, window length).
 core::CalibrationSet calibrationRecord(const DataOptions& data, const std::vector<int64_t>& tokens, int64_t seqLen);
-// core::findCalibrationSet (convert/projectconvert.h) finds a recorded calibration set.
+// core::findCalibrationSet (project/convert.h) finds a recorded calibration set.
 
 } // namespace ladimo::cli

@@ -20,7 +20,7 @@
 #include "convert/activations.h"
 #include "convert/convert.h"
 #include "convert/costmodel.h"
-#include "convert/projectconvert.h"
+#include "project/convert.h"
 #include "export/hf_mixtral.h"
 #include "model/device.h"
 #include "store/assemble.h"
@@ -65,25 +65,6 @@ Converted loadConverted(const std::string& projectFile, const ModelOptions& mode
 }
 
 namespace {
-
-// Where a conversion's dense activations may come from: files written by `ladimo capture` for
-// the run's calibration set, when they match this model and these tokens.
-core::ConvertCallbacks::LoadCapturedFn capturedFrom(const core::Project& project, int64_t calibrationSetId,
-                                                     const core::CaptureKey& key)
-{
-    return [&project, calibrationSetId, key](int l, torch::Tensor* x, torch::Tensor* y) {
-        const auto file = project.absolutePath(core::Project::activationsPath(calibrationSetId, l));
-        std::string why;
-        if (core::loadActivations(file, l, key, x, y, &why)) {
-            std::fprintf(stderr, "layer %d: captured activations from %s\n", l, file.c_str());
-            return true;
-        }
-        std::error_code ec;
-        if (fs::exists(file, ec))
-            std::fprintf(stderr, "layer %d: not reusing %s\n", l, why.c_str());
-        return false;
-    };
-}
 
 std::string hostName()
 {
@@ -146,6 +127,60 @@ void registerConvertCommand(CLI::App& app)
         o->s.capture.memoryBudget =
             o->activationMemory == "0" ? o->model.loadOptions().memoryBudget
                                        : static_cast<std::uint64_t>(core::parseByteSize(o->activationMemory));
+        const bool worker = !o->layers.empty();
+        if (!o->dryRun && !worker) { // the project path, shared with the workbench (core/project/convert.h)
+            core::ProjectConvertRequest request;
+            request.modelDir = o->model.path;
+            request.projectFile = o->project;
+            request.load = o->model.loadOptions();
+            request.settings = o->s;
+            request.settings.devices = core::parseDevices(o->model.device);
+            request.partition = o->partition;
+            request.gating = o->gating;
+            request.data = o->data.source();
+            request.prepareOnly = o->prepare;
+            ProgressPrinter printer;
+            core::ProjectConvertHooks hooks;
+            hooks.callbacks.progress = printer.fn();
+            hooks.callbacks.cancel = interruptToken();
+            hooks.callbacks.onCapture = reportCapture;
+            hooks.note = [](const std::string& what) { std::fprintf(stderr, "%s\n", what.c_str()); };
+            hooks.onRun = [&](core::Project& project, const core::RunPlan& plan) {
+                if (plan.resumed)
+                    std::fprintf(stderr, "resuming run #%lld: %zu of %d layers left\n", (long long)plan.runId,
+                                 project.resumableLayers(plan.runId).size(), project.run(plan.runId).layers);
+                else
+                    std::fprintf(stderr, "run #%lld in %s\n", (long long)plan.runId, o->project.c_str());
+            };
+            hooks.onCost = [](const core::CostEstimate& cost, int layers) {
+                std::fprintf(stderr, "%s", cost.describe(layers).c_str());
+            };
+            hooks.callbacks.onLayerFinished = [&](int l, const core::LayerConversion& r, const core::LayerOutcome&,
+                                                  const core::LossCurve&) {
+                std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
+                             o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+                for (const auto& f : r.recovered)
+                    std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
+            };
+            hooks.callbacks.onLayerFailed = [](int l, const std::string& reason) {
+                std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
+            };
+            core::ProjectConvertResult result;
+            try {
+                result = core::convertProject(request, hooks);
+            } catch (const core::Cancelled&) {
+                std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
+                throw;
+            }
+            if (o->prepare)
+                std::printf("prepared run #%lld in %s; start workers with the same command and --layers A-B instead of "
+                            "--prepare, then run ladimo assemble %s\n",
+                            (long long)result.runId, o->project.c_str(), o->project.c_str());
+            else
+                std::printf("converted %s: run #%lld of %s\n", o->model.path.c_str(), (long long)result.runId,
+                            o->project.c_str());
+            return;
+        }
         // A dry run without a project needs no weights checksum (hashing a 7B checkpoint takes
         // seconds); everything else records the model by it.
         const bool checksum = !o->dryRun || fs::exists(o->project);
@@ -153,7 +188,6 @@ void registerConvertCommand(CLI::App& app)
         auto model = o->model.load();
         o->s.devices = core::parseDevices(o->model.device);
         const int L = static_cast<int>(model.config().numLayers);
-        const bool worker = !o->layers.empty();
         std::set<int> selected;
         for (int l = 0; l < L; ++l)
             selected.insert(l);
@@ -171,34 +205,14 @@ void registerConvertCommand(CLI::App& app)
         const auto calRecord = calibrationRecord(o->data, calibration, o->s.seqLen);
         const core::CaptureKey captureKey{source.weightsSha256, core::tokenStreamSha256(calibration), o->s.seqLen};
 
-        // The cost model, from the shapes and a quick measurement of the devices.
         const auto costFor = [&](const std::set<int>& layers, const std::set<int>& captured) {
-            core::CostInputs in;
-            in.config = model.config();
-            in.tokens = static_cast<int64_t>(calibration.size());
-            in.settings = o->s;
-            in.layers.assign(layers.begin(), layers.end());
-            for (int l : layers)
-                if (!captured.count(l))
-                    in.captureLayers.push_back(l);
-            in.modelBytes = model.streamed() ? 0 : source.totalParams * static_cast<int64_t>(c10::elementSize(model.dtype()));
-            in.streamed = model.streamed();
-            in.layerBytes = static_cast<int64_t>(model.layerBytes());
-            in.computeElementBytes = static_cast<int64_t>(c10::elementSize(model.dtype()));
-            in.memoryBudget = static_cast<int64_t>(o->s.capture.memoryBudget);
-            return core::estimateCost(in);
+            return core::conversionCost(model, source, static_cast<int64_t>(calibration.size()), o->s, layers, captured);
         };
         if (o->dryRun) {
             std::set<int> captured;
             if (fs::exists(o->project)) {
                 auto p = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
-                if (const int64_t cal = core::findCalibrationSet(p, calRecord)) {
-                    torch::Tensor x, y;
-                    std::string why;
-                    for (int l : selected)
-                        if (core::loadActivations(p.absolutePath(core::Project::activationsPath(cal, l)), l, captureKey, &x, &y, &why))
-                            captured.insert(l);
-                }
+                captured = core::capturedLayers(p, core::findCalibrationSet(p, calRecord), captureKey, selected);
             }
             const auto cost = costFor(selected, captured);
             if (o->json) {
@@ -259,18 +273,13 @@ void registerConvertCommand(CLI::App& app)
             core::ConvertCallbacks cb;
             cb.progress = printer.fn();
             cb.cancel = interruptToken();
-            cb.loadCaptured = capturedFrom(project, run.calibrationSetId, captureKey);
+            cb.loadCaptured = core::capturedActivations(project, run.calibrationSetId, captureKey,
+                                                        [](const std::string& what) { std::fprintf(stderr, "%s\n", what.c_str()); });
             cb.onCapture = reportCapture;
-            {
-                std::set<int> captured;
-                torch::Tensor x, y;
-                std::string why;
-                for (int l : todo)
-                    if (core::loadActivations(project.absolutePath(core::Project::activationsPath(run.calibrationSetId, l)), l,
-                                               captureKey, &x, &y, &why))
-                        captured.insert(l);
-                std::fprintf(stderr, "%s", costFor(todo, captured).describe(static_cast<int>(todo.size())).c_str());
-            }
+            std::fprintf(stderr, "%s",
+                         costFor(todo, core::capturedLayers(project, run.calibrationSetId, captureKey, todo))
+                             .describe(static_cast<int>(todo.size()))
+                             .c_str());
             const std::string host = hostName();
             cb.onLayerDone = [&](int l, const core::MoeLayer& layer, const core::LayerConversion& r) {
                 core::LayerSidecar side;
@@ -312,68 +321,6 @@ void registerConvertCommand(CLI::App& app)
             return;
         }
 
-        auto project = fs::exists(o->project) ? core::Project::open(o->project, {core::Project::Access::ReadWrite,
-                                                                                  core::Project::Verify::Checksums})
-                                              : core::Project::create(o->project);
-        core::RunRequest request;
-        request.source = source;
-        request.settings = o->s;
-        request.partition = o->partition;
-        request.gating = o->gating;
-        request.settingsJson = settings;
-        request.calibration = calRecord;
-        request.layers = L;
-        request.intermediateSize = model.config().intermediateSize;
-        const auto plan = core::findOrStartRun(project, request, /*markRunning=*/!o->prepare);
-        const int64_t runId = plan.runId;
-        const std::set<int>& skip = plan.finished;
-        if (plan.resumed)
-            std::fprintf(stderr, "resuming run #%lld: %zu of %d layers left\n", (long long)runId,
-                         project.resumableLayers(runId).size(), L);
-        else
-            std::fprintf(stderr, "run #%lld in %s\n", (long long)runId, o->project.c_str());
-        if (o->prepare) {
-            std::printf("prepared run #%lld in %s; start workers with the same command and --layers A-B instead of "
-                        "--prepare, then run ladimo assemble %s\n",
-                        (long long)runId, o->project.c_str(), o->project.c_str());
-            return;
-        }
-
-        const int64_t calibrationSetId = project.run(runId).calibrationSetId;
-        core::ProjectConvertCallbacks cb;
-        cb.progress = printer.fn();
-        cb.cancel = interruptToken();
-        cb.onCapture = reportCapture;
-        std::set<int> todo, captured;
-        for (int l = 0; l < L; ++l)
-            if (!skip.count(l))
-                todo.insert(l);
-        if (o->s.mode == "parallel" && calibrationSetId) {
-            cb.loadCaptured = capturedFrom(project, calibrationSetId, captureKey);
-            torch::Tensor x, y;
-            std::string why;
-            for (int l : todo)
-                if (core::loadActivations(project.absolutePath(core::Project::activationsPath(calibrationSetId, l)), l,
-                                          captureKey, &x, &y, &why))
-                    captured.insert(l);
-        }
-        std::fprintf(stderr, "%s", costFor(todo, captured).describe(static_cast<int>(todo.size())).c_str());
-        cb.onLayerFinished = [&](int l, const core::LayerConversion& r, const core::LayerOutcome&, const core::LossCurve&) {
-            std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
-                         o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
-            for (const auto& f : r.recovered)
-                std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
-        };
-        cb.onLayerFailed = [&](int l, const std::string& reason) {
-            std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
-        };
-        try {
-            core::convertRunInProject(project, plan, model, calibration, o->s, cb);
-        } catch (const core::Cancelled&) {
-            std::fprintf(stderr, "\ncancelled: finished layers are kept; rerun the same command to resume\n");
-            throw;
-        }
-        std::printf("converted %s: run #%lld of %s\n", o->model.path.c_str(), (long long)runId, o->project.c_str());
     });
 }
 

@@ -12,8 +12,8 @@
 #include "commands.h"
 #include "common/error.h"
 #include "convert/convert.h"
-#include "export/gguf.h"
-#include "export/projectexport.h"
+#include "export/formats.h"
+#include "project/export.h"
 #include "export/hf_mixtral.h"
 #include "routing/policy.h"
 #include "store/project.h"
@@ -36,29 +36,29 @@ void registerExportCommand(CLI::App& app)
     };
     auto o = std::make_shared<Opts>();
     auto* cmd = app.add_subcommand(
-        "export", "Export a project's conversion (hf-mixtral, gguf) or its dense model (hf-llama, gguf-llama)");
+        "export", "Export a project's conversion (" + core::exportFormatNames(true) + ") or its dense source model");
     cmd->add_option("project", o->project, "Project file (*.ladimo); its latest conversion run is exported")->required();
-    cmd->add_option("--format", o->format,
-                    "hf-mixtral or gguf (the conversion), hf-llama or gguf-llama (the dense source model)")
-        ->capture_default_str();
-    cmd->add_option("--out", o->out, "Output directory (hf-*: must not exist or be empty) or file (gguf*: must not exist)")
+    std::string formats, files, dtypes;
+    for (const auto& f : core::exportFormats()) {
+        formats += std::string(formats.empty() ? "" : "; ") + f.name + ": " + f.description;
+        if (f.singleFile)
+            files += std::string(files.empty() ? "" : ", ") + f.name;
+        std::string d;
+        for (const auto& t : f.dtypes)
+            d += (d.empty() ? "" : "/") + t;
+        dtypes += std::string(dtypes.empty() ? "" : "; ") + f.name + " " + d;
+    }
+    cmd->add_option("--format", o->format, formats)->capture_default_str();
+    cmd->add_option("--out", o->out, "Output directory (must not exist or be empty) or, for " + files + ", a file (must not exist)")
         ->required();
     cmd->add_option("--policy", o->policy, "Routing policy of the project (default: the training k in every layer)");
     cmd->add_option("--top-k", o->topK,
                     "The one k Mixtral uses in every layer; needed when the policy or gating is not Mixtral's");
-    cmd->add_option("--dtype", o->dtype, "f32, bf16 or f16 (gguf: f32 or f16)")->capture_default_str();
+    cmd->add_option("--dtype", o->dtype, "Weight type (" + dtypes + ")")->capture_default_str();
     cmd->add_option("--shard-size", o->shardSize, "Largest safetensors file, e.g. 2GB or 500MiB (0 = one file)")
         ->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
-        const bool gguf = o->format == "gguf" || o->format == "gguf-llama";
-        if (o->format != "hf-mixtral" && o->format != "hf-llama" && !gguf)
-            throw core::Error("--format '" + o->format +
-                              "' is unknown (expected hf-mixtral, hf-llama, gguf or gguf-llama)");
-        if (gguf && o->shardSize != "0")
-            throw core::Error("--shard-size applies to hf-mixtral and hf-llama; a GGUF export is one file");
-        if (gguf && fs::exists(o->out))
-            throw core::Error("'" + o->out + "' already exists; an export never replaces a file (remove it or choose another name)");
         if (!isProjectFile(o->project))
             throw core::Error("export needs a project file (*.ladimo), got '" + o->project + "'");
         const int64_t shardBytes = o->shardSize == "0" ? 0 : core::parseByteSize(o->shardSize);
@@ -88,7 +88,11 @@ void registerExportCommand(CLI::App& app)
         std::printf("exported run #%lld of %s to %s (%s, %s, %zu files, %.1f MB)\n", (long long)res.runId,
                     o->project.c_str(), o->out.c_str(), o->format.c_str(), o->dtype.c_str(), report.files.size(),
                     static_cast<double>(report.bytes) / 1e6);
-        if (moe) {
+        const bool gguf = res.singleFile;
+        if (moe && report.expertsPerToken == 0) { // a report, not a model
+            for (const auto& n : report.notes)
+                std::printf("  - %s\n", n.c_str());
+        } else if (moe) {
             const char* target = gguf ? "llama.cpp" : "Mixtral";
             std::printf("policy %s, %s %d: %s%s%s\n", res.policyName.c_str(),
                         gguf ? "llama.expert_used_count" : "num_experts_per_tok", report.expertsPerToken,

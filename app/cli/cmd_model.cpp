@@ -11,7 +11,7 @@
 #include "commands.h"
 #include "common/error.h"
 #include "eval/choice.h"
-#include "eval/projecteval.h"
+#include "project/evaluate.h"
 #include "eval/perplexity.h"
 #include "model/checkpoint.h"
 #include "model/generate.h"
@@ -191,6 +191,9 @@ void registerEvalCommand(CLI::App& app)
             req.progress = printer.fn();
             req.cancel = interruptToken();
             const auto res = core::evaluateProject(req);
+            if (o->data.file.empty() && o->data.selfSample == 0)
+                std::fprintf(stderr, "no --data or --self-sample: evaluated on the run's calibration data (%s), "
+                                     "which is not held out\n", res.data.c_str());
             auto j = res.metrics;
             addPeakRss(j);
             print(j, res.perplexity, res.device,

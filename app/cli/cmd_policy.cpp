@@ -16,7 +16,7 @@
 #include "common/error.h"
 #include "common/fileutil.h"
 #include "convert/convert.h"
-#include "eval/projecteval.h"
+#include "project/evaluate.h"
 #include "model/device.h"
 #include "routing/estimate.h"
 #include "routing/latency.h"
@@ -94,14 +94,6 @@ nlohmann::json policyJson(const RunContext& c, const std::string& name, const co
     return j;
 }
 
-std::string describeRules(const core::PolicyRules& rules, int64_t experts)
-{
-    std::string s;
-    for (const auto& r : rules)
-        s += (s.empty() ? "" : " ") + core::describeRule(r, experts);
-    return s;
-}
-
 nlohmann::json refineJson(const core::RefineResult& r, const DataOptions& data, int64_t experts)
 {
     nlohmann::json j = {{"data", data.describe()},
@@ -112,7 +104,7 @@ nlohmann::json refineJson(const core::RefineResult& r, const DataOptions& data, 
                         {"start_rules", core::rulesToJson(r.start.rules)}};
     j["measured"] = nlohmann::json::array();
     for (const auto& c : r.measured)
-        j["measured"].push_back({{"rules", describeRules(c.rules, experts)},
+        j["measured"].push_back({{"rules", core::describeRules(c.rules, experts)},
                                  {"cost", c.cost},
                                  {"error_proxy", c.proxy},
                                  {"nll", c.measured}});
@@ -124,9 +116,9 @@ void printRefine(const core::RefineResult& r, int64_t experts)
     std::printf("refinement: %zu policies measured in %d rounds (held-out NLL, nats/token)\n", r.measured.size(), r.rounds);
     std::printf("     cost  error proxy        NLL  rules\n");
     for (const auto& c : r.measured)
-        std::printf("  %7.4f  %11.5f  %9.5f  %s%s\n", c.cost, c.proxy, c.measured, describeRules(c.rules, experts).c_str(),
+        std::printf("  %7.4f  %11.5f  %9.5f  %s%s\n", c.cost, c.proxy, c.measured, core::describeRules(c.rules, experts).c_str(),
                     &c == &r.measured.front() ? "  (search)" : "");
-    std::printf("kept: %s (NLL %.5f; the search's choice %.5f)\n", describeRules(r.best.rules, experts).c_str(),
+    std::printf("kept: %s (NLL %.5f; the search's choice %.5f)\n", core::describeRules(r.best.rules, experts).c_str(),
                 r.best.measured, r.start.measured);
 }
 

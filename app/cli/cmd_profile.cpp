@@ -9,9 +9,8 @@
 #include "cliutil.h"
 #include "commands.h"
 #include "common/error.h"
-#include "convert/convert.h"
+#include "project/profile.h"
 #include "routing/profile.h"
-#include "store/project.h"
 
 namespace ladimo::cli {
 
@@ -29,7 +28,7 @@ void registerProfileCommand(CLI::App& app)
     auto* cmd = app.add_subcommand("profile", "LaDiMo stage 2a: routing-weight distributions and error for each k, per layer");
     cmd->add_option("project", o->model.path, "Project file (*.ladimo) with a finished conversion run")->required();
     o->model.add(cmd, /*positional=*/false);
-    o->data.add(cmd);
+    o->data.add(cmd); // neither --data nor --self-sample: the run's calibration data
     cmd->add_option("--seq-len", o->seqLen, "Window length")->capture_default_str();
     cmd->add_option("--bins", o->bins, "Histogram bins on [0, 1]")->capture_default_str();
     cmd->add_option("--sensitivity-tokens", o->sensitivityTokens,
@@ -40,31 +39,29 @@ void registerProfileCommand(CLI::App& app)
         if (!isProjectFile(o->model.path))
             throw core::Error("profile needs a project file (*.ladimo), got '" + o->model.path + "'");
         const std::string projectFile = o->model.path;
-        // The writer first: it upgrades an older project before the read-only load below.
-        auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
-        auto converted = loadConverted(projectFile, o->model);
         ProgressPrinter printer;
-        const auto progress = printer.fn();
-        auto stream = o->data.load(converted.model, core::Tokenizer::loadForModel(converted.modelPath).get(), o->seqLen, progress);
-        core::ConversionProfileOptions po;
-        po.seqLen = o->seqLen;
-        po.bins = o->bins;
-        po.sensitivityTokens = o->sensitivityTokens;
-        po.spillDir = project.absolutePath("scratch"); // activations beyond the budget, as convert does
-        po.memoryBudget = o->model.loadOptions().memoryBudget;
-        const auto profiles = core::profileConversion(converted.model, converted.layers, converted.runId, stream, po,
-                                                      &interruptToken(), progress);
+        core::ProjectProfileRequest request;
+        request.projectFile = projectFile;
+        request.load = o->model.loadOptions();
+        request.hints = convertedHints(projectFile);
+        if (!o->data.file.empty() || o->data.selfSample > 0)
+            request.data = o->data.source();
+        request.seqLen = o->seqLen;
+        request.bins = o->bins;
+        request.sensitivityTokens = o->sensitivityTokens;
+        request.progress = printer.fn();
+        request.cancel = interruptToken();
+        const auto result = core::profileProject(request);
+        const auto& profiles = result.profiles;
         nlohmann::json out = nlohmann::json::array();
-        for (const auto& p : profiles) {
-            project.saveRoutingProfile(p);
+        for (const auto& p : profiles)
             out.push_back(core::toJson(p));
-        }
         if (o->json) {
             std::cout << out.dump(2) << "\n";
             return;
         }
-        std::printf("routing profile of run #%lld on %lld tokens (stored in %s)\n", (long long)converted.runId,
-                    (long long)profiles.front().tokens, projectFile.c_str());
+        std::printf("routing profile of run #%lld on %lld tokens of %s (stored in %s)\n", (long long)result.runId,
+                    (long long)profiles.front().tokens, result.data.c_str(), projectFile.c_str());
         std::printf("layer  entropy  top-1 mass  NLL/error  relative error for k = 1..N\n");
         for (const auto& j : out) {
             std::printf("%5d  %7.3f  %10.3f  %9.4f ", j["layer"].get<int>(), j["entropy"].get<double>(),

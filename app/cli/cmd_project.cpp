@@ -12,7 +12,7 @@
 #include "cliutil.h"
 #include "commands.h"
 #include "common/error.h"
-#include "convert/projectconvert.h"
+#include "project/convert.h"
 #include "common/fileutil.h"
 #include "model/config.h"
 #include "store/project.h"

@@ -21,5 +21,6 @@ void registerPolicyCommand(CLI::App& app);
 void registerTradeoffCommand(CLI::App& app);
 void registerExportCommand(CLI::App& app);
 void registerImportCommand(CLI::App& app);
+void registerRunCommand(CLI::App& app);
 
 } // namespace ladimo::cli

@@ -25,6 +25,7 @@ int main(int argc, char** argv)
     ladimo::cli::registerEvalCommand(app);
     ladimo::cli::registerGenerateCommand(app);
     ladimo::cli::registerBenchCommand(app);
+    ladimo::cli::registerRunCommand(app);
     ladimo::cli::registerConvertCommand(app);
     ladimo::cli::registerCaptureCommand(app);
     ladimo::cli::registerAssembleCommand(app);

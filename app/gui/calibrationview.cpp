@@ -226,7 +226,7 @@ void CalibrationView::onPreviewFinished()
     if (!p.error.isEmpty()) {
         m_count->setText(tr("Tokens: could not read the data: %1").arg(p.error));
         m_text->clear();
-        emit previewFinished(p.error);
+        Q_EMIT previewFinished(p.error);
         return;
     }
     m_counted = p.tokens;
@@ -235,8 +235,8 @@ void CalibrationView::onPreviewFinished()
                                .arg(QLocale().toString(p.tokens))
                          : tr("Tokens: %1").arg(QLocale().toString(p.tokens)));
     m_text->setPlainText(p.text);
-    emit settingsChanged(); // the count is part of the stored setting
-    emit previewFinished({});
+    Q_EMIT settingsChanged(); // the count is part of the stored setting
+    Q_EMIT previewFinished({});
 }
 
 void CalibrationView::onEdited()
@@ -246,7 +246,7 @@ void CalibrationView::onEdited()
     m_counted = 0;
     m_count->setText(tr("Tokens: not counted yet"));
     updateEnabled();
-    emit settingsChanged();
+    Q_EMIT settingsChanged();
 }
 
 void CalibrationView::updateEnabled()

@@ -44,7 +44,7 @@ public:
     QString previewText() const;
     bool isPreviewRunning() const { return m_preview.isRunning(); }
 
-signals:
+Q_SIGNALS:
     void settingsChanged();
     void previewFinished(const QString& error);
 

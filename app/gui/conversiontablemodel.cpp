@@ -19,7 +19,7 @@ void ConversionTableModel::setLayerStatus(int layer, core::LayerStatus status)
     if (layer < 0 || layer >= rowCount())
         return;
     m_snapshot.layers[static_cast<std::size_t>(layer)].status = status;
-    emit dataChanged(index(layer, 0), index(layer, ColumnCount - 1));
+    Q_EMIT dataChanged(index(layer, 0), index(layer, ColumnCount - 1));
 }
 
 void ConversionTableModel::setLayerResult(int layer, const core::LayerResult& result, const core::LossCurve& curve)
@@ -29,7 +29,7 @@ void ConversionTableModel::setLayerResult(int layer, const core::LayerResult& re
     m_snapshot.layers[static_cast<std::size_t>(layer)] = result;
     m_snapshot.lossCurves.resize(m_snapshot.layers.size());
     m_snapshot.lossCurves[static_cast<std::size_t>(layer)] = curve;
-    emit dataChanged(index(layer, 0), index(layer, ColumnCount - 1));
+    Q_EMIT dataChanged(index(layer, 0), index(layer, ColumnCount - 1));
 }
 
 void ConversionTableModel::appendLossPoints(int layer, const core::LossCurve& points)
@@ -39,7 +39,7 @@ void ConversionTableModel::appendLossPoints(int layer, const core::LossCurve& po
     m_snapshot.lossCurves.resize(m_snapshot.layers.size());
     auto& curve = m_snapshot.lossCurves[static_cast<std::size_t>(layer)];
     curve.insert(curve.end(), points.begin(), points.end());
-    emit dataChanged(index(layer, PointsColumn), index(layer, PointsColumn));
+    Q_EMIT dataChanged(index(layer, PointsColumn), index(layer, PointsColumn));
 }
 
 void ConversionTableModel::clearLossCurve(int layer)
@@ -48,7 +48,7 @@ void ConversionTableModel::clearLossCurve(int layer)
         return;
     m_snapshot.lossCurves.resize(m_snapshot.layers.size());
     m_snapshot.lossCurves[static_cast<std::size_t>(layer)].clear();
-    emit dataChanged(index(layer, PointsColumn), index(layer, PointsColumn));
+    Q_EMIT dataChanged(index(layer, PointsColumn), index(layer, PointsColumn));
 }
 
 int ConversionTableModel::doneCount() const

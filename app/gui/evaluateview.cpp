@@ -166,7 +166,7 @@ void EvaluateView::setRunning(bool running)
 {
     if (running != m_running) {
         m_running = running;
-        emit runningChanged(running);
+        Q_EMIT runningChanged(running);
     }
     const bool ready = !m_project.isEmpty();
     m_start->setEnabled(!running && ready);
@@ -241,7 +241,7 @@ void EvaluateView::onFinished(bool cancelled, const QString& error)
         m_progress->setValue(m_progress->maximum());
         m_status->setText(tr("Measured and stored in the project."));
     }
-    emit evaluationFinished(cancelled, error);
+    Q_EMIT evaluationFinished(cancelled, error);
 }
 
 } // namespace ladimo::gui

@@ -43,7 +43,7 @@ public:
     EvaluationTableModel* model() const { return m_model; }
     QString resultText() const;
 
-signals:
+Q_SIGNALS:
     void runningChanged(bool running); // a job of this view started or ended
     void evaluationFinished(bool cancelled, const QString& error);
 

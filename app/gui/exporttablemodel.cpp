@@ -1,5 +1,7 @@
 #include "exporttablemodel.h"
 
+#include "export/formats.h"
+
 #include <algorithm>
 
 namespace ladimo::gui {
@@ -34,7 +36,9 @@ QVariant ExportTableModel::data(const QModelIndex& index, int role) const
         for (const auto& [id, name] : m_policyNames)
             if (e.policyId != 0 && id == e.policyId)
                 return name;
-        return e.format == "hf-llama" || e.format == "gguf-llama" ? tr("dense") : tr("training k");
+        if (const auto* f = core::findExportFormat(e.format); f && !f->moe)
+            return tr("dense");
+        return tr("training k");
     case RunColumn: return static_cast<qlonglong>(e.runId);
     case Sha256Column:
         return role == Qt::DisplayRole ? QString::fromStdString(e.sha256.substr(0, 16)) : QString::fromStdString(e.sha256);

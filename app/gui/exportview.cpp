@@ -1,5 +1,7 @@
 #include "exportview.h"
 
+#include "export/formats.h"
+
 #include <QComboBox>
 #include <QFileDialog>
 #include <QGridLayout>
@@ -29,9 +31,13 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
     auto* grid = new QGridLayout(box);
     m_format = new QComboBox;
     m_format->setObjectName("exportFormat");
-    m_format->addItems({"hf-mixtral", "gguf", "hf-llama", "gguf-llama"});
-    m_format->setToolTip(tr("hf-mixtral / gguf: the conversion (Hugging Face Mixtral layout, or GGUF for llama.cpp); "
-                            "hf-llama / gguf-llama: the dense source model"));
+    QString formats;
+    for (const auto& f : core::exportFormats()) { // the registry (core/export/formats.h)
+        m_format->addItem(QString::fromLatin1(f.name));
+        m_format->setItemData(m_format->count() - 1, QString::fromUtf8(f.description), Qt::ToolTipRole);
+        formats += QStringLiteral("%1%2: %3").arg(formats.isEmpty() ? "" : "\n", f.name, QString::fromUtf8(f.description));
+    }
+    m_format->setToolTip(formats);
     m_dtype = new QComboBox;
     m_dtype->setObjectName("exportDtype");
     m_dtype->addItems({"f32", "bf16", "f16"});
@@ -53,9 +59,10 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
     m_browse = new QPushButton(tr("Browse..."));
     m_browse->setToolTip(tr("Choose the destination"));
     connect(m_browse, &QPushButton::clicked, this, [this] {
-        const bool gguf = m_format->currentText().startsWith("gguf");
-        const QString path = gguf ? QFileDialog::getSaveFileName(this, tr("Export to file"), m_out->text(), tr("GGUF (*.gguf)"))
-                                  : QFileDialog::getExistingDirectory(this, tr("Export to folder"), m_out->text());
+        const auto& format = core::exportFormat(m_format->currentText().toStdString());
+        const QString path = format.singleFile ? QFileDialog::getSaveFileName(this, tr("Export to file"), m_out->text(),
+                                                                              QString::fromUtf8(format.fileFilter))
+                                               : QFileDialog::getExistingDirectory(this, tr("Export to folder"), m_out->text());
         if (!path.isEmpty())
             m_out->setText(path);
     });
@@ -158,10 +165,11 @@ void ExportView::setRunning(bool running)
 {
     if (running != m_running) {
         m_running = running;
-        emit runningChanged(running);
+        Q_EMIT runningChanged(running);
     }
     const bool ready = !m_project.isEmpty();
-    const bool moe = m_format->currentText() == "hf-mixtral" || m_format->currentText() == "gguf";
+    const auto* format = core::findExportFormat(m_format->currentText().toStdString());
+    const bool moe = format && format->moe;
     m_start->setEnabled(!running && ready);
     m_cancel->setEnabled(running);
     for (QWidget* w : std::initializer_list<QWidget*>{m_format, m_dtype, m_out, m_browse})
@@ -243,7 +251,7 @@ void ExportView::onFinished(bool cancelled, const QString& error)
         m_progress->setValue(m_progress->maximum());
         m_status->setText(tr("Exported and recorded in the project."));
     }
-    emit exportFinished(cancelled, error);
+    Q_EMIT exportFinished(cancelled, error);
 }
 
 } // namespace ladimo::gui

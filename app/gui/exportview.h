@@ -40,7 +40,7 @@ public:
     ExportTableModel* model() const { return m_model; }
     QString reportText() const;
 
-signals:
+Q_SIGNALS:
     void runningChanged(bool running); // a job of this view started or ended
     void exportFinished(bool cancelled, const QString& error);
 

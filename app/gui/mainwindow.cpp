@@ -40,6 +40,7 @@
 #include <set>
 
 #include "calibrationview.h"
+#include "pipelineview.h"
 #include "common/error.h"
 #include "conversiontablemodel.h"
 #include "evaluateview.h"
@@ -114,6 +115,12 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
     connect(m_job, &WorkbenchJob::layerFinished, this, &MainWindow::onLayerFinished);
     connect(m_job, &WorkbenchJob::progressed, this, &MainWindow::onJobProgressed);
     connect(m_job, &WorkbenchJob::jobFinished, this, &MainWindow::onJobFinished);
+    connect(m_job, &WorkbenchJob::pipelineStep, this, [this](const QString& step, const QString& line) {
+        m_pipeline->showStep(step, line);
+        m_jobStatus->setText(tr("Pipeline, %1: %2").arg(step, line));
+    });
+    connect(m_job, &WorkbenchJob::pipelineReport, this,
+            [this](const QString& text, const QString&) { m_pipeline->showReport(text); });
     setJobRunning({});
     QSettings settings;
     restoreGeometry(settings.value("window/geometry").toByteArray());
@@ -185,6 +192,10 @@ void MainWindow::buildUi()
     split->setStretchFactor(1, 2);
     split->setSizes({600, 400});
     layout->addWidget(split, 1);
+    m_pipeline = new PipelineView;
+    connect(m_pipeline, &PipelineView::runRequested, this, [this] { startPipeline(); });
+    connect(m_pipeline, &PipelineView::cancelRequested, this, &MainWindow::cancelJob);
+    layout->addWidget(m_pipeline);
     m_tabs->addTab(modelPage, tr("Model"));
 
     m_calibration = new CalibrationView;
@@ -300,14 +311,14 @@ void MainWindow::onOpenFinished()
     const OpenedModel m = m_openWatcher.result();
     if (!m.error.isEmpty()) {
         statusBar()->showMessage(tr("Could not open %1").arg(m.path));
-        emit openFailed(m.error);
+        Q_EMIT openFailed(m.error);
         if (!property("quiet").toBool())
             QMessageBox::critical(this, tr("Could not open model"), m.error);
         return;
     }
     showModel(m);
     rememberRecent(m.path);
-    emit modelOpened(m.path);
+    Q_EMIT modelOpened(m.path);
 }
 
 void MainWindow::showModel(const OpenedModel& m)
@@ -564,6 +575,29 @@ QWidget* MainWindow::buildConvertForm()
 
 DataChoice MainWindow::dataChoice() const { return m_calibration->dataChoice(); }
 
+QString MainWindow::missingCalibration() const
+{
+    return m_calibration->needsFile()
+               ? tr("Calibration: choose a calibration file (.txt, .u16, .u32 or .jsonl), or Self-sample.")
+               : QString();
+}
+
+ConvertRequest MainWindow::convertRequest(const QString& project) const
+{
+    ConvertRequest r;
+    r.modelPath = m_current.modelPath;
+    r.projectFile = project;
+    r.experts = m_experts->value();
+    r.trainTopK = m_trainTopK->value();
+    r.epochs = m_epochs->value();
+    r.partition = m_partition->currentText();
+    r.gating = m_gating->currentText();
+    r.device = m_device->currentText();
+    r.data = dataChoice();
+    r.calibrationJson = m_calibration->settingJson();
+    return r;
+}
+
 void MainWindow::onCalibrationChanged()
 {
     m_calibrationSummary->setText(tr("Calibration data: %1 (set in the Calibration view)").arg(m_calibration->summary()));
@@ -650,7 +684,7 @@ void MainWindow::refreshStepStates()
             tip += "\n" + (st.state == core::StepState::Stale ? tr("Stale: %1") : tr("Why: %1")).arg(QString::fromStdString(st.why));
         m_tabs->setTabToolTip(tab, tip);
     }
-    emit stepStatesChanged();
+    Q_EMIT stepStatesChanged();
 }
 
 core::StepState MainWindow::stepState(core::PipelineStep step) const
@@ -676,6 +710,7 @@ void MainWindow::setJobRunning(const QString& kind)
                                                       m_projectFile})
         w->setEnabled(!running);
     m_calibration->setEditable(!running);
+    m_pipeline->setState(open, running, kind == "pipeline");
 }
 
 bool MainWindow::startConversion()
@@ -693,24 +728,12 @@ bool MainWindow::startConversion()
     if (!project.endsWith(".ladimo"))
         project += ".ladimo";
     m_projectFile->setText(project);
-    if (m_calibration->needsFile()) {
-        const QString msg = tr("Calibration: choose a calibration file (.txt, .u16, .u32 or .jsonl), or Self-sample.");
-        m_jobStatus->setText(msg);
-        emit conversionFinished(false, msg);
+    if (const QString missing = missingCalibration(); !missing.isEmpty()) {
+        m_jobStatus->setText(missing);
+        Q_EMIT conversionFinished(false, missing);
         return false;
     }
-    ConvertRequest r;
-    r.modelPath = m_current.modelPath;
-    r.projectFile = project;
-    r.experts = m_experts->value();
-    r.trainTopK = m_trainTopK->value();
-    r.epochs = m_epochs->value();
-    r.partition = m_partition->currentText();
-    r.gating = m_gating->currentText();
-    r.device = m_device->currentText();
-    r.data = dataChoice();
-    r.calibrationJson = m_calibration->settingJson();
-    if (!m_job->startConversion(r))
+    if (!m_job->startConversion(convertRequest(project)))
         return false;
     m_jobProject = project;
     m_jobStartMs = QDateTime::currentMSecsSinceEpoch();
@@ -739,6 +762,36 @@ bool MainWindow::startProfile()
     m_stageProgress->setValue(0);
     m_jobStatus->setText(tr("Profiling the routers of the latest run ..."));
     setJobRunning("profile");
+    refreshStepStates();
+    return true;
+}
+
+bool MainWindow::startPipeline()
+{
+    if (m_job->isRunning() || m_current.path.isEmpty())
+        return false;
+    QString out = m_pipeline->outDir();
+    if (out.isEmpty()) {
+        out = QFileDialog::getExistingDirectory(this, tr("Output folder for the pipeline"), QDir::homePath());
+        if (out.isEmpty())
+            return false;
+        m_pipeline->setOutDir(out);
+    }
+    if (const QString missing = missingCalibration(); !missing.isEmpty()) {
+        m_pipeline->showFinished(false, missing, 0);
+        Q_EMIT pipelineFinished(false, missing);
+        return false;
+    }
+    PipelineRequest r;
+    r.convert = convertRequest(m_current.isProject ? m_current.path : QString());
+    r.outDir = out;
+    r.budgetParams = m_pipeline->budget();
+    if (!m_job->startPipeline(r))
+        return false;
+    m_jobProject = r.convert.projectFile.isEmpty() ? QDir(out).filePath("project.ladimo") : r.convert.projectFile;
+    m_jobStartMs = QDateTime::currentMSecsSinceEpoch();
+    m_pipeline->showReport({});
+    setJobRunning("pipeline");
     refreshStepStates();
     return true;
 }
@@ -780,7 +833,7 @@ void MainWindow::onLossPoints(int layer, const QVector<double>& steps, const QVe
         selectConversionLayer(layer);
     else
         showLossCurve(layer);
-    emit lossPointsShown(layer, m_lossPlot->seriesCount() > 0 ? m_lossPlot->pointCount(0) : 0);
+    Q_EMIT lossPointsShown(layer, m_lossPlot->seriesCount() > 0 ? m_lossPlot->pointCount(0) : 0);
 }
 
 void MainWindow::onLayerFinished(int layer, double finalLoss, double relativeError, double seconds,
@@ -802,6 +855,8 @@ void MainWindow::onLayerFinished(int layer, double finalLoss, double relativeErr
 
 void MainWindow::onJobProgressed(const QString& stage, double done, double total)
 {
+    if (m_jobKind == "pipeline")
+        m_pipeline->showProgress(stage, done, total);
     m_stageProgress->setRange(0, 1000);
     m_stageProgress->setValue(total > 0 ? static_cast<int>(1000.0 * done / total) : 0);
     QString eta;
@@ -822,6 +877,16 @@ void MainWindow::onJobFinished(bool cancelled, const QString& error)
     setJobRunning({});
     refreshStepStates();
     const double secs = (QDateTime::currentMSecsSinceEpoch() - m_jobStartMs) / 1000.0;
+    if (kind == "pipeline") {
+        m_pipeline->showFinished(cancelled, error, secs);
+        m_jobStatus->setText(m_pipeline->statusText());
+        if (!error.isEmpty() && !property("quiet").toBool())
+            QMessageBox::critical(this, tr("Pipeline failed"), error);
+        Q_EMIT pipelineFinished(cancelled, error);
+        if (!m_jobProject.isEmpty() && QFileInfo::exists(m_jobProject))
+            openPath(m_jobProject);
+        return;
+    }
     if (!error.isEmpty()) {
         m_jobStatus->setText(tr("%1 failed: %2").arg(kind, error));
         if (!property("quiet").toBool())
@@ -835,9 +900,9 @@ void MainWindow::onJobFinished(bool cancelled, const QString& error)
                                                : tr("Converted in %1 s.").arg(secs, 0, 'f', 1));
     }
     if (kind == "profile")
-        emit profileFinished(cancelled, error);
+        Q_EMIT profileFinished(cancelled, error);
     else
-        emit conversionFinished(cancelled, error);
+        Q_EMIT conversionFinished(cancelled, error);
     // Reopen the project so every view shows what the job stored (a read, off the GUI thread).
     if (!m_jobProject.isEmpty() && QFileInfo::exists(m_jobProject))
         openPath(m_jobProject);

@@ -11,7 +11,7 @@
 
 #include "model/config.h"
 #include "policyview.h"
-#include "store/pipeline.h"
+#include "project/pipeline.h"
 #include "store/project.h"
 #include "workbenchjob.h"
 
@@ -33,6 +33,7 @@ class LinePlot;
 namespace ladimo::gui {
 
 class CalibrationView;
+class PipelineView;
 class EvaluateView;
 class ExportView;
 class RoutingView;
@@ -95,14 +96,20 @@ public:
     // then the project is reopened so every view shows what the job stored.
     bool startConversion();
     bool startProfile();
+    // The first screen's Run all steps: the whole pipeline (core::runPipeline) of the open model or
+    // project into the Model view's output folder, with the Calibration and Convert settings.
+    // pipelineFinished follows, then the project is reopened.
+    bool startPipeline();
+    PipelineView* pipelineView() const { return m_pipeline; }
     void cancelJob();
     bool isJobRunning() const { return m_job->isRunning(); }
 
-signals:
+Q_SIGNALS:
     void modelOpened(const QString& path);
     void openFailed(const QString& message);
     void conversionFinished(bool cancelled, const QString& error);
     void profileFinished(bool cancelled, const QString& error);
+    void pipelineFinished(bool cancelled, const QString& error);
     // A running layer's live loss points reached the loss plot (`points` on the plot now).
     void lossPointsShown(int layer, int points);
     // The step states were derived again (open, job start / finish, calibration edit).
@@ -113,7 +120,7 @@ protected:
     void dropEvent(QDropEvent* event) override;
     void closeEvent(QCloseEvent* event) override;
 
-private slots:
+private Q_SLOTS:
     void onOpenTriggered();
     void onOpenFinished();
     void onRunStarted(const ladimo::core::RunSnapshot& snapshot, bool resumed);
@@ -132,6 +139,10 @@ private:
     void showProfiles(const OpenedModel& m);
     QWidget* buildConvertForm();
     DataChoice dataChoice() const;
+    // The Convert and Calibration views' settings for a conversion into `project`.
+    ConvertRequest convertRequest(const QString& project) const;
+    // Why the calibration data cannot be used as chosen (no file chosen), or empty.
+    QString missingCalibration() const;
     void onCalibrationChanged();
     void refreshStepStates();
     void setJobRunning(const QString& kind);
@@ -152,6 +163,7 @@ private:
     TradeoffView* m_tradeoffView = nullptr;
     EvaluateView* m_evaluateView = nullptr;
     ExportView* m_exportView = nullptr;
+    PipelineView* m_pipeline = nullptr;
     // Convert view: settings, actions, progress.
     QSpinBox* m_experts = nullptr;
     QSpinBox* m_trainTopK = nullptr;

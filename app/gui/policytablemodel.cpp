@@ -12,11 +12,6 @@ namespace ladimo::gui {
 
 namespace {
 
-bool sameRule(const core::RoutingRule& a, const core::RoutingRule& b)
-{
-    return a.topK == b.topK && a.threshold == b.threshold && a.minK == b.minK && a.maxK == b.maxK;
-}
-
 // One layer's rule; successive drag edits of the same layer merge into one step.
 class SetRuleCommand : public QUndoCommand {
 public:
@@ -77,7 +72,7 @@ void PolicyTableModel::setPolicy(const core::PolicyTables& tables, const core::P
     m_rules = rules;
     m_estimate = core::estimatePolicy(m_tables, m_rules);
     endResetModel();
-    emit estimateChanged();
+    Q_EMIT estimateChanged();
 }
 
 void PolicyTableModel::clear()
@@ -87,7 +82,7 @@ void PolicyTableModel::clear()
     m_rules.clear();
     m_estimate = {};
     endResetModel();
-    emit estimateChanged();
+    Q_EMIT estimateChanged();
 }
 
 void PolicyTableModel::setRule(int layer, const core::RoutingRule& rule)
@@ -98,8 +93,8 @@ void PolicyTableModel::setRule(int layer, const core::RoutingRule& rule)
     m_rules[l] = rule;
     m_estimate.layers[l] = core::estimateRule(m_tables, layer, rule);
     core::updateTotals(m_tables, m_estimate);
-    emit dataChanged(index(layer, KindColumn), index(layer, ColumnCount - 1));
-    emit estimateChanged();
+    Q_EMIT dataChanged(index(layer, KindColumn), index(layer, ColumnCount - 1));
+    Q_EMIT estimateChanged();
 }
 
 void PolicyTableModel::setRules(const core::PolicyRules& rules)
@@ -109,13 +104,13 @@ void PolicyTableModel::setRules(const core::PolicyRules& rules)
     m_rules = rules;
     m_estimate = core::estimatePolicy(m_tables, m_rules);
     if (rowCount() > 0)
-        emit dataChanged(index(0, KindColumn), index(rowCount() - 1, ColumnCount - 1));
-    emit estimateChanged();
+        Q_EMIT dataChanged(index(0, KindColumn), index(rowCount() - 1, ColumnCount - 1));
+    Q_EMIT estimateChanged();
 }
 
 void PolicyTableModel::requestRule(int layer, const core::RoutingRule& rule, bool merge)
 {
-    if (layer < 0 || layer >= rowCount() || sameRule(rule, m_rules[static_cast<std::size_t>(layer)]))
+    if (layer < 0 || layer >= rowCount() || core::sameRule(rule, m_rules[static_cast<std::size_t>(layer)]))
         return;
     if (m_undo)
         m_undo->push(new SetRuleCommand(this, layer, m_rules[static_cast<std::size_t>(layer)], rule, merge));
@@ -168,7 +163,7 @@ QVariant PolicyTableModel::data(const QModelIndex& index, int role) const
     const auto l = static_cast<std::size_t>(index.row());
     const auto& rule = m_rules[l];
     const auto& e = m_estimate.layers[l];
-    const bool isStatic = rule.topK > 0;
+    const bool isStatic = rule.isStatic();
     if (role == KindRole)
         return static_cast<int>(isStatic ? StaticKind : ThresholdKind);
     if (role == ExpertsRole)
@@ -247,7 +242,7 @@ bool PolicyTableModel::setData(const QModelIndex& index, const QVariant& value, 
         }
         if (kind != StaticKind && kind != ThresholdKind)
             return false;
-        if ((kind == StaticKind) == (current.topK > 0))
+        if ((kind == StaticKind) == (current.isStatic()))
             return true;
         requestRule(layer, convertedRule(layer, static_cast<Kind>(kind)));
         return true;
@@ -255,7 +250,7 @@ bool PolicyTableModel::setData(const QModelIndex& index, const QVariant& value, 
     if (index.column() == SettingColumn) {
         bool ok = false;
         core::RoutingRule rule = current;
-        if (current.topK > 0) {
+        if (current.isStatic()) {
             const int k = value.toInt(&ok);
             if (!ok || k < 1 || k > n)
                 return false;

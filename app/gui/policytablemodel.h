@@ -8,13 +8,8 @@
 
 #include <QAbstractTableModel>
 
-// LibTorch (under the core headers) has a member named `slots`, which Qt's keyword macro would
-// rewrite when a Qt header came first.
-#pragma push_macro("slots")
-#undef slots
 #include "routing/estimate.h"
 #include "routing/policy.h"
-#pragma pop_macro("slots")
 
 class QUndoStack;
 
@@ -69,7 +64,7 @@ public:
     Qt::ItemFlags flags(const QModelIndex& index) const override;
     QVariant headerData(int section, Qt::Orientation orientation, int role = Qt::DisplayRole) const override;
 
-signals:
+Q_SIGNALS:
     // After any rule change; `estimate()` holds the new totals.
     void estimateChanged();
 

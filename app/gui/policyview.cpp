@@ -32,10 +32,7 @@
 #include <cmath>
 
 #include "common/error.h"
-#pragma push_macro("slots")
-#undef slots
 #include "model/device.h"
-#pragma pop_macro("slots")
 #include "policytablemodel.h"
 #include "viewparts.h"
 #include "widgets/tradeoffplot.h"
@@ -514,11 +511,11 @@ void PolicyView::onLoadFinished()
     const PolicyData d = m_loadWatcher.result();
     if (!d.error.isEmpty()) {
         clear(d.error);
-        emit loadFailed(d.error);
+        Q_EMIT loadFailed(d.error);
         return;
     }
     setData(d);
-    emit loaded();
+    Q_EMIT loaded();
 }
 
 void PolicyView::setData(const PolicyData& d)
@@ -577,7 +574,7 @@ void PolicyView::clear(const QString& message)
     m_totals->setText(tr("No policy."));
     m_status->setText(message);
     updateRefineEnabled();
-    emit plotDataChanged();
+    Q_EMIT plotDataChanged();
 }
 
 void PolicyView::refreshPolicyCombo(const QString& select)
@@ -631,7 +628,7 @@ PolicyView::Axis PolicyView::axis() const
 void PolicyView::refreshPlot()
 {
     fillTradeoffPlot(m_plot, axis());
-    emit plotDataChanged();
+    Q_EMIT plotDataChanged();
 }
 
 void PolicyView::fillTradeoffPlot(widgets::TradeoffPlot* plot, Axis axis) const
@@ -755,7 +752,7 @@ void PolicyView::stepCurrentRow(int delta)
         return;
     const auto& rule = m_model->rules()[static_cast<std::size_t>(row)];
     const auto at = m_model->index(row, PolicyTableModel::SettingColumn);
-    if (rule.topK > 0)
+    if (rule.isStatic())
         m_model->setData(at, std::clamp(rule.topK + delta, 1, static_cast<int>(m_model->experts())));
     else
         m_model->setData(at, std::clamp(std::round((rule.threshold + 0.05 * delta) * kThresholdSteps) / kThresholdSteps,
@@ -816,7 +813,7 @@ void PolicyView::onAutoFinished()
                           .arg(m_autoDescription)
                           .arg(r.result.cost, 0, 'f', 4)
                           .arg(r.result.estimate.errorProxy, 0, 'f', 5));
-    emit autoFinished(r.result.cost);
+    Q_EMIT autoFinished(r.result.cost);
 }
 
 void PolicyView::savePolicyAs(const QString& name)
@@ -878,7 +875,7 @@ void PolicyView::onSaveFinished()
     refreshPolicyCombo(m_savingName);
     refreshPlot();
     m_status->setText(tr("Saved policy %1 in %2.").arg(m_savingName, m_data.path));
-    emit policySaved(m_savingName);
+    Q_EMIT policySaved(m_savingName);
 }
 
 bool PolicyView::isRefining() const { return m_refineJob->isRunning(); }
@@ -980,7 +977,7 @@ void PolicyView::onRefineMeasured(int index, const QString& rules, double cost, 
                           .arg(nll, 0, 'f', 5)
                           .arg(cost, 0, 'f', 4)
                           .arg(proxy, 0, 'f', 5));
-    emit refineMeasured(index, rules, nll);
+    Q_EMIT refineMeasured(index, rules, nll);
 }
 
 void PolicyView::onRefineFinished(bool cancelled, const QString& error)
@@ -990,18 +987,18 @@ void PolicyView::onRefineFinished(bool cancelled, const QString& error)
     updateRefineEnabled();
     if (!error.isEmpty()) {
         fail(tr("Refinement failed: %1").arg(error));
-        emit refineFinished(false, error);
+        Q_EMIT refineFinished(false, error);
         return;
     }
     if (cancelled) {
         m_status->setText(tr("Refinement cancelled; the policy is unchanged."));
-        emit refineFinished(true, {});
+        Q_EMIT refineFinished(true, {});
         return;
     }
     if (m_data.path != m_refinePath || m_model->rowCount() != m_refineLayers) {
         const QString why = tr("the project changed while measuring; the result was not applied");
         fail(tr("Refinement: %1.").arg(why));
-        emit refineFinished(false, why);
+        Q_EMIT refineFinished(false, why);
         return;
     }
     core::PolicyRules best;
@@ -1011,7 +1008,7 @@ void PolicyView::onRefineFinished(bool cancelled, const QString& error)
         best = core::rulesFromJson(report.at("best_rules"), m_refineLayers, m_model->experts(), "the refined policy");
     } catch (const std::exception& e) {
         fail(tr("Refinement: %1").arg(QString::fromStdString(e.what())));
-        emit refineFinished(false, QString::fromStdString(e.what()));
+        Q_EMIT refineFinished(false, QString::fromStdString(e.what()));
         return;
     }
     const std::size_t measured = report.at("measured").size();
@@ -1037,13 +1034,13 @@ void PolicyView::onRefineFinished(bool cancelled, const QString& error)
                      .arg(c.value("nll", 0.0), 0, 'f', 5)
                      .arg(QString::fromStdString(c.value("rules", std::string())));
     m_status->setToolTip(table);
-    emit refineFinished(false, {});
+    Q_EMIT refineFinished(false, {});
 }
 
 void PolicyView::fail(const QString& message)
 {
     m_status->setText(QStringLiteral("<span style='color:#b03020'>%1</span>").arg(message.toHtmlEscaped()));
-    emit actionFailed(message);
+    Q_EMIT actionFailed(message);
     if (!window()->property("quiet").toBool())
         QMessageBox::warning(this, tr("Policy"), message);
 }

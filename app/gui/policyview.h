@@ -18,13 +18,9 @@
 #include <optional>
 #include <vector>
 
-// See policytablemodel.h: LibTorch's `slots` member against Qt's keyword macro.
-#pragma push_macro("slots")
-#undef slots
 #include "routing/estimate.h"
 #include "routing/search.h"
 #include "store/project.h"
-#pragma pop_macro("slots")
 
 class QComboBox;
 class QDoubleSpinBox;
@@ -132,7 +128,7 @@ public:
     QPointF pointOf(const core::PolicyEstimate& e, Axis axis) const;
     bool hasLatency() const { return m_data.tables.latency.has_value(); }
 
-signals:
+Q_SIGNALS:
     void loaded();
     void loadFailed(const QString& message);
     void autoFinished(double cost);
@@ -145,7 +141,7 @@ signals:
     // The data behind the tradeoff plot changed (loaded, cleared, policy stored).
     void plotDataChanged();
 
-private slots:
+private Q_SLOTS:
     void onEstimateChanged();
     void onLoadFinished();
     void onAutoFinished();

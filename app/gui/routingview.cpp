@@ -13,11 +13,7 @@
 #include <cmath>
 #include <set>
 
-// See policytablemodel.h: LibTorch's `slots` member against Qt's keyword macro.
-#pragma push_macro("slots")
-#undef slots
 #include "store/project.h"
-#pragma pop_macro("slots")
 
 #include "widgets/barplot.h"
 #include "widgets/heatmapplot.h"
@@ -262,7 +258,7 @@ void RoutingView::onRunsLoaded()
         m_compareRun->setCurrentIndex(0);
         m_compareRun->setEnabled(m_runs.size() > 1);
     }
-    emit runsLoaded();
+    Q_EMIT runsLoaded();
 }
 
 void RoutingView::fillCompareLayers()
@@ -319,7 +315,7 @@ bool RoutingView::selectLayer(int index)
     }
     m_heatmap->setSelectedRow(index);
     redraw();
-    emit layerSelected(index);
+    Q_EMIT layerSelected(index);
     return true;
 }
 

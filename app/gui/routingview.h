@@ -64,7 +64,7 @@ public:
     widgets::HeatmapPlot* heatmap() const { return m_heatmap; }
     QString summaryText() const;
 
-signals:
+Q_SIGNALS:
     void layerSelected(int index);
     // The project's other runs were read (compareRunCount() tells how many runs there are).
     void runsLoaded();

@@ -48,12 +48,12 @@ TradeoffView::TradeoffView(PolicyView* policy, QWidget* parent) : QWidget(parent
     connect(m_plot, &widgets::TradeoffPlot::frontPointClicked, this, [this](int i) {
         m_policy->applyFrontPoint(i, axis());
         m_status->setText(m_policy->statusText());
-        emit policyApplied();
+        Q_EMIT policyApplied();
     });
     connect(m_plot, &widgets::TradeoffPlot::uniformPointClicked, this, [this](int i) {
         m_policy->applyUniform(i + 1);
         m_status->setText(tr("Applied top-%1 in every layer.").arg(i + 1));
-        emit policyApplied();
+        Q_EMIT policyApplied();
     });
     refresh();
 }

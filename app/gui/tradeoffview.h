@@ -29,7 +29,7 @@ public:
     PolicyView::Axis axis() const;
     QString statusText() const;
 
-signals:
+Q_SIGNALS:
     // A click applied a policy (described in statusText()).
     void policyApplied();
 

@@ -1,17 +1,18 @@
-// LibTorch before Qt: Qt's `slots` macro breaks LibTorch headers that come after it.
 #include "common/error.h"
 #include "convert/activations.h"
-#include "convert/projectconvert.h"
+#include "project/convert.h"
 #include "model/device.h"
 #include "model/tokendata.h"
 #include "model/tokenizer.h"
 #include "convert/latestrun.h"
-#include "eval/projecteval.h"
-#include "export/projectexport.h"
+#include "project/evaluate.h"
+#include "project/export.h"
 #include "routing/estimate.h"
 #include "routing/profile.h"
 #include "routing/refine.h"
-#include "store/pipeline.h"
+#include "project/pipeline.h"
+#include "project/profile.h"
+#include "project/run.h"
 #include "store/project.h"
 
 #include "workbenchjob.h"
@@ -50,6 +51,27 @@ core::LoadOptions loadOptions(const QString& device, const std::string& dtype = 
     return o;
 }
 
+// The Convert view's settings as `ladimo convert` takes them (core::convertProject).
+core::ProjectConvertRequest toCore(const ConvertRequest& r)
+{
+    core::ProjectConvertRequest req;
+    req.modelDir = r.modelPath.toStdString();
+    req.projectFile = r.projectFile.toStdString();
+    req.load = loadOptions(r.device);
+    req.settings.experts = r.experts;
+    req.settings.distill.trainTopK = r.trainTopK;
+    req.settings.distill.epochs = r.epochs;
+    req.settings.partition = core::parsePartition(r.partition.toStdString());
+    req.settings.gating = core::parseGating(r.gating.toStdString());
+    req.settings.devices = core::parseDevices(r.device.toStdString());
+    req.partition = r.partition.toStdString();
+    req.gating = r.gating.toStdString();
+    req.data = toCore(r.data);
+    if (!r.calibrationJson.isEmpty())
+        req.calibrationSetting = nlohmann::json::parse(r.calibrationJson.toStdString());
+    return req;
+}
+
 core::LlamaModel loadModel(const std::string& dir, const QString& device)
 {
     return core::LlamaModel::load(dir, loadOptions(device));
@@ -62,14 +84,6 @@ core::LatestRunHints runHints()
     h.noRun = "; convert first";
     h.unfinished = "; finish the conversion (Start in the Convert view resumes it) first";
     return h;
-}
-
-std::string describeRules(const core::PolicyRules& rules, int64_t experts)
-{
-    std::string s;
-    for (const auto& r : rules)
-        s += (s.empty() ? "" : " ") + core::describeRule(r, experts);
-    return s;
 }
 
 } // namespace
@@ -119,7 +133,7 @@ WorkbenchJob::WorkbenchJob(QObject* parent) : QObject(parent)
     qRegisterMetaType<ladimo::core::RunSnapshot>();
     connect(&m_watcher, &QFutureWatcher<JobOutcome>::finished, this, [this] {
         const JobOutcome out = m_watcher.result();
-        emit jobFinished(out.cancelled, out.error);
+        Q_EMIT jobFinished(out.cancelled, out.error);
     });
 }
 
@@ -141,7 +155,7 @@ core::ProgressFn WorkbenchJob::throttledProgress()
         if (done < total && now - *last < std::chrono::milliseconds(50))
             return;
         *last = now;
-        emit progressed(QString::fromStdString(stage), done, total);
+        Q_EMIT progressed(QString::fromStdString(stage), done, total);
     };
 }
 
@@ -170,55 +184,14 @@ bool WorkbenchJob::startConversion(const ConvertRequest& r)
     if (isRunning())
         return false;
     start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
-        const std::string modelDir = r.modelPath.toStdString();
-        const std::string projectFile = r.projectFile.toStdString();
-        if (fs::path(projectFile).extension() != ".ladimo")
-            throw core::Error("project file must end in .ladimo, got '" + projectFile + "'");
-        core::ConvertSettings s;
-        s.experts = r.experts;
-        s.distill.trainTopK = r.trainTopK;
-        s.distill.epochs = r.epochs;
-        const core::DataSource data = toCore(r.data);
-        s.partition = core::parsePartition(r.partition.toStdString());
-        s.gating = core::parseGating(r.gating.toStdString());
-        s.distill.seed = data.seed;
-        s.devices = core::parseDevices(r.device.toStdString());
-        const auto source = core::describeSourceModel(modelDir);
-        auto model = loadModel(modelDir, r.device);
-        nlohmann::json settings = s.toJson();
-        settings["data"] = data.toJson();
-        const auto tokenizer = core::Tokenizer::loadForModel(modelDir);
-        const auto calibration = data.load(model, tokenizer.get(), s.seqLen, progress, cancel);
-        cancel.throwIfCancelled();
-        auto project = fs::exists(projectFile)
-                           ? core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Checksums})
-                           : core::Project::create(projectFile);
-        core::RunRequest req;
-        req.source = source;
-        req.settings = s;
-        req.partition = r.partition.toStdString();
-        req.gating = r.gating.toStdString();
-        req.settingsJson = settings;
-        req.calibration = data.record(calibration, s.seqLen);
-        req.layers = static_cast<int>(model.config().numLayers);
-        req.intermediateSize = model.config().intermediateSize;
-        if (!r.calibrationJson.isEmpty())
-            project.setSetting(core::kCalibrationSetting, nlohmann::json::parse(r.calibrationJson.toStdString()));
-        const auto plan = core::findOrStartRun(project, req);
-        emit runStarted(project.snapshot(plan.runId), plan.resumed);
-
-        core::ProjectConvertCallbacks cb;
+        const auto req = toCore(r);
+        core::ProjectConvertHooks hooks;
+        hooks.onRun = [this](core::Project& project, const core::RunPlan& plan) {
+            Q_EMIT runStarted(project.snapshot(plan.runId), plan.resumed);
+        };
+        auto& cb = hooks.callbacks;
         cb.progress = progress;
         cb.cancel = cancel;
-        // Activations captured by `ladimo capture` for this calibration set are reused, as in the CLI.
-        const int64_t calibrationSetId = project.run(plan.runId).calibrationSetId;
-        const core::CaptureKey key{source.weightsSha256, core::tokenStreamSha256(calibration), s.seqLen};
-        if (calibrationSetId)
-            cb.loadCaptured = [&project, calibrationSetId, key](int l, torch::Tensor* x, torch::Tensor* y) {
-                std::string why;
-                return core::loadActivations(project.absolutePath(core::Project::activationsPath(calibrationSetId, l)), l,
-                                             key, x, y, &why);
-            };
         // Live loss points, batched so the GUI gets at most 10 updates a second whatever the batch rate.
         struct Live {
             std::mutex mutex;
@@ -229,7 +202,7 @@ bool WorkbenchJob::startConversion(const ConvertRequest& r)
         auto live = std::make_shared<Live>();
         auto flush = [this, live] { // with live->mutex held
             if (live->layer >= 0 && !live->steps.isEmpty())
-                emit lossPoints(live->layer, live->steps, live->losses);
+                Q_EMIT lossPoints(live->layer, live->steps, live->losses);
             live->steps.clear();
             live->losses.clear();
             live->last = std::chrono::steady_clock::now();
@@ -245,7 +218,7 @@ bool WorkbenchJob::startConversion(const ConvertRequest& r)
             if (std::chrono::steady_clock::now() - live->last >= std::chrono::milliseconds(100))
                 flush();
         };
-        cb.onLayerStarted = [this](int l) { emit layerStarted(l); };
+        cb.onLayerStarted = [this](int l) { Q_EMIT layerStarted(l); };
         cb.onLayerFinished = [this, live, flush](int l, const core::LayerConversion&, const core::LayerOutcome& out,
                                                  const core::LossCurve& curve) {
             {
@@ -260,9 +233,9 @@ bool WorkbenchJob::startConversion(const ConvertRequest& r)
                 steps << static_cast<double>(p.step);
                 losses << p.loss;
             }
-            emit layerFinished(l, out.finalLoss, out.relativeError, out.wallSeconds, steps, losses);
+            Q_EMIT layerFinished(l, out.finalLoss, out.relativeError, out.wallSeconds, steps, losses);
         };
-        core::convertRunInProject(project, plan, model, calibration, s, cb);
+        core::convertProject(req, hooks);
         return JobOutcome{};
     });
     return true;
@@ -273,22 +246,19 @@ bool WorkbenchJob::startProfile(const ProfileRequest& r)
     if (isRunning())
         return false;
     start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
-        c10::InferenceMode inference; // thread-local: set here, on the worker
-        const std::string projectFile = r.projectFile.toStdString();
-        // As `ladimo profile`: every layer of the latest run, which must be finished.
-        auto project = core::Project::open(projectFile, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
-        const auto loaded = core::loadLatestRun(projectFile, loadOptions("auto"), runHints());
-        const auto tokenizer = core::Tokenizer::loadForModel(loaded.modelDir);
-        const auto stream = toCore(r.data).load(*loaded.model, tokenizer.get(), r.seqLen, progress, cancel);
-        core::ConversionProfileOptions po;
-        po.seqLen = r.seqLen;
-        po.bins = r.bins;
-        po.sensitivityTokens = r.sensitivityTokens;
-        po.spillDir = project.absolutePath("scratch"); // activations beyond the budget, as convert does
-        const auto profiles =
-            core::profileConversion(*loaded.model, loaded.layers, loaded.runId, stream, po, &cancel, progress);
-        for (const auto& p : profiles)
-            project.saveRoutingProfile(p);
+        core::ProjectProfileRequest req; // as `ladimo profile`: every layer of the latest run
+        req.projectFile = r.projectFile.toStdString();
+        req.load = loadOptions("auto");
+        req.hints = runHints();
+        const auto data = toCore(r.data);
+        if (!data.file.empty() || data.selfSample > 0)
+            req.data = data;
+        req.seqLen = r.seqLen;
+        req.bins = r.bins;
+        req.sensitivityTokens = r.sensitivityTokens;
+        req.progress = progress;
+        req.cancel = cancel;
+        core::profileProject(req);
         return JobOutcome{};
     });
     return true;
@@ -316,7 +286,7 @@ bool WorkbenchJob::startEvaluation(const EvaluateRequest& r)
         req.progress = progress;
         req.cancel = cancel;
         const auto res = core::evaluateProject(req);
-        emit evaluated(QString::fromStdString(res.metrics.dump()));
+        Q_EMIT evaluated(QString::fromStdString(res.metrics.dump()));
         return JobOutcome{};
     });
     return true;
@@ -343,7 +313,28 @@ bool WorkbenchJob::startExport(const ExportRequest& r)
         const auto res = core::exportProject(req);
         auto j = res.toJson();
         j["log"] = log;
-        emit exported(QString::fromStdString(j.dump()));
+        Q_EMIT exported(QString::fromStdString(j.dump()));
+        return JobOutcome{};
+    });
+    return true;
+}
+
+bool WorkbenchJob::startPipeline(const PipelineRequest& r)
+{
+    if (isRunning())
+        return false;
+    start([this, r, progress = throttledProgress()](const core::CancelToken& cancel) {
+        core::PipelineRequest req; // as `ladimo run`
+        req.convert = toCore(r.convert);
+        req.outDir = r.outDir.toStdString();
+        req.budgetParams = r.budgetParams;
+        req.progress = progress;
+        req.cancel = cancel;
+        req.onStep = [this](const std::string& step, const std::string& line) {
+            Q_EMIT pipelineStep(QString::fromStdString(step), QString::fromStdString(line));
+        };
+        const auto report = core::runPipeline(req);
+        Q_EMIT pipelineReport(QString::fromStdString(report.describe()), QString::fromStdString(report.toJson().dump()));
         return JobOutcome{};
     });
     return true;
@@ -383,7 +374,7 @@ bool WorkbenchJob::startRefine(const RefineRequest& r)
         req.options.cancel = cancel;
         auto measured = std::make_shared<int>(0); // only touched on this worker thread
         req.options.onMeasured = [this, measured, experts = run.experts](const core::RefineCandidate& c) {
-            emit refineMeasured((*measured)++, QString::fromStdString(describeRules(c.rules, experts)), c.cost, c.proxy,
+            Q_EMIT refineMeasured((*measured)++, QString::fromStdString(core::describeRules(c.rules, experts)), c.cost, c.proxy,
                                 c.measured);
         };
         const auto res = core::refineProjectPolicy(req, tables, start);
@@ -398,11 +389,11 @@ bool WorkbenchJob::startRefine(const RefineRequest& r)
                             {"best_proxy", res.best.proxy}};
         j["measured"] = nlohmann::json::array();
         for (const auto& c : res.measured)
-            j["measured"].push_back({{"rules", describeRules(c.rules, run.experts)},
+            j["measured"].push_back({{"rules", core::describeRules(c.rules, run.experts)},
                                      {"cost", c.cost},
                                      {"error_proxy", c.proxy},
                                      {"nll", c.measured}});
-        emit refined(QString::fromStdString(j.dump()));
+        Q_EMIT refined(QString::fromStdString(j.dump()));
         return JobOutcome{};
     });
     return true;

@@ -15,7 +15,6 @@
 #include <cstdint>
 #include <functional>
 
-// No LibTorch here: Qt's `slots` macro breaks its headers when they come after Qt's.
 #include "common/progress.h"
 #include "store/project.h"
 
@@ -81,11 +80,19 @@ struct RefineRequest {
 // `ladimo export P.ladimo` from the window: writes the files and records the export.
 struct ExportRequest {
     QString projectFile;
-    QString format = "hf-mixtral"; // hf-mixtral | gguf (the conversion), hf-llama | gguf-llama (the dense model)
-    QString out;                   // directory (hf-*: absent or empty) or file (gguf*: absent)
+    QString format = "hf-mixtral"; // a name of core::exportFormats() (export/formats.h)
+    QString out;                   // folder (absent or empty) or, for single-file formats, a file (absent)
     QString dtype = "f32";
     QString policyName;            // empty: the training k in every layer
     int topK = 0;                  // k for formats with one k for all layers; 0 = from a uniform static policy
+};
+
+// `ladimo run MODEL --out DIR` from the first screen (core::runPipeline): every step over one
+// project with the Convert and Calibration views' settings; a rerun takes finished steps from it.
+struct PipelineRequest {
+    ConvertRequest convert; // its projectFile empty: OUT/project.ladimo
+    QString outDir;         // the export and report.json
+    double budgetParams = 0.75;
 };
 
 // What the Calibration view shows of its data: how many tokens, and the first of them decoded.
@@ -116,10 +123,11 @@ public:
     bool startEvaluation(const EvaluateRequest& request);
     bool startExport(const ExportRequest& request);
     bool startRefine(const RefineRequest& request);
+    bool startPipeline(const PipelineRequest& request);
     void cancel();
     bool isRunning() const { return m_watcher.isRunning(); }
 
-signals:
+Q_SIGNALS:
     void progressed(const QString& stage, double done, double total);
     // Conversion: the run was found (resumed) or started, as the project records it now.
     void runStarted(const ladimo::core::RunSnapshot& snapshot, bool resumed);
@@ -129,6 +137,10 @@ signals:
     void lossPoints(int layer, const QVector<double>& steps, const QVector<double>& losses);
     void layerFinished(int layer, double finalLoss, double relativeError, double seconds,
                        const QVector<double>& steps, const QVector<double>& losses);
+    // Pipeline: a step started or ended ("convert", "done: run #1, ..."), and at the end the
+    // report as text (what `ladimo run` prints) and JSON (report.json), just before jobFinished.
+    void pipelineStep(const QString& step, const QString& line);
+    void pipelineReport(const QString& text, const QString& json);
     // Evaluation: the metrics recorded in the project (JSON text), just before jobFinished.
     void evaluated(const QString& metricsJson);
     // Export: the report (out, format, exact, notes, files, bytes, sha256, policy) as JSON text.

@@ -12,30 +12,18 @@
 #include <random>
 
 #include "common/error.h"
+#include "common/names.h"
 #include "common/fileutil.h"
 
 namespace ladimo::core {
 
-Partition parsePartition(const std::string& name)
-{
-    if (name == "coact")
-        return Partition::Coactivation;
-    if (name == "contiguous")
-        return Partition::Contiguous;
-    if (name == "weights")
-        return Partition::Weights;
-    throw Error("unknown partition '" + name + "' (expected coact, contiguous or weights)");
-}
+namespace {
+constexpr NameTable<Partition, 3> kPartitionNames{
+    {{Partition::Coactivation, "coact"}, {Partition::Contiguous, "contiguous"}, {Partition::Weights, "weights"}}};
+} // namespace
 
-const char* partitionName(Partition p)
-{
-    switch (p) {
-    case Partition::Coactivation: return "coact";
-    case Partition::Contiguous: return "contiguous";
-    case Partition::Weights: return "weights";
-    }
-    return "?";
-}
+Partition parsePartition(const std::string& name) { return parseNamed(kPartitionNames, name, "partition"); }
+const char* partitionName(Partition p) { return nameOf(kPartitionNames, p); }
 
 namespace {
 

@@ -330,7 +330,7 @@ ForwardHooks oracleHooks(const MoeLayers& layers, const std::vector<RoutingRule>
                          int64_t* tokens)
 {
     for (const auto& r : rules)
-        if (r.topK <= 0)
+        if (!r.isStatic())
             throw Error("oracle routing needs static top-k rules");
     ForwardHooks h;
     h.ffnOverride = [layers, rules, activeParams, tokens](int l, const torch::Tensor& x) -> torch::Tensor {

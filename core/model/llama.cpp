@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/names.h"
 #include "common/fileutil.h"
 #include "common/memory.h"
 #include "model/checkpoint.h"
@@ -159,23 +160,13 @@ int64_t countParameters(const LlamaWeights& w)
     return n;
 }
 
-const char* residencyName(Residency r)
-{
-    switch (r) {
-    case Residency::Auto: return "auto";
-    case Residency::Resident: return "resident";
-    case Residency::Streamed: return "streamed";
-    }
-    return "auto";
-}
+namespace {
+constexpr NameTable<Residency, 3> kResidencyNames{
+    {{Residency::Auto, "auto"}, {Residency::Resident, "resident"}, {Residency::Streamed, "streamed"}}};
+} // namespace
 
-Residency parseResidency(const std::string& text)
-{
-    for (auto r : {Residency::Auto, Residency::Resident, Residency::Streamed})
-        if (text == residencyName(r))
-            return r;
-    throw Error("weights residency '" + text + "' is not one of auto, resident, streamed");
-}
+const char* residencyName(Residency r) { return nameOf(kResidencyNames, r); }
+Residency parseResidency(const std::string& text) { return parseNamed(kResidencyNames, text, "weights residency"); }
 
 LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights)
     : m_config(std::move(config)), m_weights(std::move(weights)), m_rope(std::make_shared<RopeCache>())

@@ -2,6 +2,7 @@
 
 #include "common/cputeam.h"
 #include "common/error.h"
+#include "common/names.h"
 
 #include <algorithm>
 #include <cstring>
@@ -12,25 +13,21 @@
 
 namespace ladimo::core {
 
-Gating parseGating(const std::string& name)
-{
-    if (name == "hard")
-        return Gating::Hard;
-    if (name == "renorm")
-        return Gating::Renorm;
-    if (name == "plain")
-        return Gating::Plain;
-    throw Error("unknown gating '" + name + "' (expected hard, renorm or plain)");
-}
+namespace {
+constexpr NameTable<Gating, 3> kGatingNames{{{Gating::Hard, "hard"}, {Gating::Renorm, "renorm"}, {Gating::Plain, "plain"}}};
+constexpr NameTable<RuleKind, 2> kRuleKindNames{{{RuleKind::Static, "static"}, {RuleKind::TopP, "top_p"}}};
+} // namespace
 
-const char* gatingName(Gating g)
+Gating parseGating(const std::string& name) { return parseNamed(kGatingNames, name, "gating"); }
+const char* gatingName(Gating g) { return nameOf(kGatingNames, g); }
+RuleKind parseRuleKind(const std::string& name) { return parseNamed(kRuleKindNames, name, "rule kind"); }
+const char* ruleKindName(RuleKind kind) { return nameOf(kRuleKindNames, kind); }
+
+bool sameRule(const RoutingRule& a, const RoutingRule& b)
 {
-    switch (g) {
-    case Gating::Hard: return "hard";
-    case Gating::Renorm: return "renorm";
-    case Gating::Plain: return "plain";
-    }
-    return "?";
+    if (a.kind != b.kind)
+        return false;
+    return a.isStatic() ? a.topK == b.topK : a.threshold == b.threshold && a.minK == b.minK && a.maxK == b.maxK;
 }
 
 torch::Tensor MoeLayer::routingProbs(const torch::Tensor& x) const
@@ -46,7 +43,7 @@ void MoeLayer::route(const torch::Tensor& probs, const RoutingRule& rule, torch:
     auto order = std::get<1>(sorted);
     torch::Tensor keep; // [T, N] over sorted positions
     auto rank = torch::arange(N, torch::TensorOptions().device(probs.device())).unsqueeze(0);
-    if (rule.topK > 0) {
+    if (rule.isStatic()) {
         if (rule.topK > N)
             throw Error("top-k " + std::to_string(rule.topK) + " exceeds the " + std::to_string(N) + " experts");
         keep = (rank < rule.topK).expand_as(values);

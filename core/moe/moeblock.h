@@ -24,14 +24,37 @@ const char* gatingName(Gating g);
 
 // Per-layer routing rule: a static top-k, or token-adaptive top-p (the smallest set of experts
 // whose cumulative routing probability reaches `threshold`, bounded by minK..maxK).
+// The kinds of routing rule (names: "static", "top_p"); the fields a rule uses are its kind's.
+enum class RuleKind { Static, TopP };
+const char* ruleKindName(RuleKind kind);
+RuleKind parseRuleKind(const std::string& name);
+
 struct RoutingRule {
-    int topK = 0;           // > 0: static rule
-    double threshold = 0;   // used when topK == 0
-    int minK = 1;
-    int maxK = 0;           // 0 = N
-    static RoutingRule staticK(int k) { return RoutingRule{k, 0, 1, 0}; }
-    static RoutingRule topP(double p, int minK = 1, int maxK = 0) { return RoutingRule{0, p, minK, maxK}; }
+    RuleKind kind = RuleKind::Static;
+    int topK = 0;           // Static: experts per token (1..N)
+    double threshold = 0;   // TopP: the cumulative routing weight each token's experts reach
+    int minK = 1;           // TopP: at least this many experts
+    int maxK = 0;           // TopP: at most this many (0 = N)
+    bool isStatic() const { return kind == RuleKind::Static; }
+    static RoutingRule staticK(int k)
+    {
+        RoutingRule r;
+        r.topK = k;
+        return r;
+    }
+    static RoutingRule topP(double p, int minK = 1, int maxK = 0)
+    {
+        RoutingRule r;
+        r.kind = RuleKind::TopP;
+        r.threshold = p;
+        r.minK = minK;
+        r.maxK = maxK;
+        return r;
+    }
 };
+
+// The same rule: the same kind with the same values of the fields that kind uses.
+bool sameRule(const RoutingRule& a, const RoutingRule& b);
 
 // What one dispatch evaluated: (token, expert) pairs and the expert parameters they touched.
 struct DispatchStats {

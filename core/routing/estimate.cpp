@@ -137,7 +137,7 @@ LayerEstimate estimateRule(const PolicyTables& tables, int layer, const RoutingR
     const auto& t = tables.layers.at(static_cast<std::size_t>(layer));
     const auto n = static_cast<int>(t.experts);
     LayerEstimate e;
-    if (rule.topK > 0) {
+    if (rule.isStatic()) {
         const auto k = static_cast<std::size_t>(std::min(rule.topK, n));
         e.meanK = static_cast<double>(k);
         e.params = t.paramsByK[k - 1];

@@ -53,13 +53,13 @@ double parseDouble(const std::string& s, const std::string& what)
 void validateRule(const RoutingRule& r, int64_t experts, const std::string& where)
 {
     const auto n = std::to_string(experts);
-    if (r.topK > 0) {
+    if (r.isStatic()) {
         if (r.topK > experts)
             throw Error(where + ": top_k " + std::to_string(r.topK) + " exceeds the " + n + " experts");
+        if (r.topK < 1)
+            throw Error(where + ": top_k must be 1.." + n);
         return;
     }
-    if (r.topK < 0)
-        throw Error(where + ": top_k must be 1.." + n);
     if (!(r.threshold > 0.0 && r.threshold <= 1.0))
         throw Error(where + ": top_p must be in (0, 1]");
     const int maxK = r.maxK > 0 ? r.maxK : static_cast<int>(experts);
@@ -72,7 +72,7 @@ void validateRule(const RoutingRule& r, int64_t experts, const std::string& wher
 
 nlohmann::json ruleToJson(int layer, const RoutingRule& r)
 {
-    if (r.topK > 0)
+    if (r.isStatic())
         return {{"layer", layer}, {"top_k", r.topK}};
     return {{"layer", layer}, {"top_p", r.threshold}, {"min_k", r.minK}, {"max_k", r.maxK}};
 }
@@ -190,7 +190,7 @@ PolicyRules applyEdits(PolicyRules rules, const std::string& edits, int64_t expe
 std::string describeRule(const RoutingRule& r, int64_t experts)
 {
     char buf[64];
-    if (r.topK > 0) {
+    if (r.isStatic()) {
         std::snprintf(buf, sizeof buf, "k=%d", r.topK);
     } else {
         const int maxK = r.maxK > 0 ? r.maxK : static_cast<int>(experts);
@@ -202,12 +202,20 @@ std::string describeRule(const RoutingRule& r, int64_t experts)
     return buf;
 }
 
+std::string describeRules(const PolicyRules& rules, int64_t experts)
+{
+    std::string s;
+    for (const auto& r : rules)
+        s += (s.empty() ? "" : " ") + describeRule(r, experts);
+    return s;
+}
+
 bool isUniformStatic(const PolicyRules& rules, int* k)
 {
-    if (rules.empty() || rules.front().topK <= 0)
+    if (rules.empty() || !rules.front().isStatic())
         return false;
     for (const auto& r : rules)
-        if (r.topK != rules.front().topK)
+        if (!r.isStatic() || r.topK != rules.front().topK)
             return false;
     if (k)
         *k = rules.front().topK;

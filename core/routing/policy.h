@@ -36,6 +36,8 @@ PolicyRules applyEdits(PolicyRules base, const std::string& edits, int64_t exper
 
 // "k=6", "p=0.90", "p=0.90 [2..6]".
 std::string describeRule(const RoutingRule& rule, int64_t experts);
+// Every layer's describeRule, in order, separated by spaces.
+std::string describeRules(const PolicyRules& rules, int64_t experts);
 bool isUniformStatic(const PolicyRules& rules, int* k = nullptr);
 
 // The exchange document (`ladimo policy --export`, routing_policy.json of an export):

@@ -12,11 +12,6 @@ namespace ladimo::core {
 
 namespace {
 
-bool sameRule(const RoutingRule& a, const RoutingRule& b)
-{
-    return a.topK == b.topK && a.threshold == b.threshold && a.minK == b.minK && a.maxK == b.maxK;
-}
-
 bool sameRules(const PolicyRules& a, const PolicyRules& b)
 {
     return std::equal(a.begin(), a.end(), b.begin(), b.end(), sameRule);
@@ -26,7 +21,7 @@ bool sameRules(const PolicyRules& a, const PolicyRules& b)
 // one; a top-p rule moves to the neighbouring threshold of the profile's grid.
 std::optional<RoutingRule> step(const LayerTable& t, const RoutingRule& r, bool up)
 {
-    if (r.topK > 0) {
+    if (r.isStatic()) {
         const int k = r.topK + (up ? 1 : -1);
         if (k < 1 || k > t.experts)
             return std::nullopt;

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "common/names.h"
 
 namespace ladimo::core {
 
@@ -209,37 +210,16 @@ double absoluteBudget(const PolicyTables& t, double fraction, CostKind kind)
 
 } // namespace
 
-CostKind parseCostKind(const std::string& name)
-{
-    if (name == "params")
-        return CostKind::Params;
-    if (name == "prefill")
-        return CostKind::PrefillLatency;
-    if (name == "decode")
-        return CostKind::DecodeLatency;
-    throw Error("unknown cost measure '" + name + "' (expected params, prefill or decode)");
-}
+namespace {
+constexpr NameTable<CostKind, 3> kCostKindNames{
+    {{CostKind::Params, "params"}, {CostKind::PrefillLatency, "prefill"}, {CostKind::DecodeLatency, "decode"}}};
+constexpr NameTable<RuleKinds, 3> kRuleKindsNames{
+    {{RuleKinds::Static, "static"}, {RuleKinds::Threshold, "threshold"}, {RuleKinds::Both, "both"}}};
+} // namespace
 
-RuleKinds parseRuleKinds(const std::string& name)
-{
-    if (name == "static")
-        return RuleKinds::Static;
-    if (name == "threshold")
-        return RuleKinds::Threshold;
-    if (name == "both")
-        return RuleKinds::Both;
-    throw Error("unknown rule kinds '" + name + "' (expected static, threshold or both)");
-}
-
-const char* costKindName(CostKind k)
-{
-    switch (k) {
-    case CostKind::Params: return "params";
-    case CostKind::PrefillLatency: return "prefill";
-    case CostKind::DecodeLatency: return "decode";
-    }
-    return "?";
-}
+CostKind parseCostKind(const std::string& name) { return parseNamed(kCostKindNames, name, "cost measure"); }
+RuleKinds parseRuleKinds(const std::string& name) { return parseNamed(kRuleKindsNames, name, "rule kinds"); }
+const char* costKindName(CostKind k) { return nameOf(kCostKindNames, k); }
 
 double costFraction(const PolicyEstimate& e, CostKind kind)
 {

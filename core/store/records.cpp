@@ -1,43 +1,41 @@
 #include "store/records.h"
 
 #include "common/error.h"
+#include "common/names.h"
 
 namespace ladimo::core {
 
 namespace {
 
-template <typename E, std::size_t N>
-E parseName(const std::string& name, const char* const (&names)[N], const char* what)
-{
-    for (std::size_t i = 0; i < N; ++i)
-        if (name == names[i])
-            return static_cast<E>(i);
-    std::string expected;
-    for (std::size_t i = 0; i < N; ++i)
-        expected += (i ? ", " : "") + std::string(names[i]);
-    throw Error("unknown " + std::string(what) + " '" + name + "' (expected one of " + expected + ")");
-}
-
-const char* const kLayerStatus[] = {"pending", "running", "done", "failed"};
-const char* const kRunStatus[] = {"running", "done", "failed", "cancelled", "interrupted"};
-const char* const kPolicyOrigin[] = {"auto", "manual", "imported"};
-const char* const kCalibrationSource[] = {"file", "self_sample"};
+constexpr NameTable<LayerStatus, 4> kLayerStatus{{{LayerStatus::Pending, "pending"},
+                                                  {LayerStatus::Running, "running"},
+                                                  {LayerStatus::Done, "done"},
+                                                  {LayerStatus::Failed, "failed"}}};
+constexpr NameTable<RunStatus, 5> kRunStatus{{{RunStatus::Running, "running"},
+                                              {RunStatus::Done, "done"},
+                                              {RunStatus::Failed, "failed"},
+                                              {RunStatus::Cancelled, "cancelled"},
+                                              {RunStatus::Interrupted, "interrupted"}}};
+constexpr NameTable<PolicyOrigin, 3> kPolicyOrigin{
+    {{PolicyOrigin::Auto, "auto"}, {PolicyOrigin::Manual, "manual"}, {PolicyOrigin::Imported, "imported"}}};
+constexpr NameTable<CalibrationSource, 2> kCalibrationSource{
+    {{CalibrationSource::File, "file"}, {CalibrationSource::SelfSample, "self_sample"}}};
 
 nlohmann::json optional(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); }
 nlohmann::json idOrNull(int64_t id) { return id ? nlohmann::json(id) : nlohmann::json(); }
 
 } // namespace
 
-const char* layerStatusName(LayerStatus s) { return kLayerStatus[static_cast<int>(s)]; }
-LayerStatus parseLayerStatus(const std::string& n) { return parseName<LayerStatus>(n, kLayerStatus, "layer status"); }
-const char* runStatusName(RunStatus s) { return kRunStatus[static_cast<int>(s)]; }
-RunStatus parseRunStatus(const std::string& n) { return parseName<RunStatus>(n, kRunStatus, "run status"); }
-const char* policyOriginName(PolicyOrigin o) { return kPolicyOrigin[static_cast<int>(o)]; }
-PolicyOrigin parsePolicyOrigin(const std::string& n) { return parseName<PolicyOrigin>(n, kPolicyOrigin, "policy origin"); }
-const char* calibrationSourceName(CalibrationSource s) { return kCalibrationSource[static_cast<int>(s)]; }
+const char* layerStatusName(LayerStatus s) { return nameOf(kLayerStatus, s); }
+LayerStatus parseLayerStatus(const std::string& n) { return parseNamed(kLayerStatus, n, "layer status"); }
+const char* runStatusName(RunStatus s) { return nameOf(kRunStatus, s); }
+RunStatus parseRunStatus(const std::string& n) { return parseNamed(kRunStatus, n, "run status"); }
+const char* policyOriginName(PolicyOrigin o) { return nameOf(kPolicyOrigin, o); }
+PolicyOrigin parsePolicyOrigin(const std::string& n) { return parseNamed(kPolicyOrigin, n, "policy origin"); }
+const char* calibrationSourceName(CalibrationSource s) { return nameOf(kCalibrationSource, s); }
 CalibrationSource parseCalibrationSource(const std::string& n)
 {
-    return parseName<CalibrationSource>(n, kCalibrationSource, "calibration source");
+    return parseNamed(kCalibrationSource, n, "calibration source");
 }
 
 nlohmann::json toJson(const ProjectInfo& v)

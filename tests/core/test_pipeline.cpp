@@ -1,11 +1,11 @@
-// The pipeline step states (store/pipeline.h): each step goes not run -> running -> done, and
+// The pipeline step states (project/pipeline.h): each step goes not run -> running -> done, and
 // to stale when an input changes since (the model or the calibration settings after the
 // conversion, a conversion rerun after the profile, policy or evaluation, a policy edited after
 // its evaluation), stale propagating to the steps downstream; and the facts read from a project,
 // with the calibration setting round-tripping through the project file.
 #include <nlohmann/json.hpp>
 
-#include "store/pipeline.h"
+#include "project/pipeline.h"
 #include "store/project.h"
 #include "testutil.h"
 

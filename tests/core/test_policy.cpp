@@ -345,7 +345,7 @@ TEST(Policy, RefinementStepsTopPRulesAlongTheGrid)
     // is the uniform top-8 that fits the budget.
     int statics = 0;
     const auto r = refinePolicy(t, start, o, [&](const PolicyRules& rules) {
-        if (rules[0].topK > 0 || rules[1].topK > 0) {
+        if (rules[0].isStatic() || rules[1].isStatic()) {
             ++statics;
             EXPECT_EQ(rules[0].topK, 8);
             EXPECT_EQ(rules[1].topK, 8);

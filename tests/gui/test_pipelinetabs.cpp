@@ -17,7 +17,7 @@
 #include "calibrationview.h"
 #include "conversiontablemodel.h"
 #include "mainwindow.h"
-#include "store/pipeline.h"
+#include "project/pipeline.h"
 #include "store/project.h"
 #include "testutil.h"
 #include "widgets/lineplot.h"

@@ -4,8 +4,7 @@
 // on a stories260K project converted, profiled and timed by the CLI; and "Refine by measurement"
 // on such a project applies what core::refineProjectPolicy finds, or nothing when cancelled or
 // failing.
-// LibTorch before Qt: Qt's `slots` macro breaks the LibTorch headers that come after it.
-#include "eval/projecteval.h"
+#include "project/evaluate.h"
 
 #include <QAbstractItemModelTester>
 #include <QComboBox>
@@ -385,7 +384,7 @@ TEST(PolicyView, MainWindowShowsTheCliFlowOfStories260K)
     QSlider* slider = sliderOf(*view, 0);
     ASSERT_NE(slider, nullptr);
     slider->setValue(1);
-    if (rules[0].topK > 0)
+    if (rules[0].isStatic())
         rules[0] = core::RoutingRule::staticK(1);
     else
         rules[0].threshold = 0.01;

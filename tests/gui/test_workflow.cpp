@@ -4,6 +4,7 @@
 #include <QAbstractItemModelTester>
 #include <QApplication>
 #include <QComboBox>
+#include <QDoubleSpinBox>
 #include <QElapsedTimer>
 #include <QLineEdit>
 #include <QProgressBar>
@@ -28,6 +29,7 @@
 #include "layertablemodel.h"
 #include "mainwindow.h"
 #include "policytablemodel.h"
+#include "pipelineview.h"
 #include "policyview.h"
 #include "store/project.h"
 #include "testutil.h"
@@ -355,4 +357,45 @@ TEST(Workflow, ClosingTheWindowDuringAConversionCancelsItCleanly)
     EXPECT_EQ(p.run(*runId).status, ladimo::core::RunStatus::Cancelled);
     for (const auto& l : p.layers(*runId))
         EXPECT_NE(l.status, ladimo::core::LayerStatus::Running) << "layer " << l.layer;
+}
+
+TEST(Workflow, RunAllStepsFromTheFirstScreenConvertsTunesEvaluatesAndExports)
+{
+    ladimo::test::TempDir tmp;
+    const QString out = QString::fromStdString((tmp / "run").string());
+    MainWindow w;
+    w.setProperty("quiet", true);
+    w.resize(1400, 900);
+    w.show();
+    openDemoForQuickConversion(w, QString(), 1024, 1);
+    ASSERT_TRUE(w.selectView("model"));
+    auto* run = child<QPushButton>(w, "runPipeline");
+    auto* cancel = child<QPushButton>(w, "cancelPipeline");
+    EXPECT_TRUE(run->isEnabled());
+    EXPECT_FALSE(cancel->isEnabled());
+    child<QLineEdit>(w, "pipelineOut")->setText(out);
+    child<QDoubleSpinBox>(w, "pipelineBudget")->setValue(0.75);
+    QSignalSpy finished(&w, &MainWindow::pipelineFinished);
+    QSignalSpy reopened(&w, &MainWindow::modelOpened);
+    StallMeter stalls;
+    run->click();
+    EXPECT_FALSE(run->isEnabled());
+    EXPECT_TRUE(cancel->isEnabled());
+    ASSERT_TRUE(finished.wait(600000));
+    EXPECT_FALSE(finished.front().at(0).toBool()) << "cancelled";
+    ASSERT_EQ(finished.front().at(1).toString().toStdString(), "");
+    const std::string report = w.pipelineView()->reportText().toStdString();
+    EXPECT_NE(report.find("perplexity"), std::string::npos) << report;
+    EXPECT_NE(report.find("run-params-0.75-both"), std::string::npos) << report;
+    EXPECT_TRUE(std::filesystem::exists(tmp / "run" / "report.json"));
+    EXPECT_TRUE(std::filesystem::exists(tmp / "run" / "model" / "config.json"));
+    // The window reopens the pipeline's project: every step it ran shows as done.
+    ASSERT_TRUE(reopened.wait(20000));
+    EXPECT_EQ(w.currentPath().toStdString(), (tmp / "run" / "project.ladimo").string());
+    for (auto step : {ladimo::core::PipelineStep::Convert, ladimo::core::PipelineStep::Profile,
+                      ladimo::core::PipelineStep::Policy, ladimo::core::PipelineStep::Export})
+        EXPECT_EQ(w.stepState(step), ladimo::core::StepState::Done)
+            << ladimo::core::pipelineStepName(step) << ": " << w.stepToolTip(step).toStdString();
+    EXPECT_TRUE(run->isEnabled());
+    EXPECT_LT(stalls.maxGapMs(), 1000.0) << "the event loop stalled while the pipeline ran";
 }

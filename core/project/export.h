@@ -1,5 +1,5 @@
 // `ladimo export P.ladimo` and the workbench's Export job, one sequence: the project's latest
-// conversion run (hf-mixtral, gguf) or its dense source model (hf-llama, gguf-llama) written under
+// conversion run or its dense source model, in one of the formats of export/formats.h, written under
 // a policy (a stored one by name, or the training k in every layer), then recorded in the project.
 // The project is read, and opened for writing only to record the finished export. Runs on the
 // calling thread (InferenceMode is taken here).
@@ -20,8 +20,8 @@ namespace ladimo::core {
 
 struct ProjectExportRequest {
     std::string projectFile;
-    std::string format = "hf-mixtral"; // hf-mixtral | gguf (the conversion), hf-llama | gguf-llama (the dense model)
-    std::string out;                   // directory (hf-*: absent or empty) or file (gguf*: absent)
+    std::string format = "hf-mixtral"; // a name of exportFormats() (export/formats.h)
+    std::string out;                   // folder (absent or empty) or, for single-file formats, a file (absent)
     std::string dtype = "f32";
     int64_t shardBytes = 0;            // hf-*: largest safetensors file, 0 = one file
     std::string policy;                // empty: the training k in every layer
@@ -38,8 +38,8 @@ struct ProjectExportResult {
     int64_t exportId = 0;
     int64_t runId = 0;
     std::string policyName;  // the policy written ("train-k6" for the default)
-    bool moe = false;        // the conversion (hf-mixtral, gguf), not the dense model
-    bool gguf = false;
+    bool moe = false;        // the conversion, not the dense model (ExportFormat::moe)
+    bool singleFile = false; // ExportFormat::singleFile
     std::string dtype;
     // {out, format, bytes, exact, notes, sha256, policy, run, export_id, dtype, files[,
     // experts_per_token]}: what `ladimo export --json` prints.

@@ -13,7 +13,7 @@
 
 #include "common/progress.h"
 #include "convert/latestrun.h"
-#include "convert/projectconvert.h"
+#include "project/convert.h"
 #include "eval/perplexity.h"
 #include "routing/refine.h"
 
@@ -23,7 +23,7 @@ struct ProjectEvalRequest {
     std::string projectFile;
     LoadOptions load;              // device and compute dtype of the model
     LatestRunHints hints;
-    DataSource data;
+    DataSource data;               // neither file nor self-sample: the run's calibration data
     int64_t seqLen = 256;
     int64_t batch = 8;             // windows per forward pass
     bool dense = false;            // the dense model (a baseline), no rule
@@ -45,6 +45,7 @@ struct ProjectEvalResult {
     EvalResult perplexity;
     nlohmann::json metrics;        // as recorded in the project
     std::string device;
+    std::string data;              // DataSource::describe() of the tokens (the run's calibration data when none was given)
 };
 
 ProjectEvalResult evaluateProject(const ProjectEvalRequest& request);

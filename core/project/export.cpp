@@ -1,10 +1,10 @@
-#include "export/projectexport.h"
+#include "project/export.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "common/error.h"
-#include "export/gguf.h"
-#include "export/hf_mixtral.h"
+#include "export/formats.h"
 #include "routing/policy.h"
 #include "store/project.h"
 
@@ -28,12 +28,19 @@ nlohmann::json ProjectExportResult::toJson() const
 
 ProjectExportResult exportProject(const ProjectExportRequest& r)
 {
-    const bool gguf = r.format == "gguf" || r.format == "gguf-llama";
-    if (r.format != "hf-mixtral" && r.format != "hf-llama" && !gguf)
-        throw Error("format '" + r.format + "' is unknown (expected hf-mixtral, hf-llama, gguf or gguf-llama)");
+    const ExportFormat& format = exportFormat(r.format);
     if (r.out.empty())
-        throw Error("choose where to export: a folder (hf-*) or a file (gguf*)");
-    if (gguf && fs::exists(r.out))
+        throw Error(std::string("choose where to export ") + format.name + ": " +
+                    (format.singleFile ? "a file (absent)" : "a folder (absent or empty)"));
+    if (std::find(format.dtypes.begin(), format.dtypes.end(), r.dtype) == format.dtypes.end()) {
+        std::string list;
+        for (const auto& d : format.dtypes)
+            list += (list.empty() ? "" : ", ") + d;
+        throw Error(std::string(format.name) + " export: dtype '" + r.dtype + "' is not supported (expected " + list + ")");
+    }
+    if (r.shardBytes > 0 && !format.shards)
+        throw Error(std::string("--shard-size does not apply to ") + format.name + ": it writes one file");
+    if (format.singleFile && fs::exists(r.out))
         throw Error("'" + r.out + "' already exists; an export never replaces a file (remove it or choose another name)");
     c10::InferenceMode guard; // thread-local: on the calling (worker) thread
     LoadOptions lo;
@@ -41,7 +48,7 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
     lo.dtype = torch::kFloat32;
     // The experts of an MoE export in bf16 / f16 are held in that dtype: half the memory, and the
     // same rounding as converting each tensor while it is written. The router stays float32.
-    const bool moeFormat = r.format == "hf-mixtral" || r.format == "gguf";
+    const bool moeFormat = format.moe;
     std::optional<torch::ScalarType> expertDtype;
     if (moeFormat && r.dtype == "bf16")
         expertDtype = torch::kBFloat16;
@@ -49,8 +56,8 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
         expertDtype = torch::kFloat16;
     const auto conv = loadLatestRun(r.projectFile, lo, r.hints, expertDtype);
     ProjectExportResult out;
-    out.moe = r.format == "hf-mixtral" || r.format == "gguf";
-    out.gguf = gguf;
+    out.moe = format.moe;
+    out.singleFile = format.singleFile;
     out.dtype = r.dtype;
     out.runId = conv.runId;
     const auto& layers = conv.layers.resident(); // resident: requested by expertDtype, or a small run
@@ -95,7 +102,7 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
     eo.progress = r.progress;
     eo.cancel = &r.cancel;
     eo.log = r.note; // e.g. stale temporaries of killed exports removed
-    out.report = gguf ? exportGguf(in, eo) : exportHfMixtral(in, eo);
+    out.report = format.write(in, eo);
     out.policyName = in.policyName;
 
     out.record.format = r.format;

@@ -1,150 +1,30 @@
-#include "convert/projectconvert.h"
+#include "project/convert.h"
 
-#include <sys/stat.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "common/error.h"
 #include "common/fileutil.h"
-#include "model/config.h"
-#include "model/generate.h"
-#include "model/tokendata.h"
+#include "model/tokenizer.h"
+#include "project/pipeline.h"
 
 namespace fs = std::filesystem;
 
 namespace ladimo::core {
 
-namespace {
-
-// SHA-256 of a large weights file, remembered across runs in the user's cache folder
-// ($XDG_CACHE_HOME or ~/.cache, ladimo/sha256.json) under the file's path, size, modification
-// time and inode: a 7B checkpoint takes 10+ s to hash, and every command that records the model
-// would hash it again. Files under 64 MiB, or with no cache folder, are always hashed.
-std::string cachedSha256(const fs::path& file)
+DataSource runCalibrationData(Project& project, int64_t runId)
 {
-    struct stat st {};
-    if (::stat(file.c_str(), &st) != 0 || st.st_size < (64 << 20))
-        return sha256File(file);
-    const char* xdg = std::getenv("XDG_CACHE_HOME");
-    const char* home = std::getenv("HOME");
-    if ((!xdg || !*xdg) && (!home || !*home))
-        return sha256File(file);
-    const fs::path cacheFile = (xdg && *xdg ? fs::path(xdg) : fs::path(home) / ".cache") / "ladimo" / "sha256.json";
-    const std::string key = fs::absolute(file).lexically_normal().string();
-    const std::string stamp = std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
-                              std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ino);
-    nlohmann::json cache = nlohmann::json::object();
-    std::error_code ec;
-    try {
-        if (fs::exists(cacheFile, ec))
-            cache = nlohmann::json::parse(readTextFile(cacheFile, 16 << 20));
-    } catch (const std::exception&) {
-        cache = nlohmann::json::object(); // unreadable: start afresh
+    const auto run = project.run(runId);
+    if (!run.extra.contains("data"))
+        throw Error(project.file().string() + ": run #" + std::to_string(runId) +
+                    " records no calibration data (settings \"data\"); give the data explicitly");
+    auto d = DataSource::fromJson(run.extra.at("data"));
+    if (!d.file.empty() && run.calibrationSetId) {
+        const auto cal = project.calibrationSet(run.calibrationSetId);
+        if (!cal.filePath.empty())
+            d.file = cal.filePath;
     }
-    if (!cache.is_object())
-        cache = nlohmann::json::object();
-    if (cache.contains(key) && cache[key].is_object() && cache[key].value("stamp", "") == stamp &&
-        cache[key].value("sha256", "").size() == 64)
-        return cache[key]["sha256"].get<std::string>();
-    const std::string sum = sha256File(file);
-    cache[key] = {{"stamp", stamp}, {"sha256", sum}};
-    try {
-        fs::create_directories(cacheFile.parent_path());
-        atomicWriteFile(cacheFile, cache.dump(1) + "\n");
-    } catch (const std::exception&) {
-        // a read-only home: the checksum is still right, only not remembered
-    }
-    return sum;
-}
-
-} // namespace
-
-std::string weightsChecksum(const fs::path& dir)
-{
-    std::vector<fs::path> files;
-    for (const auto& e : fs::directory_iterator(dir))
-        if (e.is_regular_file() && e.path().extension() == ".safetensors")
-            files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    if (files.empty())
-        throw Error("model folder '" + dir.string() + "' has no *.safetensors file");
-    if (files.size() == 1)
-        return cachedSha256(files[0]);
-    std::string listing;
-    for (const auto& f : files)
-        listing += cachedSha256(f) + "  " + f.filename().string() + "\n";
-    return sha256Bytes(listing.data(), listing.size());
-}
-
-SourceModel describeSourceModel(const std::string& modelDir, bool checksum)
-{
-    const fs::path dir = modelDir;
-    const auto configFile = dir / "config.json";
-    const auto config = ModelConfig::load(configFile);
-    const auto counts = config.parameterCounts();
-    SourceModel m;
-    m.path = fs::absolute(dir).lexically_normal().string();
-    m.config = nlohmann::json::parse(readTextFile(configFile, kMaxConfigJsonBytes));
-    if (checksum)
-        m.weightsSha256 = weightsChecksum(dir);
-    m.totalParams = counts.total;
-    m.embeddingParams = counts.embeddings;
-    m.attentionParams = counts.attention;
-    m.ffnParams = counts.ffn;
-    return m;
-}
-
-nlohmann::json DataSource::toJson() const
-{
-    return selfSample > 0 ? nlohmann::json{{"self_sample", selfSample}, {"seed", seed}}
-                          : nlohmann::json{{"file", file}, {"max_tokens", maxTokens}};
-}
-
-std::string DataSource::describe() const
-{
-    std::string out = file.empty() ? "self-sample " + std::to_string(selfSample) + ", seed " + std::to_string(seed)
-                                   : "file " + file;
-    if (maxTokens > 0)
-        out += ", first " + std::to_string(maxTokens) + " tokens";
-    return out;
-}
-
-std::vector<int64_t> DataSource::load(const LlamaModel& model, const Tokenizer* tokenizer, int64_t seqLen,
-                                      const ProgressFn& progress, const CancelToken& cancel) const
-{
-    checkSeqLen(seqLen, model.config());
-    if (selfSample > 0) {
-        SelfSampleOptions s;
-        s.tokens = maxTokens > 0 ? std::min(selfSample, maxTokens) : selfSample;
-        s.seqLen = seqLen;
-        s.seed = seed;
-        s.progress = progress;
-        s.cancel = cancel;
-        return core::selfSample(model, s);
-    }
-    if (file.empty())
-        throw Error("give --data FILE or --self-sample N");
-    TokenDataOptions o;
-    o.vocabSize = model.config().vocabSize;
-    o.bosId = model.config().bosTokenId;
-    o.maxTokens = maxTokens;
-    return loadTokenFile(file, tokenizer, o);
-}
-
-CalibrationSet DataSource::record(const std::vector<int64_t>& tokens, int64_t seqLen) const
-{
-    CalibrationSet cal;
-    cal.name = selfSample > 0 ? "self-sample" : fs::path(file).filename().string();
-    cal.source = selfSample > 0 ? CalibrationSource::SelfSample : CalibrationSource::File;
-    if (cal.source == CalibrationSource::File) {
-        cal.filePath = fs::absolute(file).string();
-        cal.fileSha256 = sha256File(file);
-    }
-    cal.seed = seed;
-    cal.tokens = static_cast<int64_t>(tokens.size());
-    cal.seqLen = seqLen;
-    return cal;
+    return d;
 }
 
 int64_t findCalibrationSet(Project& project, const CalibrationSet& w)
@@ -299,6 +179,129 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
                     "; rerun to retry the failed ones): " + failures);
     }
     project.setRunStatus(runId, RunStatus::Done);
+}
+
+ConvertCallbacks::LoadCapturedFn capturedActivations(const Project& project, int64_t calibrationSetId,
+                                                     const CaptureKey& key, std::function<void(const std::string&)> note)
+{
+    return [&project, calibrationSetId, key, note](int l, torch::Tensor* x, torch::Tensor* y) {
+        const auto file = project.absolutePath(Project::activationsPath(calibrationSetId, l));
+        std::string why;
+        if (loadActivations(file, l, key, x, y, &why)) {
+            if (note)
+                note("layer " + std::to_string(l) + ": captured activations from " + file.string());
+            return true;
+        }
+        std::error_code ec;
+        if (note && fs::exists(file, ec))
+            note("layer " + std::to_string(l) + ": not reusing " + why);
+        return false;
+    };
+}
+
+std::set<int> capturedLayers(const Project& project, int64_t calibrationSetId, const CaptureKey& key,
+                             const std::set<int>& layers)
+{
+    std::set<int> captured;
+    if (!calibrationSetId)
+        return captured;
+    torch::Tensor x, y;
+    std::string why;
+    for (int l : layers)
+        if (loadActivations(project.absolutePath(Project::activationsPath(calibrationSetId, l)), l, key, &x, &y, &why))
+            captured.insert(l);
+    return captured;
+}
+
+CostEstimate conversionCost(const LlamaModel& model, const SourceModel& source, int64_t calibrationTokens,
+                            const ConvertSettings& settings, const std::set<int>& layers, const std::set<int>& captured)
+{
+    CostInputs in;
+    in.config = model.config();
+    in.tokens = calibrationTokens;
+    in.settings = settings;
+    in.layers.assign(layers.begin(), layers.end());
+    for (int l : layers)
+        if (!captured.count(l))
+            in.captureLayers.push_back(l);
+    in.modelBytes = model.streamed() ? 0 : source.totalParams * static_cast<int64_t>(c10::elementSize(model.dtype()));
+    in.streamed = model.streamed();
+    in.layerBytes = static_cast<int64_t>(model.layerBytes());
+    in.computeElementBytes = static_cast<int64_t>(c10::elementSize(model.dtype()));
+    in.memoryBudget = static_cast<int64_t>(settings.capture.memoryBudget);
+    return estimateCost(in);
+}
+
+ProjectConvertResult convertProject(const ProjectConvertRequest& r, const ProjectConvertHooks& hooks)
+{
+    if (fs::path(r.projectFile).extension() != ".ladimo")
+        throw Error("the project file must end in .ladimo, got '" + r.projectFile + "'");
+    ConvertSettings s = r.settings;
+    s.distill.seed = r.data.seed;
+    const auto& cb = hooks.callbacks;
+    const auto source = describeSourceModel(r.modelDir);
+    nlohmann::json settingsJson = s.toJson();
+    settingsJson["data"] = r.data.toJson();
+    if (r.reuseFinished && fs::exists(r.projectFile)) {
+        auto project = Project::open(r.projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
+        const auto runs = project.runs();
+        for (auto run = runs.rbegin(); run != runs.rend(); ++run) // the newest such run
+            if (run->status == RunStatus::Done && run->extra == settingsJson &&
+                project.model(run->modelId).weightsSha256 == source.weightsSha256) {
+                ProjectConvertResult out;
+                out.runId = run->id;
+                out.reused = true;
+                out.layers = run->layers;
+                out.calibrationTokens = run->calibrationSetId ? project.calibrationSet(run->calibrationSetId).tokens : 0;
+                return out;
+            }
+    }
+    auto model = LlamaModel::load(r.modelDir, r.load);
+    const auto tokenizer = Tokenizer::loadForModel(r.modelDir);
+    const auto calibration = r.data.load(model, tokenizer.get(), s.seqLen, cb.progress, cb.cancel);
+    cb.cancel.throwIfCancelled();
+    auto project = fs::exists(r.projectFile)
+                       ? Project::open(r.projectFile, {Project::Access::ReadWrite, Project::Verify::Checksums})
+                       : Project::create(r.projectFile);
+    RunRequest req;
+    req.source = source;
+    req.settings = s;
+    req.partition = r.partition;
+    req.gating = r.gating;
+    req.settingsJson = settingsJson;
+    req.calibration = r.data.record(calibration, s.seqLen);
+    req.layers = static_cast<int>(model.config().numLayers);
+    req.intermediateSize = model.config().intermediateSize;
+    if (r.calibrationSetting)
+        project.setSetting(kCalibrationSetting, *r.calibrationSetting);
+    const auto plan = findOrStartRun(project, req, /*markRunning=*/!r.prepareOnly);
+    ProjectConvertResult out;
+    out.runId = plan.runId;
+    out.resumed = plan.resumed;
+    out.layers = req.layers;
+    out.calibrationTokens = static_cast<int64_t>(calibration.size());
+    if (hooks.onRun)
+        hooks.onRun(project, plan);
+    if (r.prepareOnly)
+        return out;
+
+    std::set<int> todo;
+    for (int l = 0; l < req.layers; ++l)
+        if (!plan.finished.count(l))
+            todo.insert(l);
+    ProjectConvertCallbacks callbacks = cb;
+    const int64_t calibrationSetId = project.run(plan.runId).calibrationSetId;
+    const CaptureKey key{source.weightsSha256, tokenStreamSha256(calibration), s.seqLen};
+    std::set<int> captured;
+    if (s.mode == "parallel" && calibrationSetId) {
+        callbacks.loadCaptured = capturedActivations(project, calibrationSetId, key, hooks.note);
+        captured = capturedLayers(project, calibrationSetId, key, todo);
+    }
+    if (hooks.onCost)
+        hooks.onCost(conversionCost(model, source, out.calibrationTokens, s, todo, captured), static_cast<int>(todo.size()));
+    convertRunInProject(project, plan, model, calibration, s, callbacks);
+    out.converted = todo;
+    return out;
 }
 
 } // namespace ladimo::core

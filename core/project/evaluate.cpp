@@ -1,4 +1,4 @@
-#include "eval/projecteval.h"
+#include "project/evaluate.h"
 
 #include <optional>
 
@@ -6,6 +6,7 @@
 #include "convert/convert.h"
 #include "eval/choice.h"
 #include "model/tokenizer.h"
+#include "project/convert.h"
 #include "routing/estimate.h"
 #include "routing/latency.h"
 #include "routing/policy.h"
@@ -19,7 +20,14 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     const auto converted = loadLatestRun(r.projectFile, r.load, r.hints);
     const auto& model = *converted.model;
     const auto tok = Tokenizer::loadForModel(converted.modelDir);
-    const auto stream = r.data.load(model, tok.get(), r.seqLen, r.progress, r.cancel);
+    // No data given: the run's calibration data (the evaluation record says which data it was).
+    DataSource data = r.data;
+    if (data.file.empty() && data.selfSample <= 0) {
+        auto project = Project::open(r.projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
+        data = runCalibrationData(project, converted.runId);
+        data.maxTokens = r.data.maxTokens;
+    }
+    const auto stream = data.load(model, tok.get(), r.seqLen, r.progress, r.cancel);
     EvalOptions e;
     e.seqLen = r.seqLen;
     e.batch = r.batch;
@@ -67,6 +75,7 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     ProjectEvalResult out;
     out.runId = converted.runId;
     out.device = model.device().str();
+    out.data = data.describe();
     const auto res = evaluatePerplexity(model, stream, e);
     out.perplexity = res;
     nlohmann::json j = {{"perplexity", res.perplexity},   {"nll", res.nll},
@@ -143,7 +152,7 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     Evaluation ev;
     ev.policyId = policy.id;
     ev.runId = converted.runId;
-    ev.data = r.data.describe();
+    ev.data = data.describe();
     ev.metrics = j;
     ev.device = model.device().str();
     out.evaluationId = project.addEvaluation(ev);

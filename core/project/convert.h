@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,7 +17,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/progress.h"
+#include "convert/activations.h"
 #include "convert/convert.h"
+#include "convert/costmodel.h"
+#include "convert/datasource.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "store/project.h"
@@ -24,27 +28,10 @@
 
 namespace ladimo::core {
 
-// A project's source-model record for a dense model folder (config, weights checksum, counts).
-// Without `checksum` the weightsSha256 stays empty (a dry run reads no weights at all).
-SourceModel describeSourceModel(const std::string& modelDir, bool checksum = true);
-// One checksum for a model's weights: the SHA-256 of the single *.safetensors file, or for a
-// sharded checkpoint the SHA-256 of its `sha256sum`-style listing ("<hex>  <name>\n", by name).
-std::string weightsChecksum(const std::filesystem::path& modelDir);
-
-// Where calibration / evaluation tokens come from: a token file, or samples of the dense model.
-struct DataSource {
-    std::string file;
-    int64_t selfSample = 0; // > 0: sample this many tokens from the model instead of `file`
-    uint64_t seed = 1234;
-    int64_t maxTokens = 0;  // 0 = all
-    // Recorded in the run's settings ("data"): part of what makes two runs the same.
-    nlohmann::json toJson() const;
-    std::string describe() const; // "file F" / "self-sample N, seed S" (+ ", first N tokens")
-    std::vector<int64_t> load(const LlamaModel& model, const Tokenizer* tokenizer, int64_t seqLen,
-                              const ProgressFn& progress, const CancelToken& cancel) const;
-    // The calibration-set record of `tokens` loaded from this source.
-    CalibrationSet record(const std::vector<int64_t>& tokens, int64_t seqLen) const;
-};
+// The calibration data a run was converted on (its settings "data"; a file by the absolute path
+// recorded with its calibration set, so it is found from any working directory): what commands
+// that need data use when given none.
+DataSource runCalibrationData(Project& project, int64_t runId);
 
 // The id of a recorded calibration set with the same source, content and window length, or 0.
 int64_t findCalibrationSet(Project& project, const CalibrationSet& wanted);
@@ -94,8 +81,59 @@ struct ProjectConvertCallbacks {
 // (rethrowing Cancelled / the error) with the interrupted layer reset / marked failed. Layers
 // that fail on their own are recorded as failed while the others finish; then the run is failed
 // and an Error lists them (a rerun retries them).
+// Dense activations written by `ladimo capture` for a calibration set, reused when they match
+// the model and tokens (`key`); `note` hears which files were used or passed over, and why.
+ConvertCallbacks::LoadCapturedFn capturedActivations(const Project& project, int64_t calibrationSetId,
+                                                     const CaptureKey& key,
+                                                     std::function<void(const std::string&)> note = {});
+// The layers of `layers` whose captured activations are usable.
+std::set<int> capturedLayers(const Project& project, int64_t calibrationSetId, const CaptureKey& key,
+                             const std::set<int>& layers);
+
+// The cost model of converting `layers` of `model` on `calibrationTokens` tokens, `captured` of
+// them from stored activations (convert --dry-run, and the estimate printed before converting).
+CostEstimate conversionCost(const LlamaModel& model, const SourceModel& source, int64_t calibrationTokens,
+                            const ConvertSettings& settings, const std::set<int>& layers, const std::set<int>& captured);
+
 void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel& model,
                          const std::vector<int64_t>& calibration, const ConvertSettings& settings,
                          const ProjectConvertCallbacks& callbacks);
+
+// The whole of `ladimo convert --project` and the workbench's Convert job, one sequence:
+// describe the model, load it and the calibration data, open (or create) the project, find or
+// start the run, estimate its cost, then convert the unfinished layers (convertRunInProject).
+// `prepareOnly`: create or find the run (not marked running) and return, the step before
+// workers (`--layers`) start. Runs on the calling thread.
+struct ProjectConvertRequest {
+    std::string modelDir;
+    std::string projectFile;     // *.ladimo, created when absent; a rerun with the same settings resumes
+    LoadOptions load;            // device, dtype, memory budget of the dense model
+    ConvertSettings settings;    // partition and gating parsed; devices; capture options
+    std::string partition = "coact"; // as given by the user, recorded verbatim
+    std::string gating = "hard";
+    DataSource data;
+    std::optional<nlohmann::json> calibrationSetting; // stored as kCalibrationSetting (the workbench)
+    bool prepareOnly = false;
+    // A finished run of this model with these settings is the result (nothing converted) instead
+    // of the start of a new one: the whole-pipeline run (`ladimo run`) resumes this way.
+    bool reuseFinished = false;
+};
+struct ProjectConvertResult {
+    int64_t runId = 0;
+    bool resumed = false;
+    int layers = 0;
+    std::set<int> converted;     // the layers converted by this call
+    bool reused = false;         // reuseFinished found a finished run
+    int64_t calibrationTokens = 0;
+};
+struct ProjectConvertHooks {
+    ProjectConvertCallbacks callbacks;
+    // After the run is found or started, with the project open for writing (the workbench shows it).
+    std::function<void(Project&, const RunPlan&)> onRun;
+    // Before converting: the cost model of the layers left.
+    std::function<void(const CostEstimate&, int layersLeft)> onCost;
+    std::function<void(const std::string&)> note; // remarks (captured activations used, recovered faults)
+};
+ProjectConvertResult convertProject(const ProjectConvertRequest& request, const ProjectConvertHooks& hooks = {});
 
 } // namespace ladimo::core

@@ -1,36 +1,27 @@
-#include "store/pipeline.h"
+#include "project/pipeline.h"
 
 #include <filesystem>
 
-#include "convert/projectconvert.h"
+#include "common/names.h"
+#include "project/convert.h"
 #include "store/project.h"
 
 namespace ladimo::core {
 
-const char* pipelineStepName(PipelineStep step)
-{
-    switch (step) {
-    case PipelineStep::Model: return "model";
-    case PipelineStep::Calibration: return "calibration";
-    case PipelineStep::Convert: return "convert";
-    case PipelineStep::Profile: return "profile";
-    case PipelineStep::Policy: return "policy";
-    case PipelineStep::Evaluate: return "evaluate";
-    case PipelineStep::Export: return "export";
-    }
-    return "?";
-}
+namespace {
+constexpr NameTable<PipelineStep, kPipelineSteps> kStepNames{{{PipelineStep::Model, "model"},
+                                                              {PipelineStep::Calibration, "calibration"},
+                                                              {PipelineStep::Convert, "convert"},
+                                                              {PipelineStep::Profile, "profile"},
+                                                              {PipelineStep::Policy, "policy"},
+                                                              {PipelineStep::Evaluate, "evaluate"},
+                                                              {PipelineStep::Export, "export"}}};
+constexpr NameTable<StepState, 4> kStateNames{
+    {{StepState::NotRun, "not run"}, {StepState::Running, "running"}, {StepState::Done, "done"}, {StepState::Stale, "stale"}}};
+} // namespace
 
-const char* stepStateName(StepState state)
-{
-    switch (state) {
-    case StepState::NotRun: return "not run";
-    case StepState::Running: return "running";
-    case StepState::Done: return "done";
-    case StepState::Stale: return "stale";
-    }
-    return "?";
-}
+const char* pipelineStepName(PipelineStep step) { return nameOf(kStepNames, step); }
+const char* stepStateName(StepState state) { return nameOf(kStateNames, state); }
 
 nlohmann::json calibrationRunData(const nlohmann::json& s)
 {
