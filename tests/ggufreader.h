@@ -22,8 +22,8 @@
 namespace ladimo::test {
 
 struct GgufValue {
-    uint32_t type = 0;       // gguf_type of the value (9 = array)
-    uint32_t elemType = 0;   // element type of an array
+    uint32_t type = 0;     // gguf_type of the value (9 = array)
+    uint32_t elemType = 0; // element type of an array
     bool isArray = false;
     std::vector<int64_t> ints;        // integer and bool elements
     std::vector<double> floats;       // float32 / float64 elements
@@ -102,12 +102,11 @@ private:
 
     [[noreturn]] void fail(const std::string& what) const
     {
-        throw core::Error(m_source + ": malformed GGUF: " + what + " (at byte " + std::to_string(m_pos) + " of " +
-                          std::to_string(m_bytes.size()) + ")");
+        throw core::Error(m_source + ": malformed GGUF: " + what + " (at byte " + std::to_string(m_pos) + " of "
+                          + std::to_string(m_bytes.size()) + ")");
     }
     uint64_t remaining() const { return m_bytes.size() - m_pos; }
-    template <typename T>
-    T get(const char* what)
+    template <typename T> T get(const char* what)
     {
         if (remaining() < sizeof(T))
             fail(std::string("file ends inside ") + what);
@@ -128,10 +127,17 @@ private:
     static uint64_t scalarSize(uint32_t type)
     {
         switch (type) {
-        case 0: case 1: case 7: return 1;
-        case 2: case 3: return 2;
-        case 4: case 5: case 6: return 4;
-        case 10: case 11: case 12: return 8;
+        case 0:
+        case 1:
+        case 7: return 1;
+        case 2:
+        case 3: return 2;
+        case 4:
+        case 5:
+        case 6: return 4;
+        case 10:
+        case 11:
+        case 12: return 8;
         case 8: return 8; // at least the length
         default: return 0;
         }
@@ -213,26 +219,26 @@ private:
                 fail("tensor '" + t.name + "' appears twice");
             const auto dims = get<uint32_t>("tensor dimension count");
             if (dims == 0 || dims > kMaxDims)
-                fail("tensor '" + t.name + "' has " + std::to_string(dims) + " dimensions (expected 1.." +
-                     std::to_string(kMaxDims) + ")");
+                fail("tensor '" + t.name + "' has " + std::to_string(dims) + " dimensions (expected 1.."
+                     + std::to_string(kMaxDims) + ")");
             uint64_t elements = 1;
             for (uint32_t d = 0; d < dims; ++d) {
                 const auto n = get<uint64_t>("tensor dimension");
                 if (n == 0 || n > (1ull << 40) || elements > (1ull << 40) / n)
-                    fail("tensor '" + t.name + "' dimension " + std::to_string(d) + " = " + std::to_string(n) +
-                         " is zero or too large");
+                    fail("tensor '" + t.name + "' dimension " + std::to_string(d) + " = " + std::to_string(n)
+                         + " is zero or too large");
                 elements *= n;
                 t.ne.push_back(n);
             }
             t.type = get<uint32_t>("tensor type");
             if (t.type != 0 && t.type != 1)
-                fail("tensor '" + t.name + "' has ggml type " + std::to_string(t.type) +
-                     " (this reader knows F32 = 0 and F16 = 1)");
+                fail("tensor '" + t.name + "' has ggml type " + std::to_string(t.type)
+                     + " (this reader knows F32 = 0 and F16 = 1)");
             t.bytes = elements * (t.type == 0 ? 4 : 2);
             t.offset = get<uint64_t>("tensor offset");
             if (t.offset % m_alignment != 0)
-                fail("tensor '" + t.name + "' offset " + std::to_string(t.offset) + " is not aligned to " +
-                     std::to_string(m_alignment));
+                fail("tensor '" + t.name + "' offset " + std::to_string(t.offset) + " is not aligned to "
+                     + std::to_string(m_alignment));
             m_tensors.push_back(std::move(t));
         }
         m_dataStart = (m_pos + m_alignment - 1) / m_alignment * m_alignment;
@@ -241,8 +247,8 @@ private:
         const uint64_t dataSize = m_bytes.size() - m_dataStart;
         for (const auto& t : m_tensors)
             if (t.offset > dataSize || t.bytes > dataSize - t.offset)
-                fail("tensor '" + t.name + "' data [" + std::to_string(t.offset) + ", +" + std::to_string(t.bytes) +
-                     ") lies outside the " + std::to_string(dataSize) + "-byte data section");
+                fail("tensor '" + t.name + "' data [" + std::to_string(t.offset) + ", +" + std::to_string(t.bytes)
+                     + ") lies outside the " + std::to_string(dataSize) + "-byte data section");
     }
 
     std::string m_source;

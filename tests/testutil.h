@@ -25,11 +25,11 @@ inline std::filesystem::path sharedData()
 inline std::filesystem::path sourceDir() { return LADIMO_SOURCE_DIR; }
 
 // Skips the current test (with the reason) when a file of ../shared/data is absent.
-#define LADIMO_REQUIRE_SHARED(rel)                                                               \
-    do {                                                                                         \
-        if (!std::filesystem::exists(::ladimo::test::sharedData() / (rel)))                      \
-            GTEST_SKIP() << "shared test data absent: " << (::ladimo::test::sharedData() / (rel)) \
-                         << " (see ../shared/data/README.md)";                                   \
+#define LADIMO_REQUIRE_SHARED(rel)                                                                                     \
+    do {                                                                                                               \
+        if (!std::filesystem::exists(::ladimo::test::sharedData() / (rel)))                                            \
+            GTEST_SKIP() << "shared test data absent: " << (::ladimo::test::sharedData() / (rel))                      \
+                         << " (see ../shared/data/README.md)";                                                         \
     } while (0)
 
 // Skips the current test in the sanitizer build (LADIMO_SANITIZE), where the SentencePiece
@@ -37,7 +37,9 @@ inline std::filesystem::path sourceDir() { return LADIMO_SOURCE_DIR; }
 #ifdef LADIMO_SANITIZE
 #define LADIMO_REQUIRE_SPM() GTEST_SKIP() << "SentencePiece plugin unavailable under ASan (RTLD_DEEPBIND)"
 #else
-#define LADIMO_REQUIRE_SPM() do {} while (0)
+#define LADIMO_REQUIRE_SPM()                                                                                           \
+    do {                                                                                                               \
+    } while (0)
 #endif
 
 struct CommandResult {
@@ -72,8 +74,8 @@ public:
     TempDir()
     {
         std::random_device rd;
-        m_path = std::filesystem::temp_directory_path() /
-                 ("ladimo-test-" + std::to_string(rd()) + std::to_string(rd()));
+        m_path
+            = std::filesystem::temp_directory_path() / ("ladimo-test-" + std::to_string(rd()) + std::to_string(rd()));
         std::filesystem::create_directories(m_path);
     }
     ~TempDir()

@@ -16,6 +16,7 @@ PACKAGES=(
   nodejs npm                             # llama.cpp via @fugood/llama.node for the GGUF export test (tools/llamanode.sh)
   slurm-wlm munge python3-yaml           # scale-out tests: private single-host Slurm, k8s manifest check
   clang libclang-rt-14-dev llvm          # tools/sanitize.sh: ASan/UBSan build, libFuzzer, llvm-symbolizer
+  clang-format python3                   # tools/check_format.sh, tools/check_layers.py
 )
 
 # Virtual packages provided by what is installed count as present (NodeSource's nodejs provides

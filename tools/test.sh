@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
-# The layer walls (docs/ARCHITECTURE.md): seconds, so it goes first.
+# The layer walls (docs/ARCHITECTURE.md) and the layout (.clang-format): seconds, so they go first.
 python3 tools/check_layers.py
+tools/check_format.sh
 tools/build.sh "$@"
 tools/llamanode.sh   # pinned llama.cpp for the GGUF test; skips (test says why) when offline
 export QT_QPA_PLATFORM=offscreen

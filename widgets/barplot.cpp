@@ -13,10 +13,10 @@ BarPlot::BarPlot(QWidget* parent) : QWidget(parent), m_plot(new QCustomPlot(this
     layout->addWidget(m_plot);
     setMinimumHeight(160);
     m_plot->legend->setBrush(QColor(255, 255, 255, 220));
-    connect(m_plot, &QCustomPlot::plottableClick, this, [this](QCPAbstractPlottable*, int dataIndex, QMouseEvent*) {
-        Q_EMIT barClicked(dataIndex);
-    });
-    installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
+    connect(m_plot, &QCustomPlot::plottableClick, this,
+            [this](QCPAbstractPlottable*, int dataIndex, QMouseEvent*) { Q_EMIT barClicked(dataIndex); });
+    installExportActions(
+        this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
 }
 
 void BarPlot::setAxisLabels(const QString& x, const QString& y)
@@ -92,7 +92,9 @@ CsvTable BarPlot::csvTable() const
 {
     CsvTable t;
     t.header << (m_plot->xAxis->label().isEmpty() ? QStringLiteral("label") : m_plot->xAxis->label())
-             << (m_name.isEmpty() ? (m_plot->yAxis->label().isEmpty() ? QStringLiteral("value") : m_plot->yAxis->label()) : m_name);
+             << (m_name.isEmpty()
+                     ? (m_plot->yAxis->label().isEmpty() ? QStringLiteral("value") : m_plot->yAxis->label())
+                     : m_name);
     if (!m_comparison.isEmpty())
         t.header << m_comparisonName;
     for (int i = 0; i < m_values.size(); ++i) {

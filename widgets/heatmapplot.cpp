@@ -34,7 +34,8 @@ HeatmapPlot::HeatmapPlot(QWidget* parent) : QWidget(parent), m_plot(new QCustomP
     m_selection->setVisible(false);
     m_selection->setSelectable(false);
     connect(m_plot, &QCustomPlot::mousePress, this, &HeatmapPlot::onMousePress);
-    installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
+    installExportActions(
+        this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
 }
 
 void HeatmapPlot::setAxisLabels(const QString& x, const QString& y, const QString& scale)
@@ -45,7 +46,8 @@ void HeatmapPlot::setAxisLabels(const QString& x, const QString& y, const QStrin
     m_plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
-void HeatmapPlot::setData(const QStringList& rowLabels, double xLower, double xUpper, const QVector<QVector<double>>& values)
+void HeatmapPlot::setData(const QStringList& rowLabels, double xLower, double xUpper,
+                          const QVector<QVector<double>>& values)
 {
     m_rowLabels = rowLabels;
     m_values = values;
@@ -133,7 +135,10 @@ void HeatmapPlot::onMousePress(QMouseEvent* event)
     Q_EMIT rowClicked(row);
 }
 
-bool HeatmapPlot::save(const QString& file, int width, int height) { return savePlotImage(m_plot, file, width, height); }
+bool HeatmapPlot::save(const QString& file, int width, int height)
+{
+    return savePlotImage(m_plot, file, width, height);
+}
 
 CsvTable HeatmapPlot::csvTable() const
 {

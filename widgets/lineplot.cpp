@@ -18,7 +18,8 @@ LinePlot::LinePlot(QWidget* parent) : QWidget(parent), m_plot(new QCustomPlot(th
     m_plot->legend->setVisible(true);
     m_plot->legend->setBrush(QColor(255, 255, 255, 220));
     m_plot->setInteractions(QCP::iRangeDrag | QCP::iRangeZoom);
-    installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
+    installExportActions(
+        this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
 }
 
 void LinePlot::setAxisLabels(const QString& x, const QString& y)
@@ -71,7 +72,8 @@ QVector<double> LinePlot::seriesX(int series) const
 {
     QVector<double> v;
     if (series >= 0 && series < m_plot->graphCount())
-        for (auto it = m_plot->graph(series)->data()->constBegin(); it != m_plot->graph(series)->data()->constEnd(); ++it)
+        for (auto it = m_plot->graph(series)->data()->constBegin(); it != m_plot->graph(series)->data()->constEnd();
+             ++it)
             v << it->key;
     return v;
 }
@@ -80,7 +82,8 @@ QVector<double> LinePlot::seriesY(int series) const
 {
     QVector<double> v;
     if (series >= 0 && series < m_plot->graphCount())
-        for (auto it = m_plot->graph(series)->data()->constBegin(); it != m_plot->graph(series)->data()->constEnd(); ++it)
+        for (auto it = m_plot->graph(series)->data()->constBegin(); it != m_plot->graph(series)->data()->constEnd();
+             ++it)
             v << it->value;
     return v;
 }

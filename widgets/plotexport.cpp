@@ -116,7 +116,8 @@ bool savePlotImage(QCustomPlot* plot, const QString& file, int width, int height
     return out.commit();
 }
 
-void installExportActions(QWidget* owner, std::function<bool(const QString&)> saveImage, std::function<CsvTable()> table)
+void installExportActions(QWidget* owner, std::function<bool(const QString&)> saveImage,
+                          std::function<CsvTable()> table)
 {
     owner->setContextMenuPolicy(Qt::ActionsContextMenu);
     if (owner->focusPolicy() == Qt::NoFocus)
@@ -156,7 +157,8 @@ void installExportActions(QWidget* owner, std::function<bool(const QString&)> sa
     csv->setToolTip(QObject::tr("Save the plotted series as a CSV table with a header row"));
     QObject::connect(csv, &QAction::triggered, owner, [owner, ask, table] {
         QString filter = QObject::tr("CSV table (*.csv)");
-        const QString file = ask(QObject::tr("Export plot data"), QObject::tr("CSV table (*.csv)"), QStringLiteral(".csv"), &filter);
+        const QString file
+            = ask(QObject::tr("Export plot data"), QObject::tr("CSV table (*.csv)"), QStringLiteral(".csv"), &filter);
         if (!file.isEmpty() && !writeCsv(file, table()))
             QMessageBox::warning(owner, QObject::tr("Export failed"), QObject::tr("Could not write %1.").arg(file));
     });

@@ -58,7 +58,8 @@ TradeoffPlot::TradeoffPlot(QWidget* parent) : QWidget(parent), m_plot(new QCusto
     connect(m_plot, &QCustomPlot::beforeReplot, this, &TradeoffPlot::hideOverlappingLabels);
     m_plot->setToolTip(tr("Error proxy against cost as a fraction of the dense model. Click a point of the "
                           "Pareto front or a uniform top-k point to apply that policy. Right click to export."));
-    installExportActions(this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
+    installExportActions(
+        this, [this](const QString& f) { return save(f); }, [this] { return csvTable(); });
 }
 
 QCPCurve* TradeoffPlot::addCurve(const QString& name, const QColor& color, int shape, double size, bool line)
@@ -107,13 +108,18 @@ void TradeoffPlot::hideOverlappingLabels()
     for (auto* t : std::as_const(ordered)) {
         const QPointF at = t->position->pixelPosition();
         const QMargins pad = t->padding();
-        const QSizeF size = QFontMetricsF(t->font()).size(0, t->text()) + QSizeF(pad.left() + pad.right(), pad.top() + pad.bottom());
+        const QSizeF size
+            = QFontMetricsF(t->font()).size(0, t->text()) + QSizeF(pad.left() + pad.right(), pad.top() + pad.bottom());
         const Qt::Alignment a = t->positionAlignment();
-        const double x = a & Qt::AlignRight ? at.x() - size.width() : a & Qt::AlignHCenter ? at.x() - size.width() / 2 : at.x();
-        const double y = a & Qt::AlignBottom ? at.y() - size.height() : a & Qt::AlignVCenter ? at.y() - size.height() / 2 : at.y();
+        const double x = a & Qt::AlignRight ? at.x() - size.width()
+            : a & Qt::AlignHCenter          ? at.x() - size.width() / 2
+                                            : at.x();
+        const double y = a & Qt::AlignBottom ? at.y() - size.height()
+            : a & Qt::AlignVCenter           ? at.y() - size.height() / 2
+                                             : at.y();
         const QRectF box(QPointF(x, y), size);
         const bool clear = QRectF(m_plot->axisRect()->rect()).contains(box) && // not cut off at the edge
-                           std::none_of(drawn.begin(), drawn.end(), [&](const QRectF& r) { return r.intersects(box); });
+            std::none_of(drawn.begin(), drawn.end(), [&](const QRectF& r) { return r.intersects(box); });
         t->setVisible(clear);
         if (clear)
             drawn << box;
@@ -182,7 +188,8 @@ void TradeoffPlot::setMeasured(const QVector<QPair<QPointF, QPointF>>& pairs, co
     }
     setPoints(m_estimated, estimated);
     setPoints(m_measured, measured);
-    replaceLabels("measured", measured, labels, QColor(150, 50, 140), Qt::AlignLeft | Qt::AlignTop, QMargins(5, 3, 0, 0));
+    replaceLabels("measured", measured, labels, QColor(150, 50, 140), Qt::AlignLeft | Qt::AlignTop,
+                  QMargins(5, 3, 0, 0));
     rescale();
 }
 
@@ -234,27 +241,34 @@ QPoint TradeoffPlot::pixelFor(const QPointF& point) const
 
 void TradeoffPlot::replotNow() { m_plot->replot(QCustomPlot::rpImmediateRefresh); }
 
-bool TradeoffPlot::save(const QString& file, int width, int height) { return savePlotImage(m_plot, file, width, height); }
+bool TradeoffPlot::save(const QString& file, int width, int height)
+{
+    return savePlotImage(m_plot, file, width, height);
+}
 
 CsvTable TradeoffPlot::csvTable() const
 {
     CsvTable t;
-    t.header << QStringLiteral("series") << (m_plot->xAxis->label().isEmpty() ? QStringLiteral("x") : m_plot->xAxis->label())
-             << (m_plot->yAxis->label().isEmpty() ? QStringLiteral("y") : m_plot->yAxis->label()) << QStringLiteral("label");
+    t.header << QStringLiteral("series")
+             << (m_plot->xAxis->label().isEmpty() ? QStringLiteral("x") : m_plot->xAxis->label())
+             << (m_plot->yAxis->label().isEmpty() ? QStringLiteral("y") : m_plot->yAxis->label())
+             << QStringLiteral("label");
     // Labels by series and position, as the text items hold them.
     auto labelAt = [this](const char* series, double x, double y) {
         for (const auto* item : m_labels)
-            if (item->property("series").toString() == QLatin1String(series) && item->position->coords() == QPointF(x, y))
+            if (item->property("series").toString() == QLatin1String(series)
+                && item->position->coords() == QPointF(x, y))
                 return item->text();
         return QString();
     };
-    const std::pair<QCPCurve*, const char*> series[] = {{m_front, ""},      {m_uniform, "uniform"}, {m_dense, ""},
-                                                        {m_stored, "stored"}, {m_estimated, ""},      {m_measured, "measured"},
-                                                        {m_currentCurve, ""}};
+    const std::pair<QCPCurve*, const char*> series[]
+        = {{m_front, ""},     {m_uniform, "uniform"},   {m_dense, ""},       {m_stored, "stored"},
+           {m_estimated, ""}, {m_measured, "measured"}, {m_currentCurve, ""}};
     for (const auto& [curve, labels] : series) {
         if (curve == m_dense) {
             if (m_hasDense)
-                t.rows << QStringList{curve->name(), csvNumber(m_densePoint.x()), csvNumber(m_densePoint.y()), QString()};
+                t.rows << QStringList{curve->name(), csvNumber(m_densePoint.x()), csvNumber(m_densePoint.y()),
+                                      QString()};
             continue;
         }
         for (auto it = curve->data()->constBegin(); it != curve->data()->constEnd(); ++it)

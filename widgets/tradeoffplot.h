@@ -71,8 +71,8 @@ private:
     void onMousePress(QMouseEvent* event);
     void rescale();
     void hideOverlappingLabels();
-    void replaceLabels(const char* series, const QVector<QPointF>& points, const QStringList& labels, const QColor& color,
-                       Qt::Alignment alignment, const QMargins& padding);
+    void replaceLabels(const char* series, const QVector<QPointF>& points, const QStringList& labels,
+                       const QColor& color, Qt::Alignment alignment, const QMargins& padding);
     QCPCurve* addCurve(const QString& name, const QColor& color, int shape, double size, bool line);
 
     QCustomPlot* m_plot = nullptr;
@@ -84,8 +84,8 @@ private:
     QCPCurve* m_measured = nullptr;
     QCPCurve* m_currentCurve = nullptr;
     QVector<QPointF> m_frontPoints, m_uniformPoints;
-    QVector<QCPItemText*> m_labels;   // uniform and stored labels
-    QVector<QCPCurve*> m_links;       // estimate -> measurement segments
+    QVector<QCPItemText*> m_labels; // uniform and stored labels
+    QVector<QCPCurve*> m_links;     // estimate -> measurement segments
     QPointF m_current{};
     QPointF m_densePoint{};
     bool m_hasDense = false;

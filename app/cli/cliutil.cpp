@@ -19,9 +19,11 @@ void ModelOptions::add(CLI::App* cmd, bool positional)
 {
     if (positional)
         cmd->add_option("model", path, "Model directory (Hugging Face layout)")->required();
-    cmd->add_option("--device", device, "cpu, cuda, cuda:N or auto (CUDA when available); convert takes a list, one worker per entry")
+    cmd->add_option("--device", device,
+                    "cpu, cuda, cuda:N or auto (CUDA when available); convert takes a list, one worker per entry")
         ->capture_default_str();
-    cmd->add_option("--dtype", dtype, "Compute dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+    cmd->add_option("--dtype", dtype,
+                    "Compute dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
         ->capture_default_str();
     cmd->add_option("--memory-budget", memoryBudget,
                     "Memory the job may keep resident (weights, layer caches, activations), e.g. 8GB; "
@@ -44,10 +46,7 @@ core::LoadOptions ModelOptions::loadOptions() const
 
 void addPeakRss(nlohmann::json& j) { j["peak_rss_bytes"] = core::peakRssBytes(); }
 
-core::LlamaModel ModelOptions::load() const
-{
-    return core::LlamaModel::load(path, loadOptions());
-}
+core::LlamaModel ModelOptions::load() const { return core::LlamaModel::load(path, loadOptions()); }
 
 void DataOptions::add(CLI::App* cmd)
 {
@@ -63,8 +62,8 @@ core::DataSource DataOptions::source() const { return {file, selfSample, seed, m
 
 std::string DataOptions::describe() const { return source().describe(); }
 
-std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
-                                       int64_t seqLen, const core::ProgressFn& progress) const
+std::vector<int64_t> DataOptions::load(const core::LlamaModel& model, const core::Tokenizer* tokenizer, int64_t seqLen,
+                                       const core::ProgressFn& progress) const
 {
     return source().load(model, tokenizer, seqLen, progress, interruptToken());
 }
@@ -83,8 +82,9 @@ core::ProgressFn ProgressPrinter::fn()
         m_last = now;
         m_printed = terminal;
         const double eta = done > 0 ? elapsed * (total - done) / done : 0;
-        std::fprintf(stderr, terminal ? "\r%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)   "
-                                      : "%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)\n",
+        std::fprintf(stderr,
+                     terminal ? "\r%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)   "
+                              : "%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)\n",
                      stage.c_str(), done, total, total > 0 ? 100.0 * done / total : 0.0, elapsed, eta);
         std::fflush(stderr);
     };
@@ -124,8 +124,8 @@ void installInterruptHandler()
 std::set<int> parseLayerSpec(const std::string& spec, int layers)
 {
     const auto bad = [&](const std::string& why) {
-        return core::Error("--layers '" + spec + "': " + why + " (expected A, A-B or a list like 0-3,6 within 0-" +
-                           std::to_string(layers - 1) + ")");
+        return core::Error("--layers '" + spec + "': " + why + " (expected A, A-B or a list like 0-3,6 within 0-"
+                           + std::to_string(layers - 1) + ")");
     };
     const auto number = [&](const std::string& text) {
         if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9)

@@ -49,8 +49,8 @@ struct DataOptions {
     // What the data is, for records: "file F (N tokens max)" or "self-sample N, seed S".
     std::string describe() const;
     // Reads / samples the token stream; `seqLen` sets the self-sampled sequence length.
-    std::vector<int64_t> load(const core::LlamaModel& model, const core::Tokenizer* tokenizer,
-                              int64_t seqLen, const core::ProgressFn& progress) const;
+    std::vector<int64_t> load(const core::LlamaModel& model, const core::Tokenizer* tokenizer, int64_t seqLen,
+                              const core::ProgressFn& progress) const;
 };
 
 // Prints "stage done/total (eta)" on stderr only after the job has run for a second (so quick

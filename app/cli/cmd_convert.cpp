@@ -47,7 +47,8 @@ bool isProjectFile(const std::string& path) { return fs::path(path).extension() 
 static void reportCapture(const core::CaptureInfo& info)
 {
     std::fprintf(stderr, "\ncaptured %.1f MiB of FFN activations%s\n", static_cast<double>(info.bytes) / (1 << 20),
-                 info.spilled ? " in scratch files in the project folder (more than --activation-memory)" : " in memory");
+                 info.spilled ? " in scratch files in the project folder (more than --activation-memory)"
+                              : " in memory");
 }
 
 core::LatestRunHints convertedHints(const std::string& projectFile)
@@ -91,14 +92,18 @@ void registerConvertCommand(CLI::App& app)
     };
     auto o = std::make_shared<Opts>();
     o->s.capture.onRecovered = [](const std::string& what) { std::fprintf(stderr, "note: %s\n", what.c_str()); };
-    auto* cmd = app.add_subcommand("convert", "LaDiMo stage 1: split every FFN into experts + router and distil it layer by layer");
+    auto* cmd = app.add_subcommand(
+        "convert", "LaDiMo stage 1: split every FFN into experts + router and distil it layer by layer");
     o->model.add(cmd);
     o->data.add(cmd);
-    cmd->add_option("--project", o->project, "Project file (*.ladimo), created when absent; a rerun resumes")->required();
+    cmd->add_option("--project", o->project, "Project file (*.ladimo), created when absent; a rerun resumes")
+        ->required();
     cmd->add_option("--experts", o->s.experts, "Experts per layer")->capture_default_str();
     cmd->add_option("--partition", o->partition, "coact, contiguous or weights")->capture_default_str();
-    cmd->add_option("--gating", o->gating, "hard (chosen experts at weight 1), renorm (Mixtral) or plain")->capture_default_str();
-    cmd->add_option("--train-top-k", o->s.distill.trainTopK, "Experts per token while distilling")->capture_default_str();
+    cmd->add_option("--gating", o->gating, "hard (chosen experts at weight 1), renorm (Mixtral) or plain")
+        ->capture_default_str();
+    cmd->add_option("--train-top-k", o->s.distill.trainTopK, "Experts per token while distilling")
+        ->capture_default_str();
     cmd->add_option("--epochs", o->s.distill.epochs, "Distillation epochs")->capture_default_str();
     cmd->add_option("--router-epochs", o->s.distill.routerEpochs, "Router fitting epochs")->capture_default_str();
     cmd->add_option("--lr", o->s.distill.lr, "Distillation learning rate (Adam, cosine)")->capture_default_str();
@@ -109,8 +114,9 @@ void registerConvertCommand(CLI::App& app)
         "--layers", o->layers,
         "Worker mode (parallel mode only): convert just these layers (A, A-B, 0-3,6) of the run made by --prepare, "
         "opening the project read-only; each layer lands in its own files; `ladimo assemble` records them");
-    auto* prepareOpt = cmd->add_flag("--prepare", o->prepare,
-                                     "Create (or find) the run for these settings, then exit: the step before workers start");
+    auto* prepareOpt
+        = cmd->add_flag("--prepare", o->prepare,
+                        "Create (or find) the run for these settings, then exit: the step before workers start");
     prepareOpt->excludes(layersOpt);
     cmd->add_flag("--dry-run", o->dryRun, "Print the cost model (tokens, FLOPs, memory, estimated time) and exit");
     cmd->add_flag("--json", o->json, "With --dry-run: the cost model as JSON (with peak_rss_bytes of the dry run)");
@@ -124,9 +130,9 @@ void registerConvertCommand(CLI::App& app)
         o->s.partition = core::parsePartition(o->partition);
         o->s.gating = core::parseGating(o->gating);
         o->s.distill.seed = o->data.seed;
-        o->s.capture.memoryBudget =
-            o->activationMemory == "0" ? o->model.loadOptions().memoryBudget
-                                       : static_cast<std::uint64_t>(core::parseByteSize(o->activationMemory));
+        o->s.capture.memoryBudget = o->activationMemory == "0"
+            ? o->model.loadOptions().memoryBudget
+            : static_cast<std::uint64_t>(core::parseByteSize(o->activationMemory));
         const bool worker = !o->layers.empty();
         if (!o->dryRun && !worker) { // the project path, shared with the workbench (core/project/convert.h)
             core::ProjectConvertRequest request;
@@ -155,13 +161,13 @@ void registerConvertCommand(CLI::App& app)
             hooks.onCost = [](const core::CostEstimate& cost, int layers) {
                 std::fprintf(stderr, "%s", cost.describe(layers).c_str());
             };
-            hooks.callbacks.onLayerFinished = [&](int l, const core::LayerConversion& r, const core::LayerOutcome&,
-                                                  const core::LossCurve&) {
-                std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
-                             o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
-                for (const auto& f : r.recovered)
-                    std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
-            };
+            hooks.callbacks.onLayerFinished
+                = [&](int l, const core::LayerConversion& r, const core::LayerOutcome&, const core::LossCurve&) {
+                      std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
+                                   o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+                      for (const auto& f : r.recovered)
+                          std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
+                  };
             hooks.callbacks.onLayerFailed = [](int l, const std::string& reason) {
                 std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
             };
@@ -184,7 +190,8 @@ void registerConvertCommand(CLI::App& app)
         // A dry run without a project needs no weights checksum (hashing a 7B checkpoint takes
         // seconds); everything else records the model by it.
         const bool checksum = !o->dryRun || fs::exists(o->project);
-        const auto source = checksum ? describeSourceModel(o->model.path) : core::describeSourceModel(o->model.path, false);
+        const auto source
+            = checksum ? describeSourceModel(o->model.path) : core::describeSourceModel(o->model.path, false);
         auto model = o->model.load();
         o->s.devices = core::parseDevices(o->model.device);
         const int L = static_cast<int>(model.config().numLayers);
@@ -201,17 +208,20 @@ void registerConvertCommand(CLI::App& app)
         nlohmann::json settings = o->s.toJson();
         settings["data"] = o->data.source().toJson();
         ProgressPrinter printer;
-        auto calibration = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->s.seqLen, printer.fn());
+        auto calibration
+            = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->s.seqLen, printer.fn());
         const auto calRecord = calibrationRecord(o->data, calibration, o->s.seqLen);
         const core::CaptureKey captureKey{source.weightsSha256, core::tokenStreamSha256(calibration), o->s.seqLen};
 
         const auto costFor = [&](const std::set<int>& layers, const std::set<int>& captured) {
-            return core::conversionCost(model, source, static_cast<int64_t>(calibration.size()), o->s, layers, captured);
+            return core::conversionCost(model, source, static_cast<int64_t>(calibration.size()), o->s, layers,
+                                        captured);
         };
         if (o->dryRun) {
             std::set<int> captured;
             if (fs::exists(o->project)) {
-                auto p = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
+                auto p
+                    = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
                 captured = core::capturedLayers(p, core::findCalibrationSet(p, calRecord), captureKey, selected);
             }
             const auto cost = costFor(selected, captured);
@@ -227,7 +237,8 @@ void registerConvertCommand(CLI::App& app)
 
         if (worker) {
             // Worker mode: the project is only read; results go to per-layer files (store/assemble.h).
-            auto project = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
+            auto project
+                = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::None});
             int64_t runId = 0;
             for (const auto& run : project.runs()) {
                 const auto m = project.model(run.modelId);
@@ -235,9 +246,9 @@ void registerConvertCommand(CLI::App& app)
                     runId = run.id;
             }
             if (!runId)
-                throw core::Error(o->project + ": no conversion run of " + o->model.path +
-                                  " with these settings; create it once, before starting workers, with the same "
-                                  "command and --prepare instead of --layers");
+                throw core::Error(o->project + ": no conversion run of " + o->model.path
+                                  + " with these settings; create it once, before starting workers, with the same "
+                                    "command and --prepare instead of --layers");
             const auto run = project.run(runId);
             const std::string fingerprint = core::runFingerprint(source.weightsSha256, run.extra);
             core::WorkerLock lock(project.dataDir());
@@ -254,9 +265,9 @@ void registerConvertCommand(CLI::App& app)
                 }
                 // A layer a worker finished before (a requeued task) is kept when it checks out.
                 if (auto side = core::readLayerSidecar(project, runId, layer.layer))
-                    if (side->fingerprint == fingerprint &&
-                        fs::exists(project.absolutePath(side->outcome.weightsPath)) &&
-                        core::sha256File(project.absolutePath(side->outcome.weightsPath)) == side->outcome.weightsSha256)
+                    if (side->fingerprint == fingerprint && fs::exists(project.absolutePath(side->outcome.weightsPath))
+                        && core::sha256File(project.absolutePath(side->outcome.weightsPath))
+                            == side->outcome.weightsSha256)
                         skip.insert(layer.layer);
             }
             std::set<int> todo;
@@ -273,8 +284,10 @@ void registerConvertCommand(CLI::App& app)
             core::ConvertCallbacks cb;
             cb.progress = printer.fn();
             cb.cancel = interruptToken();
-            cb.loadCaptured = core::capturedActivations(project, run.calibrationSetId, captureKey,
-                                                        [](const std::string& what) { std::fprintf(stderr, "%s\n", what.c_str()); });
+            cb.loadCaptured
+                = core::capturedActivations(project, run.calibrationSetId, captureKey, [](const std::string& what) {
+                      std::fprintf(stderr, "%s\n", what.c_str());
+                  });
             cb.onCapture = reportCapture;
             std::fprintf(stderr, "%s",
                          costFor(todo, core::capturedLayers(project, run.calibrationSetId, captureKey, todo))
@@ -287,7 +300,8 @@ void registerConvertCommand(CLI::App& app)
                 side.layer = l;
                 side.fingerprint = fingerprint;
                 const std::string rel = core::Project::layerWeightsPath(runId, l);
-                side.outcome = core::layerOutcome(r, static_cast<int64_t>(calibration.size()), o->s.distill.batch, rel, &side.curve);
+                side.outcome = core::layerOutcome(r, static_cast<int64_t>(calibration.size()), o->s.distill.batch, rel,
+                                                  &side.curve);
                 const auto file = project.prepareFile(rel);
                 core::saveMoeLayer(file, layer); // atomic; then the sidecar that vouches for it
                 side.outcome.weightsSha256 = core::sha256File(file);
@@ -314,13 +328,12 @@ void registerConvertCommand(CLI::App& app)
                 throw;
             }
             if (!failures.empty())
-                throw core::Error(std::to_string(failures.size()) + " layer(s) failed (the others are saved): " +
-                                  joinLines(failures));
+                throw core::Error(std::to_string(failures.size())
+                                  + " layer(s) failed (the others are saved): " + joinLines(failures));
             std::printf("converted layers %s of run #%lld in %s; run ladimo assemble %s when every worker is done\n",
                         describeLayers(todo).c_str(), (long long)runId, o->project.c_str(), o->project.c_str());
             return;
         }
-
     });
 }
 

@@ -37,7 +37,8 @@ void registerExportCommand(CLI::App& app)
     auto o = std::make_shared<Opts>();
     auto* cmd = app.add_subcommand(
         "export", "Export a project's conversion (" + core::exportFormatNames(true) + ") or its dense source model");
-    cmd->add_option("project", o->project, "Project file (*.ladimo); its latest conversion run is exported")->required();
+    cmd->add_option("project", o->project, "Project file (*.ladimo); its latest conversion run is exported")
+        ->required();
     std::string formats, files, dtypes;
     for (const auto& f : core::exportFormats()) {
         formats += std::string(formats.empty() ? "" : "; ") + f.name + ": " + f.description;
@@ -49,7 +50,8 @@ void registerExportCommand(CLI::App& app)
         dtypes += std::string(dtypes.empty() ? "" : "; ") + f.name + " " + d;
     }
     cmd->add_option("--format", o->format, formats)->capture_default_str();
-    cmd->add_option("--out", o->out, "Output directory (must not exist or be empty) or, for " + files + ", a file (must not exist)")
+    cmd->add_option("--out", o->out,
+                    "Output directory (must not exist or be empty) or, for " + files + ", a file (must not exist)")
         ->required();
     cmd->add_option("--policy", o->policy, "Routing policy of the project (default: the training k in every layer)");
     cmd->add_option("--top-k", o->topK,
@@ -115,7 +117,8 @@ void registerImportCommand(CLI::App& app)
         std::string model;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("import", "Import an exported Mixtral directory into a project (a finished conversion run + its policy)");
+    auto* cmd = app.add_subcommand(
+        "import", "Import an exported Mixtral directory into a project (a finished conversion run + its policy)");
     cmd->add_option("dir", o->dir, "Exported Mixtral directory")->required();
     cmd->add_option("--project", o->project, "Project file (*.ladimo), created when absent")->required();
     cmd->add_option("--model", o->model, "Dense source model folder (default: the one recorded in the export)");
@@ -127,23 +130,24 @@ void registerImportCommand(CLI::App& app)
         const std::string configFile = (fs::path(o->dir) / "config.json").string();
         const std::string modelDir = o->model.empty() ? m.sourceModel : o->model;
         if (modelDir.empty())
-            throw core::Error(configFile + " records no source model (key 'ladimo.source_model'): give --model DENSE_DIR");
+            throw core::Error(configFile
+                              + " records no source model (key 'ladimo.source_model'): give --model DENSE_DIR");
         if (!fs::exists(fs::path(modelDir) / "config.json"))
-            throw core::Error("source model '" + modelDir + "'" + (o->model.empty() ? " recorded in " + configFile : "") +
-                              " has no config.json (moved?): give --model DENSE_DIR");
+            throw core::Error("source model '" + modelDir + "'" + (o->model.empty() ? " recorded in " + configFile : "")
+                              + " has no config.json (moved?): give --model DENSE_DIR");
         const auto source = describeSourceModel(modelDir);
         const auto dense = core::ModelConfig::fromJson(source.config, modelDir + "/config.json");
         const auto& c = m.model.config();
-        if (dense.hiddenSize != c.hiddenSize || dense.numLayers != c.numLayers || dense.numHeads != c.numHeads ||
-            dense.numKvHeads != c.numKvHeads || dense.headDim != c.headDim || dense.vocabSize != c.vocabSize)
-            throw core::Error("source model '" + modelDir + "' does not match the export " + configFile +
-                              " (hidden size, layers, heads or vocabulary differ)");
+        if (dense.hiddenSize != c.hiddenSize || dense.numLayers != c.numLayers || dense.numHeads != c.numHeads
+            || dense.numKvHeads != c.numKvHeads || dense.headDim != c.headDim || dense.vocabSize != c.vocabSize)
+            throw core::Error("source model '" + modelDir + "' does not match the export " + configFile
+                              + " (hidden size, layers, heads or vocabulary differ)");
         const int L = static_cast<int>(m.layers.size());
         const int64_t N = m.layers.front().numExperts();
 
-        auto project = fs::exists(o->project) ? core::Project::open(o->project, {core::Project::Access::ReadWrite,
-                                                                                  core::Project::Verify::Exists})
-                                              : core::Project::create(o->project);
+        auto project = fs::exists(o->project)
+            ? core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::Exists})
+            : core::Project::create(o->project);
         int64_t modelId = 0;
         for (const auto& sm : project.models())
             if (sm.path == source.path && sm.weightsSha256 == source.weightsSha256)
@@ -151,9 +155,10 @@ void registerImportCommand(CLI::App& app)
         if (!modelId)
             modelId = project.addModel(source);
 
-        nlohmann::json settings = m.ladimo.is_object() && m.ladimo.contains("conversion") && m.ladimo["conversion"].is_object()
-                                      ? m.ladimo["conversion"]
-                                      : nlohmann::json::object();
+        nlohmann::json settings
+            = m.ladimo.is_object() && m.ladimo.contains("conversion") && m.ladimo["conversion"].is_object()
+            ? m.ladimo["conversion"]
+            : nlohmann::json::object();
         if (!settings.contains("train_top_k"))
             settings["train_top_k"] = m.expertsPerToken;
         settings["experts"] = N;
@@ -194,7 +199,8 @@ void registerImportCommand(CLI::App& app)
         project.setRunStatus(runId, core::RunStatus::Done);
 
         // The policy under its recorded name; a name already taken gets a suffix.
-        std::string base = m.policyName.empty() ? fs::absolute(o->dir).lexically_normal().filename().string() : m.policyName;
+        std::string base
+            = m.policyName.empty() ? fs::absolute(o->dir).lexically_normal().filename().string() : m.policyName;
         try {
             core::validatePolicyName(base);
         } catch (const core::Error&) {

@@ -106,8 +106,8 @@ void registerInspectCommand(CLI::App& app)
                     (long long)config.numLayers, (long long)config.hiddenSize, (long long)config.intermediateSize,
                     (long long)config.numHeads, (long long)config.numKvHeads, (long long)config.headDim);
         std::printf("  vocab %lld, max positions %lld, rope theta %g, rms eps %g, tied embeddings %s\n",
-                    (long long)config.vocabSize, (long long)config.maxPositions, config.ropeTheta,
-                    config.rmsNormEps, config.tieWordEmbeddings ? "yes" : "no");
+                    (long long)config.vocabSize, (long long)config.maxPositions, config.ropeTheta, config.rmsNormEps,
+                    config.tieWordEmbeddings ? "yes" : "no");
         std::printf("  parameters: total %lld = attention %lld + FFN %lld + embeddings %lld + norms %lld\n",
                     (long long)p.total, (long long)p.attention, (long long)p.ffn, (long long)p.embeddings,
                     (long long)p.norms);
@@ -136,16 +136,19 @@ void registerEvalCommand(CLI::App& app)
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("eval", "Perplexity of a model (dense folder, or a conversion folder) on token data");
+    auto* cmd
+        = app.add_subcommand("eval", "Perplexity of a model (dense folder, or a conversion folder) on token data");
     o->model.add(cmd);
     o->data.add(cmd);
     cmd->add_option("--seq-len", o->seqLen, "Window length in tokens")->capture_default_str();
     cmd->add_option("--batch", o->batch, "Windows per forward pass")->capture_default_str();
     cmd->add_option("--top-k", o->topK, "Converted model: experts per token in every layer (default: the training k)");
-    cmd->add_option("--top-p", o->topP, "Converted model: token-adaptive rule, smallest expert set with routing mass >= P");
+    cmd->add_option("--top-p", o->topP,
+                    "Converted model: token-adaptive rule, smallest expert set with routing mass >= P");
     cmd->add_option("--policy", o->policy, "Converted model: a stored per-layer policy (`ladimo policy`)");
-    cmd->add_option("--choices", o->choices,
-                    "Also multiple-choice accuracy on a .jsonl of {question, choices, answer}, scored by log-likelihood");
+    cmd->add_option(
+        "--choices", o->choices,
+        "Also multiple-choice accuracy on a .jsonl of {question, choices, answer}, scored by log-likelihood");
     cmd->add_flag("--oracle", o->oracle,
                   "Converted model: oracle routing (each token's k experts with the largest true outputs), a ceiling");
     cmd->add_flag("--no-timing", o->noTiming, "Converted model: skip the prefill/decode latency measurement");
@@ -165,7 +168,8 @@ void registerEvalCommand(CLI::App& app)
                             j["choice_accuracy"].get<double>(), j["choice_accuracy_norm"].get<double>(),
                             (long long)j["choice_items"].get<int64_t>());
             if (!o->json && j.contains("prefill_fraction"))
-                std::printf("measured: prefill %.0f tokens/s (%.1f%% of dense time), decode %.0f tokens/s (%.1f%% of dense time)\n",
+                std::printf("measured: prefill %.0f tokens/s (%.1f%% of dense time), decode %.0f tokens/s (%.1f%% of "
+                            "dense time)\n",
                             j["prefill_tokens_per_second"].get<double>(), 100 * j["prefill_fraction"].get<double>(),
                             j["decode_tokens_per_second"].get<double>(), 100 * j["decode_fraction"].get<double>());
         };
@@ -192,18 +196,21 @@ void registerEvalCommand(CLI::App& app)
             req.cancel = interruptToken();
             const auto res = core::evaluateProject(req);
             if (o->data.file.empty() && o->data.selfSample == 0)
-                std::fprintf(stderr, "no --data or --self-sample: evaluated on the run's calibration data (%s), "
-                                     "which is not held out\n", res.data.c_str());
+                std::fprintf(stderr,
+                             "no --data or --self-sample: evaluated on the run's calibration data (%s), "
+                             "which is not held out\n",
+                             res.data.c_str());
             auto j = res.metrics;
             addPeakRss(j);
             print(j, res.perplexity, res.device,
-                  "; KL to dense " + std::to_string(res.perplexity.klToReference) + ", activated FFN fraction " +
-                      std::to_string(j["activated_ffn_fraction"].get<double>()));
+                  "; KL to dense " + std::to_string(res.perplexity.klToReference) + ", activated FFN fraction "
+                      + std::to_string(j["activated_ffn_fraction"].get<double>()));
             return;
         }
         torch::InferenceMode guard;
         const std::string modelPath = o->model.path;
-        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory or GGUF file: its MoE blocks and policy
+        std::optional<core::LoadedMixtral>
+            mixtral; // an exported Mixtral directory or GGUF file: its MoE blocks and policy
         std::optional<core::LlamaModel> dense;
         if (core::isHfMixtralDir(o->model.path)) {
             mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
@@ -232,10 +239,10 @@ void registerEvalCommand(CLI::App& app)
             if (!o->policy.empty() || o->oracle)
                 throw core::Error("--policy and --oracle need a project; an exported directory runs its own policy "
                                   "(or --top-k / --top-p)");
-            rules = o->topK > 0 || o->topP > 0
-                        ? core::uniformRules(static_cast<int>(mixtral->layers.size()),
-                                             o->topP > 0 ? core::RoutingRule::topP(o->topP) : core::RoutingRule::staticK(o->topK))
-                        : mixtral->rules;
+            rules = o->topK > 0 || o->topP > 0 ? core::uniformRules(static_cast<int>(mixtral->layers.size()),
+                                                                    o->topP > 0 ? core::RoutingRule::topP(o->topP)
+                                                                                : core::RoutingRule::staticK(o->topK))
+                                               : mixtral->rules;
             hooks = core::moeHooks(mixtral->layers, rules, &active, &tokens);
             e.hooks = &hooks;
         } else if (!o->policy.empty() || o->topK > 0 || o->topP > 0 || o->oracle) {
@@ -243,10 +250,14 @@ void registerEvalCommand(CLI::App& app)
                               "or an exported Mixtral directory)");
         }
         const auto r = core::evaluatePerplexity(model, stream, e);
-        nlohmann::json j = {{"perplexity", r.perplexity},   {"nll", r.nll},
-                            {"tokens", r.tokens},           {"windows", r.windows},
-                            {"seconds", r.seconds},         {"tokens_per_second", r.tokensPerSecond},
-                            {"seq_len", o->seqLen},         {"device", model.device().str()},
+        nlohmann::json j = {{"perplexity", r.perplexity},
+                            {"nll", r.nll},
+                            {"tokens", r.tokens},
+                            {"windows", r.windows},
+                            {"seconds", r.seconds},
+                            {"tokens_per_second", r.tokensPerSecond},
+                            {"seq_len", o->seqLen},
+                            {"device", model.device().str()},
                             {"dtype", c10::toString(model.dtype())}};
         const std::vector<core::MoeLayer>* moeLayers = mixtral ? &mixtral->layers : nullptr;
         j["weights"] = model.streamed() ? "streamed" : "resident";
@@ -263,8 +274,9 @@ void registerEvalCommand(CLI::App& app)
         }
         if (moeLayers) {
             const auto& c = model.config();
-            j["activated_ffn_fraction"] =
-                static_cast<double>(active) / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
+            j["activated_ffn_fraction"] = static_cast<double>(active)
+                / (static_cast<double>(tokens)
+                   * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
             j["rules"] = core::rulesToJson(rules);
             if (!o->noTiming) {
                 // An export without dense FFNs is timed alone.
@@ -310,7 +322,8 @@ void registerGenerateCommand(CLI::App& app)
     cmd->add_flag("--ignore-eos", o->ignoreEos, "Do not stop at the end-of-sequence token");
     cmd->callback([o] {
         torch::InferenceMode guard;
-        std::optional<core::LoadedMixtral> mixtral; // an exported Mixtral directory or GGUF file runs with its MoE blocks
+        std::optional<core::LoadedMixtral>
+            mixtral; // an exported Mixtral directory or GGUF file runs with its MoE blocks
         if (core::isHfMixtralDir(o->model.path))
             mixtral.emplace(core::loadHfMixtral(o->model.path, o->model.loadOptions()));
         else if (core::isGgufFile(o->model.path))
@@ -364,7 +377,8 @@ void registerBenchCommand(CLI::App& app)
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("bench", "Dense forward throughput: prefill (batch of N tokens) and decode (1 token with KV cache)");
+    auto* cmd = app.add_subcommand(
+        "bench", "Dense forward throughput: prefill (batch of N tokens) and decode (1 token with KV cache)");
     o->model.add(cmd);
     cmd->add_option("--prefill", o->prefill, "Prefill length in tokens")->capture_default_str();
     cmd->add_option("--decode", o->decode, "Decode steps")->capture_default_str();
@@ -404,16 +418,17 @@ void registerBenchCommand(CLI::App& app)
         }
         const double prefillTps = static_cast<double>(prefill) / bestPrefill;
         const double decodeTps = o->decode > 0 ? static_cast<double>(o->decode) / bestDecode : 0.0;
-        nlohmann::json j = {{"device", model.device().str()}, {"dtype", c10::toString(model.dtype())},
-                            {"threads", torch::get_num_threads()},
-                            {"prefill_tokens", prefill},      {"prefill_tokens_per_second", prefillTps},
-                            {"decode_tokens", o->decode},     {"decode_tokens_per_second", decodeTps},
-                            {"weights", model.streamed() ? "streamed" : "resident"}};
+        nlohmann::json j
+            = {{"device", model.device().str()},          {"dtype", c10::toString(model.dtype())},
+               {"threads", torch::get_num_threads()},     {"prefill_tokens", prefill},
+               {"prefill_tokens_per_second", prefillTps}, {"decode_tokens", o->decode},
+               {"decode_tokens_per_second", decodeTps},   {"weights", model.streamed() ? "streamed" : "resident"}};
         addPeakRss(j);
         if (o->json)
             std::cout << j.dump(2) << "\n";
         else
-            std::printf("%s on %s (%s, %d threads): prefill %lld tokens (batch %lld) %.0f tokens/s; decode batch 1 %.1f tokens/s\n",
+            std::printf("%s on %s (%s, %d threads): prefill %lld tokens (batch %lld) %.0f tokens/s; decode batch 1 "
+                        "%.1f tokens/s\n",
                         o->model.path.c_str(), model.device().str().c_str(), c10::toString(model.dtype()),
                         torch::get_num_threads(), (long long)prefill, (long long)prefill, prefillTps, decodeTps);
     });

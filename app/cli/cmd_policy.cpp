@@ -37,10 +37,7 @@ struct RunContext {
 
 // The device whose latency model estimates use: what --device names ("auto" = what the model
 // would run on).
-std::string latencyDeviceName(const std::string& spec)
-{
-    return core::parseDevice(spec).str();
-}
+std::string latencyDeviceName(const std::string& spec) { return core::parseDevice(spec).str(); }
 
 RunContext loadContext(core::Project& project, const std::string& deviceSpec)
 {
@@ -65,8 +62,8 @@ void printEstimate(const RunContext& c, const std::string& name, const core::Pol
 {
     std::printf("policy '%s' for run #%lld (%d layers, %lld experts)\n", name.c_str(), (long long)c.run.id,
                 c.run.layers, (long long)c.run.experts);
-    std::printf("layer  rule             mean k  FFN params  rel. error  %s%s\n", e.proxyIsKl ? "est. dNLL" : "  proxy  ",
-                e.hasLatency ? "  prefill ms  decode ms" : "");
+    std::printf("layer  rule             mean k  FFN params  rel. error  %s%s\n",
+                e.proxyIsKl ? "est. dNLL" : "  proxy  ", e.hasLatency ? "  prefill ms  decode ms" : "");
     for (std::size_t l = 0; l < rules.size(); ++l) {
         const auto& le = e.layers[l];
         std::printf("%5zu  %-15s %7.2f  %9.1f%%  %10.5f  %8.5f", l, core::describeRule(rules[l], c.run.experts).c_str(),
@@ -96,12 +93,9 @@ nlohmann::json policyJson(const RunContext& c, const std::string& name, const co
 
 nlohmann::json refineJson(const core::RefineResult& r, const DataOptions& data, int64_t experts)
 {
-    nlohmann::json j = {{"data", data.describe()},
-                        {"measure", "nll"},
-                        {"rounds", r.rounds},
-                        {"start_nll", r.start.measured},
-                        {"best_nll", r.best.measured},
-                        {"start_rules", core::rulesToJson(r.start.rules)}};
+    nlohmann::json j = {{"data", data.describe()},     {"measure", "nll"},
+                        {"rounds", r.rounds},          {"start_nll", r.start.measured},
+                        {"best_nll", r.best.measured}, {"start_rules", core::rulesToJson(r.start.rules)}};
     j["measured"] = nlohmann::json::array();
     for (const auto& c : r.measured)
         j["measured"].push_back({{"rules", core::describeRules(c.rules, experts)},
@@ -113,11 +107,12 @@ nlohmann::json refineJson(const core::RefineResult& r, const DataOptions& data, 
 
 void printRefine(const core::RefineResult& r, int64_t experts)
 {
-    std::printf("refinement: %zu policies measured in %d rounds (held-out NLL, nats/token)\n", r.measured.size(), r.rounds);
+    std::printf("refinement: %zu policies measured in %d rounds (held-out NLL, nats/token)\n", r.measured.size(),
+                r.rounds);
     std::printf("     cost  error proxy        NLL  rules\n");
     for (const auto& c : r.measured)
-        std::printf("  %7.4f  %11.5f  %9.5f  %s%s\n", c.cost, c.proxy, c.measured, core::describeRules(c.rules, experts).c_str(),
-                    &c == &r.measured.front() ? "  (search)" : "");
+        std::printf("  %7.4f  %11.5f  %9.5f  %s%s\n", c.cost, c.proxy, c.measured,
+                    core::describeRules(c.rules, experts).c_str(), &c == &r.measured.front() ? "  (search)" : "");
     std::printf("kept: %s (NLL %.5f; the search's choice %.5f)\n", core::describeRules(r.best.rules, experts).c_str(),
                 r.best.measured, r.start.measured);
 }
@@ -133,20 +128,23 @@ void registerLatencyCommand(CLI::App& app)
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("latency", "LaDiMo stage 2b: measure the latency model (dense FFN, MoE block at each k, "
-                                              "the rest of the model) on the active device and store it");
+    auto* cmd = app.add_subcommand("latency",
+                                   "LaDiMo stage 2b: measure the latency model (dense FFN, MoE block at each k, "
+                                   "the rest of the model) on the active device and store it");
     cmd->add_option("project", o->model.path, "Project file (*.ladimo) with a finished conversion run")->required();
     o->model.add(cmd, /*positional=*/false);
     o->data.add(cmd);
     cmd->add_option("--prefill", o->latency.prefillTokens, "Prefill batch in tokens")->capture_default_str();
     cmd->add_option("--decode-context", o->latency.decodeContext, "Cached tokens before the timed decode step")
         ->capture_default_str();
-    cmd->add_option("--repeats", o->latency.repeats, "Timed runs per measurement (the fastest counts)")->capture_default_str();
+    cmd->add_option("--repeats", o->latency.repeats, "Timed runs per measurement (the fastest counts)")
+        ->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
         if (!isProjectFile(o->model.path))
             throw core::Error("latency needs a project file (*.ladimo), got '" + o->model.path + "'");
-        auto project = core::Project::open(o->model.path, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
+        auto project
+            = core::Project::open(o->model.path, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
         auto converted = loadConverted(o->model.path, o->model);
         torch::InferenceMode guard;
         ProgressPrinter printer;
@@ -193,20 +191,23 @@ void registerPolicyCommand(CLI::App& app)
         std::string latency = "prefill";
         std::string name, base;
         bool list = false, remove = false, json = false;
-        DataOptions refine;      // --refine-data: measured refinement of a budget search
+        DataOptions refine; // --refine-data: measured refinement of a budget search
         core::RefineOptions refineOptions;
         int64_t refineSeqLen = 256;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("policy", "LaDiMo stage 2b: choose per-layer routing rules (search, edit, import, export)");
-    cmd->add_option("project", o->project, "Project file (*.ladimo) with a routing profile (`ladimo profile`)")->required();
+    auto* cmd = app.add_subcommand("policy",
+                                   "LaDiMo stage 2b: choose per-layer routing rules (search, edit, import, export)");
+    cmd->add_option("project", o->project, "Project file (*.ladimo) with a routing profile (`ladimo profile`)")
+        ->required();
     auto* bp = cmd->add_option("--budget-params", o->budgetParams,
                                "Search: activated FFN parameters at most F of the dense FFN (e.g. 0.75)");
     auto* bl = cmd->add_option("--budget-latency", o->budgetLatency,
                                "Search: estimated latency at most F of the dense model's (needs `ladimo latency`)");
-    auto* me = cmd->add_option("--max-error", o->maxError, "Search: the cheapest policy whose error proxy is at most E");
-    auto* st = cmd->add_option("--set", o->set,
-                               "Edit: \"0:4,1:6,2-3:p0.9\" (LAYER:K, LAYER:pP, LAYER:pP:MIN-MAX; LAYER may be A-B or *)");
+    auto* me
+        = cmd->add_option("--max-error", o->maxError, "Search: the cheapest policy whose error proxy is at most E");
+    auto* st = cmd->add_option(
+        "--set", o->set, "Edit: \"0:4,1:6,2-3:p0.9\" (LAYER:K, LAYER:pP, LAYER:pP:MIN-MAX; LAYER may be A-B or *)");
     auto* im = cmd->add_option("--import", o->importFile, "Import a policy JSON document");
     auto* ex = cmd->add_option("--export", o->exportFile, "Export policy --name as a JSON document");
     auto* ls = cmd->add_flag("--list", o->list, "List the stored policies with their estimates");
@@ -216,8 +217,10 @@ void registerPolicyCommand(CLI::App& app)
         for (auto* b : {bp, bl, me, st, im, ex, ls, sh, rm})
             if (a != b)
                 a->excludes(b);
-    cmd->add_option("--rules", o->rules, "Search over static, threshold (top-p) or both kinds of rule")->capture_default_str();
-    cmd->add_option("--latency", o->latency, "Latency measure for --budget-latency: prefill or decode")->capture_default_str();
+    cmd->add_option("--rules", o->rules, "Search over static, threshold (top-p) or both kinds of rule")
+        ->capture_default_str();
+    cmd->add_option("--latency", o->latency, "Latency measure for --budget-latency: prefill or decode")
+        ->capture_default_str();
     cmd->add_option("--name", o->name, "Policy name (default: derived from the target)");
     cmd->add_option("--base", o->base, "--set edits this stored policy (default: the training k in every layer)");
     cmd->add_option("--device", o->device, "Device whose latency model estimates use")->capture_default_str();
@@ -233,7 +236,8 @@ void registerPolicyCommand(CLI::App& app)
         ->capture_default_str()
         ->needs(rs);
     rd->excludes(rs);
-    cmd->add_option("--refine-tokens", o->refine.maxTokens, "Refinement: use at most N tokens of --refine-data (0 = all)")
+    cmd->add_option("--refine-tokens", o->refine.maxTokens,
+                    "Refinement: use at most N tokens of --refine-data (0 = all)")
         ->capture_default_str();
     cmd->add_option("--refine-evals", o->refineOptions.maxEvaluations, "Refinement: at most N measured policies")
         ->capture_default_str()
@@ -253,10 +257,11 @@ void registerPolicyCommand(CLI::App& app)
                 throw core::Error(std::string(opt) + " needs --refine-data or --refine-self-sample");
         if (!isProjectFile(o->project))
             throw core::Error("policy needs a project file (*.ladimo), got '" + o->project + "'");
-        const bool writes = o->budgetParams || o->budgetLatency || o->maxError || !o->set.empty() ||
-                            !o->importFile.empty() || o->remove;
-        auto project = core::Project::open(
-            o->project, {writes ? core::Project::Access::ReadWrite : core::Project::Access::ReadOnly, core::Project::Verify::Exists});
+        const bool writes = o->budgetParams || o->budgetLatency || o->maxError || !o->set.empty()
+            || !o->importFile.empty() || o->remove;
+        auto project = core::Project::open(o->project,
+                                           {writes ? core::Project::Access::ReadWrite : core::Project::Access::ReadOnly,
+                                            core::Project::Verify::Exists});
         const auto c = loadContext(project, o->device);
         const int L = c.run.layers;
         const int64_t N = c.run.experts;
@@ -373,8 +378,9 @@ void registerPolicyCommand(CLI::App& app)
             r = core::searchMaxError(c.tables, *o->maxError, so);
             std::snprintf(buf, sizeof buf, "error-%g-%s", *o->maxError, o->rules.c_str());
         } else {
-            throw core::Error("policy: give a target (--budget-params, --budget-latency, --max-error), --set, --import, "
-                              "--export, --show or --list");
+            throw core::Error(
+                "policy: give a target (--budget-params, --budget-latency, --max-error), --set, --import, "
+                "--export, --show or --list");
         }
         if (refine) {
             auto ro = o->refineOptions;
@@ -409,8 +415,9 @@ void registerTradeoffCommand(CLI::App& app)
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("tradeoff", "LaDiMo stage 2b: the Pareto front of error proxy against cost, uniform top-k "
-                                               "points, stored policies and their measured evaluations");
+    auto* cmd = app.add_subcommand("tradeoff",
+                                   "LaDiMo stage 2b: the Pareto front of error proxy against cost, uniform top-k "
+                                   "points, stored policies and their measured evaluations");
     cmd->add_option("project", o->project, "Project file (*.ladimo) with a routing profile")->required();
     cmd->add_option("--cost", o->cost, "Cost axis: params, prefill or decode")->capture_default_str();
     cmd->add_option("--rules", o->rules, "Rules the front may use: static, threshold or both")->capture_default_str();
@@ -418,7 +425,8 @@ void registerTradeoffCommand(CLI::App& app)
     cmd->add_option("--device", o->device, "Device whose latency model estimates use")->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
-        auto project = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
+        auto project
+            = core::Project::open(o->project, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
         const auto c = loadContext(project, o->device);
         core::SearchOptions so;
         so.cost = core::parseCostKind(o->cost);
@@ -469,11 +477,13 @@ void registerTradeoffCommand(CLI::App& app)
             std::string rules;
             for (const auto& r : j["rules"])
                 rules += (rules.empty() ? "" : " ") + core::describeRule(core::ruleFromJson(r, N, "front"), N);
-            std::printf("  %7.4f  %11.5f  %s\n", j["cost"].get<double>(), j["error_proxy"].get<double>(), rules.c_str());
+            std::printf("  %7.4f  %11.5f  %s\n", j["cost"].get<double>(), j["error_proxy"].get<double>(),
+                        rules.c_str());
         }
         std::printf("  uniform top-k:\n");
         for (const auto& j : out["uniform"])
-            std::printf("  k=%-3d %7.4f  %11.5f\n", j["k"].get<int>(), j["cost"].get<double>(), j["error_proxy"].get<double>());
+            std::printf("  k=%-3d %7.4f  %11.5f\n", j["k"].get<int>(), j["cost"].get<double>(),
+                        j["error_proxy"].get<double>());
         if (!out["policies"].empty())
             std::printf("  stored policies:\n");
         for (const auto& j : out["policies"]) {

@@ -26,16 +26,20 @@ void registerPretrainCommand(CLI::App& app)
     o->p.model.numKvHeads = 2;
     o->p.model.maxPositions = 512;
     o->p.model.rmsNormEps = 1e-5;
-    auto* cmd = app.add_subcommand("pretrain", "Train a small dense LLaMA model and its SentencePiece tokenizer from text");
+    auto* cmd
+        = app.add_subcommand("pretrain", "Train a small dense LLaMA model and its SentencePiece tokenizer from text");
     cmd->add_option("--train", o->train, "Training text files")->required()->check(CLI::ExistingFile);
-    cmd->add_option("--validation", o->validation, "Held-out text file for validation")->required()->check(CLI::ExistingFile);
+    cmd->add_option("--validation", o->validation, "Held-out text file for validation")
+        ->required()
+        ->check(CLI::ExistingFile);
     cmd->add_option("--out", o->out, "Output model directory (Hugging Face layout)")->required();
     cmd->add_option("--vocab", o->p.vocabSize, "SentencePiece vocabulary size")->capture_default_str();
     cmd->add_option("--hidden", o->p.model.hiddenSize, "Hidden size")->capture_default_str();
     cmd->add_option("--intermediate", o->p.model.intermediateSize, "FFN intermediate size")->capture_default_str();
     cmd->add_option("--layers", o->p.model.numLayers, "Decoder layers")->capture_default_str();
     cmd->add_option("--heads", o->p.model.numHeads, "Attention heads")->capture_default_str();
-    cmd->add_option("--kv-heads", o->p.model.numKvHeads, "Key/value heads (grouped-query attention)")->capture_default_str();
+    cmd->add_option("--kv-heads", o->p.model.numKvHeads, "Key/value heads (grouped-query attention)")
+        ->capture_default_str();
     cmd->add_option("--context", o->p.model.maxPositions, "max_position_embeddings")->capture_default_str();
     cmd->add_option("--seq-len", o->p.seqLen, "Training window length")->capture_default_str();
     cmd->add_option("--batch", o->p.batch, "Windows per step")->capture_default_str();
@@ -59,14 +63,14 @@ void registerPretrainCommand(CLI::App& app)
         std::string cmdline = "build/bin/ladimo pretrain";
         for (const auto& t : o->train)
             cmdline += " --train " + t;
-        cmdline += " --validation " + o->validation + " --out " + o->out + " --vocab " + std::to_string(o->p.vocabSize) +
-                   " --hidden " + std::to_string(o->p.model.hiddenSize) + " --intermediate " +
-                   std::to_string(o->p.model.intermediateSize) + " --layers " + std::to_string(o->p.model.numLayers) +
-                   " --heads " + std::to_string(o->p.model.numHeads) + " --kv-heads " +
-                   std::to_string(o->p.model.numKvHeads) + " --seq-len " + std::to_string(o->p.seqLen) + " --batch " +
-                   std::to_string(o->p.batch) + " --steps " + std::to_string(o->p.steps) + " --warmup " +
-                   std::to_string(o->p.warmup) + " --lr " + CLI::detail::to_string(o->p.lr) + " --seed " +
-                   std::to_string(o->p.seed) + " --save-dtype " + o->p.saveDType;
+        cmdline += " --validation " + o->validation + " --out " + o->out + " --vocab " + std::to_string(o->p.vocabSize)
+            + " --hidden " + std::to_string(o->p.model.hiddenSize) + " --intermediate "
+            + std::to_string(o->p.model.intermediateSize) + " --layers " + std::to_string(o->p.model.numLayers)
+            + " --heads " + std::to_string(o->p.model.numHeads) + " --kv-heads " + std::to_string(o->p.model.numKvHeads)
+            + " --seq-len " + std::to_string(o->p.seqLen) + " --batch " + std::to_string(o->p.batch) + " --steps "
+            + std::to_string(o->p.steps) + " --warmup " + std::to_string(o->p.warmup) + " --lr "
+            + CLI::detail::to_string(o->p.lr) + " --seed " + std::to_string(o->p.seed) + " --save-dtype "
+            + o->p.saveDType;
         o->p.commandLine = cmdline;
         ProgressPrinter printer;
         o->p.progress = printer.fn();

@@ -25,7 +25,8 @@ void registerProfileCommand(CLI::App& app)
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("profile", "LaDiMo stage 2a: routing-weight distributions and error for each k, per layer");
+    auto* cmd = app.add_subcommand("profile",
+                                   "LaDiMo stage 2a: routing-weight distributions and error for each k, per layer");
     cmd->add_option("project", o->model.path, "Project file (*.ladimo) with a finished conversion run")->required();
     o->model.add(cmd, /*positional=*/false);
     o->data.add(cmd); // neither --data nor --self-sample: the run's calibration data

@@ -60,8 +60,10 @@ nlohmann::json projectJson(core::Project& p, std::optional<int64_t> runId, const
         }
         j["routing_profiles"] = nlohmann::json::array();
         for (const auto& prof : p.routingProfiles(*runId))
-            j["routing_profiles"].push_back({{"layer", prof.layer}, {"tokens", prof.tokens},
-                                             {"entropy", prof.entropy}, {"error_by_k", prof.errorByK},
+            j["routing_profiles"].push_back({{"layer", prof.layer},
+                                             {"tokens", prof.tokens},
+                                             {"entropy", prof.entropy},
+                                             {"error_by_k", prof.errorByK},
                                              {"expert_load", prof.expertLoad}});
     }
     j["policies"] = nlohmann::json::array();
@@ -75,10 +77,13 @@ nlohmann::json projectJson(core::Project& p, std::optional<int64_t> runId, const
         j["exports"].push_back(core::toJson(x));
     j["problems"] = nlohmann::json::array();
     for (const auto& prob : report.problems)
-        j["problems"].push_back({{"run_id", prob.runId}, {"layer", prob.layer}, {"path", prob.path},
-                                 {"kind", prob.kind == core::VerifyProblem::Kind::Missing   ? "missing"
-                                          : prob.kind == core::VerifyProblem::Kind::Corrupt ? "corrupt"
-                                                                                            : "bad_path"}});
+        j["problems"].push_back({{"run_id", prob.runId},
+                                 {"layer", prob.layer},
+                                 {"path", prob.path},
+                                 {"kind",
+                                  prob.kind == core::VerifyProblem::Kind::Missing       ? "missing"
+                                      : prob.kind == core::VerifyProblem::Kind::Corrupt ? "corrupt"
+                                                                                        : "bad_path"}});
     return j;
 }
 
@@ -103,8 +108,8 @@ void printText(core::Project& p, std::optional<int64_t> runId, const core::Verif
         out << "run       #" << r.id << " " << core::runStatusName(r.status) << "  " << r.experts << " experts x "
             << r.expertSize << ", " << r.partition << ", " << r.gating << " gating, train top-" << r.trainTopK << ", "
             << r.epochs << " epochs, lr " << r.lr << ", batch " << r.batch << ", " << r.mode << ", " << r.device
-            << ", seed " << r.seed << "  started " << r.started << (r.finished.empty() ? "" : ", finished " + r.finished)
-            << "\n";
+            << ", seed " << r.seed << "  started " << r.started
+            << (r.finished.empty() ? "" : ", finished " + r.finished) << "\n";
     if (runId) {
         const auto snap = p.snapshot(*runId);
         out << "\nlayers of run #" << *runId << ":\n  layer  status   final_loss  rel_error  seconds  curve  file\n";
@@ -127,8 +132,8 @@ void printText(core::Project& p, std::optional<int64_t> runId, const core::Verif
         out << "policy    #" << pol.id << " " << pol.name << " (" << core::policyOriginName(pol.origin) << ") "
             << pol.rules.dump() << "\n";
     for (const auto& e : p.evaluations())
-        out << "eval      #" << e.id << " policy " << (e.policyId ? "#" + std::to_string(e.policyId) : "dense") << " on "
-            << e.data << " [" << e.device << ", " << e.timestamp << "] " << e.metrics.dump() << "\n";
+        out << "eval      #" << e.id << " policy " << (e.policyId ? "#" + std::to_string(e.policyId) : "dense")
+            << " on " << e.data << " [" << e.device << ", " << e.timestamp << "] " << e.metrics.dump() << "\n";
     for (const auto& x : p.exports())
         out << "export    #" << x.id << " " << x.format << " -> " << x.path << " (policy "
             << (x.policyId ? "#" + std::to_string(x.policyId) : "-") << ", " << x.created << ")\n";
@@ -202,10 +207,11 @@ void registerProjectCommand(CLI::App& app)
         }
         std::cout << report.describe();
         if (!verify->repair)
-            throw core::Error(std::to_string(report.problems.size()) + " layer file(s) missing or corrupt in '" +
-                              verify->file + "' (rerun with --repair to mark them pending)");
+            throw core::Error(std::to_string(report.problems.size()) + " layer file(s) missing or corrupt in '"
+                              + verify->file + "' (rerun with --repair to mark them pending)");
         p.resetLayers(report);
-        std::cout << "marked " << report.problems.size() << " layer(s) pending; a rerun of the conversion redoes them\n";
+        std::cout << "marked " << report.problems.size()
+                  << " layer(s) pending; a rerun of the conversion redoes them\n";
     });
 }
 

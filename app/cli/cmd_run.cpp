@@ -27,26 +27,31 @@ void registerRunCommand(CLI::App& app)
     auto o = std::make_shared<Opts>();
     o->calibration.selfSample = core::kDefaultCalibration.selfSample;
     auto* cmd = app.add_subcommand(
-        "run", "The whole pipeline in one resumable command: convert, profile, search and refine a policy for a "
-               "parameter budget, evaluate against dense on held-out data, export, report");
+        "run",
+        "The whole pipeline in one resumable command: convert, profile, search and refine a policy for a "
+        "parameter budget, evaluate against dense on held-out data, export, report");
     o->model.add(cmd);
-    cmd->add_option("--out", o->request.outDir, "Output folder: the export (model/), report.json and, by default, the "
-                                                "project (project.ladimo)")
+    cmd->add_option("--out", o->request.outDir,
+                    "Output folder: the export (model/), report.json and, by default, the "
+                    "project (project.ladimo)")
         ->required();
     cmd->add_option("--project", o->request.convert.projectFile, "Project file (*.ladimo; default OUT/project.ladimo)");
     cmd->add_option("--budget-params", o->request.budgetParams,
                     "Activated FFN parameters, router included, as a fraction of the dense FFN's")
         ->capture_default_str()
         ->check(CLI::Range(0.01, 1.0));
-    cmd->add_option("--rules", o->request.rules, "Rule kinds searched: static, threshold or both")->capture_default_str();
+    cmd->add_option("--rules", o->request.rules, "Rule kinds searched: static, threshold or both")
+        ->capture_default_str();
     cmd->add_option("--refine-evals", o->request.refineEvaluations,
                     "Policies measured (NLL on the calibration data) to refine the search's choice; 0 = none")
         ->capture_default_str();
     // Calibration (stage 1): the options of `ladimo convert`.
-    cmd->add_option("--data", o->calibration.file, "Calibration data: .txt, .u16, .u32 or .jsonl (default: self-sample)");
+    cmd->add_option("--data", o->calibration.file,
+                    "Calibration data: .txt, .u16, .u32 or .jsonl (default: self-sample)");
     cmd->add_option("--self-sample", o->calibration.selfSample, "Calibration: N tokens sampled from the dense model")
         ->capture_default_str();
-    cmd->add_option("--seed", o->calibration.seed, "Seed of the self-sampled calibration tokens")->capture_default_str();
+    cmd->add_option("--seed", o->calibration.seed, "Seed of the self-sampled calibration tokens")
+        ->capture_default_str();
     cmd->add_option("--max-tokens", o->calibration.maxTokens, "Use at most N calibration tokens (0 = all)")
         ->capture_default_str();
     cmd->add_option("--eval-data", o->evaluation.file,
@@ -59,8 +64,7 @@ void registerRunCommand(CLI::App& app)
     cmd->add_option("--gating", o->request.convert.gating, "hard, renorm or plain")->capture_default_str();
     cmd->add_option("--train-top-k", s.distill.trainTopK, "Experts per token while distilling")->capture_default_str();
     cmd->add_option("--epochs", s.distill.epochs, "Distillation epochs")->capture_default_str();
-    cmd->add_option("--seq-len", s.seqLen, "Window length (calibration, profile, evaluation)")
-        ->capture_default_str();
+    cmd->add_option("--seq-len", s.seqLen, "Window length (calibration, profile, evaluation)")->capture_default_str();
     cmd->add_option("--format", o->request.exportFormat, "Export format: " + core::exportFormatNames(true))
         ->capture_default_str();
     cmd->add_option("--export-dtype", o->request.exportDtype, "Export dtype: f32, bf16 or f16")->capture_default_str();
@@ -68,8 +72,8 @@ void registerRunCommand(CLI::App& app)
     cmd->callback([o] {
         auto& r = o->request;
         if (!core::exportFormat(r.exportFormat).moe)
-            throw core::Error("--format must write the conversion (" + core::exportFormatNames(true) + "), got '" +
-                              r.exportFormat + "'");
+            throw core::Error("--format must write the conversion (" + core::exportFormatNames(true) + "), got '"
+                              + r.exportFormat + "'");
         auto& c = r.convert;
         c.modelDir = o->model.path;
         c.load = o->model.loadOptions();

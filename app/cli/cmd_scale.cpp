@@ -27,8 +27,9 @@ void registerCaptureCommand(CLI::App& app)
         int64_t seqLen = 256;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("capture", "Capture every (or --layers) layer's dense FFN input and output on the calibration "
-                                              "data into the project folder, for ladimo convert to reuse");
+    auto* cmd = app.add_subcommand("capture",
+                                   "Capture every (or --layers) layer's dense FFN input and output on the calibration "
+                                   "data into the project folder, for ladimo convert to reuse");
     o->model.add(cmd);
     o->data.add(cmd);
     cmd->add_option("--project", o->project, "Project file (*.ladimo), created when absent")->required();
@@ -46,7 +47,8 @@ void registerCaptureCommand(CLI::App& app)
         if (!o->layers.empty())
             layers = parseLayerSpec(o->layers, L);
         ProgressPrinter printer;
-        const auto tokens = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->seqLen, printer.fn());
+        const auto tokens
+            = o->data.load(model, core::Tokenizer::loadForModel(o->model.path).get(), o->seqLen, printer.fn());
         const auto cal = calibrationRecord(o->data, tokens, o->seqLen);
 
         // The calibration set names the folder; record it (as a writer, briefly) when it is new.
@@ -57,8 +59,8 @@ void registerCaptureCommand(CLI::App& app)
         }
         if (!calId) {
             auto p = fs::exists(o->project)
-                         ? core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::None})
-                         : core::Project::create(o->project);
+                ? core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::None})
+                : core::Project::create(o->project);
             calId = core::findCalibrationSet(p, cal);
             if (!calId)
                 calId = p.addCalibrationSet(cal);
@@ -70,7 +72,8 @@ void registerCaptureCommand(CLI::App& app)
         for (int l : layers) {
             torch::Tensor x, y;
             std::string why;
-            if (!core::loadActivations(project.absolutePath(core::Project::activationsPath(calId, l)), l, key, &x, &y, &why))
+            if (!core::loadActivations(project.absolutePath(core::Project::activationsPath(calId, l)), l, key, &x, &y,
+                                       &why))
                 todo.insert(l);
         }
         if (!todo.empty()) {
@@ -88,7 +91,8 @@ void registerCaptureCommand(CLI::App& app)
                             if (!todo.count(l))
                                 had.insert(l);
                         return had;
-                    }()).c_str(),
+                    }())
+                        .c_str(),
                     (long long)tokens.size(), (project.dataDir() / ("activations/" + std::to_string(calId))).c_str());
     });
 }
@@ -100,11 +104,13 @@ void registerAssembleCommand(CLI::App& app)
         int64_t run = 0;
     };
     auto o = std::make_shared<Opts>();
-    auto* cmd = app.add_subcommand("assemble", "Verify and record the layers that `ladimo convert --layers` workers finished");
+    auto* cmd = app.add_subcommand("assemble",
+                                   "Verify and record the layers that `ladimo convert --layers` workers finished");
     cmd->add_option("project", o->project, "Project file (*.ladimo)")->required();
     cmd->add_option("--run", o->run, "Conversion run (default: the latest)");
     cmd->callback([o] {
-        auto project = core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
+        auto project
+            = core::Project::open(o->project, {core::Project::Access::ReadWrite, core::Project::Verify::Exists});
         int64_t runId = o->run;
         if (!runId) {
             const auto latest = project.latestRunId();
@@ -117,11 +123,11 @@ void registerAssembleCommand(CLI::App& app)
                          o->project.c_str());
         const auto r = core::assembleRun(project, runId);
         const auto text = [](const std::vector<int>& v) { return describeLayers(std::set<int>(v.begin(), v.end())); };
-        std::printf("run #%lld: recorded layers [%s] from workers, [%s] recorded before, [%s] missing\n", (long long)runId,
-                    text(r.recorded).c_str(), text(r.alreadyDone).c_str(), text(r.missing).c_str());
+        std::printf("run #%lld: recorded layers [%s] from workers, [%s] recorded before, [%s] missing\n",
+                    (long long)runId, text(r.recorded).c_str(), text(r.alreadyDone).c_str(), text(r.missing).c_str());
         if (!r.runFinished)
-            throw core::Error(o->project + ": run #" + std::to_string(runId) + " is not complete: layers " +
-                              text(r.missing) + " have no result yet (run their workers, then assemble again)");
+            throw core::Error(o->project + ": run #" + std::to_string(runId) + " is not complete: layers "
+                              + text(r.missing) + " have no result yet (run their workers, then assemble again)");
         std::printf("run #%lld of %s is complete\n", (long long)runId, o->project.c_str());
     });
 }

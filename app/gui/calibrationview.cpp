@@ -105,9 +105,10 @@ CalibrationView::CalibrationView(QWidget* parent) : QWidget(parent)
     connect(m_seed, qOverload<int>(&QSpinBox::valueChanged), this, &CalibrationView::onEdited);
     connect(m_browse, &QPushButton::clicked, this, [this] {
         const bool text = m_kind->currentIndex() == TextFile;
-        const QString f = QFileDialog::getOpenFileName(
-            this, tr("Calibration data"), m_file->text(),
-            text ? tr("Text (*.txt *.jsonl);;All files (*)") : tr("Token data (*.u16 *.u32 *.txt *.jsonl);;All files (*)"));
+        const QString f
+            = QFileDialog::getOpenFileName(this, tr("Calibration data"), m_file->text(),
+                                           text ? tr("Text (*.txt *.jsonl);;All files (*)")
+                                                : tr("Token data (*.u16 *.u32 *.txt *.jsonl);;All files (*)"));
         if (f.isEmpty())
             return;
         if (m_kind->currentIndex() == SelfSample)
@@ -145,13 +146,14 @@ void CalibrationView::setSettingJson(const QString& json)
     const QString kind = o.value("kind").toString();
     m_kind->setCurrentIndex(kind == "self_sample" ? SelfSample : kind == "text" ? TextFile : TokenFile);
     m_file->setText(o.value("file").toString());
-    const qint64 budget = o.value("budget").toInteger(
-        kind == "self_sample" ? o.value("self_sample").toInteger() : o.value("max_tokens").toInteger());
+    const qint64 budget = o.value("budget").toInteger(kind == "self_sample" ? o.value("self_sample").toInteger()
+                                                                            : o.value("max_tokens").toInteger());
     if (budget > 0)
         m_tokens->setValue(static_cast<int>(budget));
     m_seed->setValue(static_cast<int>(o.value("seed").toInteger(1234)));
     m_counted = o.value("tokens").toInteger();
-    m_count->setText(m_counted > 0 ? tr("Tokens: %1").arg(QLocale().toString(m_counted)) : tr("Tokens: not counted yet"));
+    m_count->setText(m_counted > 0 ? tr("Tokens: %1").arg(QLocale().toString(m_counted))
+                                   : tr("Tokens: not counted yet"));
     m_loading = false;
     updateEnabled();
 }

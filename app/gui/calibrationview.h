@@ -32,11 +32,11 @@ public:
     void setModel(const QString& modelDir);
     // Shows `json` (the project setting, or a run's recorded data); settingsChanged is not emitted.
     void setSettingJson(const QString& json);
-    QString settingJson() const;      // {"kind", "file", "self_sample", "seed", "max_tokens", "tokens"}
-    DataChoice dataChoice() const;    // what the jobs read
-    bool needsFile() const;           // a file kind with no file chosen
-    QString summary() const;          // "self-sample 16384 tokens, seed 1234" / "file F, first N tokens"
-    void setEditable(bool editable);  // off while a job runs
+    QString settingJson() const;     // {"kind", "file", "self_sample", "seed", "max_tokens", "tokens"}
+    DataChoice dataChoice() const;   // what the jobs read
+    bool needsFile() const;          // a file kind with no file chosen
+    QString summary() const;         // "self-sample 16384 tokens, seed 1234" / "file F, first N tokens"
+    void setEditable(bool editable); // off while a job runs
 
     // Counts the tokens and decodes the first ones in the background; previewFinished follows.
     bool startPreview();

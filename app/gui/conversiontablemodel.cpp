@@ -85,8 +85,8 @@ QVariant ConversionTableModel::data(const QModelIndex& index, int role) const
         case SecondsColumn: return number(l.wallSeconds, 3);
         case PointsColumn:
             return index.row() < static_cast<int>(m_snapshot.lossCurves.size())
-                       ? static_cast<int>(m_snapshot.lossCurves[static_cast<std::size_t>(index.row())].size())
-                       : 0;
+                ? static_cast<int>(m_snapshot.lossCurves[static_cast<std::size_t>(index.row())].size())
+                : 0;
         }
     }
     if (role == Qt::ToolTipRole && index.column() == StatusColumn && !l.failureReason.empty())

@@ -79,7 +79,8 @@ EvaluateView::EvaluateView(QWidget* parent) : QWidget(parent)
     grid->addWidget(browse, 1, 6);
     m_start = new QPushButton(tr("&Evaluate"));
     m_start->setObjectName("startEvaluation");
-    m_start->setToolTip(tr("Measure perplexity, KL to dense and activated FFN fraction (ladimo eval); stored in the project"));
+    m_start->setToolTip(
+        tr("Measure perplexity, KL to dense and activated FFN fraction (ladimo eval); stored in the project"));
     m_cancel = new QPushButton(tr("&Cancel"));
     m_cancel->setObjectName("cancelEvaluation");
     m_cancel->setToolTip(tr("Stop the measurement; nothing is stored"));
@@ -100,7 +101,8 @@ EvaluateView::EvaluateView(QWidget* parent) : QWidget(parent)
     m_result->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_result);
     m_model = new EvaluationTableModel(this);
-    m_table = makeRecordTable(m_model, tr("The project's stored evaluations, newest first (from here and from ladimo eval)"));
+    m_table = makeRecordTable(m_model,
+                              tr("The project's stored evaluations, newest first (from here and from ladimo eval)"));
     layout->addWidget(m_table, 1);
 
     m_job = new WorkbenchJob(this);
@@ -121,7 +123,8 @@ EvaluateView::~EvaluateView()
 }
 
 void EvaluateView::setProject(const QString& projectFile, int experts, int trainTopK,
-                              const std::vector<core::Policy>& policies, const std::vector<core::Evaluation>& evaluations)
+                              const std::vector<core::Policy>& policies,
+                              const std::vector<core::Evaluation>& evaluations)
 {
     m_project = projectFile;
     const QString keep = m_policy->currentText();
@@ -143,7 +146,8 @@ void EvaluateView::setProject(const QString& projectFile, int experts, int train
         const auto& newest = m_model->evaluations().front();
         auto metrics = newest.metrics;
         if (!metrics.contains("policy_label"))
-            metrics["policy_label"] = m_model->index(0, EvaluationTableModel::PolicyColumn).data().toString().toStdString();
+            metrics["policy_label"]
+                = m_model->index(0, EvaluationTableModel::PolicyColumn).data().toString().toStdString();
         onEvaluated(QString::fromStdString(metrics.dump()));
     }
     m_status->setText(tr("%1 stored evaluations.").arg(evaluations.size()));
@@ -183,7 +187,9 @@ bool EvaluateView::startEvaluation()
     EvaluateRequest r;
     r.projectFile = m_project;
     const int i = m_policy->currentIndex();
-    r.policy = i == 0 ? EvaluateRequest::Policy::Dense : i == 1 ? EvaluateRequest::Policy::UniformTopK : EvaluateRequest::Policy::Stored;
+    r.policy = i == 0 ? EvaluateRequest::Policy::Dense
+        : i == 1      ? EvaluateRequest::Policy::UniformTopK
+                      : EvaluateRequest::Policy::Stored;
     r.topK = m_topK->value();
     r.policyName = m_policy->currentText();
     if (m_dataKind->currentIndex() == 0) {

@@ -13,12 +13,24 @@ namespace ladimo::gui {
 class EvaluationTableModel : public QAbstractTableModel {
     Q_OBJECT
 public:
-    enum Column { IdColumn, PolicyColumn, DataColumn, PerplexityColumn, KlColumn, FfnColumn, PrefillColumn, DecodeColumn,
-                  DeviceColumn, TimeColumn, ColumnCount };
+    enum Column {
+        IdColumn,
+        PolicyColumn,
+        DataColumn,
+        PerplexityColumn,
+        KlColumn,
+        FfnColumn,
+        PrefillColumn,
+        DecodeColumn,
+        DeviceColumn,
+        TimeColumn,
+        ColumnCount
+    };
     using QAbstractTableModel::QAbstractTableModel;
 
     // `policyNames`: id -> name of the project's policies (0 is shown as the uniform rule or dense).
-    void setEvaluations(std::vector<core::Evaluation> evaluations, std::vector<std::pair<int64_t, QString>> policyNames);
+    void setEvaluations(std::vector<core::Evaluation> evaluations,
+                        std::vector<std::pair<int64_t, QString>> policyNames);
     const std::vector<core::Evaluation>& evaluations() const { return m_rows; }
 
     int rowCount(const QModelIndex& parent = {}) const override;

@@ -6,7 +6,8 @@
 
 namespace ladimo::gui {
 
-void ExportTableModel::setExports(std::vector<core::ExportRecord> exports, std::vector<std::pair<int64_t, QString>> policyNames)
+void ExportTableModel::setExports(std::vector<core::ExportRecord> exports,
+                                  std::vector<std::pair<int64_t, QString>> policyNames)
 {
     beginResetModel();
     m_rows = std::move(exports);
@@ -15,7 +16,10 @@ void ExportTableModel::setExports(std::vector<core::ExportRecord> exports, std::
     endResetModel();
 }
 
-int ExportTableModel::rowCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : static_cast<int>(m_rows.size()); }
+int ExportTableModel::rowCount(const QModelIndex& parent) const
+{
+    return parent.isValid() ? 0 : static_cast<int>(m_rows.size());
+}
 
 int ExportTableModel::columnCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : ColumnCount; }
 
@@ -41,7 +45,8 @@ QVariant ExportTableModel::data(const QModelIndex& index, int role) const
         return tr("training k");
     case RunColumn: return static_cast<qlonglong>(e.runId);
     case Sha256Column:
-        return role == Qt::DisplayRole ? QString::fromStdString(e.sha256.substr(0, 16)) : QString::fromStdString(e.sha256);
+        return role == Qt::DisplayRole ? QString::fromStdString(e.sha256.substr(0, 16))
+                                       : QString::fromStdString(e.sha256);
     case CreatedColumn: return QString::fromStdString(e.created);
     }
     return {};

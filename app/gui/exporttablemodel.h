@@ -13,7 +13,16 @@ namespace ladimo::gui {
 class ExportTableModel : public QAbstractTableModel {
     Q_OBJECT
 public:
-    enum Column { IdColumn, FormatColumn, PathColumn, PolicyColumn, RunColumn, Sha256Column, CreatedColumn, ColumnCount };
+    enum Column {
+        IdColumn,
+        FormatColumn,
+        PathColumn,
+        PolicyColumn,
+        RunColumn,
+        Sha256Column,
+        CreatedColumn,
+        ColumnCount
+    };
     using QAbstractTableModel::QAbstractTableModel;
 
     void setExports(std::vector<core::ExportRecord> exports, std::vector<std::pair<int64_t, QString>> policyNames);

@@ -35,7 +35,8 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
     for (const auto& f : core::exportFormats()) { // the registry (core/export/formats.h)
         m_format->addItem(QString::fromLatin1(f.name));
         m_format->setItemData(m_format->count() - 1, QString::fromUtf8(f.description), Qt::ToolTipRole);
-        formats += QStringLiteral("%1%2: %3").arg(formats.isEmpty() ? "" : "\n", f.name, QString::fromUtf8(f.description));
+        formats
+            += QStringLiteral("%1%2: %3").arg(formats.isEmpty() ? "" : "\n", f.name, QString::fromUtf8(f.description));
     }
     m_format->setToolTip(formats);
     m_dtype = new QComboBox;
@@ -60,9 +61,10 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
     m_browse->setToolTip(tr("Choose the destination"));
     connect(m_browse, &QPushButton::clicked, this, [this] {
         const auto& format = core::exportFormat(m_format->currentText().toStdString());
-        const QString path = format.singleFile ? QFileDialog::getSaveFileName(this, tr("Export to file"), m_out->text(),
-                                                                              QString::fromUtf8(format.fileFilter))
-                                               : QFileDialog::getExistingDirectory(this, tr("Export to folder"), m_out->text());
+        const QString path = format.singleFile
+            ? QFileDialog::getSaveFileName(this, tr("Export to file"), m_out->text(),
+                                           QString::fromUtf8(format.fileFilter))
+            : QFileDialog::getExistingDirectory(this, tr("Export to folder"), m_out->text());
         if (!path.isEmpty())
             m_out->setText(path);
     });
@@ -105,7 +107,8 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
     m_report->setTextInteractionFlags(Qt::TextSelectableByMouse);
     layout->addWidget(m_report);
     m_model = new ExportTableModel(this);
-    m_table = makeRecordTable(m_model, tr("The project's recorded exports, newest first (from here and from ladimo export)"));
+    m_table = makeRecordTable(m_model,
+                              tr("The project's recorded exports, newest first (from here and from ladimo export)"));
     layout->addWidget(m_table, 1);
 
     m_job = new WorkbenchJob(this);
@@ -224,7 +227,8 @@ void ExportView::onExported(const QString& reportJson)
                        .arg(QString::fromStdString(j["sha256"].get<std::string>()));
     text += tr("<br>Files: %1").arg(files.join(", ").toHtmlEscaped());
     if (j.contains("experts_per_token")) {
-        text += tr("<br>Policy %1, k = %2: ").arg(QString::fromStdString(j["policy"].get<std::string>()).toHtmlEscaped())
+        text += tr("<br>Policy %1, k = %2: ")
+                    .arg(QString::fromStdString(j["policy"].get<std::string>()).toHtmlEscaped())
                     .arg(j["experts_per_token"].get<int>());
         if (j["exact"].get<bool>()) {
             text += tr("<b>exact</b>, the target computes what the workbench computes.");

@@ -24,7 +24,9 @@ int main(int argc, char** argv)
     QCommandLineOption openOption("open", "Model folder (or project) to open.", "path");
     QCommandLineOption demoOption("demo", "Open the bundled demo model.");
     QCommandLineOption shotOption("screenshot", "Render the window to a PNG file and exit.", "file");
-    QCommandLineOption viewOption("view", "View to show (model, calibration, convert, routing, policy, tradeoff, evaluate, export).", "name", "model");
+    QCommandLineOption viewOption(
+        "view", "View to show (model, calibration, convert, routing, policy, tradeoff, evaluate, export).", "name",
+        "model");
     parser.addOptions({openOption, demoOption, shotOption, viewOption});
     parser.addPositionalArgument("path", "Model folder to open.", "[path]");
     parser.process(app);
@@ -51,7 +53,8 @@ int main(int argc, char** argv)
                 std::fprintf(stderr, "ladimo-workbench: no view named '%s'\n", qPrintable(parser.value(viewOption)));
             // The Calibration view shows its token count and first tokens once it has read them.
             auto* calibration = window.calibrationView();
-            if (parser.value(viewOption).compare("calibration", Qt::CaseInsensitive) == 0 && calibration->startPreview())
+            if (parser.value(viewOption).compare("calibration", Qt::CaseInsensitive) == 0
+                && calibration->startPreview())
                 QObject::connect(calibration, &ladimo::gui::CalibrationView::previewFinished, &app, grab);
             else
                 grab();

@@ -217,12 +217,14 @@ void MainWindow::buildUi()
     m_conversionView->verticalHeader()->hide();
     m_conversionView->setSelectionBehavior(QAbstractItemView::SelectRows);
     m_conversionView->setSelectionMode(QAbstractItemView::SingleSelection);
-    m_conversionView->setToolTip(tr("Per-layer results of the latest conversion run: select a layer to see its loss curve"));
+    m_conversionView->setToolTip(
+        tr("Per-layer results of the latest conversion run: select a layer to see its loss curve"));
     convertSplit->addWidget(m_conversionView);
     m_lossPlot = new widgets::LinePlot;
     m_lossPlot->setAxisLabels(tr("distillation step"), tr("normalised MSE"));
     m_lossPlot->setLogY(true);
-    m_lossPlot->setToolTip(tr("Layer-wise distillation loss: MSE of the MoE block against the dense FFN, divided by the FFN output energy"));
+    m_lossPlot->setToolTip(tr(
+        "Layer-wise distillation loss: MSE of the MoE block against the dense FFN, divided by the FFN output energy"));
     convertSplit->addWidget(m_lossPlot);
     convertSplit->setSizes({500, 500});
     convertLayout->addWidget(convertSplit, 1);
@@ -232,10 +234,12 @@ void MainWindow::buildUi()
 
     m_routingView = new RoutingView;
     m_tabs->addTab(m_routingView, tr("Routing"));
-    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Router profiles: weight histograms, cumulative mass, expert load, all layers"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1,
+                          tr("Router profiles: weight histograms, cumulative mass, expert load, all layers"));
     m_policyView = new PolicyView;
     m_tabs->addTab(m_policyView, tr("Policy"));
-    m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1,
+                          tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
     m_tradeoffView = new TradeoffView(m_policyView);
     m_tabs->addTab(m_tradeoffView, tr("Tradeoff"));
     m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Error against cost of every policy; click a point to apply it"));
@@ -264,16 +268,16 @@ void MainWindow::buildUi()
         refreshStepStates();
     });
     // The pipeline: each step's tab shows its state (icon) and what it produced (tooltip).
-    const QWidget* pages[core::kPipelineSteps] = {modelPage,    m_calibration,  convertPage,  m_routingView,
-                                                  m_policyView, m_evaluateView, m_exportView};
-    const QString tips[core::kPipelineSteps] = {
-        tr("The dense model: architecture, parameters, layers"),
-        tr("The calibration data the conversion and the profile run on"),
-        tr("Convert every FFN into an MoE block by layer-wise distillation"),
-        tr("Routing profile of the conversion: weight histograms, top-k mass, expert load"),
-        tr("Per-layer routing rules with instant estimates and the tradeoff plot"),
-        tr("Measure perplexity, KL to dense and latency of the conversion under a rule"),
-        tr("Write the conversion or the dense model as Hugging Face or GGUF files")};
+    const QWidget* pages[core::kPipelineSteps]
+        = {modelPage, m_calibration, convertPage, m_routingView, m_policyView, m_evaluateView, m_exportView};
+    const QString tips[core::kPipelineSteps]
+        = {tr("The dense model: architecture, parameters, layers"),
+           tr("The calibration data the conversion and the profile run on"),
+           tr("Convert every FFN into an MoE block by layer-wise distillation"),
+           tr("Routing profile of the conversion: weight histograms, top-k mass, expert load"),
+           tr("Per-layer routing rules with instant estimates and the tradeoff plot"),
+           tr("Measure perplexity, KL to dense and latency of the conversion under a rule"),
+           tr("Write the conversion or the dense model as Hugging Face or GGUF files")};
     for (int i = 0; i < core::kPipelineSteps; ++i) {
         m_stepPages[i] = const_cast<QWidget*>(pages[i]);
         m_stepBaseTips[i] = tips[i];
@@ -295,8 +299,8 @@ void MainWindow::openPath(const QString& path)
 void MainWindow::onOpenTriggered()
 {
     // A project is a file, a model is a folder: offer the project file first, folders on cancel.
-    const QString file = QFileDialog::getOpenFileName(this, tr("Open project"), m_current.path,
-                                                      tr("LaDiMo projects (*.ladimo)"));
+    const QString file
+        = QFileDialog::getOpenFileName(this, tr("Open project"), m_current.path, tr("LaDiMo projects (*.ladimo)"));
     if (!file.isEmpty()) {
         openPath(file);
         return;
@@ -359,17 +363,21 @@ void MainWindow::showModel(const OpenedModel& m)
     }
     if (!m.isProject) // a model folder: the view's settings go into the project the conversion creates
         m_current.facts.calibration = nlohmann::json::parse(m_calibration->settingJson().toStdString());
-    m_calibrationSummary->setText(tr("Calibration data: %1 (set in the Calibration view)").arg(m_calibration->summary()));
+    m_calibrationSummary->setText(
+        tr("Calibration data: %1 (set in the Calibration view)").arg(m_calibration->summary()));
     showRun(m);
     showProfiles(m);
     if (m.isProject && !m.profiles.empty())
         m_policyView->setData(m.policy);
     else
-        m_policyView->clear(m.isProject ? tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo).")
-                                        : tr("Open a project (*.ladimo) with a conversion run and a routing profile."));
+        m_policyView->clear(
+            m.isProject
+                ? tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo).")
+                : tr("Open a project (*.ladimo) with a conversion run and a routing profile."));
     const bool runDone = m.run && m.run->run.status == core::RunStatus::Done;
     if (m.isProject && runDone)
-        m_evaluateView->setProject(m.path, static_cast<int>(m.run->run.experts), m.run->run.trainTopK, m.policies, m.evaluations);
+        m_evaluateView->setProject(m.path, static_cast<int>(m.run->run.experts), m.run->run.trainTopK, m.policies,
+                                   m.evaluations);
     else
         m_evaluateView->clear(m.isProject ? tr("Finish the conversion first (Convert view).")
                                           : tr("Open a project with a finished conversion run."));
@@ -403,20 +411,21 @@ void MainWindow::showRun(const OpenedModel& m)
     int done = 0;
     for (const auto& l : m.run->layers)
         done += l.status == core::LayerStatus::Done;
-    m_runSummary->setText(tr("Run #%1 (%2): %3 experts, %4 partition, %5 gating, trained at top-%6, %7 epochs, lr %8, batch %9, "
-                             "%10 mode on %11, seed %12. %13 of %14 layers done.")
-                              .arg(r.id)
-                              .arg(QString::fromLatin1(core::runStatusName(r.status)))
-                              .arg(r.experts)
-                              .arg(QString::fromStdString(r.partition), QString::fromStdString(r.gating))
-                              .arg(r.trainTopK)
-                              .arg(r.epochs)
-                              .arg(r.lr)
-                              .arg(r.batch)
-                              .arg(QString::fromStdString(r.mode), QString::fromStdString(r.device))
-                              .arg(r.seed)
-                              .arg(done)
-                              .arg(m.run->layers.size()));
+    m_runSummary->setText(
+        tr("Run #%1 (%2): %3 experts, %4 partition, %5 gating, trained at top-%6, %7 epochs, lr %8, batch %9, "
+           "%10 mode on %11, seed %12. %13 of %14 layers done.")
+            .arg(r.id)
+            .arg(QString::fromLatin1(core::runStatusName(r.status)))
+            .arg(r.experts)
+            .arg(QString::fromStdString(r.partition), QString::fromStdString(r.gating))
+            .arg(r.trainTopK)
+            .arg(r.epochs)
+            .arg(r.lr)
+            .arg(r.batch)
+            .arg(QString::fromStdString(r.mode), QString::fromStdString(r.device))
+            .arg(r.seed)
+            .arg(done)
+            .arg(m.run->layers.size()));
     m_conversion->setSnapshot(*m.run);
     selectConversionLayer(0);
     if (m_jobKind.isEmpty()) {
@@ -467,7 +476,8 @@ void MainWindow::showLossCurve(int row)
 void MainWindow::showProfiles(const OpenedModel& m)
 {
     if (m.profiles.empty())
-        m_routingView->clear(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
+        m_routingView->clear(
+            tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
     else
         m_routingView->setProfiles(m.isProject ? m.path : QString(), m.run ? m.run->run.id : 0, m.profiles);
 }
@@ -496,19 +506,24 @@ QWidget* MainWindow::buildConvertForm()
         return w;
     };
     const ConvertRequest defaults; // the core's defaults, as `ladimo convert` has them
-    m_experts = spin("experts", 2, 256, static_cast<int>(defaults.experts), tr("Experts per layer (--experts): the FFN's neurons are split into this many experts"));
-    m_trainTopK = spin("trainTopK", 1, 256, defaults.trainTopK, tr("Experts per token while distilling (--train-top-k)"));
-    m_epochs = spin("epochs", 1, 1000, defaults.epochs, tr("Distillation epochs over the calibration tokens (--epochs)"));
+    m_experts = spin("experts", 2, 256, static_cast<int>(defaults.experts),
+                     tr("Experts per layer (--experts): the FFN's neurons are split into this many experts"));
+    m_trainTopK
+        = spin("trainTopK", 1, 256, defaults.trainTopK, tr("Experts per token while distilling (--train-top-k)"));
+    m_epochs
+        = spin("epochs", 1, 1000, defaults.epochs, tr("Distillation epochs over the calibration tokens (--epochs)"));
     m_partition = combo("partition", {"coact", "contiguous", "weights"},
                         tr("How neurons are split into experts (--partition): balanced k-means on co-activation, "
                            "contiguous blocks, or k-means on weights"));
-    m_gating = combo("gating", {"hard", "renorm", "plain"},
-                     tr("Gating (--gating): hard (chosen experts at weight 1), renorm (Mixtral) or plain softmax weights"));
+    m_gating
+        = combo("gating", {"hard", "renorm", "plain"},
+                tr("Gating (--gating): hard (chosen experts at weight 1), renorm (Mixtral) or plain softmax weights"));
     m_device = combo("device", {"auto", "cpu", "cuda"}, tr("Device (--device): auto picks CUDA when present"));
     m_projectFile = new QLineEdit;
     m_projectFile->setObjectName("projectFile");
     m_projectFile->setPlaceholderText(tr("asked for on Start"));
-    m_projectFile->setToolTip(tr("The project (*.ladimo) the conversion writes; a rerun with the same settings resumes"));
+    m_projectFile->setToolTip(
+        tr("The project (*.ladimo) the conversion writes; a rerun with the same settings resumes"));
 
     int row = 0;
     auto add = [&](int col, const QString& label, QWidget* w) {
@@ -538,11 +553,13 @@ QWidget* MainWindow::buildConvertForm()
 
     m_startButton = new QPushButton(tr("&Start"));
     m_startButton->setObjectName("startConversion");
-    m_startButton->setToolTip(tr("Convert every layer (ladimo convert); a run with the same settings resumes where it stopped"));
+    m_startButton->setToolTip(
+        tr("Convert every layer (ladimo convert); a run with the same settings resumes where it stopped"));
     m_profileButton = new QPushButton(tr("P&rofile"));
     m_profileButton->setObjectName("startProfile");
-    m_profileButton->setToolTip(tr("Profile the routers of the latest finished run on held-out calibration data (ladimo profile); "
-                                   "fills the Routing and Policy views"));
+    m_profileButton->setToolTip(
+        tr("Profile the routers of the latest finished run on held-out calibration data (ladimo profile); "
+           "fills the Routing and Policy views"));
     m_cancelButton = new QPushButton(tr("&Cancel"));
     m_cancelButton->setObjectName("cancelJob");
     m_cancelButton->setToolTip(tr("Stop after the current batch; finished layers are kept and Start resumes"));
@@ -578,8 +595,8 @@ DataChoice MainWindow::dataChoice() const { return m_calibration->dataChoice(); 
 QString MainWindow::missingCalibration() const
 {
     return m_calibration->needsFile()
-               ? tr("Calibration: choose a calibration file (.txt, .u16, .u32 or .jsonl), or Self-sample.")
-               : QString();
+        ? tr("Calibration: choose a calibration file (.txt, .u16, .u32 or .jsonl), or Self-sample.")
+        : QString();
 }
 
 ConvertRequest MainWindow::convertRequest(const QString& project) const
@@ -600,7 +617,8 @@ ConvertRequest MainWindow::convertRequest(const QString& project) const
 
 void MainWindow::onCalibrationChanged()
 {
-    m_calibrationSummary->setText(tr("Calibration data: %1 (set in the Calibration view)").arg(m_calibration->summary()));
+    m_calibrationSummary->setText(
+        tr("Calibration data: %1 (set in the Calibration view)").arg(m_calibration->summary()));
     const QString json = m_calibration->settingJson();
     m_current.calibrationJson = json;
     m_current.facts.calibration = nlohmann::json::parse(json.toStdString());
@@ -681,7 +699,9 @@ void MainWindow::refreshStepStates()
         if (!st.produced.empty())
             tip += "\n" + tr("Produced: %1").arg(QString::fromStdString(st.produced));
         if (!st.why.empty() && st.state != core::StepState::Done)
-            tip += "\n" + (st.state == core::StepState::Stale ? tr("Stale: %1") : tr("Why: %1")).arg(QString::fromStdString(st.why));
+            tip += "\n"
+                + (st.state == core::StepState::Stale ? tr("Stale: %1") : tr("Why: %1"))
+                      .arg(QString::fromStdString(st.why));
         m_tabs->setTabToolTip(tab, tip);
     }
     Q_EMIT stepStatesChanged();
@@ -810,8 +830,12 @@ void MainWindow::onRunStarted(const core::RunSnapshot& snapshot, bool resumed)
     const int done = m_conversion->doneCount();
     m_overallProgress->setRange(0, static_cast<int>(snapshot.layers.size()) * 100);
     m_overallProgress->setValue(done * 100);
-    m_runSummary->setText(resumed ? tr("Resuming run #%1: %2 of %3 layers already done.").arg(snapshot.run.id).arg(done).arg(snapshot.layers.size())
-                                  : tr("Run #%1 started: %2 layers to convert.").arg(snapshot.run.id).arg(snapshot.layers.size()));
+    m_runSummary->setText(
+        resumed ? tr("Resuming run #%1: %2 of %3 layers already done.")
+                      .arg(snapshot.run.id)
+                      .arg(done)
+                      .arg(snapshot.layers.size())
+                : tr("Run #%1 started: %2 layers to convert.").arg(snapshot.run.id).arg(snapshot.layers.size()));
 }
 
 void MainWindow::onLayerStarted(int layer)

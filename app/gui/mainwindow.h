@@ -28,7 +28,7 @@ class QMenu;
 namespace ladimo::widgets {
 class BarPlot;
 class LinePlot;
-}
+} // namespace ladimo::widgets
 
 namespace ladimo::gui {
 
@@ -43,20 +43,20 @@ class ConversionTableModel;
 
 // What opening a model yields; produced on a worker thread.
 struct OpenedModel {
-    QString path;            // what the user opened: a model folder or a *.ladimo project
-    QString modelPath;       // the dense model folder
+    QString path;      // what the user opened: a model folder or a *.ladimo project
+    QString modelPath; // the dense model folder
     core::ModelConfig config;
-    QString tokenizer;       // kind, or empty
+    QString tokenizer; // kind, or empty
     bool isProject = false;
-    std::optional<core::RunSnapshot> run; // the project's latest conversion run
+    std::optional<core::RunSnapshot> run;       // the project's latest conversion run
     std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
-    PolicyData policy;       // the Policy view's data, when there are profiles
-    std::vector<core::Policy> policies;       // the project's stored policies
-    std::vector<core::Evaluation> evaluations; // and evaluations
+    PolicyData policy;                          // the Policy view's data, when there are profiles
+    std::vector<core::Policy> policies;         // the project's stored policies
+    std::vector<core::Evaluation> evaluations;  // and evaluations
     std::vector<core::ExportRecord> exports;    // and exports
-    QString calibrationJson;  // the project's calibration setting (core::kCalibrationSetting), or empty
+    QString calibrationJson;   // the project's calibration setting (core::kCalibrationSetting), or empty
     core::PipelineFacts facts; // what the pipeline step states derive from
-    QString error;           // non-empty when opening failed
+    QString error;             // non-empty when opening failed
 };
 
 class MainWindow : public QMainWindow {
@@ -185,8 +185,8 @@ private:
     QProgressBar* m_overallProgress = nullptr;
     QLabel* m_jobStatus = nullptr;
     WorkbenchJob* m_job = nullptr;
-    QString m_jobKind;     // "convert" / "profile" while a job runs
-    QString m_jobProject;  // the project the running job writes
+    QString m_jobKind;    // "convert" / "profile" while a job runs
+    QString m_jobProject; // the project the running job writes
     qint64 m_jobStartMs = 0;
     QMenu* m_recentMenu = nullptr;
     OpenedModel m_current;

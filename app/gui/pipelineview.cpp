@@ -110,7 +110,8 @@ void PipelineView::showFinished(bool cancelled, const QString& error, double sec
     else if (cancelled)
         m_status->setText(tr("Cancelled: finished steps are kept in the project; Run resumes."));
     else
-        m_status->setText(tr("Done in %1 s: the report is below, the files in %2.").arg(seconds, 0, 'f', 1).arg(outDir()));
+        m_status->setText(
+            tr("Done in %1 s: the report is below, the files in %2.").arg(seconds, 0, 'f', 1).arg(outDir()));
     if (!cancelled && error.isEmpty())
         m_progress->setValue(m_progress->maximum());
 }

@@ -36,8 +36,9 @@ public:
 private:
     void updateText()
     {
-        setText(QObject::tr("layer %1: %2").arg(m_layer).arg(QString::fromStdString(
-                                                   core::describeRule(m_after, m_model->experts()))));
+        setText(QObject::tr("layer %1: %2")
+                    .arg(m_layer)
+                    .arg(QString::fromStdString(core::describeRule(m_after, m_model->experts()))));
     }
     PolicyTableModel* m_model;
     int m_layer;
@@ -63,7 +64,7 @@ private:
 
 } // namespace
 
-PolicyTableModel::PolicyTableModel(QObject* parent) : QAbstractTableModel(parent) {}
+PolicyTableModel::PolicyTableModel(QObject* parent) : QAbstractTableModel(parent) { }
 
 void PolicyTableModel::setPolicy(const core::PolicyTables& tables, const core::PolicyRules& rules)
 {
@@ -188,10 +189,10 @@ QVariant PolicyTableModel::data(const QModelIndex& index, int role) const
         switch (index.column()) {
         case LayerColumn: return index.row();
         case KindColumn: return isStatic ? tr("top-k") : tr("top-p");
-        case SettingColumn:
-            return isStatic ? QString::number(rule.topK) : QString::number(rule.threshold, 'f', 2);
+        case SettingColumn: return isStatic ? QString::number(rule.topK) : QString::number(rule.threshold, 'f', 2);
         case RuleColumn:
-            return QString::fromStdString(core::describeRule(rule, experts())) + (e.approximate ? QStringLiteral(" ~") : QString());
+            return QString::fromStdString(core::describeRule(rule, experts()))
+                + (e.approximate ? QStringLiteral(" ~") : QString());
         case MeanKColumn: return QString::number(e.meanK, 'f', 2);
         case FfnColumn: return QString::number(100.0 * ffn, 'f', 1) + QStringLiteral(" %");
         case ErrorColumn: return QString::number(e.error, 'f', 5);
@@ -204,19 +205,22 @@ QVariant PolicyTableModel::data(const QModelIndex& index, int role) const
         return static_cast<int>(Qt::AlignRight | Qt::AlignVCenter);
     if (role == Qt::ToolTipRole) {
         switch (index.column()) {
-        case KindColumn: return tr("top-k: a fixed number of experts per token; top-p: the fewest experts whose "
-                                   "routing weights sum to at least p (token-adaptive)");
+        case KindColumn:
+            return tr("top-k: a fixed number of experts per token; top-p: the fewest experts whose "
+                      "routing weights sum to at least p (token-adaptive)");
         case SettingColumn:
             return isStatic ? tr("Experts per token in layer %1 (1..%2)").arg(index.row()).arg(experts())
                             : tr("Cumulative routing mass p of layer %1's token-adaptive rule").arg(index.row());
         case RuleColumn:
-            return e.approximate ? tr("Approximate: the bounds were applied to the mean k of the profile's threshold grid")
-                                 : QVariant();
-        case ErrorColumn: return tr("Relative output error of the MoE block against the dense FFN on the profile tokens");
+            return e.approximate
+                ? tr("Approximate: the bounds were applied to the mean k of the profile's threshold grid")
+                : QVariant();
+        case ErrorColumn:
+            return tr("Relative output error of the MoE block against the dense FFN on the profile tokens");
         }
     }
-    if (role == Qt::ForegroundRole && index.column() == ErrorColumn && m_estimate.errorProxy > 0 &&
-        e.error > 2.0 * m_estimate.errorProxy / std::max<std::size_t>(1, m_rules.size()))
+    if (role == Qt::ForegroundRole && index.column() == ErrorColumn && m_estimate.errorProxy > 0
+        && e.error > 2.0 * m_estimate.errorProxy / std::max<std::size_t>(1, m_rules.size()))
         return QBrush(QColor(190, 60, 40)); // well above the mean layer error: where accuracy is lost
     return {};
 }
@@ -283,7 +287,8 @@ QVariant PolicyTableModel::headerData(int section, Qt::Orientation orientation, 
         return QAbstractTableModel::headerData(section, orientation, role);
     if (role == Qt::ToolTipRole) {
         switch (section) {
-        case SettingColumn: return tr("Slider: experts per token (top-k rows) or cumulative routing mass p (top-p rows)");
+        case SettingColumn:
+            return tr("Slider: experts per token (top-k rows) or cumulative routing mass p (top-p rows)");
         case MeanKColumn: return tr("Mean number of experts a token uses (exact for top-k, expected for top-p)");
         case FfnColumn: return tr("Activated FFN parameters per token, % of the layer's dense FFN");
         case ErrorColumn: return tr("Relative output error of the MoE block against the dense FFN (error proxy)");

@@ -20,13 +20,13 @@ class PolicyTableModel : public QAbstractTableModel {
 public:
     enum Column {
         LayerColumn,
-        KindColumn,     // "top-k" | "top-p"; EditRole: 0 static, 1 threshold
-        SettingColumn,  // the slider: EditRole is k (static) or p (threshold)
-        RuleColumn,     // describeRule text
+        KindColumn,    // "top-k" | "top-p"; EditRole: 0 static, 1 threshold
+        SettingColumn, // the slider: EditRole is k (static) or p (threshold)
+        RuleColumn,    // describeRule text
         MeanKColumn,
-        FfnColumn,      // activated FFN parameters, % of the layer's dense FFN
+        FfnColumn, // activated FFN parameters, % of the layer's dense FFN
         ErrorColumn,
-        PrefillColumn,  // estimated ms of the layer's block at prefill
+        PrefillColumn, // estimated ms of the layer's block at prefill
         DecodeColumn,
         ColumnCount
     };

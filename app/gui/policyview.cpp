@@ -47,7 +47,8 @@ constexpr int kThresholdSteps = 100; // top-p slider: p = value / 100
 
 void computeFronts(PolicyData& d)
 {
-    const core::CostKind kinds[3] = {core::CostKind::Params, core::CostKind::PrefillLatency, core::CostKind::DecodeLatency};
+    const core::CostKind kinds[3]
+        = {core::CostKind::Params, core::CostKind::PrefillLatency, core::CostKind::DecodeLatency};
     for (int i = 0; i < 3; ++i) {
         if (i > 0 && !d.tables.latency)
             continue;
@@ -97,10 +98,11 @@ public:
             slider->setTickInterval(10);
             slider->setValue(static_cast<int>(std::lround(index.data(Qt::EditRole).toDouble() * kThresholdSteps)));
         }
-        slider->setToolTip(index.data(Qt::ToolTipRole).toString() + QObject::tr(" (now %1)").arg(index.data().toString()));
+        slider->setToolTip(index.data(Qt::ToolTipRole).toString()
+                           + QObject::tr(" (now %1)").arg(index.data().toString()));
         slider->setAccessibleName(QObject::tr("Layer %1 setting").arg(index.row()));
     }
-    void setModelData(QWidget*, QAbstractItemModel*, const QModelIndex&) const override {}
+    void setModelData(QWidget*, QAbstractItemModel*, const QModelIndex&) const override { }
 };
 
 // The rule kind of one row: top-k or top-p.
@@ -128,7 +130,7 @@ public:
         const QSignalBlocker block(combo);
         combo->setCurrentIndex(index.data(PolicyTableModel::KindRole).toInt());
     }
-    void setModelData(QWidget*, QAbstractItemModel*, const QModelIndex&) const override {}
+    void setModelData(QWidget*, QAbstractItemModel*, const QModelIndex&) const override { }
 };
 
 QString percent(double fraction) { return QString::number(100.0 * fraction, 'f', 2) + QStringLiteral(" %"); }
@@ -226,7 +228,8 @@ PolicyData loadPolicyData(const QString& projectPath)
     d.path = projectPath;
     try {
         // Read-only: a converter may be writing; only "Save as..." opens for writing.
-        auto p = core::Project::open(projectPath.toStdString(), {core::Project::Access::ReadOnly, core::Project::Verify::None});
+        auto p = core::Project::open(projectPath.toStdString(),
+                                     {core::Project::Access::ReadOnly, core::Project::Verify::None});
         const auto runId = p.latestRunId();
         if (!runId)
             throw core::Error(projectPath.toStdString() + ": no conversion run yet");
@@ -284,13 +287,17 @@ PolicyView::PolicyView(QWidget* parent) : QWidget(parent)
     connect(&m_autoWatcher, &QFutureWatcher<AutoResult>::finished, this, &PolicyView::onAutoFinished);
     connect(&m_saveWatcher, &QFutureWatcher<SaveResult>::finished, this, &PolicyView::onSaveFinished);
     m_refineJob = new WorkbenchJob(this);
-    connect(m_refineJob, &WorkbenchJob::progressed, m_refineProgress, [this](const QString& stage, double done, double total) {
-        m_refineProgress->setRange(0, 1000);
-        m_refineProgress->setValue(total > 0 ? static_cast<int>(1000 * done / total) : 0);
-        // Candidates report themselves (onRefineMeasured); before them, say what is loading.
-        if (stage != QLatin1String("refine"))
-            m_status->setText(tr("%1: %2 (%3 of %4) ...").arg(m_refineDescription, stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0));
-    });
+    connect(m_refineJob, &WorkbenchJob::progressed, m_refineProgress,
+            [this](const QString& stage, double done, double total) {
+                m_refineProgress->setRange(0, 1000);
+                m_refineProgress->setValue(total > 0 ? static_cast<int>(1000 * done / total) : 0);
+                // Candidates report themselves (onRefineMeasured); before them, say what is loading.
+                if (stage != QLatin1String("refine"))
+                    m_status->setText(tr("%1: %2 (%3 of %4) ...")
+                                          .arg(m_refineDescription, stage)
+                                          .arg(done, 0, 'f', 0)
+                                          .arg(total, 0, 'f', 0));
+            });
     connect(m_refineJob, &WorkbenchJob::refineMeasured, this, &PolicyView::onRefineMeasured);
     connect(m_refineJob, &WorkbenchJob::refined, this, [this](const QString& report) { m_refineReport = report; });
     connect(m_refineJob, &WorkbenchJob::jobFinished, this, &PolicyView::onRefineFinished);
@@ -320,7 +327,8 @@ void PolicyView::buildUi()
     m_policyCombo->setObjectName("policyCombo");
     m_policyCombo->setMinimumContentsLength(18);
     m_policyCombo->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
-    m_policyCombo->setToolTip(tr("Load a policy stored in the project (or the training top-k in every layer); undoable"));
+    m_policyCombo->setToolTip(
+        tr("Load a policy stored in the project (or the training top-k in every layer); undoable"));
     static_cast<QLabel*>(top->itemAt(0)->widget())->setBuddy(m_policyCombo);
     top->addWidget(m_policyCombo);
     m_saveButton = new QPushButton(tr("&Save as..."));
@@ -481,16 +489,15 @@ void PolicyView::buildUi()
     connect(m_measure, qOverload<int>(&QComboBox::currentIndexChanged), this, &PolicyView::updateRefineEnabled);
     connect(m_saveButton, &QPushButton::clicked, this, [this] {
         bool ok = false;
-        const QString name = QInputDialog::getText(this, tr("Save policy"),
-                                                   tr("Name (letters, digits, '.', '_', '-'):"), QLineEdit::Normal,
-                                                   m_policyCombo->currentIndex() > 0 ? m_policyCombo->currentText() : tr("manual"),
-                                                   &ok);
+        const QString name = QInputDialog::getText(
+            this, tr("Save policy"), tr("Name (letters, digits, '.', '_', '-'):"), QLineEdit::Normal,
+            m_policyCombo->currentIndex() > 0 ? m_policyCombo->currentText() : tr("manual"), &ok);
         if (!ok || name.isEmpty())
             return;
         for (const auto& p : m_data.policies)
-            if (QString::fromStdString(p.name) == name &&
-                QMessageBox::question(this, tr("Replace policy"), tr("Replace the stored policy '%1'?").arg(name)) !=
-                    QMessageBox::Yes)
+            if (QString::fromStdString(p.name) == name
+                && QMessageBox::question(this, tr("Replace policy"), tr("Replace the stored policy '%1'?").arg(name))
+                    != QMessageBox::Yes)
                 return;
         savePolicyAs(name);
     });
@@ -547,7 +554,8 @@ void PolicyView::setData(const PolicyData& d)
                 items->item(i)->setEnabled(lat);
         combo->setEnabled(true);
     }
-    for (QWidget* w : std::initializer_list<QWidget*>{m_policyCombo, m_saveButton, m_autoButton, m_budget, m_ruleKinds, m_table})
+    for (QWidget* w :
+         std::initializer_list<QWidget*>{m_policyCombo, m_saveButton, m_autoButton, m_budget, m_ruleKinds, m_table})
         w->setEnabled(true);
     updateRefineEnabled();
     refreshPlot();
@@ -569,7 +577,7 @@ void PolicyView::clear(const QString& message)
     m_plot->clear();
     m_policyCombo->clear();
     for (QWidget* w : std::initializer_list<QWidget*>{m_policyCombo, m_saveButton, m_autoButton, m_budget, m_measure,
-                                                       m_ruleKinds, m_axisCombo, m_table})
+                                                      m_ruleKinds, m_axisCombo, m_table})
         w->setEnabled(false);
     m_totals->setText(tr("No policy."));
     m_status->setText(message);
@@ -588,10 +596,11 @@ void PolicyView::refreshPolicyCombo(const QString& select)
         const auto& p = m_data.policies[i];
         const QString name = QString::fromStdString(p.name);
         m_policyCombo->addItem(name);
-        m_policyCombo->setItemData(static_cast<int>(i + 1),
-                                   tr("%1 policy, stored %2").arg(QString::fromLatin1(core::policyOriginName(p.origin)),
-                                                                  QString::fromStdString(p.created)),
-                                   Qt::ToolTipRole);
+        m_policyCombo->setItemData(
+            static_cast<int>(i + 1),
+            tr("%1 policy, stored %2")
+                .arg(QString::fromLatin1(core::policyOriginName(p.origin)), QString::fromStdString(p.created)),
+            Qt::ToolTipRole);
         if (name == select)
             current = static_cast<int>(i + 1);
     }
@@ -648,7 +657,8 @@ void PolicyView::fillTradeoffPlot(widgets::TradeoffPlot* plot, Axis axis) const
     QVector<QPointF> uniform;
     QStringList labels;
     for (int k = 1; k <= m_model->experts(); ++k) {
-        uniform << pointOf(core::estimatePolicy(m_data.tables, core::uniformRules(layers, core::RoutingRule::staticK(k))), axis);
+        uniform << pointOf(
+            core::estimatePolicy(m_data.tables, core::uniformRules(layers, core::RoutingRule::staticK(k))), axis);
         labels << QStringLiteral("k=%1").arg(k);
     }
     plot->setUniform(uniform, labels);
@@ -691,7 +701,8 @@ void PolicyView::onEstimateChanged()
                        .arg(percent(e.activatedFfnFraction))
                        .arg(e.errorProxy, 0, 'f', 5);
     if (e.hasLatency)
-        text += tr(" &nbsp;&middot;&nbsp; prefill <b>%1 ms</b> (%2 of dense %3 ms) &nbsp;&middot;&nbsp; decode <b>%4 ms</b> "
+        text += tr(" &nbsp;&middot;&nbsp; prefill <b>%1 ms</b> (%2 of dense %3 ms) &nbsp;&middot;&nbsp; decode <b>%4 "
+                   "ms</b> "
                    "(%5 of dense %6 ms) on %7")
                     .arg(1e3 * e.prefillSeconds, 0, 'f', 2)
                     .arg(percent(e.prefillFraction))
@@ -755,8 +766,9 @@ void PolicyView::stepCurrentRow(int delta)
     if (rule.isStatic())
         m_model->setData(at, std::clamp(rule.topK + delta, 1, static_cast<int>(m_model->experts())));
     else
-        m_model->setData(at, std::clamp(std::round((rule.threshold + 0.05 * delta) * kThresholdSteps) / kThresholdSteps,
-                                        1.0 / kThresholdSteps, 1.0));
+        m_model->setData(at,
+                         std::clamp(std::round((rule.threshold + 0.05 * delta) * kThresholdSteps) / kThresholdSteps,
+                                    1.0 / kThresholdSteps, 1.0));
 }
 
 void PolicyView::toggleCurrentRowKind()
@@ -765,9 +777,10 @@ void PolicyView::toggleCurrentRowKind()
     if (row < 0 || row >= m_model->rowCount())
         return;
     const auto at = m_model->index(row, PolicyTableModel::KindColumn);
-    m_model->setData(at, static_cast<int>(at.data(PolicyTableModel::KindRole).toInt() == PolicyTableModel::StaticKind
-                                              ? PolicyTableModel::ThresholdKind
-                                              : PolicyTableModel::StaticKind));
+    m_model->setData(at,
+                     static_cast<int>(at.data(PolicyTableModel::KindRole).toInt() == PolicyTableModel::StaticKind
+                                          ? PolicyTableModel::ThresholdKind
+                                          : PolicyTableModel::StaticKind));
 }
 
 void PolicyView::openEditors()
@@ -786,7 +799,8 @@ void PolicyView::runAuto(double budget, core::CostKind cost, core::RuleKinds rul
     core::SearchOptions so;
     so.cost = cost;
     so.rules = rules;
-    m_autoDescription = tr("Auto: %1 %2 of dense").arg(QString::fromLatin1(core::costKindName(cost))).arg(budget, 0, 'f', 2);
+    m_autoDescription
+        = tr("Auto: %1 %2 of dense").arg(QString::fromLatin1(core::costKindName(cost))).arg(budget, 0, 'f', 2);
     m_autoButton->setEnabled(false);
     m_status->setText(tr("Searching: %1 ...").arg(m_autoDescription));
     m_autoWatcher.setFuture(QtConcurrent::run([tables = m_data.tables, budget, so] {
@@ -839,7 +853,8 @@ void PolicyView::savePolicyAs(const QString& name)
         core::Policy policy = toSave;
         try {
             // Writable only for this one transaction; throws when a converter holds the writer lock.
-            auto p = core::Project::open(path.toStdString(), {core::Project::Access::ReadWrite, core::Project::Verify::None});
+            auto p = core::Project::open(path.toStdString(),
+                                         {core::Project::Access::ReadWrite, core::Project::Verify::None});
             for (const auto& existing : p.policies())
                 if (existing.name == policy.name)
                     policy.id = existing.id;
@@ -904,10 +919,10 @@ void PolicyView::updateRefineEnabled()
         return; // during construction
     const QString blocker = refineBlocker();
     m_refineButton->setEnabled(blocker.isEmpty());
-    m_refineButton->setToolTip(
-        tr("Measure the held-out NLL of the current policy, the uniform top-k and their neighbours within the budget on "
-           "the converted model, and apply the best (undoable); as ladimo policy --refine-data") +
-        (blocker.isEmpty() ? QString() : QStringLiteral("\n") + blocker));
+    m_refineButton->setToolTip(tr("Measure the held-out NLL of the current policy, the uniform top-k and their "
+                                  "neighbours within the budget on "
+                                  "the converted model, and apply the best (undoable); as ladimo policy --refine-data")
+                               + (blocker.isEmpty() ? QString() : QStringLiteral("\n") + blocker));
 }
 
 void PolicyView::askAndRefine()
@@ -952,9 +967,9 @@ bool PolicyView::runRefine(const DataChoice& data, int maxEvaluations)
     m_refineProgress->show();
     m_refineCancel->show();
     m_refineCancel->setEnabled(true);
-    m_status->setText(tr("%1: loading the converted model and %2 ...")
-                          .arg(m_refineDescription,
-                               data.selfSample > 0 ? tr("sampling %1 tokens").arg(data.selfSample) : data.file));
+    m_status->setText(
+        tr("%1: loading the converted model and %2 ...")
+            .arg(m_refineDescription, data.selfSample > 0 ? tr("sampling %1 tokens").arg(data.selfSample) : data.file));
     updateRefineEnabled();
     return true;
 }

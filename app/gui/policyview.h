@@ -46,13 +46,13 @@ struct PolicyData {
     QString path;
     core::ConversionRun run;
     core::PolicyTables tables;
-    QString device;                       // whose latency model the estimates use ("" without one)
+    QString device; // whose latency model the estimates use ("" without one)
     std::vector<core::Policy> policies;
     std::vector<core::PolicyRules> policyRules; // parallel to `policies`
     std::vector<core::Evaluation> evaluations;
     // Pareto fronts by CostKind (params, prefill, decode); empty when not available.
     std::vector<core::SearchResult> fronts[3];
-    QString error;                        // non-empty: nothing else is valid
+    QString error; // non-empty: nothing else is valid
 };
 
 PolicyData loadPolicyData(const QString& projectPath);

@@ -73,7 +73,8 @@ QVector<double> ks(const core::RoutingProfile& p)
 
 std::vector<RoutingRun> loadRoutingRuns(const QString& projectPath)
 {
-    auto p = core::Project::open(projectPath.toStdString(), {core::Project::Access::ReadOnly, core::Project::Verify::None});
+    auto p = core::Project::open(projectPath.toStdString(),
+                                 {core::Project::Access::ReadOnly, core::Project::Verify::None});
     std::vector<RoutingRun> runs;
     auto all = p.runs();
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.id > b.id; });
@@ -128,9 +129,10 @@ RoutingView::RoutingView(QWidget* parent) : QWidget(parent)
     m_heatmap = new widgets::HeatmapPlot;
     m_heatmap->setObjectName("routingHeatmap");
     m_heatmap->setAxisLabels(tr("top-1 routing weight"), tr("layer"), tr("share of tokens"));
-    m_heatmap->setToolTip(tr("All layers: how the top-1 routing weight is distributed (colour: share of the layer's tokens "
-                             "in each weight bin). Bright cells near 1 mean one expert dominates. Click a row to show "
-                             "that layer; right click to export."));
+    m_heatmap->setToolTip(
+        tr("All layers: how the top-1 routing weight is distributed (colour: share of the layer's tokens "
+           "in each weight bin). Bright cells near 1 mean one expert dominates. Click a row to show "
+           "that layer; right click to export."));
     split->addWidget(m_heatmap);
     auto* grid = new QWidget;
     auto* gridLayout = new QGridLayout(grid);
@@ -149,8 +151,9 @@ RoutingView::RoutingView(QWidget* parent) : QWidget(parent)
     m_massPlot = new widgets::LinePlot;
     m_massPlot->setObjectName("cumulativeMass");
     m_massPlot->setAxisLabels(tr("experts per token (k)"), tr("value"));
-    m_massPlot->setToolTip(tr("Mean cumulative routing mass of the top-k experts, and the MoE block's relative error at "
-                              "each k. Right click to export."));
+    m_massPlot->setToolTip(
+        tr("Mean cumulative routing mass of the top-k experts, and the MoE block's relative error at "
+           "each k. Right click to export."));
     m_loadPlot = new widgets::BarPlot;
     m_loadPlot->setObjectName("expertLoad");
     m_loadPlot->setAxisLabels(tr("expert"), tr("share of tokens (top-1)"));
@@ -205,7 +208,8 @@ void RoutingView::clear(const QString& message)
     m_summary->setText(message);
 }
 
-void RoutingView::setProfiles(const QString& projectPath, int64_t runId, const std::vector<core::RoutingProfile>& profiles)
+void RoutingView::setProfiles(const QString& projectPath, int64_t runId,
+                              const std::vector<core::RoutingProfile>& profiles)
 {
     if (profiles.empty()) {
         clear(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
@@ -350,8 +354,8 @@ void RoutingView::redraw()
     const core::RoutingProfile* q = compared();
     const int run = std::max(0, m_compareRun->currentIndex());
     const QString qName = !q ? QString()
-                          : run == 0 ? tr("layer %1").arg(q->layer)
-                                     : tr("layer %1 of run #%2").arg(q->layer).arg(m_runs[static_cast<std::size_t>(run)].runId);
+        : run == 0           ? tr("layer %1").arg(q->layer)
+                             : tr("layer %1 of run #%2").arg(q->layer).arg(m_runs[static_cast<std::size_t>(run)].runId);
     const QString pName = tr("layer %1").arg(p.layer);
 
     const QVector<double> x = centers(p);
@@ -385,8 +389,8 @@ void RoutingView::redraw()
     m_massPlot->addSeries(q ? tr("%1, %2").arg(errName, pName) : errName, ks(p), err, {1, false});
     if (q) {
         m_massPlot->addSeries(tr("%1, %2").arg(massName, qName), ks(*q), cumulativeMass(*q), {0, true});
-        m_massPlot->addSeries(tr("%1, %2").arg(errName, qName), ks(*q), QVector<double>(q->errorByK.begin(), q->errorByK.end()),
-                              {1, true});
+        m_massPlot->addSeries(tr("%1, %2").arg(errName, qName), ks(*q),
+                              QVector<double>(q->errorByK.begin(), q->errorByK.end()), {1, true});
     }
 
     QStringList labels;

@@ -22,14 +22,14 @@ namespace ladimo::widgets {
 class BarPlot;
 class HeatmapPlot;
 class LinePlot;
-}
+} // namespace ladimo::widgets
 
 namespace ladimo::gui {
 
 // One conversion run's routing profiles.
 struct RoutingRun {
     int64_t runId = 0;
-    QString description;   // "run #3: 8 experts, coact" for the run combo
+    QString description; // "run #3: 8 experts, coact" for the run combo
     std::vector<core::RoutingProfile> profiles;
 };
 

@@ -24,11 +24,12 @@ QTableView* makeRecordTable(QAbstractItemModel* model, const QString& toolTip)
 
 void followJobProgress(WorkbenchJob* job, QProgressBar* bar, QLabel* status)
 {
-    QObject::connect(job, &WorkbenchJob::progressed, bar, [bar, status](const QString& stage, double done, double total) {
-        bar->setRange(0, 1000);
-        bar->setValue(total > 0 ? static_cast<int>(1000 * done / total) : 0);
-        status->setText(QObject::tr("%1: %2 of %3").arg(stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0));
-    });
+    QObject::connect(
+        job, &WorkbenchJob::progressed, bar, [bar, status](const QString& stage, double done, double total) {
+            bar->setRange(0, 1000);
+            bar->setValue(total > 0 ? static_cast<int>(1000 * done / total) : 0);
+            status->setText(QObject::tr("%1: %2 of %3").arg(stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0));
+        });
 }
 
 QString chooseTokenFile(QWidget* parent, const QString& title, const QString& current)

@@ -38,10 +38,7 @@ namespace ladimo::gui {
 
 namespace {
 
-core::DataSource toCore(const DataChoice& d)
-{
-    return {d.file.toStdString(), d.selfSample, d.seed, d.maxTokens};
-}
+core::DataSource toCore(const DataChoice& d) { return {d.file.toStdString(), d.selfSample, d.seed, d.maxTokens}; }
 
 core::LoadOptions loadOptions(const QString& device, const std::string& dtype = "auto")
 {
@@ -113,9 +110,11 @@ CalibrationPreview previewCalibration(const QString& modelDir, const DataChoice&
             tokens = core::loadTokenFile(data.file.toStdString(), tokenizer.get(), o);
             out.tokens = static_cast<qint64>(tokens.size());
         }
-        const std::size_t n = std::min<std::size_t>(tokens.size(), static_cast<std::size_t>(std::max(previewTokens, 0)));
+        const std::size_t n
+            = std::min<std::size_t>(tokens.size(), static_cast<std::size_t>(std::max(previewTokens, 0)));
         if (tokenizer) {
-            out.text = QString::fromStdString(tokenizer->decode(std::vector<int>(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(n))));
+            out.text = QString::fromStdString(
+                tokenizer->decode(std::vector<int>(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(n))));
         } else {
             QStringList ids;
             for (std::size_t i = 0; i < n; ++i)
@@ -334,7 +333,8 @@ bool WorkbenchJob::startPipeline(const PipelineRequest& r)
             Q_EMIT pipelineStep(QString::fromStdString(step), QString::fromStdString(line));
         };
         const auto report = core::runPipeline(req);
-        Q_EMIT pipelineReport(QString::fromStdString(report.describe()), QString::fromStdString(report.toJson().dump()));
+        Q_EMIT pipelineReport(QString::fromStdString(report.describe()),
+                              QString::fromStdString(report.toJson().dump()));
         return JobOutcome{};
     });
     return true;
@@ -351,15 +351,17 @@ bool WorkbenchJob::startRefine(const RefineRequest& r)
         core::PolicyTables tables;
         core::ConversionRun run;
         {
-            auto project = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
+            auto project
+                = core::Project::open(projectFile, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
             const auto runId = project.latestRunId();
             if (!runId)
                 throw core::Error(projectFile + ": no conversion run yet" + runHints().noRun);
             run = project.run(*runId);
-            tables = core::loadPolicyTables(project, *runId, r.latencyDevice.isEmpty() ? "cpu" : r.latencyDevice.toStdString());
+            tables = core::loadPolicyTables(project, *runId,
+                                            r.latencyDevice.isEmpty() ? "cpu" : r.latencyDevice.toStdString());
         }
-        const auto start = core::rulesFromJson(nlohmann::json::parse(r.startRules.toStdString()), run.layers, run.experts,
-                                               "the policy to refine");
+        const auto start = core::rulesFromJson(nlohmann::json::parse(r.startRules.toStdString()), run.layers,
+                                               run.experts, "the policy to refine");
         core::ProjectRefineRequest req;
         req.projectFile = projectFile;
         req.load = loadOptions("auto");
@@ -374,8 +376,8 @@ bool WorkbenchJob::startRefine(const RefineRequest& r)
         req.options.cancel = cancel;
         auto measured = std::make_shared<int>(0); // only touched on this worker thread
         req.options.onMeasured = [this, measured, experts = run.experts](const core::RefineCandidate& c) {
-            Q_EMIT refineMeasured((*measured)++, QString::fromStdString(core::describeRules(c.rules, experts)), c.cost, c.proxy,
-                                c.measured);
+            Q_EMIT refineMeasured((*measured)++, QString::fromStdString(core::describeRules(c.rules, experts)), c.cost,
+                                  c.proxy, c.measured);
         };
         const auto res = core::refineProjectPolicy(req, tables, start);
         nlohmann::json j = {{"data", req.data.describe()},

@@ -25,7 +25,7 @@ struct DataChoice {
     QString file;
     int64_t selfSample = 0; // > 0: sample this many tokens instead of reading `file`
     uint64_t seed = 1234;
-    int64_t maxTokens = 0;  // 0 = all of the file
+    int64_t maxTokens = 0; // 0 = all of the file
 };
 
 // The settings of `ladimo convert`; the rest keep the core's defaults (core::ConvertSettings).
@@ -57,9 +57,9 @@ struct EvaluateRequest {
     DataChoice data;
     int64_t seqLen = 256;
     Policy policy = Policy::UniformTopK;
-    int topK = 0;          // UniformTopK: experts per token in every layer (0: the training k)
-    QString policyName;    // Stored: the project's policy of this name
-    bool timing = true;    // measure prefill / decode time against the dense model
+    int topK = 0;       // UniformTopK: experts per token in every layer (0: the training k)
+    QString policyName; // Stored: the project's policy of this name
+    bool timing = true; // measure prefill / decode time against the dense model
 };
 
 // `ladimo policy P.ladimo --budget-params F --refine-data FILE` from the Policy view: the
@@ -83,8 +83,8 @@ struct ExportRequest {
     QString format = "hf-mixtral"; // a name of core::exportFormats() (export/formats.h)
     QString out;                   // folder (absent or empty) or, for single-file formats, a file (absent)
     QString dtype = "f32";
-    QString policyName;            // empty: the training k in every layer
-    int topK = 0;                  // k for formats with one k for all layers; 0 = from a uniform static policy
+    QString policyName; // empty: the training k in every layer
+    int topK = 0;       // k for formats with one k for all layers; 0 = from a uniform static policy
 };
 
 // `ladimo run MODEL --out DIR` from the first screen (core::runPipeline): every step over one
@@ -135,8 +135,8 @@ Q_SIGNALS:
     // Loss points of a layer in training, batched: at most 10 signals a second (the last points
     // of a layer come before its layerFinished).
     void lossPoints(int layer, const QVector<double>& steps, const QVector<double>& losses);
-    void layerFinished(int layer, double finalLoss, double relativeError, double seconds,
-                       const QVector<double>& steps, const QVector<double>& losses);
+    void layerFinished(int layer, double finalLoss, double relativeError, double seconds, const QVector<double>& steps,
+                       const QVector<double>& losses);
     // Pipeline: a step started or ended ("convert", "done: run #1, ..."), and at the end the
     // report as text (what `ladimo run` prints) and JSON (report.json), just before jobFinished.
     void pipelineStep(const QString& step, const QString& line);

@@ -100,20 +100,11 @@ void CpuTeam::member(int index)
     }
 }
 
-int CpuTeam::size() const
-{
-    return solo_.load() > 0 ? 1 : size_;
-}
+int CpuTeam::size() const { return solo_.load() > 0 ? 1 : size_; }
 
-CpuTeam::Solo::Solo()
-{
-    ++instance().solo_;
-}
+CpuTeam::Solo::Solo() { ++instance().solo_; }
 
-CpuTeam::Solo::~Solo()
-{
-    --instance().solo_;
-}
+CpuTeam::Solo::~Solo() { --instance().solo_; }
 
 void CpuTeam::singleThreadedBlas(bool on)
 {

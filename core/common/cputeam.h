@@ -64,23 +64,23 @@ private:
 
     int size_ = 1;
     std::atomic<int> solo_{0};
-    std::vector<int> cpus_;            // the process's CPUs at start
-    int (*blasGet_)() = nullptr;       // openblas_get_num_threads
-    void (*blasSet_)(int) = nullptr;   // openblas_set_num_threads
+    std::vector<int> cpus_;          // the process's CPUs at start
+    int (*blasGet_)() = nullptr;     // openblas_get_num_threads
+    void (*blasSet_)(int) = nullptr; // openblas_set_num_threads
 
-    std::mutex blas_;                  // guards the two below
-    int singleUsers_ = 0;              // runs that need OpenBLAS single-threaded now
+    std::mutex blas_;     // guards the two below
+    int singleUsers_ = 0; // runs that need OpenBLAS single-threaded now
     int savedBlasThreads_ = 0;
 
-    std::mutex busy_;                  // held for a whole parallel run
+    std::mutex busy_; // held for a whole parallel run
     std::mutex m_;
     std::condition_variable wake_, done_;
     std::vector<std::thread> threads_;
-    std::vector<int> memberCpu_;       // where each member runs during the current run
+    std::vector<int> memberCpu_; // where each member runs during the current run
     std::vector<std::exception_ptr> errors_;
     const std::function<void(int, int)>* task_ = nullptr;
     unsigned long generation_ = 0;
-    int shares_ = 0;                   // of the current run
+    int shares_ = 0; // of the current run
     int pending_ = 0;
     bool stop_ = false;
 };

@@ -11,14 +11,14 @@ namespace ladimo::core {
 
 class Error : public std::runtime_error {
 public:
-    explicit Error(const std::string& message) : std::runtime_error(message) {}
+    explicit Error(const std::string& message) : std::runtime_error(message) { }
 };
 
 // Raised when a CancelToken was triggered; long jobs unwind with it and leave the project
 // consistent. Callers usually treat it as "stopped", not as a failure.
 class Cancelled : public Error {
 public:
-    Cancelled() : Error("cancelled") {}
+    Cancelled() : Error("cancelled") { }
 };
 
 } // namespace ladimo::core

@@ -60,7 +60,8 @@ pid_t temporaryOwner(const std::string& entry, const std::string& targetName)
     const auto dash = rest.find('-');
     if (dash == 0 || dash == std::string::npos || dash > 9 || dash + 1 == rest.size())
         return 0;
-    if (rest.find_first_not_of("0123456789") != dash || rest.find_first_not_of("0123456789abcdef", dash + 1) != std::string::npos)
+    if (rest.find_first_not_of("0123456789") != dash
+        || rest.find_first_not_of("0123456789abcdef", dash + 1) != std::string::npos)
         return 0;
     return static_cast<pid_t>(std::stol(rest.substr(0, dash)));
 }
@@ -120,7 +121,8 @@ std::vector<fs::path> removeStaleTemporaries(const fs::path& target)
 
 void injectDiskFullAfter(int64_t bytes) { diskBudget().store(bytes < 0 ? -1 : bytes); }
 
-OutputFile::OutputFile(const fs::path& tmp, const fs::path& target) : m_file(std::fopen(tmp.c_str(), "wb")), m_target(target)
+OutputFile::OutputFile(const fs::path& tmp, const fs::path& target)
+    : m_file(std::fopen(tmp.c_str(), "wb")), m_target(target)
 {
     if (!m_file)
         throw Error("cannot create '" + tmp.string() + "' for '" + target.string() + "': " + std::strerror(errno));
@@ -135,8 +137,8 @@ OutputFile::~OutputFile()
 void OutputFile::fail(int err) const
 {
     const bool full = err == ENOSPC || err == EDQUOT;
-    throw Error("cannot write '" + m_target.string() + "': " + (full ? "disk full (" : "") + std::strerror(err) +
-                (full ? ")" : "") + " after " + std::to_string(m_written) + " bytes");
+    throw Error("cannot write '" + m_target.string() + "': " + (full ? "disk full (" : "") + std::strerror(err)
+                + (full ? ")" : "") + " after " + std::to_string(m_written) + " bytes");
 }
 
 void OutputFile::write(const void* data, std::size_t n)
@@ -177,8 +179,7 @@ void atomicWriteFile(const fs::path& target, const std::function<void(const fs::
     const fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
     std::error_code ec;
     if (!fs::is_directory(dir, ec))
-        throw Error("cannot write '" + target.string() + "': folder '" + dir.string() +
-                    "' does not exist");
+        throw Error("cannot write '" + target.string() + "': folder '" + dir.string() + "' does not exist");
     const fs::path tmp = temporarySibling(target);
     try {
         write(tmp);
@@ -206,8 +207,8 @@ std::string readTextFile(const fs::path& file, std::uint64_t maxBytes)
     if (ec)
         throw Error("cannot read '" + file.string() + "': " + ec.message());
     if (size > maxBytes)
-        throw Error(file.string() + ": file is " + std::to_string(size) + " bytes, more than the " +
-                    std::to_string(maxBytes) + "-byte limit for this kind of file");
+        throw Error(file.string() + ": file is " + std::to_string(size) + " bytes, more than the "
+                    + std::to_string(maxBytes) + "-byte limit for this kind of file");
     std::string out;
     out.resize(static_cast<std::size_t>(size));
     in.read(out.data(), static_cast<std::streamsize>(out.size()));
@@ -282,8 +283,8 @@ void preadFully(int fd, void* dst, std::uint64_t size, std::uint64_t offset, con
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            throw Error("cannot read " + what + " from '" + file.string() + "': " +
-                        (n < 0 ? std::strerror(errno) : std::string("unexpected end of file (truncated?)")));
+            throw Error("cannot read " + what + " from '" + file.string()
+                        + "': " + (n < 0 ? std::strerror(errno) : std::string("unexpected end of file (truncated?)")));
         p += n;
         offset += static_cast<std::uint64_t>(n);
         size -= static_cast<std::uint64_t>(n);

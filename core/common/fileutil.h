@@ -70,9 +70,9 @@ struct DiskFullInjection { // injectDiskFullAfter for a scope (tests)
 
 // Caps on what a (possibly hostile) JSON file may make us read into memory before it is parsed
 // and validated. Real files are orders of magnitude smaller.
-constexpr std::uint64_t kMaxConfigJsonBytes = 16ull << 20;  // config.json, routing policies
-constexpr std::uint64_t kMaxIndexJsonBytes = 256ull << 20;  // model.safetensors.index.json
-constexpr std::uint64_t kMaxTextFileBytes = 4ull << 30;     // default of readTextFile
+constexpr std::uint64_t kMaxConfigJsonBytes = 16ull << 20; // config.json, routing policies
+constexpr std::uint64_t kMaxIndexJsonBytes = 256ull << 20; // model.safetensors.index.json
+constexpr std::uint64_t kMaxTextFileBytes = 4ull << 30;    // default of readTextFile
 
 // Reads a whole (small) file; throws Error naming the file when it cannot, or when it is larger
 // than `maxBytes` (checked before anything is read).

@@ -16,7 +16,7 @@ namespace ladimo::core {
 
 std::uint64_t peakRssBytes()
 {
-    struct rusage u {};
+    struct rusage u { };
     if (::getrusage(RUSAGE_SELF, &u) != 0)
         return 0;
     return static_cast<std::uint64_t>(u.ru_maxrss) * 1024; // Linux: kilobytes
@@ -67,9 +67,9 @@ int64_t parseByteSize(const std::string& text)
     unit.erase(0, unit.find_first_not_of(' '));
     for (auto& ch : unit)
         ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-    static const std::map<std::string, double> units = {
-        {"", 1},        {"B", 1},          {"KB", 1e3},       {"MB", 1e6},       {"GB", 1e9},
-        {"TB", 1e12},   {"KIB", 1024.0},   {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
+    static const std::map<std::string, double> units
+        = {{"", 1},      {"B", 1},        {"KB", 1e3},        {"MB", 1e6},           {"GB", 1e9},
+           {"TB", 1e12}, {"KIB", 1024.0}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
     const auto u = units.find(unit);
     if (u == units.end() || !(value > 0) || !std::isfinite(value))
         throw Error(bad);

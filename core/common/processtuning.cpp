@@ -37,8 +37,8 @@ ProcessTuning tuneProcessForTensors()
     // Blocks up to 32 MiB come from the heap rather than a fresh mapping per allocation; the heap
     // keeps up to 512 MiB of freed memory and grows in steps of 256 MiB (address space: pages are
     // touched only as used).
-    t.allocator = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 512 << 20) == 1 &&
-                  mallopt(M_TOP_PAD, 256 << 20) == 1;
+    t.allocator = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 512 << 20) == 1
+        && mallopt(M_TOP_PAD, 256 << 20) == 1;
 #endif
     t.blas = blasThreading();
     int threads = t.blas == "openblas-pthreads" ? 1 : 0;

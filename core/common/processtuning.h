@@ -7,9 +7,9 @@
 namespace ladimo::core {
 
 struct ProcessTuning {
-    bool allocator = false;  // the C library's allocator keeps freed memory for reuse
-    int intraOpThreads = 0;  // LibTorch's intra-op threads as set here; 0 = left as they were
-    std::string blas;        // the BLAS's threading as detected ("openblas-pthreads", ...)
+    bool allocator = false; // the C library's allocator keeps freed memory for reuse
+    int intraOpThreads = 0; // LibTorch's intra-op threads as set here; 0 = left as they were
+    std::string blas;       // the BLAS's threading as detected ("openblas-pthreads", ...)
 };
 
 // Call first thing in main(), before other threads run.

@@ -32,8 +32,8 @@ torch::Tensor fileBackedTensor(const std::filesystem::path& dir, at::IntArrayRef
     }
     if (const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes)); rc != 0) {
         ::close(fd);
-        throw Error("not enough disk space in " + dir.string() + " for " + std::to_string(bytes >> 20) +
-                    " MiB of scratch data (" + std::strerror(rc) + ")");
+        throw Error("not enough disk space in " + dir.string() + " for " + std::to_string(bytes >> 20)
+                    + " MiB of scratch data (" + std::strerror(rc) + ")");
     }
     void* map = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     const int mapErrno = errno;

@@ -22,8 +22,8 @@ void saveActivations(const std::filesystem::path& file, int layer, const torch::
                      const CaptureKey& key)
 {
     if (x.dim() != 2 || y.sizes() != x.sizes())
-        throw Error("activations of layer " + std::to_string(layer) + " for '" + file.string() +
-                    "': X and Y must both be [tokens, hidden]");
+        throw Error("activations of layer " + std::to_string(layer) + " for '" + file.string()
+                    + "': X and Y must both be [tokens, hidden]");
     writeSafetensors(file, {{"x", x.to(torch::kCPU, torch::kFloat32)}, {"y", y.to(torch::kCPU, torch::kFloat32)}},
                      {{"format", kFormat},
                       {"layer", std::to_string(layer)},
@@ -60,8 +60,8 @@ bool loadActivations(const std::filesystem::path& file, int layer, const Capture
             return false;
         }
     auto tx = st->tensor("x"), ty = st->tensor("y");
-    if (tx.dim() != 2 || ty.sizes() != tx.sizes() || tx.scalar_type() != torch::kFloat32 ||
-        ty.scalar_type() != torch::kFloat32)
+    if (tx.dim() != 2 || ty.sizes() != tx.sizes() || tx.scalar_type() != torch::kFloat32
+        || ty.scalar_type() != torch::kFloat32)
         throw Error(file.string() + ": tensors 'x' and 'y' must both be float32 [tokens, hidden]");
     *x = tx;
     *y = ty;

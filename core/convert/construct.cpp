@@ -59,7 +59,8 @@ std::vector<int64_t> balancedKMeans(const torch::Tensor& featuresIn, int64_t k, 
         int64_t placed = 0;
         for (int64_t i = 0; i < order.size(0) && placed < n; ++i) {
             const int64_t neuron = oacc[i] / k, cluster = oacc[i] % k;
-            if (next[static_cast<std::size_t>(neuron)] >= 0 || fill[static_cast<std::size_t>(cluster)] >= cap[static_cast<std::size_t>(cluster)])
+            if (next[static_cast<std::size_t>(neuron)] >= 0
+                || fill[static_cast<std::size_t>(cluster)] >= cap[static_cast<std::size_t>(cluster)])
                 continue;
             next[static_cast<std::size_t>(neuron)] = cluster;
             ++fill[static_cast<std::size_t>(cluster)];
@@ -93,8 +94,8 @@ void zeroPadding(MoeLayer& l)
 
 } // namespace
 
-std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts,
-                                      Partition strategy, uint64_t seed)
+std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts, Partition strategy,
+                                      uint64_t seed)
 {
     torch::NoGradGuard ng;
     const int64_t I = ffn.gate.size(0);
@@ -120,7 +121,8 @@ std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& 
     // tokens; neurons that fire on the same tokens land in the same expert.
     const int64_t T = std::min<int64_t>(x.size(0), 4096);
     auto xs = x.narrow(0, 0, T).to(torch::kFloat32);
-    auto act = torch::silu(torch::matmul(xs, ffn.gate.to(torch::kFloat32).t())) * torch::matmul(xs, ffn.up.to(torch::kFloat32).t());
+    auto act = torch::silu(torch::matmul(xs, ffn.gate.to(torch::kFloat32).t()))
+        * torch::matmul(xs, ffn.up.to(torch::kFloat32).t());
     auto contribution = act.abs() * ffn.down.to(torch::kFloat32).norm(2, 0).unsqueeze(0); // [T, I]
     return balancedKMeans(contribution.t(), experts, seed);
 }
@@ -242,8 +244,8 @@ public:
         std::string pattern = (std::filesystem::temp_directory_path() / "ladimo-snapshot-XXXXXX").string();
         m_fd = ::mkstemp(pattern.data());
         if (m_fd < 0)
-            throw Error("cannot create a temporary file in '" + std::filesystem::temp_directory_path().string() +
-                        "' for the distillation snapshot: " + std::strerror(errno));
+            throw Error("cannot create a temporary file in '" + std::filesystem::temp_directory_path().string()
+                        + "' for the distillation snapshot: " + std::strerror(errno));
         ::unlink(pattern.c_str());
         for (const auto& p : params) {
             const auto t = p.detach().contiguous();
@@ -254,8 +256,8 @@ public:
                 if (n < 0 && errno == EINTR)
                     continue;
                 if (n <= 0)
-                    throw Error("cannot write the distillation snapshot to '" +
-                                std::filesystem::temp_directory_path().string() + "': " + std::strerror(errno));
+                    throw Error("cannot write the distillation snapshot to '"
+                                + std::filesystem::temp_directory_path().string() + "': " + std::strerror(errno));
                 src += n;
                 left -= static_cast<std::size_t>(n);
             }
@@ -338,8 +340,8 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
             try {
                 for (int64_t s = 0; s < T; s += batch, ++step) {
                     o.cancel.throwIfCancelled();
-                    const double lr = o.lr * lrScale * 0.5 *
-                                      (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(totalSteps)));
+                    const double lr = o.lr * lrScale * 0.5
+                        * (1 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(totalSteps)));
                     for (auto& g : opt->param_groups())
                         static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
                     auto idx = p.narrow(0, s, std::min<int64_t>(batch, T - s));
@@ -350,8 +352,8 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
                         o.faultHook(step, batch, loss);
                     const double l = loss.item<double>();
                     if (!std::isfinite(l)) { // before the step: the weights are still those of the last batch
-                        fault = "loss " + std::to_string(l) + " at step " + std::to_string(step) + " (lr " +
-                                std::to_string(lr) + ")";
+                        fault = "loss " + std::to_string(l) + " at step " + std::to_string(step) + " (lr "
+                            + std::to_string(lr) + ")";
                         break;
                     }
                     opt->zero_grad();
@@ -364,8 +366,8 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
                 }
             } catch (const c10::OutOfMemoryError& e) {
                 if (batch / 2 < std::max<int64_t>(1, o.minBatch))
-                    throw Error("out of memory on " + x.device().str() + " even with a batch of " +
-                                std::to_string(batch) + " (minimum " + std::to_string(o.minBatch) + ")");
+                    throw Error("out of memory on " + x.device().str() + " even with a batch of "
+                                + std::to_string(batch) + " (minimum " + std::to_string(o.minBatch) + ")");
                 oom = true;
             }
             if (fault.empty() && !oom)
@@ -377,19 +379,20 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
             r.lossCurve.resize(savedCurve);
             opt = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(o.lr));
             if (oom) {
-                r.recovered.push_back("epoch " + std::to_string(epoch) + ": out of memory with batch " +
-                                      std::to_string(batch) + ", retried with " + std::to_string(batch / 2));
+                r.recovered.push_back("epoch " + std::to_string(epoch) + ": out of memory with batch "
+                                      + std::to_string(batch) + ", retried with " + std::to_string(batch / 2));
                 batch /= 2;
                 continue;
             }
             if (retries >= o.maxRetries)
-                throw NumericalFault("distillation diverged: " + fault + "; " + std::to_string(retries) +
-                                     " retr" + (retries == 1 ? "y" : "ies") + " from the last good state with a lower "
-                                     "learning rate did not help");
+                throw NumericalFault("distillation diverged: " + fault + "; " + std::to_string(retries) + " retr"
+                                     + (retries == 1 ? "y" : "ies")
+                                     + " from the last good state with a lower "
+                                       "learning rate did not help");
             ++retries;
             lrScale *= o.retryLrFactor;
-            r.recovered.push_back("epoch " + std::to_string(epoch) + ": " + fault + "; retried from the epoch start with lr x" +
-                                  std::to_string(lrScale));
+            r.recovered.push_back("epoch " + std::to_string(epoch) + ": " + fault
+                                  + "; retried from the epoch start with lr x" + std::to_string(lrScale));
         } while (true);
     }
     for (auto* t : {&layer.gate, &layer.up, &layer.down, &layer.router})

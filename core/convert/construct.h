@@ -26,15 +26,15 @@ struct DenseFfn {
 
 // Expert index of every neuron, experts of equal size (differing by at most one neuron).
 // `x` (calibration FFN inputs [T, H]) is needed for co-activation clustering.
-std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts,
-                                      Partition strategy, uint64_t seed);
+std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts, Partition strategy,
+                                      uint64_t seed);
 
 MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignment, int64_t experts, Gating gating);
 
 struct DistillOptions {
-    int trainTopK = 6;         // k used while distilling (drawn per batch in [minTrainK, N] when randomK)
-    bool randomK = true;       // train for the range of k a routing policy may later use
-    int minTrainK = 0;         // 0 = N/2
+    int trainTopK = 6;   // k used while distilling (drawn per batch in [minTrainK, N] when randomK)
+    bool randomK = true; // train for the range of k a routing policy may later use
+    int minTrainK = 0;   // 0 = N/2
     int epochs = 20;
     int routerEpochs = 20;
     double lr = 1e-3;

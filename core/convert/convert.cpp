@@ -81,8 +81,8 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
     if (moe && rule)
         hooks.ffnOverride = [&](int layer, const torch::Tensor& x) {
             return layer < static_cast<int>(moe->size()) && (*moe)[static_cast<std::size_t>(layer)].router.defined()
-                       ? (*moe)[static_cast<std::size_t>(layer)].forward(x, *rule)
-                       : torch::Tensor();
+                ? (*moe)[static_cast<std::size_t>(layer)].forward(x, *rule)
+                : torch::Tensor();
         };
     std::size_t perPass = static_cast<std::size_t>(std::max<int64_t>(1, options.maxWindows));
     // A streamed model runs a group of passes layer-major, so each layer is read once per group;
@@ -104,7 +104,8 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
             std::size_t k = j;
             for (; k < windows.size() && windows[k].size() == len && k - j < perPass; ++k)
                 flat.insert(flat.end(), windows[k].begin(), windows[k].end());
-            passes.push_back(torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(k - j), static_cast<int64_t>(len)}));
+            passes.push_back(
+                torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(k - j), static_cast<int64_t>(len)}));
             bytes += static_cast<std::uint64_t>(flat.size()) * tokenBytes;
             j = k;
         } while (j < windows.size() && bytes + perPass * windows[j].size() * tokenBytes <= groupBytes);
@@ -124,14 +125,14 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
             hooks.onLayerDone = nullptr;
             filled = before; // the retry overwrites the failed group's partial rows
             if (passWindows == 1)
-                throw Error("out of memory on " + model.device().str() +
-                            " capturing FFN activations, even with one window of " +
-                            std::to_string(passes.front().size(1)) +
-                            " tokens per forward pass (free device memory or use a shorter sequence length)");
+                throw Error("out of memory on " + model.device().str()
+                            + " capturing FFN activations, even with one window of "
+                            + std::to_string(passes.front().size(1))
+                            + " tokens per forward pass (free device memory or use a shorter sequence length)");
             perPass = static_cast<std::size_t>(passWindows) / 2;
             if (options.onRecovered)
-                options.onRecovered("capture: out of memory with " + std::to_string(passWindows) +
-                                    " windows per forward pass, retried with " + std::to_string(perPass));
+                options.onRecovered("capture: out of memory with " + std::to_string(passWindows)
+                                    + " windows per forward pass, retried with " + std::to_string(perPass));
             continue;
         }
         i = j;
@@ -155,16 +156,17 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         // Only the layers still to do; those supplied by the caller need no dense forward pass.
         std::set<int> missing;
         for (int l = 0; l < L; ++l)
-            if (!skip.count(l) && !(cb.loadCaptured && cb.loadCaptured(l, &xs[static_cast<std::size_t>(l)],
-                                                                       &ys[static_cast<std::size_t>(l)])))
+            if (!skip.count(l)
+                && !(cb.loadCaptured
+                     && cb.loadCaptured(l, &xs[static_cast<std::size_t>(l)], &ys[static_cast<std::size_t>(l)])))
                 missing.insert(l);
         if (!missing.empty()) {
             std::vector<torch::Tensor> cx, cy;
             CaptureOptions co = s.capture;
             co.progress = cb.progress;
             co.cancel = cb.cancel;
-            const auto info =
-                captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, co);
+            const auto info
+                = captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, co);
             if (cb.onCapture)
                 cb.onCapture(info);
             for (int l : missing) {
@@ -186,7 +188,8 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         }
         const auto x = xs[static_cast<std::size_t>(l)].to(device);
         const auto y = ys[static_cast<std::size_t>(l)].to(device);
-        auto layer = buildMoeLayer(ffn, partitionNeurons(ffn, x, s.experts, s.partition, s.distill.seed + l), s.experts, s.gating);
+        auto layer = buildMoeLayer(ffn, partitionNeurons(ffn, x, s.experts, s.partition, s.distill.seed + l), s.experts,
+                                   s.gating);
         ffn = DenseFfn{}; // the experts are cut; a 7B layer's dense copy is 0.5 GB
         DistillOptions d = s.distill;
         d.seed = s.distill.seed + static_cast<uint64_t>(l);
@@ -217,8 +220,8 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
     };
     // A NumericalFault fails just that layer when the caller takes per-layer failures.
     using Converted = std::optional<std::pair<MoeLayer, LayerConversion>>;
-    auto tryConvertLayer = [&](int l, const torch::Device& device, const CancelToken& cancel,
-                               std::mutex* callbackMutex) -> Converted {
+    auto tryConvertLayer
+        = [&](int l, const torch::Device& device, const CancelToken& cancel, std::mutex* callbackMutex) -> Converted {
         try {
             return convertLayer(l, device, cancel);
         } catch (const NumericalFault& e) {
@@ -255,10 +258,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
 
     // Parallel mode, several devices: one worker thread per device takes the next layer.
     // Callbacks (which write the project) are serialised; the first failure stops the others.
-    std::mutex mutex;               // guards next, firstError and the callbacks
-    int next = 0;                   // guarded by mutex
-    std::exception_ptr firstError;  // guarded by mutex
-    CancelToken stopAll;            // set by the first failure or by the caller's token
+    std::mutex mutex;              // guards next, firstError and the callbacks
+    int next = 0;                  // guarded by mutex
+    std::exception_ptr firstError; // guarded by mutex
+    CancelToken stopAll;           // set by the first failure or by the caller's token
     auto worker = [&](torch::Device device) {
         try {
             for (;;) {
@@ -385,16 +388,16 @@ MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, t
             used = 0;
         }
         if (used == 0 || used != item.size() || l.sizes.size() >= static_cast<std::size_t>(kMaxExperts))
-            throw Error(file.string() + ": metadata 'sizes' must be a comma-separated list of at most " +
-                        std::to_string(kMaxExperts) + " expert sizes, got '" + meta.at("sizes") + "'");
+            throw Error(file.string() + ": metadata 'sizes' must be a comma-separated list of at most "
+                        + std::to_string(kMaxExperts) + " expert sizes, got '" + meta.at("sizes") + "'");
         l.sizes.push_back(v);
     }
     if (l.router.dim() != 2 || l.gate.dim() != 3 || l.up.dim() != 3 || l.down.dim() != 3)
         throw Error(file.string() + ": expected router [N, H] and gate/up/down [N, ., .] tensors");
     const int64_t N = l.router.size(0);
-    if (static_cast<int64_t>(l.sizes.size()) != N || l.gate.size(0) != N || l.up.sizes() != l.gate.sizes() ||
-        l.down.size(0) != N || l.down.size(2) != l.gate.size(1) || l.gate.size(2) != l.router.size(1) ||
-        l.down.size(1) != l.router.size(1))
+    if (static_cast<int64_t>(l.sizes.size()) != N || l.gate.size(0) != N || l.up.sizes() != l.gate.sizes()
+        || l.down.size(0) != N || l.down.size(2) != l.gate.size(1) || l.gate.size(2) != l.router.size(1)
+        || l.down.size(1) != l.router.size(1))
         throw Error(file.string() + ": inconsistent MoE layer shapes");
     for (auto s : l.sizes)
         if (s < 0 || s > l.gate.size(1))

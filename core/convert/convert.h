@@ -109,8 +109,8 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
 
 // Forward hooks that replace every FFN that has an MoE layer, under per-layer rules. The hooks
 // hold the layer set (a copy sharing its layers): a streamed set reads each layer as it is used.
-ForwardHooks moeHooks(const MoeLayers& layers, const std::vector<RoutingRule>& rules,
-                      int64_t* activeParams = nullptr, int64_t* tokens = nullptr);
+ForwardHooks moeHooks(const MoeLayers& layers, const std::vector<RoutingRule>& rules, int64_t* activeParams = nullptr,
+                      int64_t* tokens = nullptr);
 // The same with oracle routing (MoeLayer::forwardOracle) at a static top-k per layer.
 ForwardHooks oracleHooks(const MoeLayers& layers, const std::vector<RoutingRule>& rules,
                          int64_t* activeParams = nullptr, int64_t* tokens = nullptr);

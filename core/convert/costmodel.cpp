@@ -128,7 +128,7 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
     const double T = static_cast<double>(in.tokens);
     const double H = static_cast<double>(c.hiddenSize), I = static_cast<double>(c.intermediateSize);
     const double N = static_cast<double>(s.experts);
-    const double S = std::ceil(I / N);                                // stored expert width
+    const double S = std::ceil(I / N); // stored expert width
     const double kvDim = static_cast<double>(c.numKvHeads * c.headDim);
     const double kbar = meanActive(s);
     const double kTrain = std::min<double>(s.distill.trainTopK, N);
@@ -142,10 +142,11 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
 
     // Dense forward per token and layer: q/o [H,H], k/v [H,kv], causal attention over a mean
     // context of seqLen/2 (scores + weighted sum), the SwiGLU FFN.
-    const double capturePerLayer =
-        T * (2 * (2 * H * H + 2 * H * kvDim) + 2 * 2 * (static_cast<double>(s.seqLen) / 2) * H + 2 * 3 * H * I);
+    const double capturePerLayer
+        = T * (2 * (2 * H * H + 2 * H * kvDim) + 2 * 2 * (static_cast<double>(s.seqLen) / 2) * H + 2 * 3 * H * I);
     LayerFlops f;
-    const int maxCaptured = in.captureLayers.empty() ? -1 : *std::max_element(in.captureLayers.begin(), in.captureLayers.end());
+    const int maxCaptured
+        = in.captureLayers.empty() ? -1 : *std::max_element(in.captureLayers.begin(), in.captureLayers.end());
     // The dense model runs up to the highest captured layer; that cost is shared by the layers.
     const double captureTotal = capturePerLayer * (maxCaptured + 1);
     f.capture = in.layers.empty() ? 0 : captureTotal / static_cast<double>(in.layers.size());
@@ -169,9 +170,8 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
     m.adam = 2 * m.gradients;
     const int64_t batchWork = static_cast<int64_t>(B * kbar * S * 6 + B * H * 6) * f32;
     const int64_t targets = in.tokens * s.experts * f32 + std::min<int64_t>(in.tokens, 2048) * s.experts * Hi * f32;
-    const int64_t clustering = s.partition == Partition::Coactivation
-                                   ? static_cast<int64_t>(Tp) * Ii * 3 * f32
-                                   : 3 * Hi * Ii * f32;
+    const int64_t clustering
+        = s.partition == Partition::Coactivation ? static_cast<int64_t>(Tp) * Ii * 3 * f32 : 3 * Hi * Ii * f32;
     m.workspace = std::max({batchWork, targets, clustering});
     e.memoryPerLayer = m;
     e.captureHeldBytes = 2 * in.tokens * Hi * f32 * static_cast<int64_t>(in.captureLayers.size());
@@ -188,11 +188,12 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
     const int64_t el = in.computeElementBytes;
     const int64_t heads = c.numHeads;
     const int64_t groupTokens = in.streamed ? in.tokens : passTokens;
-    e.captureWorkspaceBytes = in.captureLayers.empty() ? 0 :
-        groupTokens * Hi * el + passTokens * (3 * Ii + 6 * Hi) * el +
-        passTokens / std::max<int64_t>(1, s.seqLen) * heads * s.seqLen * s.seqLen * (el + 4);
+    e.captureWorkspaceBytes = in.captureLayers.empty() ? 0
+                                                       : groupTokens * Hi * el + passTokens * (3 * Ii + 6 * Hi) * el
+            + passTokens / std::max<int64_t>(1, s.seqLen) * heads * s.seqLen * s.seqLen * (el + 4);
     const std::vector<torch::Device> devs = s.devices.empty() ? std::vector<torch::Device>{torch::kCPU} : s.devices;
-    const int64_t workers = static_cast<int64_t>(std::min<std::size_t>(devs.size(), std::max<std::size_t>(1, in.layers.size())));
+    const int64_t workers
+        = static_cast<int64_t>(std::min<std::size_t>(devs.size(), std::max<std::size_t>(1, in.layers.size())));
     const int64_t base = int64_t(300) << 20;
     // Training one layer at its peak (the backward of a distillation step): experts, their
     // gradients and the fresh gradients being added to them, Adam's moments and the temporaries
@@ -209,13 +210,13 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
     const int64_t capturePeak = e.weightsHeldBytes + held + e.captureWorkspaceBytes;
     const int64_t trainPeak = (in.streamed ? 0 : in.modelBytes) + held + (onCpu ? workers : 0) * training;
     e.peakHostBytes = base + std::max(capturePeak, trainPeak);
-    e.peakDeviceBytes = onCpu ? e.peakHostBytes
-                              : std::max(e.weightsHeldBytes + e.captureWorkspaceBytes, training + m.activations);
+    e.peakDeviceBytes
+        = onCpu ? e.peakHostBytes : std::max(e.weightsHeldBytes + e.captureWorkspaceBytes, training + m.activations);
 
     e.assumptions = {
         "float32 training; FLOPs count multiply-adds as 2; backward = 2x forward",
-        "distillation draws k uniformly in [N/2, N] per batch (mean " + std::to_string(kbar).substr(0, 4) +
-            " experts per token); each expert is padded to ceil(I/N) neurons",
+        "distillation draws k uniformly in [N/2, N] per batch (mean " + std::to_string(kbar).substr(0, 4)
+            + " experts per token); each expert is padded to ceil(I/N) neurons",
         "capture: one dense forward pass up to the highest layer that is not already captured on disk, "
         "attention over a mean context of seq_len/2",
         "time: distillation steps at the measured step time, everything else at the measured matmul rate; "
@@ -242,8 +243,9 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
     const auto layerSecondsOn = [&](const std::string& d) {
         const auto& sp = measured.at(d);
         const double share = static_cast<double>(sp.workers);
-        return share * ((f.partition + f.router + 2 * T * (kTrain * expertFwd + 2 * H * N)) / sp.matmulFlops +
-                        static_cast<double>(e.distillSteps) * sp.stepSeconds);
+        return share
+            * ((f.partition + f.router + 2 * T * (kTrain * expertFwd + 2 * H * N)) / sp.matmulFlops
+               + static_cast<double>(e.distillSteps) * sp.stepSeconds);
     };
     e.captureSeconds = captureTotal / measured.at(devices.front().str()).matmulFlops;
     e.layerSeconds = layerSecondsOn(devices.front().str()) / measured.at(devices.front().str()).workers;
@@ -271,7 +273,11 @@ nlohmann::json CostEstimate::toJson() const
             {"distill_steps_per_layer", distillSteps},
             {"mean_active_experts", meanActiveExperts},
             {"flops_per_layer",
-             {{"capture", f.capture}, {"partition", f.partition}, {"router", f.router}, {"distill", f.distill}, {"total", f.total()}}},
+             {{"capture", f.capture},
+              {"partition", f.partition},
+              {"router", f.router},
+              {"distill", f.distill},
+              {"total", f.total()}}},
             {"memory_per_layer_bytes",
              {{"activations", m.activations},
               {"dense_ffn", m.denseFfn},
@@ -299,31 +305,35 @@ std::string CostEstimate::describe(int layers) const
     const auto& m = memoryPerLayer;
     std::string out;
     char buf[512];
-    std::snprintf(buf, sizeof buf, "cost model: %d layer(s), %lld calibration tokens, %lld distillation steps per layer (%.2f experts per token)\n",
+    std::snprintf(buf, sizeof buf,
+                  "cost model: %d layer(s), %lld calibration tokens, %lld distillation steps per layer (%.2f experts "
+                  "per token)\n",
                   layers, (long long)tokens, (long long)distillSteps, meanActiveExperts);
     out += buf;
-    out += "  FLOPs per layer: " + flopsText(f.total()) + " (capture " + flopsText(f.capture) + ", partition " +
-           flopsText(f.partition) + ", router " + flopsText(f.router) + ", distillation " + flopsText(f.distill) + ")\n";
-    out += "  memory per layer on its device: " + bytesText(static_cast<double>(m.total())) + " (X/Y " +
-           bytesText(static_cast<double>(m.activations)) + ", dense FFN " + bytesText(static_cast<double>(m.denseFfn)) +
-           ", experts " + bytesText(static_cast<double>(m.experts)) + ", gradients " +
-           bytesText(static_cast<double>(m.gradients)) + ", Adam " + bytesText(static_cast<double>(m.adam)) +
-           ", workspace " + bytesText(static_cast<double>(m.workspace)) + ")\n";
-    out += std::string("  first device also holds: ") +
-           (weightsHeldBytes == modelBytes ? "dense model " : "streamed weights (2 layers + a chunk) ") +
-           bytesText(static_cast<double>(weightsHeldBytes)) + ", captured X/Y of all layers to capture " +
-           bytesText(static_cast<double>(captureHeldBytes)) + ", capture forward passes " +
-           bytesText(static_cast<double>(captureWorkspaceBytes)) + "\n";
-    out += "  predicted peak memory: host " + bytesText(static_cast<double>(peakHostBytes)) +
-           (peakDeviceBytes != peakHostBytes ? ", device " + bytesText(static_cast<double>(peakDeviceBytes)) : std::string()) + "\n";
+    out += "  FLOPs per layer: " + flopsText(f.total()) + " (capture " + flopsText(f.capture) + ", partition "
+        + flopsText(f.partition) + ", router " + flopsText(f.router) + ", distillation " + flopsText(f.distill) + ")\n";
+    out += "  memory per layer on its device: " + bytesText(static_cast<double>(m.total())) + " (X/Y "
+        + bytesText(static_cast<double>(m.activations)) + ", dense FFN " + bytesText(static_cast<double>(m.denseFfn))
+        + ", experts " + bytesText(static_cast<double>(m.experts)) + ", gradients "
+        + bytesText(static_cast<double>(m.gradients)) + ", Adam " + bytesText(static_cast<double>(m.adam))
+        + ", workspace " + bytesText(static_cast<double>(m.workspace)) + ")\n";
+    out += std::string("  first device also holds: ")
+        + (weightsHeldBytes == modelBytes ? "dense model " : "streamed weights (2 layers + a chunk) ")
+        + bytesText(static_cast<double>(weightsHeldBytes)) + ", captured X/Y of all layers to capture "
+        + bytesText(static_cast<double>(captureHeldBytes)) + ", capture forward passes "
+        + bytesText(static_cast<double>(captureWorkspaceBytes)) + "\n";
+    out += "  predicted peak memory: host " + bytesText(static_cast<double>(peakHostBytes))
+        + (peakDeviceBytes != peakHostBytes ? ", device " + bytesText(static_cast<double>(peakDeviceBytes))
+                                            : std::string())
+        + "\n";
     for (const auto& d : devices) {
         std::snprintf(buf, sizeof buf, "  device %s (%d worker%s): matmul %.1f GFLOP/s, distillation step %.2f ms\n",
                       d.device.c_str(), d.workers, d.workers == 1 ? "" : "s", d.matmulFlops / 1e9, d.stepSeconds * 1e3);
         out += buf;
     }
     if (!devices.empty())
-        out += "  estimated wall time: " + secondsText(wallSeconds) + " (capture " + secondsText(captureSeconds) +
-               ", one layer " + secondsText(layerSeconds) + ")\n";
+        out += "  estimated wall time: " + secondsText(wallSeconds) + " (capture " + secondsText(captureSeconds)
+            + ", one layer " + secondsText(layerSeconds) + ")\n";
     out += "  assumptions:\n";
     for (const auto& a : assumptions)
         out += "    - " + a + "\n";

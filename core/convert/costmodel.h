@@ -40,30 +40,30 @@ struct LayerFlops {
     double total() const { return capture + partition + router + distill; }
 };
 
-struct LayerMemory {        // bytes, float32, on the device that trains the layer
+struct LayerMemory {         // bytes, float32, on the device that trains the layer
     int64_t activations = 0; // X and Y of the layer
     int64_t denseFfn = 0;    // the dense FFN copy the experts are cut from
     int64_t experts = 0;     // expert weights + router
     int64_t gradients = 0;
-    int64_t adam = 0;        // two moments per parameter
-    int64_t workspace = 0;   // the largest transient (batch activations, router targets, clustering)
+    int64_t adam = 0;      // two moments per parameter
+    int64_t workspace = 0; // the largest transient (batch activations, router targets, clustering)
     int64_t total() const { return activations + denseFfn + experts + gradients + adam + workspace; }
 };
 
 struct DeviceSpeed {
     std::string device;
-    int workers = 1;             // workers sharing it (a repeated entry, e.g. "cpu,cpu")
-    double matmulFlops = 0;      // measured dense matmul rate, FLOP/s, whole device
-    double stepSeconds = 0;      // measured distillation step (forward+backward+Adam), whole device
+    int workers = 1;        // workers sharing it (a repeated entry, e.g. "cpu,cpu")
+    double matmulFlops = 0; // measured dense matmul rate, FLOP/s, whole device
+    double stepSeconds = 0; // measured distillation step (forward+backward+Adam), whole device
 };
 
 struct CostEstimate {
     int64_t tokens = 0;
-    int64_t distillSteps = 0;          // per layer
-    double meanActiveExperts = 0;      // per token while distilling
+    int64_t distillSteps = 0;     // per layer
+    double meanActiveExperts = 0; // per token while distilling
     LayerFlops flopsPerLayer;
     LayerMemory memoryPerLayer;
-    int64_t captureHeldBytes = 0;      // X/Y of every captured layer, held while the run lasts
+    int64_t captureHeldBytes = 0; // X/Y of every captured layer, held while the run lasts
     int64_t modelBytes = 0;
     int64_t weightsHeldBytes = 0;      // weights resident at once: the model, or 2 streamed layers + chunks
     int64_t captureWorkspaceBytes = 0; // the dense forward passes of the capture (hidden states, FFN, attention)
@@ -71,8 +71,8 @@ struct CostEstimate {
     int64_t peakDeviceBytes = 0;       // predicted peak memory on the first device (= host on the CPU)
     std::vector<DeviceSpeed> devices;
     double captureSeconds = 0;
-    double layerSeconds = 0;           // one layer on the first device, alone
-    double wallSeconds = 0;            // whole run on the given devices
+    double layerSeconds = 0; // one layer on the first device, alone
+    double wallSeconds = 0;  // whole run on the given devices
     std::vector<std::string> assumptions;
     nlohmann::json toJson() const;
     std::string describe(int layers) const; // the multi-line text the CLI prints

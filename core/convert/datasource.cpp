@@ -23,7 +23,7 @@ namespace {
 // would hash it again. Files under 64 MiB, or with no cache folder, are always hashed.
 std::string cachedSha256(const fs::path& file)
 {
-    struct stat st {};
+    struct stat st { };
     if (::stat(file.c_str(), &st) != 0 || st.st_size < (64 << 20))
         return sha256File(file);
     const char* xdg = std::getenv("XDG_CACHE_HOME");
@@ -32,8 +32,8 @@ std::string cachedSha256(const fs::path& file)
         return sha256File(file);
     const fs::path cacheFile = (xdg && *xdg ? fs::path(xdg) : fs::path(home) / ".cache") / "ladimo" / "sha256.json";
     const std::string key = fs::absolute(file).lexically_normal().string();
-    const std::string stamp = std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
-                              std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ino);
+    const std::string stamp = std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "."
+        + std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ino);
     nlohmann::json cache = nlohmann::json::object();
     std::error_code ec;
     try {
@@ -44,8 +44,8 @@ std::string cachedSha256(const fs::path& file)
     }
     if (!cache.is_object())
         cache = nlohmann::json::object();
-    if (cache.contains(key) && cache[key].is_object() && cache[key].value("stamp", "") == stamp &&
-        cache[key].value("sha256", "").size() == 64)
+    if (cache.contains(key) && cache[key].is_object() && cache[key].value("stamp", "") == stamp
+        && cache[key].value("sha256", "").size() == 64)
         return cache[key]["sha256"].get<std::string>();
     const std::string sum = sha256File(file);
     cache[key] = {{"stamp", stamp}, {"sha256", sum}};

@@ -29,7 +29,7 @@ struct DataSource {
     std::string file;
     int64_t selfSample = 0; // > 0: sample this many tokens from the model instead of `file`
     uint64_t seed = 1234;
-    int64_t maxTokens = 0;  // 0 = all
+    int64_t maxTokens = 0; // 0 = all
     // Recorded in the run's settings ("data"): part of what makes two runs the same.
     nlohmann::json toJson() const;
     // The inverse of toJson() (a run's settings "data"); names the key it misses.

@@ -37,8 +37,8 @@ LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& optio
         bytes += ec ? 0 : n;
     }
     if (!missing.empty())
-        throw Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing + ")" +
-                    hints.unfinished);
+        throw Error(projectFile + ": run #" + std::to_string(*runId) + " has unfinished layers (" + missing + ")"
+                    + hints.unfinished);
     const bool streamed = !expertDtype && (r.model->streamed() || bytes > r.model->memoryBudget() / 2);
     std::vector<MoeLayer> resident;
     if (!streamed)

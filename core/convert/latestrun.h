@@ -18,19 +18,19 @@ namespace ladimo::core {
 // What the caller tells the user to do, appended to the messages (the CLI names its commands,
 // the workbench its buttons).
 struct LatestRunHints {
-    std::string noRun = "; convert first";                  // after "P: no conversion run yet"
+    std::string noRun = "; convert first";                    // after "P: no conversion run yet"
     std::string unfinished = "; finish the conversion first"; // after "run #R has unfinished layers (...)"
 };
 
 struct LatestRun {
     int64_t runId = 0;
     ConversionRun run;
-    std::string modelDir;              // the dense source model
-    std::optional<LlamaModel> model;   // loaded with the caller's options
+    std::string modelDir;            // the dense source model
+    std::optional<LlamaModel> model; // loaded with the caller's options
     // Every layer, on the model's device and dtype: streamed when the dense model is streamed or
     // the layers take more than half the memory budget, else resident.
     MoeLayers layers;
-    int trainTopK() const;             // the run's settings "train_top_k", else its column
+    int trainTopK() const; // the run's settings "train_top_k", else its column
 };
 
 // Opens the project read-only, loads the dense model with `options` and every finished layer.

@@ -25,7 +25,7 @@ struct MoeLayers::Impl {
     std::uint64_t cached = 0;
 };
 
-MoeLayers::MoeLayers() : m(std::make_shared<Impl>()) {}
+MoeLayers::MoeLayers() : m(std::make_shared<Impl>()) { }
 
 MoeLayers::MoeLayers(std::vector<MoeLayer> layers) : m(std::make_shared<Impl>())
 {

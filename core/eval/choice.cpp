@@ -38,7 +38,8 @@ std::vector<ChoiceItem> loadChoiceItems(const std::filesystem::path& file)
         if (!j.contains("question") || !j["question"].is_string())
             throw Error(at + ": 'question' must be a string");
         item.question = j["question"].get<std::string>();
-        if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].size() < 2 || j["choices"].size() > kMaxChoices)
+        if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].size() < 2
+            || j["choices"].size() > kMaxChoices)
             throw Error(at + ": 'choices' must be an array of 2.." + std::to_string(kMaxChoices) + " strings");
         for (const auto& c : j["choices"]) {
             if (!c.is_string() || c.get<std::string>().empty())
@@ -51,8 +52,8 @@ std::vector<ChoiceItem> loadChoiceItems(const std::filesystem::path& file)
         if (a.is_number_integer()) {
             const auto v = a.get<int64_t>();
             if (v < 0 || v >= static_cast<int64_t>(item.choices.size()))
-                throw Error(at + ": 'answer' " + std::to_string(v) + " is not a choice index 0.." +
-                            std::to_string(item.choices.size() - 1));
+                throw Error(at + ": 'answer' " + std::to_string(v) + " is not a choice index 0.."
+                            + std::to_string(item.choices.size() - 1));
             item.answer = static_cast<int>(v);
         } else if (a.is_string()) {
             const auto it = std::find(item.choices.begin(), item.choices.end(), a.get<std::string>());
@@ -88,7 +89,8 @@ ChoiceResult evaluateChoices(const LlamaModel& model, const Tokenizer& tok, cons
         for (const auto& choice : item.choices) {
             const auto cont = tok.encode(choice);
             if (cont.empty())
-                throw Error("multiple-choice item " + std::to_string(i) + ": choice \"" + choice + "\" encodes to no tokens");
+                throw Error("multiple-choice item " + std::to_string(i) + ": choice \"" + choice
+                            + "\" encodes to no tokens");
             std::vector<int64_t> seq = context;
             seq.insert(seq.end(), cont.begin(), cont.end());
             // Keep the end of an over-long context: the choice must be scored whole.

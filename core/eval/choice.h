@@ -30,8 +30,8 @@ std::vector<ChoiceItem> loadChoiceItems(const std::filesystem::path& file);
 
 struct ChoiceResult {
     int64_t items = 0;
-    int64_t correct = 0;      // best summed log-likelihood
-    int64_t correctNorm = 0;  // best log-likelihood per byte
+    int64_t correct = 0;     // best summed log-likelihood
+    int64_t correctNorm = 0; // best log-likelihood per byte
     double accuracy = 0;
     double accuracyNorm = 0;
     std::vector<std::vector<double>> scores; // [item][choice] summed log-likelihood

@@ -9,8 +9,7 @@
 
 namespace ladimo::core {
 
-EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t>& stream,
-                              const EvalOptions& o)
+EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t>& stream, const EvalOptions& o)
 {
     torch::InferenceMode guard;
     const auto windows = cutWindows(stream, o.seqLen);
@@ -18,8 +17,8 @@ EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t
         throw Error("evaluation data holds fewer than 2 tokens");
     for (int64_t id : stream)
         if (id < 0 || id >= model.config().vocabSize)
-            throw Error("evaluation data holds token id " + std::to_string(id) +
-                        " outside the model vocabulary [0, " + std::to_string(model.config().vocabSize) + ")");
+            throw Error("evaluation data holds token id " + std::to_string(id) + " outside the model vocabulary [0, "
+                        + std::to_string(model.config().vocabSize) + ")");
     const auto start = std::chrono::steady_clock::now();
     double nllSum = 0, klSum = 0;
     int64_t scored = 0, processed = 0;
@@ -34,7 +33,8 @@ EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t
             flat.insert(flat.end(), windows[j].begin(), windows[j].end());
             ++j;
         }
-        batches.push_back(torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(j - i), static_cast<int64_t>(len)}));
+        batches.push_back(
+            torch::tensor(flat, torch::kInt64).view({static_cast<int64_t>(j - i), static_cast<int64_t>(len)}));
         i = j;
     }
     // A streamed model runs groups of batches layer-major (each layer read once per group); a
@@ -73,7 +73,8 @@ EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t
             auto target = tokens.narrow(1, 1, T - 1).to(logp.device()).unsqueeze(-1);
             nllSum += -logp.gather(-1, target).sum().item<double>();
             if (o.reference) {
-                auto refLogp = torch::log_softmax(refLogits[b].narrow(1, 0, T - 1).to(torch::kFloat64), -1).to(logp.device());
+                auto refLogp
+                    = torch::log_softmax(refLogits[b].narrow(1, 0, T - 1).to(torch::kFloat64), -1).to(logp.device());
                 refLogits[b] = torch::Tensor();
                 klSum += (refLogp.exp() * (refLogp - logp)).sum().item<double>();
             }

@@ -15,24 +15,23 @@ struct ForwardHooks;
 
 struct EvalOptions {
     int64_t seqLen = 256;
-    int64_t batch = 8;                      // windows per forward pass
-    const ForwardHooks* hooks = nullptr;    // e.g. MoE replacement of the FFNs
-    const LlamaModel* reference = nullptr;  // when set: also KL(reference || model)
+    int64_t batch = 8;                     // windows per forward pass
+    const ForwardHooks* hooks = nullptr;   // e.g. MoE replacement of the FFNs
+    const LlamaModel* reference = nullptr; // when set: also KL(reference || model)
     ProgressFn progress;
     CancelToken cancel;
 };
 
 struct EvalResult {
-    double nll = 0;          // mean negative log-likelihood (nats / token)
+    double nll = 0; // mean negative log-likelihood (nats / token)
     double perplexity = 0;
-    int64_t tokens = 0;      // tokens scored
+    int64_t tokens = 0; // tokens scored
     int64_t windows = 0;
     double seconds = 0;
     double tokensPerSecond = 0; // tokens processed by the forward passes per second
     double klToReference = -1;  // mean per-token KL(reference || model); -1 when not computed
 };
 
-EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t>& stream,
-                              const EvalOptions& options);
+EvalResult evaluatePerplexity(const LlamaModel& model, const std::vector<int64_t>& stream, const EvalOptions& options);
 
 } // namespace ladimo::core

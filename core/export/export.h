@@ -21,19 +21,19 @@
 namespace ladimo::core {
 
 struct ExportInput {
-    std::filesystem::path modelDir;            // the dense source model (config.json, tokenizer files)
-    const LlamaModel* model = nullptr;         // dense weights: embeddings, attention, norms, head (and FFNs)
+    std::filesystem::path modelDir;                // the dense source model (config.json, tokenizer files)
+    const LlamaModel* model = nullptr;             // dense weights: embeddings, attention, norms, head (and FFNs)
     const std::vector<MoeLayer>* layers = nullptr; // converted FFNs, one per layer; nullptr: dense export
-    PolicyRules rules;                         // the per-layer policy (empty for a dense export)
+    PolicyRules rules;                             // the per-layer policy (empty for a dense export)
     std::string policyName;
-    nlohmann::json conversion;                 // the conversion run's settings, recorded for a re-import (may be null)
+    nlohmann::json conversion; // the conversion run's settings, recorded for a re-import (may be null)
 };
 
 struct ExportOptions {
-    std::filesystem::path out;                 // directory (hf-mixtral) or file (gguf)
-    std::string dtype = "f32";                 // f32 | bf16 | f16 (gguf: f32 | f16)
-    int64_t shardBytes = 0;                    // hf-mixtral: 0 = one file
-    int expertsPerToken = 0;                   // k written for tools with one k for all layers; 0 = from a uniform static policy
+    std::filesystem::path out; // directory (hf-mixtral) or file (gguf)
+    std::string dtype = "f32"; // f32 | bf16 | f16 (gguf: f32 | f16)
+    int64_t shardBytes = 0;    // hf-mixtral: 0 = one file
+    int expertsPerToken = 0;   // k written for tools with one k for all layers; 0 = from a uniform static policy
     ProgressFn progress;
     const CancelToken* cancel = nullptr;
     std::function<void(const std::string& line)> log; // notes for the user's log (stale temporaries removed)
@@ -45,8 +45,8 @@ inline void removeStaleExportTemporaries(const std::filesystem::path& out, const
 {
     for (const auto& p : removeStaleTemporaries(out))
         if (options.log)
-            options.log("removed '" + p.string() + "', left by an export of '" + out.string() +
-                        "' that was killed (its process is gone)");
+            options.log("removed '" + p.string() + "', left by an export of '" + out.string()
+                        + "' that was killed (its process is gone)");
 }
 
 // Runs an exporter's writing part; an Error (a full disk, say) comes out naming the destination.
@@ -64,11 +64,11 @@ inline void writeExport(const std::filesystem::path& out, const std::function<vo
 // What an export wrote and whether the target format computes exactly what the workbench does.
 struct ExportReport {
     bool exact = true;
-    std::vector<std::string> notes;              // plain-language differences when not exact
-    std::vector<std::filesystem::path> files;    // final paths
+    std::vector<std::string> notes;           // plain-language differences when not exact
+    std::vector<std::filesystem::path> files; // final paths
     int64_t bytes = 0;
-    int expertsPerToken = 0;                     // the k written (converted models)
-    std::string sha256;                          // SHA-256 of the manifest "file sha256\n" of every file, sorted
+    int expertsPerToken = 0; // the k written (converted models)
+    std::string sha256;      // SHA-256 of the manifest "file sha256\n" of every file, sorted
 };
 
 } // namespace ladimo::core

@@ -15,13 +15,13 @@ struct ExportOptions;
 struct ExportReport;
 
 struct ExportFormat {
-    const char* name;             // "hf-mixtral": what --format takes and the project records
-    const char* description;      // one line, for --help and the workbench's tooltip
-    bool moe;                     // writes the conversion (true) or the dense source model
-    bool singleFile;              // the destination is one file (absent) rather than a folder (absent or empty)
-    bool shards;                  // honours ExportOptions::shardBytes
+    const char* name;                // "hf-mixtral": what --format takes and the project records
+    const char* description;         // one line, for --help and the workbench's tooltip
+    bool moe;                        // writes the conversion (true) or the dense source model
+    bool singleFile;                 // the destination is one file (absent) rather than a folder (absent or empty)
+    bool shards;                     // honours ExportOptions::shardBytes
     std::vector<std::string> dtypes; // ExportOptions::dtype values it accepts, the default first
-    const char* fileFilter;       // a save dialog's filter for single-file formats ("GGUF (*.gguf)"), else ""
+    const char* fileFilter;          // a save dialog's filter for single-file formats ("GGUF (*.gguf)"), else ""
     ExportReport (*write)(const ExportInput&, const ExportOptions&);
 };
 

@@ -28,8 +28,19 @@ constexpr uint64_t kAlignment = 32;
 
 // gguf_type
 enum class KvType : uint32_t {
-    Uint8 = 0, Int8 = 1, Uint16 = 2, Int16 = 3, Uint32 = 4, Int32 = 5, Float32 = 6, Bool = 7,
-    String = 8, Array = 9, Uint64 = 10, Int64 = 11, Float64 = 12
+    Uint8 = 0,
+    Int8 = 1,
+    Uint16 = 2,
+    Int16 = 3,
+    Uint32 = 4,
+    Int32 = 5,
+    Float32 = 6,
+    Bool = 7,
+    String = 8,
+    Array = 9,
+    Uint64 = 10,
+    Int64 = 11,
+    Float64 = 12
 };
 
 // ggml_type of the tensors we write
@@ -43,8 +54,7 @@ constexpr uint32_t kFileTypeF16 = 1;
 // is little-endian unless a file says otherwise, which v3 big-endian files do by convention only).
 class Bytes {
 public:
-    template <typename T>
-    void put(T v)
+    template <typename T> void put(T v)
     {
         static_assert(std::is_trivially_copyable_v<T>);
         char b[sizeof(T)];
@@ -64,11 +74,31 @@ private:
 
 class Metadata {
 public:
-    void u32(const std::string& key, uint32_t v) { head(key, KvType::Uint32); m_b.put(v); }
-    void i32(const std::string& key, int32_t v) { head(key, KvType::Int32); m_b.put(v); }
-    void f32(const std::string& key, float v) { head(key, KvType::Float32); m_b.put(v); }
-    void boolean(const std::string& key, bool v) { head(key, KvType::Bool); m_b.put<uint8_t>(v ? 1 : 0); }
-    void str(const std::string& key, const std::string& v) { head(key, KvType::String); m_b.str(v); }
+    void u32(const std::string& key, uint32_t v)
+    {
+        head(key, KvType::Uint32);
+        m_b.put(v);
+    }
+    void i32(const std::string& key, int32_t v)
+    {
+        head(key, KvType::Int32);
+        m_b.put(v);
+    }
+    void f32(const std::string& key, float v)
+    {
+        head(key, KvType::Float32);
+        m_b.put(v);
+    }
+    void boolean(const std::string& key, bool v)
+    {
+        head(key, KvType::Bool);
+        m_b.put<uint8_t>(v ? 1 : 0);
+    }
+    void str(const std::string& key, const std::string& v)
+    {
+        head(key, KvType::String);
+        m_b.str(v);
+    }
     void strings(const std::string& key, const std::vector<std::string>& v)
     {
         array(key, KvType::String, v.size());
@@ -169,13 +199,13 @@ Vocab vocabFor(const fs::path& modelDir, const ModelConfig& cfg, ExportReport* r
         return v;
     }
     if (tok->kind() == "bpe-byte-level")
-        throw Error("gguf export: the tokenizer of '" + modelDir.string() +
-                    "' is byte-level BPE; only SentencePiece-style vocabularies (tokenizer.model, or "
-                    "tokenizer.json with byte fallback) can be embedded as llama.cpp's \"llama\" vocabulary");
+        throw Error("gguf export: the tokenizer of '" + modelDir.string()
+                    + "' is byte-level BPE; only SentencePiece-style vocabularies (tokenizer.model, or "
+                      "tokenizer.json with byte fallback) can be embedded as llama.cpp's \"llama\" vocabulary");
     const int n = tok->vocabSize();
     if (n > cfg.vocabSize)
-        throw Error("gguf export: the tokenizer of '" + modelDir.string() + "' has " + std::to_string(n) +
-                    " tokens but the model's vocab_size is " + std::to_string(cfg.vocabSize));
+        throw Error("gguf export: the tokenizer of '" + modelDir.string() + "' has " + std::to_string(n)
+                    + " tokens but the model's vocab_size is " + std::to_string(cfg.vocabSize));
     v.model = "llama";
     v.tokens.reserve(static_cast<std::size_t>(cfg.vocabSize));
     for (int id = 0; id < n; ++id) {
@@ -208,55 +238,54 @@ int64_t expertsUsed(const ExportInput& in, const ExportOptions& options, ExportR
     const auto& layers = *in.layers;
     const auto& cfg = in.model->config();
     if (static_cast<int64_t>(layers.size()) != cfg.numLayers)
-        throw Error("gguf export: " + std::to_string(layers.size()) + " converted layers for a model of " +
-                    std::to_string(cfg.numLayers) + " layers; llama.cpp needs every layer converted");
+        throw Error("gguf export: " + std::to_string(layers.size()) + " converted layers for a model of "
+                    + std::to_string(cfg.numLayers) + " layers; llama.cpp needs every layer converted");
     const int64_t n = layers.front().router.defined() ? layers.front().numExperts() : 0;
     bool allRenorm = true;
     for (std::size_t l = 0; l < layers.size(); ++l) {
         const auto& m = layers[l];
         if (!m.router.defined() || !m.gate.defined() || !m.up.defined() || !m.down.defined())
-            throw Error("gguf export: layer " + std::to_string(l) +
-                        " has no MoE block; llama.cpp's llama architecture needs every layer converted");
+            throw Error("gguf export: layer " + std::to_string(l)
+                        + " has no MoE block; llama.cpp's llama architecture needs every layer converted");
         if (m.numExperts() != n)
-            throw Error("gguf export: layer " + std::to_string(l) + " has " + std::to_string(m.numExperts()) +
-                        " experts, layer 0 has " + std::to_string(n) + "; llama.cpp needs one expert count");
-        if (m.router.size(1) != cfg.hiddenSize || m.gate.dim() != 3 || m.gate.size(2) != cfg.hiddenSize ||
-            m.up.sizes() != m.gate.sizes() || m.down.dim() != 3 || m.down.size(1) != cfg.hiddenSize ||
-            m.down.size(2) != m.gate.size(1) || m.gate.size(0) != n || m.down.size(0) != n)
-            throw Error("gguf export: layer " + std::to_string(l) +
-                        " MoE tensors do not have the shapes router [N, H], gate/up [N, S, H], down [N, H, S]");
+            throw Error("gguf export: layer " + std::to_string(l) + " has " + std::to_string(m.numExperts())
+                        + " experts, layer 0 has " + std::to_string(n) + "; llama.cpp needs one expert count");
+        if (m.router.size(1) != cfg.hiddenSize || m.gate.dim() != 3 || m.gate.size(2) != cfg.hiddenSize
+            || m.up.sizes() != m.gate.sizes() || m.down.dim() != 3 || m.down.size(1) != cfg.hiddenSize
+            || m.down.size(2) != m.gate.size(1) || m.gate.size(0) != n || m.down.size(0) != n)
+            throw Error("gguf export: layer " + std::to_string(l)
+                        + " MoE tensors do not have the shapes router [N, H], gate/up [N, S, H], down [N, H, S]");
         allRenorm = allRenorm && m.gating == Gating::Renorm;
     }
     if (!allRenorm) {
         report->exact = false;
         report->notes.push_back(
-            "the conversion uses " + std::string(gatingName(layers.front().gating)) +
-            " gating; llama.cpp weighs the chosen experts by their softmax probabilities renormalised over the "
-            "top-k (renorm gating), so its outputs differ from the workbench's");
+            "the conversion uses " + std::string(gatingName(layers.front().gating))
+            + " gating; llama.cpp weighs the chosen experts by their softmax probabilities renormalised over the "
+              "top-k (renorm gating), so its outputs differ from the workbench's");
     }
     int k = 0;
     const bool uniform = isUniformStatic(in.rules, &k);
     if (!in.rules.empty() && static_cast<int64_t>(in.rules.size()) != cfg.numLayers)
-        throw Error("gguf export: the policy has " + std::to_string(in.rules.size()) + " rules for " +
-                    std::to_string(cfg.numLayers) + " layers");
+        throw Error("gguf export: the policy has " + std::to_string(in.rules.size()) + " rules for "
+                    + std::to_string(cfg.numLayers) + " layers");
     if (options.expertsPerToken == 0) {
         if (!uniform)
-            throw Error("gguf export: policy '" + in.policyName +
-                        "' is not one static top-k for all layers, which is all llama.cpp can run; choose the "
-                        "number of experts per token to write (expertsPerToken / --experts-per-token)");
+            throw Error("gguf export: policy '" + in.policyName
+                        + "' is not one static top-k for all layers, which is all llama.cpp can run; choose the "
+                          "number of experts per token to write (expertsPerToken / --experts-per-token)");
     } else {
         if (options.expertsPerToken < 0 || options.expertsPerToken > n)
-            throw Error("gguf export: experts per token " + std::to_string(options.expertsPerToken) +
-                        " is outside 1.." + std::to_string(n));
+            throw Error("gguf export: experts per token " + std::to_string(options.expertsPerToken) + " is outside 1.."
+                        + std::to_string(n));
         if (!uniform || k != options.expertsPerToken) {
             report->exact = false;
-            const std::string policy = in.rules.empty()
-                                           ? std::string("no routing policy was given")
-                                           : "policy '" + in.policyName + "' " +
-                                                 (uniform ? "uses top-" + std::to_string(k) + " in every layer"
-                                                          : std::string("differs between layers or is token-adaptive (top-p)"));
-            report->notes.push_back(policy + "; llama.cpp will use the top-" +
-                                    std::to_string(options.expertsPerToken) + " experts in every layer");
+            const std::string policy = in.rules.empty() ? std::string("no routing policy was given")
+                                                        : "policy '" + in.policyName + "' "
+                    + (uniform ? "uses top-" + std::to_string(k) + " in every layer"
+                               : std::string("differs between layers or is token-adaptive (top-p)"));
+            report->notes.push_back(policy + "; llama.cpp will use the top-" + std::to_string(options.expertsPerToken)
+                                    + " experts in every layer");
         }
         k = options.expertsPerToken;
     }
@@ -292,9 +321,9 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     ExportReport report;
     if (cfg.slidingWindow && *cfg.slidingWindow < cfg.maxPositions) {
         report.exact = false;
-        report.notes.push_back("the model attends within a sliding window of " + std::to_string(*cfg.slidingWindow) +
-                               " tokens; llama.cpp's llama architecture attends to the whole context, so "
-                               "sequences longer than the window differ");
+        report.notes.push_back("the model attends within a sliding window of " + std::to_string(*cfg.slidingWindow)
+                               + " tokens; llama.cpp's llama architecture attends to the whole context, so "
+                                 "sequences longer than the window differ");
     }
     if (matType == TensorType::F16 && in.model->dtype() != torch::kFloat16)
         report.notes.push_back("matrices are rounded to float16 (norms stay float32); logits differ from the "
@@ -311,7 +340,8 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
 
     Metadata md;
     md.str("general.architecture", "llama");
-    std::string name = in.modelDir.empty() ? std::string("model") : fs::path(in.modelDir).lexically_normal().filename().string();
+    std::string name
+        = in.modelDir.empty() ? std::string("model") : fs::path(in.modelDir).lexically_normal().filename().string();
     if (name.empty())
         name = fs::path(in.modelDir).lexically_normal().parent_path().filename().string();
     if (moe && !in.policyName.empty())
@@ -335,8 +365,9 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
         md.u32("llama.expert_count", static_cast<uint32_t>(in.layers->front().numExperts()));
         md.u32("llama.expert_used_count", static_cast<uint32_t>(k));
         // The full LaDiMo policy, so a later import can restore what llama.cpp cannot express.
-        md.str("ladimo.routing_policy",
-               policyDocument(in.policyName, in.rules, in.layers->front().gating, in.layers->front().numExperts()).dump());
+        md.str(
+            "ladimo.routing_policy",
+            policyDocument(in.policyName, in.rules, in.layers->front().gating, in.layers->front().numExperts()).dump());
     }
     md.str("tokenizer.ggml.model", vocab.model);
     if (vocab.model == "llama") {
@@ -453,9 +484,9 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     removeStaleExportTemporaries(options.out, options);
     const auto space = fs::space(dir, ec);
     if (!ec && space.available < total + (16u << 20))
-        throw Error("gguf export: not enough free space in '" + dir.string() + "' for '" +
-                    options.out.filename().string() + "': needs " + humanBytes(total) + ", " +
-                    humanBytes(space.available) + " available");
+        throw Error("gguf export: not enough free space in '" + dir.string() + "' for '"
+                    + options.out.filename().string() + "': needs " + humanBytes(total) + ", "
+                    + humanBytes(space.available) + " available");
 
     const auto cancelled = [&]() { return options.cancel && options.cancel->isCancelled(); };
     writeExport(options.out, [&] {
@@ -477,8 +508,8 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
                 padTo(dataStart + t.offset);
                 const torch::Tensor data = t.make();
                 if (static_cast<uint64_t>(data.nbytes()) != t.bytes())
-                    throw Error("gguf export: tensor '" + t.name + "' has " + std::to_string(data.nbytes()) +
-                                " bytes, expected " + std::to_string(t.bytes()));
+                    throw Error("gguf export: tensor '" + t.name + "' has " + std::to_string(data.nbytes())
+                                + " bytes, expected " + std::to_string(t.bytes()));
                 out.write(data.data_ptr(), data.nbytes());
                 if (options.progress)
                     options.progress("gguf", static_cast<double>(i + 1), static_cast<double>(tensors.size()));

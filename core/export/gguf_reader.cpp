@@ -17,8 +17,8 @@ namespace ladimo::core {
 
 namespace {
 
-constexpr uint64_t kMaxString = 1ull << 24;   // one metadata string
-constexpr uint64_t kMaxArray = 1ull << 24;    // elements of one metadata array
+constexpr uint64_t kMaxString = 1ull << 24; // one metadata string
+constexpr uint64_t kMaxArray = 1ull << 24;  // elements of one metadata array
 constexpr uint64_t kMaxTensors = 1ull << 20;
 
 // A file read with pread: header fields in order, tensor data by offset.
@@ -29,7 +29,7 @@ public:
         m_fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
         if (m_fd < 0)
             throw Error("cannot open '" + file.string() + "': " + std::strerror(errno));
-        struct stat st {};
+        struct stat st { };
         if (::fstat(m_fd, &st) != 0 || !S_ISREG(st.st_mode)) {
             ::close(m_fd);
             throw Error("'" + file.string() + "' is not a regular file");
@@ -43,12 +43,11 @@ public:
     void read(void* dst, uint64_t n, uint64_t at, const std::string& what) const
     {
         if (at > m_size || n > m_size - at)
-            throw Error(m_path.string() + ": " + what + " lies past the end of the file (" + std::to_string(m_size) +
-                        " bytes; truncated?)");
+            throw Error(m_path.string() + ": " + what + " lies past the end of the file (" + std::to_string(m_size)
+                        + " bytes; truncated?)");
         preadFully(m_fd, dst, n, at, what, m_path);
     }
-    template <typename T>
-    T next(const std::string& what)
+    template <typename T> T next(const std::string& what)
     {
         T v{};
         read(&v, sizeof(T), m_pos, what);
@@ -59,8 +58,8 @@ public:
     {
         const auto n = next<uint64_t>(what);
         if (n > kMaxString)
-            throw Error(m_path.string() + ": " + what + " is a string of " + std::to_string(n) + " bytes (limit " +
-                        std::to_string(kMaxString) + ")");
+            throw Error(m_path.string() + ": " + what + " is a string of " + std::to_string(n) + " bytes (limit "
+                        + std::to_string(kMaxString) + ")");
         std::string s(n, '\0');
         read(s.data(), n, m_pos, what);
         m_pos += n;
@@ -92,8 +91,7 @@ nlohmann::json scalar(Reader& r, uint32_t type, const std::string& what)
     case 10: return r.next<uint64_t>(what);
     case 11: return r.next<int64_t>(what);
     case 12: return r.next<double>(what);
-    default:
-        throw Error(r.path().string() + ": " + what + " has unknown value type " + std::to_string(type));
+    default: throw Error(r.path().string() + ": " + what + " has unknown value type " + std::to_string(type));
     }
 }
 
@@ -110,8 +108,8 @@ torch::ScalarType tensorType(uint32_t type, const std::string& where)
     case 1: return torch::kFloat16;
     case 30: return torch::kBFloat16;
     default:
-        throw Error(where + " has ggml type " + std::to_string(type) +
-                    "; only F32, F16 and BF16 tensors can be read (quantised files run in llama.cpp)");
+        throw Error(where + " has ggml type " + std::to_string(type)
+                    + "; only F32, F16 and BF16 tensors can be read (quantised files run in llama.cpp)");
     }
 }
 
@@ -155,8 +153,8 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
     const auto nTensors = r.next<uint64_t>("the tensor count");
     const auto nKv = r.next<uint64_t>("the metadata count");
     if (nTensors > kMaxTensors || nKv > kMaxTensors)
-        throw Error(src + ": " + std::to_string(nTensors) + " tensors and " + std::to_string(nKv) +
-                    " metadata keys exceed the limits");
+        throw Error(src + ": " + std::to_string(nTensors) + " tensors and " + std::to_string(nKv)
+                    + " metadata keys exceed the limits");
     std::map<std::string, nlohmann::json> md;
     for (uint64_t i = 0; i < nKv; ++i) {
         const std::string key = r.string("metadata key " + std::to_string(i));
@@ -166,8 +164,8 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
             const auto elem = r.next<uint32_t>(what);
             const auto n = r.next<uint64_t>(what);
             if (n > kMaxArray || elem == 9)
-                throw Error(src + ": " + what + " is an array of " + std::to_string(n) + " elements of type " +
-                            std::to_string(elem) + " (unsupported)");
+                throw Error(src + ": " + what + " is an array of " + std::to_string(n) + " elements of type "
+                            + std::to_string(elem) + " (unsupported)");
             nlohmann::json a = nlohmann::json::array();
             for (uint64_t e = 0; e < n; ++e)
                 a.push_back(scalar(r, elem, what));
@@ -213,7 +211,8 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
     c.numLayers = need("llama.block_count").get<int64_t>();
     c.intermediateSize = need("llama.feed_forward_length").get<int64_t>();
     c.numHeads = need("llama.attention.head_count").get<int64_t>();
-    c.numKvHeads = md.count("llama.attention.head_count_kv") ? need("llama.attention.head_count_kv").get<int64_t>() : c.numHeads;
+    c.numKvHeads
+        = md.count("llama.attention.head_count_kv") ? need("llama.attention.head_count_kv").get<int64_t>() : c.numHeads;
     c.headDim = md.count("llama.attention.key_length") ? need("llama.attention.key_length").get<int64_t>()
                                                        : (c.numHeads ? c.hiddenSize / c.numHeads : 0);
     c.maxPositions = md.count("llama.context_length") ? need("llama.context_length").get<int64_t>() : 2048;
@@ -229,12 +228,12 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
         c.eosTokenId = need("tokenizer.ggml.eos_token_id").get<int64_t>();
     constexpr int64_t kMaxDim = int64_t(1) << 24; // keeps every product below of the sizes in range
     const auto bad = [&](int64_t v) { return v <= 0 || v > kMaxDim; };
-    if (bad(c.hiddenSize) || bad(c.intermediateSize) || bad(c.numHeads) || bad(c.numKvHeads) || bad(c.headDim) ||
-        bad(c.vocabSize) || c.numHeads % c.numKvHeads != 0 || c.headDim % 2 != 0 || c.numLayers <= 0 ||
-        c.numLayers > 4096 || c.numHeads * c.headDim > kMaxDim)
-        throw Error(src + ": inconsistent llama.* metadata (layers " + std::to_string(c.numLayers) + ", heads " +
-                    std::to_string(c.numHeads) + "/" + std::to_string(c.numKvHeads) + ", head dim " +
-                    std::to_string(c.headDim) + ")");
+    if (bad(c.hiddenSize) || bad(c.intermediateSize) || bad(c.numHeads) || bad(c.numKvHeads) || bad(c.headDim)
+        || bad(c.vocabSize) || c.numHeads % c.numKvHeads != 0 || c.headDim % 2 != 0 || c.numLayers <= 0
+        || c.numLayers > 4096 || c.numHeads * c.headDim > kMaxDim)
+        throw Error(src + ": inconsistent llama.* metadata (layers " + std::to_string(c.numLayers) + ", heads "
+                    + std::to_string(c.numHeads) + "/" + std::to_string(c.numKvHeads) + ", head dim "
+                    + std::to_string(c.headDim) + ")");
     const bool moe = md.count("llama.expert_count") > 0;
 
     auto get = [&](const std::string& name, const std::vector<int64_t>& shape) {
@@ -259,8 +258,8 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
                 throw Error(where + " is larger than the file (" + std::to_string(r.size()) + " bytes; truncated?)");
             else
                 bytes *= static_cast<uint64_t>(d);
-        if (it->second.offset > r.size() || dataStart > r.size() - it->second.offset ||
-            bytes > r.size() - dataStart - it->second.offset)
+        if (it->second.offset > r.size() || dataStart > r.size() - it->second.offset
+            || bytes > r.size() - dataStart - it->second.offset)
             throw Error(where + " lies past the end of the file (" + std::to_string(r.size()) + " bytes; truncated?)");
         auto t = torch::empty(shape, torch::TensorOptions().dtype(type));
         r.read(t.data_ptr(), bytes, dataStart + it->second.offset, "tensor '" + name + "'");
@@ -327,7 +326,8 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
             } catch (const nlohmann::json::exception& e) {
                 throw Error(src + ": metadata 'ladimo.routing_policy' is not valid JSON: " + e.what());
             }
-            const auto policy = parsePolicyDocument(doc, static_cast<int>(c.numLayers), N, src + ": metadata 'ladimo.routing_policy'");
+            const auto policy = parsePolicyDocument(doc, static_cast<int>(c.numLayers), N,
+                                                    src + ": metadata 'ladimo.routing_policy'");
             rules = policy.rules;
             gating = policy.gating;
             policyName = policy.name;
@@ -337,8 +337,14 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
         // As a Mixtral export without its source config: the dense width the experts cover (padded).
         c.intermediateSize = N * c.intermediateSize;
     }
-    return LoadedMixtral{LlamaModel(std::move(c), std::move(w)), std::move(layers), std::move(rules), gating, k,
-                         policyName, std::string(), nlohmann::json()};
+    return LoadedMixtral{LlamaModel(std::move(c), std::move(w)),
+                         std::move(layers),
+                         std::move(rules),
+                         gating,
+                         k,
+                         policyName,
+                         std::string(),
+                         nlohmann::json()};
 }
 
 } // namespace ladimo::core

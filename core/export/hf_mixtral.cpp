@@ -112,7 +112,8 @@ struct Progress {
 
 // Streams one safetensors file (8-byte aligned data, as writeSafetensors), producing each tensor
 // only when it is written; checks cancellation before every tensor.
-void writeShard(const fs::path& file, const std::vector<const Entry*>& entries, torch::ScalarType dtype, Progress& progress)
+void writeShard(const fs::path& file, const std::vector<const Entry*>& entries, torch::ScalarType dtype,
+                Progress& progress)
 {
     const StDType st = fromTorch(dtype);
     nlohmann::json header = nlohmann::json::object();
@@ -133,8 +134,8 @@ void writeShard(const fs::path& file, const std::vector<const Entry*>& entries, 
             progress.checkCancel();
             const torch::Tensor t = e->make().detach().to(torch::kCPU, dtype).contiguous();
             if (t.sizes().vec() != e->shape)
-                throw Error("export: tensor '" + e->name + "' has shape " + shapeString(t.sizes().vec()) +
-                            ", expected " + shapeString(e->shape));
+                throw Error("export: tensor '" + e->name + "' has shape " + shapeString(t.sizes().vec()) + ", expected "
+                            + shapeString(e->shape));
             out.write(t.data_ptr(), static_cast<std::size_t>(e->bytes));
             progress.done += e->bytes;
             progress.report();
@@ -145,7 +146,7 @@ void writeShard(const fs::path& file, const std::vector<const Entry*>& entries, 
 // Removes the temporary export directory unless the export reached its final rename.
 class TempDirGuard {
 public:
-    explicit TempDirGuard(fs::path dir) : m_dir(std::move(dir)) {}
+    explicit TempDirGuard(fs::path dir) : m_dir(std::move(dir)) { }
     ~TempDirGuard()
     {
         if (!m_dir.empty()) {
@@ -179,9 +180,9 @@ std::vector<std::string> mixtralDifferences(const PolicyRules& rules, Gating gat
     for (const auto& d : order) {
         const auto& layers = byRule[d];
         const bool topP = d.rfind("p=", 0) == 0;
-        notes.push_back(std::string(layers.size() == 1 ? "layer " : "layers ") + layerList(layers) + " used " +
-                        (topP ? "top-p " + d.substr(2) : "top-k " + d.substr(2)) + "; Mixtral uses k=" +
-                        std::to_string(k) + " everywhere");
+        notes.push_back(std::string(layers.size() == 1 ? "layer " : "layers ") + layerList(layers) + " used "
+                        + (topP ? "top-p " + d.substr(2) : "top-k " + d.substr(2))
+                        + "; Mixtral uses k=" + std::to_string(k) + " everywhere");
     }
     if (gating == Gating::Hard)
         notes.push_back("hard gating (weight 1 per chosen expert) becomes renormalised softmax weights "
@@ -201,8 +202,8 @@ int64_t requireInt(const nlohmann::json& j, const char* key, const std::string& 
         throw Error(source + ": key '" + key + "' must be an integer, got " + v.dump());
     const int64_t x = v.get<int64_t>();
     if (x < lo || x > hi)
-        throw Error(source + ": key '" + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo) +
-                    ", " + std::to_string(hi) + "]");
+        throw Error(source + ": key '" + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo)
+                    + ", " + std::to_string(hi) + "]");
     return x;
 }
 
@@ -239,8 +240,8 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         if (!fs::is_directory(out, ec))
             throw Error("export: destination '" + out.string() + "' exists and is not a directory");
         if (!fs::is_empty(out, ec))
-            throw Error("export: destination '" + out.string() +
-                        "' already exists and is not empty; choose a new directory (nothing was written)");
+            throw Error("export: destination '" + out.string()
+                        + "' already exists and is not empty; choose a new directory (nothing was written)");
     }
     const fs::path parent = out.parent_path();
     fs::create_directories(parent, ec);
@@ -269,8 +270,8 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
     } else {
         const auto& layers = *in.layers;
         if (static_cast<int>(layers.size()) != L)
-            throw Error("export: " + std::to_string(layers.size()) + " MoE layers for a model of " + std::to_string(L) +
-                        " layers (expected one per layer)");
+            throw Error("export: " + std::to_string(layers.size()) + " MoE layers for a model of " + std::to_string(L)
+                        + " layers (expected one per layer)");
         const int64_t H = c.hiddenSize;
         int64_t N = 0;
         int64_t S = 0; // the common expert width: the largest real expert of any layer
@@ -284,18 +285,19 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             if (l == 0)
                 N = m.numExperts();
             const int64_t W = m.gate.size(1);
-            if (m.router.sizes().vec() != std::vector<int64_t>{N, H} || m.gate.sizes().vec() != std::vector<int64_t>{N, W, H} ||
-                m.up.sizes() != m.gate.sizes() || m.down.sizes().vec() != std::vector<int64_t>{N, H, W} ||
-                static_cast<int64_t>(m.sizes.size()) != N)
-                throw Error(where + ": router " + shapeString(m.router.sizes().vec()) + ", gate " +
-                            shapeString(m.gate.sizes().vec()) + ", down " + shapeString(m.down.sizes().vec()) +
-                            " do not match " + std::to_string(N) + " experts of hidden size " + std::to_string(H));
+            if (m.router.sizes().vec() != std::vector<int64_t>{N, H}
+                || m.gate.sizes().vec() != std::vector<int64_t>{N, W, H} || m.up.sizes() != m.gate.sizes()
+                || m.down.sizes().vec() != std::vector<int64_t>{N, H, W} || static_cast<int64_t>(m.sizes.size()) != N)
+                throw Error(where + ": router " + shapeString(m.router.sizes().vec()) + ", gate "
+                            + shapeString(m.gate.sizes().vec()) + ", down " + shapeString(m.down.sizes().vec())
+                            + " do not match " + std::to_string(N) + " experts of hidden size " + std::to_string(H));
             if (m.gating != gating)
-                throw Error(where + " has gating '" + gatingName(m.gating) + "', layer 0 has '" + gatingName(gating) +
-                            "' (one gating per export)");
+                throw Error(where + " has gating '" + gatingName(m.gating) + "', layer 0 has '" + gatingName(gating)
+                            + "' (one gating per export)");
             for (auto s : m.sizes) {
                 if (s < 0 || s > W)
-                    throw Error(where + ": expert size " + std::to_string(s) + " exceeds its stored width " + std::to_string(W));
+                    throw Error(where + ": expert size " + std::to_string(s) + " exceeds its stored width "
+                                + std::to_string(W));
                 S = std::max(S, s);
             }
             sizes.push_back(m.sizes);
@@ -305,7 +307,9 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             throw Error("export: every expert is empty");
         for (const auto& w : weights) {
             const auto& n = w.name;
-            if (c.attentionBias || (n.find(".self_attn.") != std::string::npos && n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0))
+            if (c.attentionBias
+                || (n.find(".self_attn.") != std::string::npos && n.size() > 5
+                    && n.compare(n.size() - 5, 5, ".bias") == 0))
                 throw Error("export: the model has attention biases, which Mixtral's attention does not have "
                             "(Hugging Face MixtralAttention uses bias=False)");
         }
@@ -314,8 +318,8 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         if (rules.empty() && options.expertsPerToken > 0)
             rules = uniformRules(L, RoutingRule::staticK(options.expertsPerToken));
         if (static_cast<int>(rules.size()) != L)
-            throw Error("export: the policy has " + std::to_string(rules.size()) + " rules for " + std::to_string(L) +
-                        " layers (expected one per layer)");
+            throw Error("export: the policy has " + std::to_string(rules.size()) + " rules for " + std::to_string(L)
+                        + " layers (expected one per layer)");
         int uniformK = 0;
         const bool uniform = isUniformStatic(rules, &uniformK);
         int k = options.expertsPerToken;
@@ -323,13 +327,13 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             throw Error("export: experts per token " + std::to_string(k) + " is outside 1.." + std::to_string(N));
         if (k == 0) {
             if (!uniform)
-                throw Error("export: policy '" + in.policyName +
-                            "' is not one static top-k in every layer, but Mixtral uses one k (num_experts_per_tok) "
-                            "for all layers: choose the k to write (--top-k K); the export then states what changes");
+                throw Error("export: policy '" + in.policyName
+                            + "' is not one static top-k in every layer, but Mixtral uses one k (num_experts_per_tok) "
+                              "for all layers: choose the k to write (--top-k K); the export then states what changes");
             if (gating != Gating::Renorm)
-                throw Error(std::string("export: the conversion used '") + gatingName(gating) +
-                            "' gating, but Mixtral renormalises the softmax weights over the chosen experts: choose "
-                            "the k to write (--top-k K) to accept that change; the export then states what changes");
+                throw Error(std::string("export: the conversion used '") + gatingName(gating)
+                            + "' gating, but Mixtral renormalises the softmax weights over the chosen experts: choose "
+                              "the k to write (--top-k K) to accept that change; the export then states what changes");
             k = uniformK;
         }
         if (k < 1 || k > N)
@@ -354,15 +358,24 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
                 // Real neurons only, zero-padded to the common width: exact, whatever the stored padding held.
                 const std::string x = p + "experts." + std::to_string(e) + ".";
                 const int64_t s = m->sizes[static_cast<std::size_t>(e)];
-                entries.push_back({x + "w1.weight", {S, H}, [m, e, s, S] {
+                entries.push_back({x + "w1.weight",
+                                   {S, H},
+                                   [m, e, s, S] {
                                        return torch::constant_pad_nd(m->gate[e].narrow(0, 0, s), {0, 0, 0, S - s});
-                                   }, 0});
-                entries.push_back({x + "w2.weight", {H, S}, [m, e, s, S] {
+                                   },
+                                   0});
+                entries.push_back({x + "w2.weight",
+                                   {H, S},
+                                   [m, e, s, S] {
                                        return torch::constant_pad_nd(m->down[e].narrow(1, 0, s), {0, S - s});
-                                   }, 0});
-                entries.push_back({x + "w3.weight", {S, H}, [m, e, s, S] {
+                                   },
+                                   0});
+                entries.push_back({x + "w3.weight",
+                                   {S, H},
+                                   [m, e, s, S] {
                                        return torch::constant_pad_nd(m->up[e].narrow(0, 0, s), {0, 0, 0, S - s});
-                                   }, 0});
+                                   },
+                                   0});
             }
         }
 
@@ -381,18 +394,19 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         config["attention_dropout"] = 0.0;
         config["use_cache"] = true;
         config["torch_dtype"] = torchDtypeName(dtype);
-        nlohmann::json ladimo = {{"format", "ladimo-export"},
-                                 {"version", 1},
-                                 {"policy", policy},
-                                 {"experts_per_token", k},
-                                 {"exact", report.exact},
-                                 {"notes", report.notes},
-                                 {"expert_sizes", sizes},
-                                 {"layer_widths", widths},
-                                 {"source_model", in.modelDir.empty() ? std::string()
-                                                                      : fs::absolute(in.modelDir).lexically_normal().string()},
-                                 {"source_config", c.toJson()},
-                                 {"tool_version", LADIMO_VERSION}};
+        nlohmann::json ladimo
+            = {{"format", "ladimo-export"},
+               {"version", 1},
+               {"policy", policy},
+               {"experts_per_token", k},
+               {"exact", report.exact},
+               {"notes", report.notes},
+               {"expert_sizes", sizes},
+               {"layer_widths", widths},
+               {"source_model",
+                in.modelDir.empty() ? std::string() : fs::absolute(in.modelDir).lexically_normal().string()},
+               {"source_config", c.toJson()},
+               {"tool_version", LADIMO_VERSION}};
         if (!in.conversion.is_null())
             ladimo["conversion"] = in.conversion;
         config["ladimo"] = ladimo;
@@ -425,8 +439,8 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             needed += static_cast<int64_t>(fs::file_size(in.modelDir / name, ec));
     const auto space = fs::space(parent, ec);
     if (!ec && static_cast<int64_t>(std::min<uintmax_t>(space.available, INT64_MAX)) < needed)
-        throw Error("export: '" + parent.string() + "' has " + humanBytes(static_cast<double>(space.available)) +
-                    " free, the export needs about " + humanBytes(static_cast<double>(needed)));
+        throw Error("export: '" + parent.string() + "' has " + humanBytes(static_cast<double>(space.available))
+                    + " free, the export needs about " + humanBytes(static_cast<double>(needed)));
 
     writeExport(out, [&] {
         const fs::path tmp = temporarySibling(out);
@@ -510,8 +524,9 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
         throw Error(src + ": invalid JSON: " + e.what());
     }
     if (!declaresMixtral(j))
-        throw Error(src + ": not a Mixtral config (expected \"model_type\": \"mixtral\" or "
-                          "\"architectures\": [\"MixtralForCausalLM\"])");
+        throw Error(src
+                    + ": not a Mixtral config (expected \"model_type\": \"mixtral\" or "
+                      "\"architectures\": [\"MixtralForCausalLM\"])");
     const int64_t N = requireInt(j, "num_local_experts", src, 1, 1 << 16);
     const int64_t k = requireInt(j, "num_experts_per_tok", src, 1, N);
     const int64_t S = requireInt(j, "intermediate_size", src, 1, int64_t(1) << 20);
@@ -526,13 +541,14 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
     ModelConfig c = ModelConfig::fromJson(llama, src);
     c.intermediateSize = N * S;
     if (ladimo.is_object() && ladimo.contains("source_config"))
-        c.intermediateSize = requireInt(ladimo.at("source_config"), "intermediate_size", src + ": key 'ladimo.source_config'",
-                                        1, int64_t(1) << 20);
+        c.intermediateSize = requireInt(ladimo.at("source_config"), "intermediate_size",
+                                        src + ": key 'ladimo.source_config'", 1, int64_t(1) << 20);
     const int L = static_cast<int>(c.numLayers);
     const int64_t H = c.hiddenSize;
 
     // Real expert sizes and stored widths per layer, when the export recorded them.
-    std::vector<std::vector<int64_t>> sizes(static_cast<std::size_t>(L), std::vector<int64_t>(static_cast<std::size_t>(N), S));
+    std::vector<std::vector<int64_t>> sizes(static_cast<std::size_t>(L),
+                                            std::vector<int64_t>(static_cast<std::size_t>(N), S));
     std::vector<int64_t> widths(static_cast<std::size_t>(L), S);
     if (ladimo.is_object() && ladimo.contains("expert_sizes")) {
         const auto& js = ladimo.at("expert_sizes");
@@ -546,8 +562,8 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
             for (int64_t e = 0; e < N; ++e) {
                 const auto& v = row[static_cast<std::size_t>(e)];
                 if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > S)
-                    throw Error(where + ": layer " + std::to_string(l) + " expert " + std::to_string(e) + " size " +
-                                v.dump() + " is outside 0.." + std::to_string(S));
+                    throw Error(where + ": layer " + std::to_string(l) + " expert " + std::to_string(e) + " size "
+                                + v.dump() + " is outside 0.." + std::to_string(S));
                 sizes[static_cast<std::size_t>(l)][static_cast<std::size_t>(e)] = v.get<int64_t>();
             }
         }
@@ -561,8 +577,8 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
             const auto& v = jw[static_cast<std::size_t>(l)];
             const auto& s = sizes[static_cast<std::size_t>(l)];
             if (!v.is_number_integer() || v.get<int64_t>() < *std::max_element(s.begin(), s.end()))
-                throw Error(where + ": layer " + std::to_string(l) + " width " + v.dump() +
-                            " is smaller than its largest expert");
+                throw Error(where + ": layer " + std::to_string(l) + " width " + v.dump()
+                            + " is smaller than its largest expert");
             widths[static_cast<std::size_t>(l)] = v.get<int64_t>();
         }
     }
@@ -621,8 +637,8 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
     }
     for (auto& m : layers)
         m.gating = gating;
-    return LoadedMixtral{std::move(model), std::move(layers), std::move(rules), gating,
-                         static_cast<int>(k), policyName, sourceModel, ladimo};
+    return LoadedMixtral{std::move(model),    std::move(layers), std::move(rules), gating,
+                         static_cast<int>(k), policyName,        sourceModel,      ladimo};
 }
 
 } // namespace ladimo::core

@@ -35,8 +35,8 @@ ExportReport exportPolicyReport(const ExportInput& in, const ExportOptions& opti
             // Static k with experts of equal size (the partitions balance them): k / N of the
             // neurons, plus the router's N x H, of the dense FFN's 3 x H x neurons.
             const double routed = 3.0 * hidden * neurons * rule.topK / static_cast<double>(layer.numExperts());
-            row["activated_ffn_fraction"] = (routed + static_cast<double>(layer.numExperts() * hidden)) /
-                                            (3.0 * static_cast<double>(hidden * neurons));
+            row["activated_ffn_fraction"] = (routed + static_cast<double>(layer.numExperts() * hidden))
+                / (3.0 * static_cast<double>(hidden * neurons));
         }
         perLayer.push_back(row);
     }

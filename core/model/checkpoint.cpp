@@ -26,8 +26,8 @@ void checkShardName(const std::string& name, const fs::path& indexFile)
 {
     const fs::path p(name);
     if (name.empty() || p.is_absolute() || p.has_parent_path() || name == "." || name == "..")
-        throw Error(indexFile.string() + ": shard name '" + name +
-                    "' must be a plain file name inside the checkpoint folder");
+        throw Error(indexFile.string() + ": shard name '" + name
+                    + "' must be a plain file name inside the checkpoint folder");
 }
 
 CheckpointFiles CheckpointFiles::open(const fs::path& dir)
@@ -65,8 +65,8 @@ CheckpointFiles CheckpointFiles::open(const fs::path& dir)
             }
         for (const auto& [name, file] : c.m_where)
             if (!c.m_open.at(file)->find(name))
-                throw Error(index.string() + ": lists tensor '" + name + "' in '" + file +
-                            "' but that file does not contain it");
+                throw Error(index.string() + ": lists tensor '" + name + "' in '" + file
+                            + "' but that file does not contain it");
     } else if (fs::exists(single, ec)) {
         auto st = SafetensorsFile::open(single);
         c.m_open["model.safetensors"] = st;
@@ -74,8 +74,7 @@ CheckpointFiles CheckpointFiles::open(const fs::path& dir)
         for (const auto& t : st->tensors())
             c.m_where[t.name] = "model.safetensors";
     } else {
-        throw Error("'" + dir.string() +
-                    "' holds neither model.safetensors nor model.safetensors.index.json");
+        throw Error("'" + dir.string() + "' holds neither model.safetensors nor model.safetensors.index.json");
     }
     return c;
 }
@@ -92,8 +91,8 @@ torch::Tensor CheckpointFiles::tensor(const std::string& name, const std::vector
 {
     auto t = tensor(name);
     if (t.sizes().vec() != expected)
-        throw Error((m_dir / m_where.at(name)).string() + ": tensor '" + name + "' has shape " +
-                    shapeString(t.sizes()) + ", config.json implies " + shapeString(expected));
+        throw Error((m_dir / m_where.at(name)).string() + ": tensor '" + name + "' has shape " + shapeString(t.sizes())
+                    + ", config.json implies " + shapeString(expected));
     return t;
 }
 
@@ -133,15 +132,16 @@ LlamaWeights loadLlamaWeights(const fs::path& dir, const ModelConfig& c, torch::
     return loadLlamaWeights(CheckpointFiles::open(dir), c, device, dtype);
 }
 
-std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> layerTensorNames(int layer, bool biases, bool withFfn)
+std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> layerTensorNames(int layer, bool biases,
+                                                                                    bool withFfn)
 {
     const std::string p = "model.layers." + std::to_string(layer) + ".";
-    std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> out = {
-        {p + "input_layernorm.weight", &LayerWeights::inputNorm},
-        {p + "self_attn.q_proj.weight", &LayerWeights::q},
-        {p + "self_attn.k_proj.weight", &LayerWeights::k},
-        {p + "self_attn.v_proj.weight", &LayerWeights::v},
-        {p + "self_attn.o_proj.weight", &LayerWeights::o}};
+    std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> out
+        = {{p + "input_layernorm.weight", &LayerWeights::inputNorm},
+           {p + "self_attn.q_proj.weight", &LayerWeights::q},
+           {p + "self_attn.k_proj.weight", &LayerWeights::k},
+           {p + "self_attn.v_proj.weight", &LayerWeights::v},
+           {p + "self_attn.o_proj.weight", &LayerWeights::o}};
     if (biases) {
         out.push_back({p + "self_attn.q_proj.bias", &LayerWeights::qBias});
         out.push_back({p + "self_attn.k_proj.bias", &LayerWeights::kBias});

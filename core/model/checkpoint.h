@@ -51,15 +51,16 @@ private:
 // Mixtral export holds experts instead (export/hf_mixtral.h).
 LlamaWeights loadLlamaWeights(const CheckpointFiles& files, const ModelConfig& config, torch::Device device,
                               std::optional<torch::ScalarType> dtype, bool withFfn = true);
-LlamaWeights loadLlamaWeights(const std::filesystem::path& dir, const ModelConfig& config,
-                              torch::Device device, torch::ScalarType dtype);
+LlamaWeights loadLlamaWeights(const std::filesystem::path& dir, const ModelConfig& config, torch::Device device,
+                              torch::ScalarType dtype);
 
 // Checks every tensor the config implies (present, floating point, shape) from the headers only,
 // nothing read; the same errors as loadLlamaWeights.
 void checkLlamaTensors(const CheckpointFiles& files, const ModelConfig& config, bool withFfn = true);
 
 // The checkpoint names of one layer's tensors, in checkpoint order, and the slot each fills.
-std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> layerTensorNames(int layer, bool biases, bool withFfn);
+std::vector<std::pair<std::string, torch::Tensor LayerWeights::*>> layerTensorNames(int layer, bool biases,
+                                                                                    bool withFfn);
 
 // Checks a shard file name from an index: a plain file name inside the checkpoint folder.
 void checkShardName(const std::string& name, const std::filesystem::path& indexFile);

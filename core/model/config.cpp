@@ -7,12 +7,11 @@ namespace ladimo::core {
 
 namespace {
 
-constexpr int64_t kMaxDim = int64_t(1) << 20;    // hidden / intermediate / heads sanity bound
-constexpr int64_t kMaxVocab = int64_t(1) << 22;  // 4M pieces
+constexpr int64_t kMaxDim = int64_t(1) << 20;   // hidden / intermediate / heads sanity bound
+constexpr int64_t kMaxVocab = int64_t(1) << 22; // 4M pieces
 constexpr int64_t kMaxLayers = 4096;
 
-int64_t requireInt(const nlohmann::json& j, const char* key, const std::string& source,
-                   int64_t lo, int64_t hi)
+int64_t requireInt(const nlohmann::json& j, const char* key, const std::string& source, int64_t lo, int64_t hi)
 {
     if (!j.contains(key))
         throw Error(source + ": missing key '" + key + "' (expected an integer)");
@@ -21,8 +20,8 @@ int64_t requireInt(const nlohmann::json& j, const char* key, const std::string& 
         throw Error(source + ": key '" + key + "' must be an integer, got " + v.dump());
     const int64_t x = v.get<int64_t>();
     if (x < lo || x > hi)
-        throw Error(source + ": key '" + key + "' = " + std::to_string(x) + " is out of range [" +
-                    std::to_string(lo) + ", " + std::to_string(hi) + "]");
+        throw Error(source + ": key '" + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo)
+                    + ", " + std::to_string(hi) + "]");
     return x;
 }
 
@@ -83,16 +82,16 @@ ModelConfig ModelConfig::fromJson(const nlohmann::json& j, const std::string& so
         c.architecture = a.front().get<std::string>();
     }
     if (c.architecture != "LlamaForCausalLM" && c.architecture != "MistralForCausalLM")
-        throw Error(source + ": unsupported architecture '" + c.architecture +
-                    "' (expected LlamaForCausalLM or MistralForCausalLM)");
+        throw Error(source + ": unsupported architecture '" + c.architecture
+                    + "' (expected LlamaForCausalLM or MistralForCausalLM)");
     c.modelType = optString(j, "model_type", c.architecture == "MistralForCausalLM" ? "mistral" : "llama", source);
     c.hiddenSize = requireInt(j, "hidden_size", source, 1, kMaxDim);
     c.intermediateSize = requireInt(j, "intermediate_size", source, 1, kMaxDim);
     c.numLayers = requireInt(j, "num_hidden_layers", source, 1, kMaxLayers);
     c.numHeads = requireInt(j, "num_attention_heads", source, 1, kMaxDim);
     c.numKvHeads = j.contains("num_key_value_heads") && !j.at("num_key_value_heads").is_null()
-                       ? requireInt(j, "num_key_value_heads", source, 1, kMaxDim)
-                       : c.numHeads;
+        ? requireInt(j, "num_key_value_heads", source, 1, kMaxDim)
+        : c.numHeads;
     c.vocabSize = requireInt(j, "vocab_size", source, 1, kMaxVocab);
     if (j.contains("max_position_embeddings"))
         c.maxPositions = requireInt(j, "max_position_embeddings", source, 1, int64_t(1) << 24);
@@ -100,16 +99,15 @@ ModelConfig ModelConfig::fromJson(const nlohmann::json& j, const std::string& so
         c.headDim = requireInt(j, "head_dim", source, 1, kMaxDim);
     else {
         if (c.hiddenSize % c.numHeads != 0)
-            throw Error(source + ": hidden_size " + std::to_string(c.hiddenSize) +
-                        " is not divisible by num_attention_heads " + std::to_string(c.numHeads));
+            throw Error(source + ": hidden_size " + std::to_string(c.hiddenSize)
+                        + " is not divisible by num_attention_heads " + std::to_string(c.numHeads));
         c.headDim = c.hiddenSize / c.numHeads;
     }
     if (c.headDim % 2 != 0)
-        throw Error(source + ": head dimension " + std::to_string(c.headDim) +
-                    " must be even for rotary embeddings");
+        throw Error(source + ": head dimension " + std::to_string(c.headDim) + " must be even for rotary embeddings");
     if (c.numHeads % c.numKvHeads != 0)
-        throw Error(source + ": num_attention_heads " + std::to_string(c.numHeads) +
-                    " is not a multiple of num_key_value_heads " + std::to_string(c.numKvHeads));
+        throw Error(source + ": num_attention_heads " + std::to_string(c.numHeads)
+                    + " is not a multiple of num_key_value_heads " + std::to_string(c.numKvHeads));
     c.rmsNormEps = optNumber(j, "rms_norm_eps", 1e-6, source);
     c.ropeTheta = optNumber(j, "rope_theta", 10000.0, source);
     if (!(c.rmsNormEps > 0) || !(c.ropeTheta > 0))
@@ -179,8 +177,8 @@ nlohmann::json ModelConfig::toJson() const
 void checkSeqLen(int64_t seqLen, const ModelConfig& config)
 {
     if (seqLen < 2 || seqLen > config.maxPositions)
-        throw Error("sequence length " + std::to_string(seqLen) + " is outside [2, " +
-                    std::to_string(config.maxPositions) + "], the model's max_position_embeddings (config.json)");
+        throw Error("sequence length " + std::to_string(seqLen) + " is outside [2, "
+                    + std::to_string(config.maxPositions) + "], the model's max_position_embeddings (config.json)");
 }
 
 ParameterCounts ModelConfig::parameterCounts() const

@@ -20,8 +20,7 @@ torch::Tensor nextTokens(const torch::Tensor& lastLogits, double temperature, at
 
 } // namespace
 
-std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
-                                           const std::vector<std::vector<int64_t>>& prompts,
+std::vector<std::vector<int64_t>> generate(const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& o)
 {
     if (prompts.empty() || prompts.front().empty())
@@ -33,8 +32,8 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
             throw Error("generate: prompts of a batch must have the same length");
         for (int64_t id : p)
             if (id < 0 || id >= model.config().vocabSize)
-                throw Error("generate: prompt id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                            std::to_string(model.config().vocabSize) + ")");
+                throw Error("generate: prompt id " + std::to_string(id) + " is outside the vocabulary [0, "
+                            + std::to_string(model.config().vocabSize) + ")");
     }
     if (o.maxNew < 0)
         throw Error("generate: --max-new must be >= 0");
@@ -42,8 +41,8 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
         throw Error("generate: forward hooks must run the whole model (lastLayer is set)");
     const int64_t capacity = T + o.maxNew;
     if (capacity > model.config().maxPositions)
-        throw Error("generate: " + std::to_string(capacity) + " positions exceed max_position_embeddings " +
-                    std::to_string(model.config().maxPositions));
+        throw Error("generate: " + std::to_string(capacity) + " positions exceed max_position_embeddings "
+                    + std::to_string(model.config().maxPositions));
     torch::InferenceMode guard;
     at::Generator gen = at::detail::createCPUGenerator(o.seed);
     std::vector<int64_t> flat;

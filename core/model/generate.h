@@ -17,7 +17,7 @@ struct GenerateOptions {
     int64_t maxNew = 64;
     double temperature = 1.0; // 0 = greedy (argmax, first index on ties)
     uint64_t seed = 0;
-    int64_t stopId = -1;      // stop a sequence once it emits this id (e.g. EOS); -1 = never
+    int64_t stopId = -1;                 // stop a sequence once it emits this id (e.g. EOS); -1 = never
     const ForwardHooks* hooks = nullptr; // e.g. MoE blocks in place of the FFNs
     ProgressFn progress;
     CancelToken cancel;
@@ -25,13 +25,12 @@ struct GenerateOptions {
 
 // prompts: same-length id lists. Returns prompt + generated ids per sequence (a stopped sequence
 // ends with the stop id).
-std::vector<std::vector<int64_t>> generate(const LlamaModel& model,
-                                           const std::vector<std::vector<int64_t>>& prompts,
+std::vector<std::vector<int64_t>> generate(const LlamaModel& model, const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerateOptions& options);
 
 struct SelfSampleOptions {
-    int64_t tokens = 0;      // total tokens wanted (rounded up to whole sequences)
-    int64_t seqLen = 256;    // each sequence: BOS + seqLen-1 sampled tokens
+    int64_t tokens = 0;   // total tokens wanted (rounded up to whole sequences)
+    int64_t seqLen = 256; // each sequence: BOS + seqLen-1 sampled tokens
     int64_t batch = 16;
     uint64_t seed = 0;
     double temperature = 1.0;

@@ -33,7 +33,8 @@ namespace {
 // Every tensor slot of a layer (undefined ones included).
 std::array<const torch::Tensor*, 13> tensorsOf(const LayerWeights& l)
 {
-    return {&l.inputNorm, &l.q, &l.k, &l.v, &l.o, &l.qBias, &l.kBias, &l.vBias, &l.oBias, &l.postNorm, &l.gate, &l.up, &l.down};
+    return {&l.inputNorm, &l.q,     &l.k,        &l.v,    &l.o,  &l.qBias, &l.kBias,
+            &l.vBias,     &l.oBias, &l.postNorm, &l.gate, &l.up, &l.down};
 }
 
 } // namespace
@@ -78,8 +79,8 @@ struct LlamaModel::Stream {
     {
         auto w = std::make_shared<LayerWeights>();
         const std::string p = "model.layers." + std::to_string(index) + ".";
-        const bool biases = config.attentionBias || files->has(p + "self_attn.q_proj.bias") ||
-                            files->has(p + "self_attn.o_proj.bias");
+        const bool biases = config.attentionBias || files->has(p + "self_attn.q_proj.bias")
+            || files->has(p + "self_attn.o_proj.bias");
         Loaded out;
         c10::OptionalStreamGuard sideStream;
         std::optional<c10::Stream> side;
@@ -172,8 +173,8 @@ LlamaModel::LlamaModel(ModelConfig config, LlamaWeights weights)
     : m_config(std::move(config)), m_weights(std::move(weights)), m_rope(std::make_shared<RopeCache>())
 {
     if (static_cast<int64_t>(m_weights.layers.size()) != m_config.numLayers)
-        throw Error("model has " + std::to_string(m_weights.layers.size()) + " layers, config says " +
-                    std::to_string(m_config.numLayers));
+        throw Error("model has " + std::to_string(m_weights.layers.size()) + " layers, config says "
+                    + std::to_string(m_config.numLayers));
     if (m_weights.embed.defined()) {
         m_device = m_weights.embed.device();
         m_dtype = m_weights.embed.scalar_type();
@@ -202,11 +203,11 @@ LlamaModel LlamaModel::fromCheckpoint(ModelConfig config, std::shared_ptr<const 
 {
     const auto counts = config.parameterCounts();
     const int64_t ffn = withFfn ? 0 : counts.ffn;
-    const std::uint64_t bytes =
-        static_cast<std::uint64_t>(counts.total - ffn) * static_cast<std::uint64_t>(c10::elementSize(options.dtype));
+    const std::uint64_t bytes
+        = static_cast<std::uint64_t>(counts.total - ffn) * static_cast<std::uint64_t>(c10::elementSize(options.dtype));
     const std::uint64_t budget = options.memoryBudget ? options.memoryBudget : defaultMemoryBudget();
-    const bool streamed = options.residency == Residency::Streamed ||
-                          (options.residency == Residency::Auto && (bytes > kAutoResidentBytes || bytes > budget / 2));
+    const bool streamed = options.residency == Residency::Streamed
+        || (options.residency == Residency::Auto && (bytes > kAutoResidentBytes || bytes > budget / 2));
     if (!streamed) {
         LlamaWeights weights = loadLlamaWeights(*files, config, options.device, options.dtype, withFfn);
         LlamaModel m(std::move(config), std::move(weights));
@@ -235,7 +236,8 @@ std::shared_ptr<const LayerWeights> LlamaModel::layer(int index) const
     if (index < 0 || index >= m_config.numLayers)
         throw Error("layer " + std::to_string(index) + " is outside 0.." + std::to_string(m_config.numLayers - 1));
     if (!m_stream) // an aliasing pointer that owns nothing: the model holds the layer
-        return std::shared_ptr<const LayerWeights>(std::shared_ptr<void>(), &m_weights.layers[static_cast<std::size_t>(index)]);
+        return std::shared_ptr<const LayerWeights>(std::shared_ptr<void>(),
+                                                   &m_weights.layers[static_cast<std::size_t>(index)]);
     std::shared_future<Stream::Loaded> inFlight;
     {
         std::lock_guard<std::mutex> lock(m_stream->mutex);
@@ -348,8 +350,8 @@ torch::Tensor LlamaModel::embed(const torch::Tensor& ids) const
     const auto* u = unique.data_ptr<int64_t>();
     const int64_t n = unique.numel();
     if (n > 0 && (u[0] < 0 || u[n - 1] >= V))
-        throw Error("token id " + std::to_string(u[0] < 0 ? u[0] : u[n - 1]) + " is outside the vocabulary [0, " +
-                    std::to_string(V) + ")");
+        throw Error("token id " + std::to_string(u[0] < 0 ? u[0] : u[n - 1]) + " is outside the vocabulary [0, "
+                    + std::to_string(V) + ")");
     auto rows = torch::empty({n, H}, torch::TensorOptions().dtype(m_dtype).device(m_device));
     for (int64_t i = 0; i < n;) {
         // The rows of unique ids u[i..j) that lie within one chunk of the table.
@@ -424,17 +426,14 @@ torch::Tensor timesTransposed(const torch::Tensor& x, const torch::Tensor& w)
 
 } // namespace
 
-torch::Tensor LlamaModel::ffn(int layer, const torch::Tensor& x) const
-{
-    return ffn(*this->layer(layer), layer, x);
-}
+torch::Tensor LlamaModel::ffn(int layer, const torch::Tensor& x) const { return ffn(*this->layer(layer), layer, x); }
 
 torch::Tensor LlamaModel::ffn(const LayerWeights& l, int layer, const torch::Tensor& x) const
 {
     if (!l.gate.defined())
-        throw Error("layer " + std::to_string(layer) +
-                    " has no dense FFN weights (a model loaded from a Mixtral export): run it with its MoE "
-                    "blocks as FFN hooks (moeHooks)");
+        throw Error("layer " + std::to_string(layer)
+                    + " has no dense FFN weights (a model loaded from a Mixtral export): run it with its MoE "
+                      "blocks as FFN hooks (moeHooks)");
     auto g = timesTransposed(x, l.gate);
     auto u = timesTransposed(x, l.up);
     return timesTransposed(torch::silu(g) * u, l.down);
@@ -448,9 +447,10 @@ std::pair<torch::Tensor, torch::Tensor> LlamaModel::ropeTables(int64_t endPos) c
                                              m_rope->cos.defined() ? 2 * m_rope->cos.size(0) : 0});
         const int64_t d = m_config.headDim;
         auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-        auto invFreq = 1.0 / torch::pow(m_config.ropeTheta,
-                                        torch::arange(0, d, 2, torch::TensorOptions().dtype(torch::kInt64))
-                                                .to(torch::kFloat32) / static_cast<double>(d));
+        auto invFreq = 1.0
+            / torch::pow(m_config.ropeTheta,
+                         torch::arange(0, d, 2, torch::TensorOptions().dtype(torch::kInt64)).to(torch::kFloat32)
+                             / static_cast<double>(d));
         auto t = torch::arange(n, f32);
         auto freqs = torch::outer(t, invFreq);
         auto emb = torch::cat({freqs, freqs}, -1);
@@ -485,8 +485,8 @@ torch::Tensor LlamaModel::attention(const LayerWeights& l, int layer, const torc
     const int64_t H = m_config.numHeads, Hkv = m_config.numKvHeads, D = m_config.headDim;
     const int64_t rep = H / Hkv;
 
-    auto q = linear(x, l.q, l.qBias).view({B, T, H, D}).transpose(1, 2);     // [B,H,T,D]
-    auto k = linear(x, l.k, l.kBias).view({B, T, Hkv, D}).transpose(1, 2);   // [B,Hkv,T,D]
+    auto q = linear(x, l.q, l.qBias).view({B, T, H, D}).transpose(1, 2);   // [B,H,T,D]
+    auto k = linear(x, l.k, l.kBias).view({B, T, Hkv, D}).transpose(1, 2); // [B,Hkv,T,D]
     auto v = linear(x, l.v, l.vBias).view({B, T, Hkv, D}).transpose(1, 2);
 
     auto [cosAll, sinAll] = ropeTables(startPos + T);
@@ -498,8 +498,8 @@ torch::Tensor LlamaModel::attention(const LayerWeights& l, int layer, const torc
     int64_t S = T;
     if (cache) {
         if (startPos + T > cache->capacity)
-            throw Error("KV cache capacity " + std::to_string(cache->capacity) + " exceeded (" +
-                        std::to_string(startPos + T) + " positions)");
+            throw Error("KV cache capacity " + std::to_string(cache->capacity) + " exceeded ("
+                        + std::to_string(startPos + T) + " positions)");
         auto& ck = cache->k[static_cast<std::size_t>(layer)];
         auto& cv = cache->v[static_cast<std::size_t>(layer)];
         ck.narrow(2, startPos, T).copy_(k);
@@ -527,7 +527,7 @@ torch::Tensor LlamaModel::attention(const LayerWeights& l, int layer, const torc
 }
 
 torch::Tensor LlamaModel::block(const LayerWeights& l, int i, const torch::Tensor& h0, int64_t startPos, KvCache* cache,
-                               const ForwardHooks* hooks) const
+                                const ForwardHooks* hooks) const
 {
     auto h = h0 + attention(l, i, rmsNorm(h0, l.inputNorm), startPos, cache);
     auto x = rmsNorm(h, l.postNorm);

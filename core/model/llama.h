@@ -63,8 +63,8 @@ struct ForwardHooks {
 
 // Where a loaded model's weights live: see the header comment.
 enum class Residency {
-    Auto,     // resident when the weights in the compute dtype take at most kAutoResidentBytes and
-              // half the memory budget; streamed otherwise
+    Auto, // resident when the weights in the compute dtype take at most kAutoResidentBytes and
+          // half the memory budget; streamed otherwise
     Resident,
     Streamed,
 };
@@ -104,8 +104,7 @@ public:
     static LlamaModel fromCheckpoint(ModelConfig config, std::shared_ptr<const CheckpointFiles> files,
                                      const LoadOptions& options, bool withFfn = true);
     // Random initialisation (normal(0, 0.02), unit norms) for pretraining and tests.
-    static LlamaModel randomInit(const ModelConfig& config, uint64_t seed,
-                                 const LoadOptions& options = {});
+    static LlamaModel randomInit(const ModelConfig& config, uint64_t seed, const LoadOptions& options = {});
 
     const ModelConfig& config() const { return m_config; }
     // The resident weights; a streamed model holds only its final norm here (use layer(),
@@ -164,8 +163,8 @@ public:
 
 private:
     struct Stream;
-    LlamaModel(ModelConfig config, std::shared_ptr<Stream> stream, torch::Tensor finalNorm,
-               torch::Device device, torch::ScalarType dtype);
+    LlamaModel(ModelConfig config, std::shared_ptr<Stream> stream, torch::Tensor finalNorm, torch::Device device,
+               torch::ScalarType dtype);
     torch::Tensor attention(const LayerWeights& l, int layer, const torch::Tensor& x, int64_t startPos,
                             KvCache* cache) const;
     // One decoder layer on hidden state h (attention, then the FFN or its hooks).
@@ -178,7 +177,7 @@ private:
     LlamaWeights m_weights;
     torch::Device m_device = torch::kCPU;
     torch::ScalarType m_dtype = torch::kFloat32;
-    std::shared_ptr<Stream> m_stream;  // null when resident
+    std::shared_ptr<Stream> m_stream; // null when resident
     std::uint64_t m_budget = 0;
     std::shared_ptr<RopeCache> m_rope; // cos/sin tables grown on demand, guarded by its mutex
 };

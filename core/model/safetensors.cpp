@@ -71,8 +71,8 @@ int64_t StTensorInfo::numel() const
     return n;
 }
 
-std::vector<StTensorInfo> SafetensorsFile::parseHeader(const std::string& headerJson,
-                                                       uint64_t dataSize, const std::string& source,
+std::vector<StTensorInfo> SafetensorsFile::parseHeader(const std::string& headerJson, uint64_t dataSize,
+                                                       const std::string& source,
                                                        std::map<std::string, std::string>* metadata)
 {
     nlohmann::json j;
@@ -84,8 +84,8 @@ std::vector<StTensorInfo> SafetensorsFile::parseHeader(const std::string& header
     if (!j.is_object())
         throw Error(source + ": safetensors header must be a JSON object");
     if (j.size() > kMaxTensors + 1)
-        throw Error(source + ": safetensors header lists " + std::to_string(j.size()) +
-                    " entries (limit " + std::to_string(kMaxTensors) + ")");
+        throw Error(source + ": safetensors header lists " + std::to_string(j.size()) + " entries (limit "
+                    + std::to_string(kMaxTensors) + ")");
     std::vector<StTensorInfo> out;
     out.reserve(j.size());
     for (auto it = j.begin(); it != j.end(); ++it) {
@@ -121,11 +121,10 @@ std::vector<StTensorInfo> SafetensorsFile::parseHeader(const std::string& header
                 known = true;
             }
         if (!known)
-            throw Error(where + ": unsupported dtype '" + dt +
-                        "' (expected one of F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
+            throw Error(where + ": unsupported dtype '" + dt
+                        + "' (expected one of F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL)");
         if (v["shape"].size() > kMaxRank)
-            throw Error(where + ": rank " + std::to_string(v["shape"].size()) + " exceeds " +
-                        std::to_string(kMaxRank));
+            throw Error(where + ": rank " + std::to_string(v["shape"].size()) + " exceeds " + std::to_string(kMaxRank));
         uint64_t bytes = dtypeSize(info.dtype);
         for (const auto& d : v["shape"]) {
             if (!d.is_number_unsigned())
@@ -141,15 +140,14 @@ std::vector<StTensorInfo> SafetensorsFile::parseHeader(const std::string& header
         info.begin = v["data_offsets"][0].get<uint64_t>();
         info.end = v["data_offsets"][1].get<uint64_t>();
         if (info.end < info.begin)
-            throw Error(where + ": data_offsets end " + std::to_string(info.end) + " < begin " +
-                        std::to_string(info.begin));
+            throw Error(where + ": data_offsets end " + std::to_string(info.end) + " < begin "
+                        + std::to_string(info.begin));
         if (info.end > dataSize)
-            throw Error(where + ": byte range [" + std::to_string(info.begin) + ", " +
-                        std::to_string(info.end) + ") lies past the end of the data (" +
-                        std::to_string(dataSize) + " bytes; file truncated?)");
+            throw Error(where + ": byte range [" + std::to_string(info.begin) + ", " + std::to_string(info.end)
+                        + ") lies past the end of the data (" + std::to_string(dataSize) + " bytes; file truncated?)");
         if (info.end - info.begin != bytes)
-            throw Error(where + ": shape x dtype size = " + std::to_string(bytes) +
-                        " bytes but data_offsets span " + std::to_string(info.end - info.begin));
+            throw Error(where + ": shape x dtype size = " + std::to_string(bytes) + " bytes but data_offsets span "
+                        + std::to_string(info.end - info.begin));
         out.push_back(std::move(info));
     }
     std::vector<const StTensorInfo*> byOffset;
@@ -161,8 +159,7 @@ std::vector<StTensorInfo> SafetensorsFile::parseHeader(const std::string& header
         const auto* prev = byOffset[i - 1];
         const auto* cur = byOffset[i];
         if (cur->begin < prev->end && cur->end > cur->begin && prev->end > prev->begin)
-            throw Error(source + ": tensors '" + prev->name + "' and '" + cur->name +
-                        "' have overlapping byte ranges");
+            throw Error(source + ": tensors '" + prev->name + "' and '" + cur->name + "' have overlapping byte ranges");
     }
     return out;
 }
@@ -173,7 +170,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         throw Error("cannot open '" + source + "': " + std::strerror(errno));
-    struct stat st {};
+    struct stat st { };
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ::close(fd);
         throw Error("'" + source + "' is not a regular file");
@@ -181,8 +178,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     const uint64_t fileSize = static_cast<uint64_t>(st.st_size);
     if (fileSize < 8) {
         ::close(fd);
-        throw Error(source + ": file is " + std::to_string(fileSize) +
-                    " bytes, too short for a safetensors header (truncated?)");
+        throw Error(source + ": file is " + std::to_string(fileSize)
+                    + " bytes, too short for a safetensors header (truncated?)");
     }
     void* map = ::mmap(nullptr, fileSize, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED) {
@@ -201,11 +198,11 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
     for (int i = 7; i >= 0; --i)
         headerLen = (headerLen << 8) | bytes[i];
     if (headerLen > kMaxHeaderBytes)
-        throw Error(source + ": header length " + std::to_string(headerLen) + " exceeds the " +
-                    std::to_string(kMaxHeaderBytes) + "-byte limit (not a safetensors file?)");
+        throw Error(source + ": header length " + std::to_string(headerLen) + " exceeds the "
+                    + std::to_string(kMaxHeaderBytes) + "-byte limit (not a safetensors file?)");
     if (headerLen > fileSize - 8)
-        throw Error(source + ": header length " + std::to_string(headerLen) +
-                    " runs past the end of the file (" + std::to_string(fileSize) + " bytes)");
+        throw Error(source + ": header length " + std::to_string(headerLen) + " runs past the end of the file ("
+                    + std::to_string(fileSize) + " bytes)");
     const std::string header(reinterpret_cast<const char*>(bytes + 8), headerLen);
     f->m_tensors = parseHeader(header, fileSize - 8 - headerLen, source, &f->m_metadata);
     f->m_data = bytes + 8 + headerLen;
@@ -246,8 +243,8 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const
         return t;
     }
     std::shared_ptr<const SafetensorsFile> keepAlive = m_self.lock();
-    return torch::from_blob(const_cast<uint8_t*>(ptr), info->shape,
-                            [keepAlive](void*) mutable { keepAlive.reset(); }, options);
+    return torch::from_blob(
+        const_cast<uint8_t*>(ptr), info->shape, [keepAlive](void*) mutable { keepAlive.reset(); }, options);
 }
 
 torch::Tensor SafetensorsFile::read(const std::string& name, int64_t rowBegin, int64_t rows, bool pinned) const
@@ -260,8 +257,8 @@ torch::Tensor SafetensorsFile::read(const std::string& name, int64_t rowBegin, i
     if (rows < 0)
         rows = total - rowBegin;
     if (rowBegin < 0 || rows < 0 || rowBegin + rows > total || (shape.empty() && (rowBegin != 0 || rows != 1)))
-        throw Error(m_path.string() + ": tensor '" + name + "': rows [" + std::to_string(rowBegin) + ", " +
-                    std::to_string(rowBegin + rows) + ") lie outside its " + std::to_string(total) + " rows");
+        throw Error(m_path.string() + ": tensor '" + name + "': rows [" + std::to_string(rowBegin) + ", "
+                    + std::to_string(rowBegin + rows) + ") lie outside its " + std::to_string(total) + " rows");
     const uint64_t rowBytes = total > 0 ? (info->end - info->begin) / static_cast<uint64_t>(total) : 0;
     if (!shape.empty())
         shape[0] = rows;
@@ -298,9 +295,8 @@ void writeSafetensors(const std::filesystem::path& file,
         torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
         const StDType dt = fromTorch(c.scalar_type());
         const uint64_t bytes = static_cast<uint64_t>(c.numel()) * dtypeSize(dt);
-        header[name] = {{"dtype", dtypeName(dt)},
-                        {"shape", c.sizes().vec()},
-                        {"data_offsets", {offset, offset + bytes}}};
+        header[name]
+            = {{"dtype", dtypeName(dt)}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
         offset += bytes;
         cpu.push_back(std::move(c));
     }

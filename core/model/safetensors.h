@@ -68,7 +68,7 @@ private:
     std::vector<StTensorInfo> m_tensors;
     std::map<std::string, std::size_t> m_index;
     std::map<std::string, std::string> m_metadata;
-    int m_fd = -1;  // kept open for read()
+    int m_fd = -1;             // kept open for read()
     uint64_t m_dataOffset = 0; // file offset of the data section
     void* m_map = nullptr;
     std::size_t m_mapSize = 0;

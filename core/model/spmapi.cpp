@@ -69,8 +69,8 @@ const SpmApi& spmApi()
             }
             tried += " " + p.string() + " (wrong plugin version)";
         }
-        failure = "the SentencePiece plugin libladimo_spm.so was not found; tried:" + tried +
-                  " (set LADIMO_SPM_PLUGIN to its path)";
+        failure = "the SentencePiece plugin libladimo_spm.so was not found; tried:" + tried
+            + " (set LADIMO_SPM_PLUGIN to its path)";
     });
     if (!api)
         throw Error(failure);

@@ -23,8 +23,8 @@ constexpr std::size_t kMaxJsonlLineBytes = 64u << 20;
 void checkId(int64_t id, int64_t vocab, const fs::path& file, const std::string& where)
 {
     if (id < 0 || (vocab > 0 && id >= vocab))
-        throw Error(file.string() + ": token id " + std::to_string(id) + " at " + where +
-                    " is outside the model vocabulary [0, " + std::to_string(vocab) + ")");
+        throw Error(file.string() + ": token id " + std::to_string(id) + " at " + where
+                    + " is outside the model vocabulary [0, " + std::to_string(vocab) + ")");
 }
 
 bool full(const std::vector<int64_t>& out, const TokenDataOptions& o)
@@ -32,12 +32,13 @@ bool full(const std::vector<int64_t>& out, const TokenDataOptions& o)
     return o.maxTokens > 0 && static_cast<int64_t>(out.size()) >= o.maxTokens;
 }
 
-void appendText(std::vector<int64_t>& out, const std::string& text, const Tokenizer* tok,
-                const TokenDataOptions& o, const fs::path& file)
+void appendText(std::vector<int64_t>& out, const std::string& text, const Tokenizer* tok, const TokenDataOptions& o,
+                const fs::path& file)
 {
     if (!tok)
-        throw Error(file.string() + ": text data needs a tokenizer, but the model folder has no "
-                                    "tokenizer.model or tokenizer.json (use .u16/.u32 token ids)");
+        throw Error(file.string()
+                    + ": text data needs a tokenizer, but the model folder has no "
+                      "tokenizer.model or tokenizer.json (use .u16/.u32 token ids)");
     if (o.bosId >= 0)
         out.push_back(o.bosId);
     for (int id : tok->encode(text))
@@ -54,8 +55,8 @@ std::vector<int64_t> loadRaw(const fs::path& file, std::size_t width, const Toke
     if (ec)
         throw Error("cannot stat token file '" + file.string() + "'");
     if (size % width != 0)
-        throw Error(file.string() + ": size " + std::to_string(size) + " bytes is not a multiple of " +
-                    std::to_string(width) + " (expected little-endian uint" + std::to_string(8 * width) + " ids)");
+        throw Error(file.string() + ": size " + std::to_string(size) + " bytes is not a multiple of "
+                    + std::to_string(width) + " (expected little-endian uint" + std::to_string(8 * width) + " ids)");
     if (size > kMaxTokenFileBytes)
         throw Error(file.string() + ": token file larger than 64 GiB");
     uint64_t count = size / width;
@@ -118,8 +119,8 @@ std::vector<int64_t> loadTokenFile(const fs::path& file, const Tokenizer* tok, c
     } else if (ext == ".txt" || ext == ".text" || ext == ".md") {
         appendText(out, readTextFile(file), tok, o, file);
     } else {
-        throw Error("'" + file.string() + "': unknown token data format '" + ext +
-                    "' (expected .txt, .u16, .u32 or .jsonl)");
+        throw Error("'" + file.string() + "': unknown token data format '" + ext
+                    + "' (expected .txt, .u16, .u32 or .jsonl)");
     }
     if (o.maxTokens > 0 && static_cast<int64_t>(out.size()) > o.maxTokens)
         out.resize(static_cast<std::size_t>(o.maxTokens));

@@ -14,9 +14,9 @@ namespace ladimo::core {
 class Tokenizer;
 
 struct TokenDataOptions {
-    int64_t vocabSize = 0;     // ids must be < vocabSize
-    int64_t bosId = 1;         // prepended to each text document; -1 for none
-    int64_t maxTokens = 0;     // 0 = all; otherwise stop reading after this many tokens
+    int64_t vocabSize = 0; // ids must be < vocabSize
+    int64_t bosId = 1;     // prepended to each text document; -1 for none
+    int64_t maxTokens = 0; // 0 = all; otherwise stop reading after this many tokens
 };
 
 // Throws Error naming the file (and line / position) for unreadable or invalid data.

@@ -23,12 +23,12 @@ public:
     virtual std::vector<int> encode(const std::string& text) const = 0;
     virtual std::string decode(const std::vector<int>& ids) const = 0;
     virtual int vocabSize() const = 0;
-    virtual std::string piece(int id) const = 0;   // the raw vocabulary piece
-    virtual float score(int id) const = 0;         // SentencePiece score / BPE merge priority proxy
+    virtual std::string piece(int id) const = 0; // the raw vocabulary piece
+    virtual float score(int id) const = 0;       // SentencePiece score / BPE merge priority proxy
     virtual TokenType tokenType(int id) const = 0;
-    virtual int bosId() const = 0;                  // -1 when the vocabulary has none
+    virtual int bosId() const = 0; // -1 when the vocabulary has none
     virtual int eosId() const = 0;
-    virtual std::string kind() const = 0;           // "sentencepiece", "bpe-byte-fallback", "bpe-byte-level"
+    virtual std::string kind() const = 0; // "sentencepiece", "bpe-byte-fallback", "bpe-byte-level"
 
     static std::unique_ptr<Tokenizer> loadSentencePiece(const std::filesystem::path& modelFile);
     static std::unique_ptr<Tokenizer> loadHuggingFace(const std::filesystem::path& tokenizerJson);

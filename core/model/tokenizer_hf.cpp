@@ -31,7 +31,7 @@ namespace {
 
 constexpr std::size_t kMaxVocab = 1u << 22;
 constexpr uint64_t kMaxFileBytes = 512ull << 20;
-const std::string kMetaspace = "\xE2\x96\x81"; // U+2581 "▁"
+const std::string kMetaspace = "\xE2\x96\x81";       // U+2581 "▁"
 const std::string kReplacementChar = "\xEF\xBF\xBD"; // U+FFFD
 // GPT-2's pre-tokenizer pattern, used when ByteLevel has use_regex (its default).
 const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
@@ -55,8 +55,7 @@ std::size_t validUtf8Length(const std::string& s, std::size_t i)
         cp = ((c & 0x0Fu) << 12) | ((byte(i + 1) & 0x3Fu) << 6) | (byte(i + 2) & 0x3Fu);
         n = cp >= 0x800 ? 3 : 0;
     } else if ((c & 0xF8) == 0xF0 && trail(i + 1) && trail(i + 2) && trail(i + 3)) {
-        cp = ((c & 0x07u) << 18) | ((byte(i + 1) & 0x3Fu) << 12) | ((byte(i + 2) & 0x3Fu) << 6) |
-             (byte(i + 3) & 0x3Fu);
+        cp = ((c & 0x07u) << 18) | ((byte(i + 1) & 0x3Fu) << 12) | ((byte(i + 2) & 0x3Fu) << 6) | (byte(i + 3) & 0x3Fu);
         n = cp >= 0x10000 ? 4 : 0;
     }
     const bool scalar = cp < 0xD800 || (cp >= 0xE000 && cp <= 0x10FFFF);
@@ -74,10 +73,21 @@ std::size_t unitLength(const std::string& s, std::size_t i)
 std::string codepointToUtf8(uint32_t cp)
 {
     std::string s;
-    if (cp < 0x80) s += char(cp);
-    else if (cp < 0x800) { s += char(0xC0 | (cp >> 6)); s += char(0x80 | (cp & 0x3F)); }
-    else if (cp < 0x10000) { s += char(0xE0 | (cp >> 12)); s += char(0x80 | ((cp >> 6) & 0x3F)); s += char(0x80 | (cp & 0x3F)); }
-    else { s += char(0xF0 | (cp >> 18)); s += char(0x80 | ((cp >> 12) & 0x3F)); s += char(0x80 | ((cp >> 6) & 0x3F)); s += char(0x80 | (cp & 0x3F)); }
+    if (cp < 0x80)
+        s += char(cp);
+    else if (cp < 0x800) {
+        s += char(0xC0 | (cp >> 6));
+        s += char(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        s += char(0xE0 | (cp >> 12));
+        s += char(0x80 | ((cp >> 6) & 0x3F));
+        s += char(0x80 | (cp & 0x3F));
+    } else {
+        s += char(0xF0 | (cp >> 18));
+        s += char(0x80 | ((cp >> 12) & 0x3F));
+        s += char(0x80 | ((cp >> 6) & 0x3F));
+        s += char(0x80 | (cp & 0x3F));
+    }
     return s;
 }
 
@@ -101,7 +111,10 @@ int byteOfPiece(const std::string& p)
     int v = 0;
     for (int k = 3; k < 5; ++k) {
         const char c = p[static_cast<std::size_t>(k)];
-        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        const int d = c >= '0' && c <= '9' ? c - '0'
+            : c >= 'A' && c <= 'F'         ? c - 'A' + 10
+            : c >= 'a' && c <= 'f'         ? c - 'a' + 10
+                                           : -1;
         if (d < 0)
             return -1;
         v = v * 16 + d;
@@ -109,7 +122,10 @@ int byteOfPiece(const std::string& p)
     return v;
 }
 
-uint64_t pairKey(int a, int b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
+uint64_t pairKey(int a, int b)
+{
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+}
 
 struct PcreDeleter {
     void operator()(pcre2_code* c) const { pcre2_code_free(c); }
@@ -269,14 +285,14 @@ private:
         if (!m.contains("vocab") || !m["vocab"].is_object())
             fail("'model.vocab' must be an object of piece -> id");
         if (m["vocab"].size() > kMaxVocab)
-            fail("'model.vocab' has " + std::to_string(m["vocab"].size()) + " entries, more than the limit of " +
-                 std::to_string(kMaxVocab));
+            fail("'model.vocab' has " + std::to_string(m["vocab"].size()) + " entries, more than the limit of "
+                 + std::to_string(kMaxVocab));
         int maxId = -1;
         for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
-            if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-                it.value().get<int64_t>() >= int64_t(kMaxVocab))
-                fail("'model.vocab' entry '" + it.key() + "' must have an integer id in [0, " +
-                     std::to_string(kMaxVocab) + ")");
+            if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0
+                || it.value().get<int64_t>() >= int64_t(kMaxVocab))
+                fail("'model.vocab' entry '" + it.key() + "' must have an integer id in [0, "
+                     + std::to_string(kMaxVocab) + ")");
             const int id = it.value().get<int>();
             m_vocab[it.key()] = id;
             maxId = std::max(maxId, id);
@@ -287,8 +303,8 @@ private:
             if (!j["added_tokens"].is_array() || j["added_tokens"].size() > kMaxVocab)
                 fail("'added_tokens' must be an array of at most " + std::to_string(kMaxVocab) + " entries");
             for (const auto& a : j["added_tokens"]) {
-                if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
-                    !a["content"].is_string() || (a.contains("special") && !a["special"].is_boolean()))
+                if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content")
+                    || !a["content"].is_string() || (a.contains("special") && !a["special"].is_boolean()))
                     fail("'added_tokens' entries need an integer 'id', a string 'content' and a boolean 'special'");
                 const int64_t id64 = a["id"].get<int64_t>();
                 const std::string content = a["content"].get<std::string>();
@@ -366,7 +382,8 @@ private:
             parsePreTokenizer(j["pre_tokenizer"]);
         m_section = "model";
         if (!m_byteLevel && !m_byteFallback && m_unk < 0)
-            fail("BPE without 'model.byte_fallback' or a ByteLevel pre-tokenizer needs a 'model.unk_token' in the vocabulary");
+            fail("BPE without 'model.byte_fallback' or a ByteLevel pre-tokenizer needs a 'model.unk_token' in the "
+                 "vocabulary");
 
         m_bos = findAny({"<s>", "<|begin_of_text|>", "<|endoftext|>"});
         m_eos = findAny({"</s>", "<|end_of_text|>", "<|endoftext|>"});
@@ -405,8 +422,8 @@ private:
             m_normalizer.push_back({true, "", n["prepend"].get<std::string>()});
             m_prepends = true;
         } else if (type == "Replace") {
-            if (!n.contains("pattern") || !n["pattern"].is_object() || !n["pattern"].contains("String") ||
-                !n["pattern"]["String"].is_string() || !n.contains("content") || !n["content"].is_string())
+            if (!n.contains("pattern") || !n["pattern"].is_object() || !n["pattern"].contains("String")
+                || !n["pattern"]["String"].is_string() || !n.contains("content") || !n["content"].is_string())
                 fail("'normalizer' Replace is supported with a {\"String\": ...} 'pattern' and a string 'content'");
             m_normalizer.push_back({false, n["pattern"]["String"].get<std::string>(), n["content"].get<std::string>()});
             if (n["pattern"]["String"] == " ")
@@ -434,15 +451,16 @@ private:
         } else if (type == "ByteLevel") {
             m_byteLevel = true;
             stage.kind = PreTokenizerStage::Kind::ByteLevel;
-            stage.addPrefixSpace = p.contains("add_prefix_space") && p["add_prefix_space"].is_boolean() &&
-                                   p["add_prefix_space"].get<bool>();
+            stage.addPrefixSpace = p.contains("add_prefix_space") && p["add_prefix_space"].is_boolean()
+                && p["add_prefix_space"].get<bool>();
             if (!(p.contains("use_regex") && p["use_regex"].is_boolean() && !p["use_regex"].get<bool>()))
                 stage.regex = compileRegex(kGpt2Pattern, false);
         } else if (type == "Split") {
             stage.kind = PreTokenizerStage::Kind::Regex;
             const std::string behavior = stringField(p, "behavior", "Isolated");
             if (behavior != "Isolated" || (p.contains("invert") && p["invert"] == true))
-                fail("Split pre-tokenizer is supported with behavior 'Isolated' and no 'invert' (found '" + behavior + "')");
+                fail("Split pre-tokenizer is supported with behavior 'Isolated' and no 'invert' (found '" + behavior
+                     + "')");
             const auto& pattern = p.contains("pattern") ? p["pattern"] : nlohmann::json();
             if (pattern.is_object() && pattern.contains("Regex") && pattern["Regex"].is_string())
                 stage.regex = compileRegex(pattern["Regex"].get<std::string>(), false);
@@ -460,7 +478,9 @@ private:
             const std::string scheme = stringField(p, "prepend_scheme", legacyPrefix ? "always" : "never");
             if (scheme != "always" && scheme != "first" && scheme != "never")
                 fail("Metaspace 'prepend_scheme' must be always, first or never (found '" + scheme + "')");
-            stage.prepend = scheme == "always" ? PrependScheme::Always : scheme == "first" ? PrependScheme::First : PrependScheme::Never;
+            stage.prepend = scheme == "always" ? PrependScheme::Always
+                : scheme == "first"            ? PrependScheme::First
+                                               : PrependScheme::Never;
             stage.split = !(p.contains("split") && p["split"] == false);
             m_replacement = stage.replacement;
             m_prepends = m_prepends || stage.prepend != PrependScheme::Never;
@@ -474,13 +494,14 @@ private:
     {
         int err = 0;
         PCRE2_SIZE offset = 0;
-        pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), pattern.size(),
-                                         PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0u), &err, &offset, nullptr);
+        pcre2_code* code
+            = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), pattern.size(),
+                            PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0u), &err, &offset, nullptr);
         if (!code) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(err, msg, sizeof msg);
-            fail("pre-tokenizer pattern does not compile at offset " + std::to_string(offset) + ": " +
-                 reinterpret_cast<const char*>(msg));
+            fail("pre-tokenizer pattern does not compile at offset " + std::to_string(offset) + ": "
+                 + reinterpret_cast<const char*>(msg));
         }
         return std::unique_ptr<pcre2_code, PcreDeleter>(code);
     }
@@ -551,7 +572,8 @@ private:
     // Metaspace as the library runs it: spaces become the replacement, the replacement is
     // prepended unless the piece already starts with it, and with `split` every replacement
     // starts a new piece (MergedWithNext).
-    void metaspace(const PreTokenizerStage& st, const std::string& s, bool atTextStart, std::vector<std::string>& out) const
+    void metaspace(const PreTokenizerStage& st, const std::string& s, bool atTextStart,
+                   std::vector<std::string>& out) const
     {
         std::string t = replaceAll(s, " ", st.replacement);
         const bool prepend = st.prepend == PrependScheme::Always || (st.prepend == PrependScheme::First && atTextStart);

@@ -57,8 +57,8 @@ private:
 int Tokenizer::checkedId(int id) const
 {
     if (id < 0 || id >= vocabSize())
-        throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
-                    std::to_string(vocabSize()) + ")");
+        throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(vocabSize())
+                    + ")");
     return id;
 }
 

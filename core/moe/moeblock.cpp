@@ -14,7 +14,8 @@
 namespace ladimo::core {
 
 namespace {
-constexpr NameTable<Gating, 3> kGatingNames{{{Gating::Hard, "hard"}, {Gating::Renorm, "renorm"}, {Gating::Plain, "plain"}}};
+constexpr NameTable<Gating, 3> kGatingNames{
+    {{Gating::Hard, "hard"}, {Gating::Renorm, "renorm"}, {Gating::Plain, "plain"}}};
 constexpr NameTable<RuleKind, 2> kRuleKindNames{{{RuleKind::Static, "static"}, {RuleKind::TopP, "top_p"}}};
 } // namespace
 
@@ -35,7 +36,8 @@ torch::Tensor MoeLayer::routingProbs(const torch::Tensor& x) const
     return torch::softmax(torch::matmul(x, router.t()).to(torch::kFloat32), -1);
 }
 
-void MoeLayer::route(const torch::Tensor& probs, const RoutingRule& rule, torch::Tensor* mask, torch::Tensor* weights) const
+void MoeLayer::route(const torch::Tensor& probs, const RoutingRule& rule, torch::Tensor* mask,
+                     torch::Tensor* weights) const
 {
     const int64_t N = numExperts();
     auto sorted = probs.sort(-1, /*descending=*/true);
@@ -86,7 +88,8 @@ void gatherRows(torch::Tensor& dst, const torch::Tensor& src, const torch::Tenso
     const auto* at = idx.data_ptr<int64_t>();
     at::parallel_for(0, idx.size(0), 32, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i)
-            std::memcpy(to + static_cast<std::size_t>(i) * bytes, from + static_cast<std::size_t>(at[i]) * bytes, bytes);
+            std::memcpy(to + static_cast<std::size_t>(i) * bytes, from + static_cast<std::size_t>(at[i]) * bytes,
+                        bytes);
     });
 }
 
@@ -119,8 +122,8 @@ void scatterAddRows(torch::Tensor& out, const torch::Tensor& rows, const torch::
 // The (token, expert) pairs of a routing mask [T, N] on the CPU, expert-major with tokens in
 // order (what mask.t().nonzero() lists), their weights as `dtype`, and the pairs per expert: one
 // counting pass and one filling pass instead of a transpose, nonzero, gather and bincount.
-void listPairs(const torch::Tensor& maskIn, const torch::Tensor& weightsIn, torch::ScalarType dtype, torch::Tensor* tokens,
-               torch::Tensor* w, std::vector<int64_t>* counts)
+void listPairs(const torch::Tensor& maskIn, const torch::Tensor& weightsIn, torch::ScalarType dtype,
+               torch::Tensor* tokens, torch::Tensor* w, std::vector<int64_t>* counts)
 {
     const auto mask = maskIn.contiguous();
     const auto weights = weightsIn.to(torch::kFloat32).contiguous();
@@ -187,8 +190,7 @@ int64_t largestTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int6
 }
 
 // Calls f(expert, first pair, rows) for every tile of every expert's range of pairs, in order.
-template <class F>
-void forEachTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t tile, F&& f)
+template <class F> void forEachTile(const std::vector<std::pair<int64_t, int64_t>>& ranges, int64_t tile, F&& f)
 {
     for (std::size_t e = 0; e < ranges.size(); ++e)
         for (int64_t p = ranges[e].first; p < ranges[e].second; p += tile)
@@ -232,9 +234,9 @@ torch::Tensor gateUpBlock(const torch::Tensor& gate, const torch::Tensor& up)
 {
     const int64_t N = gate.size(0), S = gate.size(1), H = gate.size(2);
     const std::vector<int64_t> fused = {2 * S * H, H, 1};
-    if (gate.strides().vec() == fused && up.strides().vec() == fused && up.sizes() == gate.sizes() &&
-        up.scalar_type() == gate.scalar_type() && up.device() == gate.device() &&
-        up.storage().is_alias_of(gate.storage()) && up.storage_offset() == gate.storage_offset() + S * H)
+    if (gate.strides().vec() == fused && up.strides().vec() == fused && up.sizes() == gate.sizes()
+        && up.scalar_type() == gate.scalar_type() && up.device() == gate.device()
+        && up.storage().is_alias_of(gate.storage()) && up.storage_offset() == gate.storage_offset() + S * H)
         return gate.as_strided({N, 2 * S, H}, fused);
     return torch::cat({gate, up}, 1);
 }
@@ -244,8 +246,8 @@ torch::Tensor gateUpBlock(const torch::Tensor& gate, const torch::Tensor& up)
 // token ranges can run at the same time. Within each expert's block the pairs are in token order.
 // `pre` (training): the gate/up pre-activations of every pair [P, 2S]; else a tile buffer is used.
 void forwardTokens(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& gu, const torch::Tensor& down,
-                   const torch::Tensor& tokens, const std::vector<int64_t>& counts, int64_t t0, int64_t t1, torch::Tensor& out,
-                   const torch::Tensor& pre)
+                   const torch::Tensor& tokens, const std::vector<int64_t>& counts, int64_t t0, int64_t t1,
+                   torch::Tensor& out, const torch::Tensor& pre)
 {
     const int64_t T = x.size(0), H = x.size(1), S = down.size(2);
     const int64_t R = tileRows(H, S);
@@ -285,8 +287,8 @@ void forwardTokens(const torch::Tensor& x, const torch::Tensor& w, const torch::
 // and gd, which must belong to this share alone. Undefined outputs are not computed.
 void backwardTokens(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& gu, const torch::Tensor& down,
                     const torch::Tensor& tokens, const std::vector<int64_t>& counts, const torch::Tensor& pre,
-                    const torch::Tensor& go, int64_t t0, int64_t t1, torch::Tensor& gx, torch::Tensor& gw, torch::Tensor& ggu,
-                    torch::Tensor& gd)
+                    const torch::Tensor& go, int64_t t0, int64_t t1, torch::Tensor& gx, torch::Tensor& gw,
+                    torch::Tensor& ggu, torch::Tensor& gd)
 {
     const int64_t T = x.size(0), H = x.size(1), S = down.size(2);
     const int64_t R = tileRows(H, S);
@@ -322,7 +324,7 @@ void backwardTokens(const torch::Tensor& x, const torch::Tensor& w, const torch:
             gde.addmm_(ge.t(), he);
         }
         auto dau = dae.narrow(1, S, S), dag = dae.narrow(1, 0, S);
-        at::mul_out(dau, dh, se);                 // d/du = dh * silu(g)
+        at::mul_out(dau, dh, se);                  // d/du = dh * silu(g)
         at::silu_backward_out(dag, dh.mul_(u), g); // d/dg = dh * u * silu'(g)
         if (ggu.defined()) {
             auto xe = xt.narrow(0, 0, m);
@@ -367,7 +369,8 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
         return out;
     }
 
-    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads)
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                   torch::autograd::variable_list grads)
     {
         const auto saved = ctx->get_saved_variables();
         const auto &x = saved[0], &w = saved[1], &gate = saved[2], &up = saved[3], &down = saved[4], &tokens = saved[5];
@@ -392,16 +395,20 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
         const int64_t maxShares = needExperts && gradBytes > kMaxShareGradBytes ? 1 : std::numeric_limits<int>::max();
         const auto shares = static_cast<std::size_t>(std::max(1, CpuTeam::instance().size()));
         std::vector<torch::Tensor> shareGgu(shares), shareGd(shares);
-        onTokenShares(x, P * S * H, [&](int i, int n) {
-            torch::Tensor myGgu, myGd;
-            if (needExperts) {
-                myGgu = torch::zeros({N, 2 * S, H}, o);
-                myGd = torch::zeros({N, H, S}, o);
-            }
-            backwardTokens(x, w, gu, down, tokens, counts, pre, go, T * i / n, T * (i + 1) / n, gx, gw, myGgu, myGd);
-            shareGgu.at(static_cast<std::size_t>(i)) = myGgu;
-            shareGd.at(static_cast<std::size_t>(i)) = myGd;
-        }, maxShares);
+        onTokenShares(
+            x, P * S * H,
+            [&](int i, int n) {
+                torch::Tensor myGgu, myGd;
+                if (needExperts) {
+                    myGgu = torch::zeros({N, 2 * S, H}, o);
+                    myGd = torch::zeros({N, H, S}, o);
+                }
+                backwardTokens(x, w, gu, down, tokens, counts, pre, go, T * i / n, T * (i + 1) / n, gx, gw, myGgu,
+                               myGd);
+                shareGgu.at(static_cast<std::size_t>(i)) = myGgu;
+                shareGd.at(static_cast<std::size_t>(i)) = myGd;
+            },
+            maxShares);
         if (needExperts) {
             ggu = shareGgu[0];
             gd = shareGd[0];
@@ -431,7 +438,8 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
     // Group tokens by expert: the nonzero entries of the mask, expert-major.
     torch::Tensor tokens, w;
     std::vector<int64_t> counts;
-    if (mask.is_cpu() && mask.scalar_type() == torch::kBool && !(torch::GradMode::is_enabled() && weights.requires_grad())) {
+    if (mask.is_cpu() && mask.scalar_type() == torch::kBool
+        && !(torch::GradMode::is_enabled() && weights.requires_grad())) {
         listPairs(mask, weights, x.scalar_type(), &tokens, &w, &counts);
     } else {
         auto pairs = mask.t().nonzero(); // [P, 2] rows (expert, token), sorted by expert
@@ -449,8 +457,9 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
             stats->parameters += counts[static_cast<std::size_t>(e)] * expertParameters(e);
         }
     // Whether autograd records this call (the backward then needs the pre-activations).
-    const bool training = torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() ||
-                                                            gate.requires_grad() || up.requires_grad() || down.requires_grad());
+    const bool training = torch::GradMode::is_enabled()
+        && (x.requires_grad() || w.requires_grad() || gate.requires_grad() || up.requires_grad()
+            || down.requires_grad());
     return ExpertsFn::apply(x, w, gate, up, down, tokens, counts, training).view(shape);
 }
 

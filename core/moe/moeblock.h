@@ -31,10 +31,10 @@ RuleKind parseRuleKind(const std::string& name);
 
 struct RoutingRule {
     RuleKind kind = RuleKind::Static;
-    int topK = 0;           // Static: experts per token (1..N)
-    double threshold = 0;   // TopP: the cumulative routing weight each token's experts reach
-    int minK = 1;           // TopP: at least this many experts
-    int maxK = 0;           // TopP: at most this many (0 = N)
+    int topK = 0;         // Static: experts per token (1..N)
+    double threshold = 0; // TopP: the cumulative routing weight each token's experts reach
+    int minK = 1;         // TopP: at least this many experts
+    int maxK = 0;         // TopP: at most this many (0 = N)
     bool isStatic() const { return kind == RuleKind::Static; }
     static RoutingRule staticK(int k)
     {
@@ -63,10 +63,10 @@ struct DispatchStats {
 };
 
 struct MoeLayer {
-    torch::Tensor router;        // [N, H]
-    torch::Tensor gate, up;      // [N, S, H] (S = largest expert, zero-padded)
-    torch::Tensor down;          // [N, H, S]
-    std::vector<int64_t> sizes;  // real neurons of each expert
+    torch::Tensor router;       // [N, H]
+    torch::Tensor gate, up;     // [N, S, H] (S = largest expert, zero-padded)
+    torch::Tensor down;         // [N, H, S]
+    std::vector<int64_t> sizes; // real neurons of each expert
     Gating gating = Gating::Hard;
 
     int64_t numExperts() const { return router.size(0); }
@@ -86,7 +86,10 @@ struct MoeLayer {
     torch::Tensor expertOutputs(const torch::Tensor& x) const;
 
     // Parameters touched by one token using the given experts (router included).
-    int64_t expertParameters(int64_t expert) const { return 3 * router.size(1) * sizes[static_cast<std::size_t>(expert)]; }
+    int64_t expertParameters(int64_t expert) const
+    {
+        return 3 * router.size(1) * sizes[static_cast<std::size_t>(expert)];
+    }
 };
 
 // Stores gate and up of every expert in one [N, 2S, H] block (expert e's gate rows, then its up

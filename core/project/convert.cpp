@@ -1,6 +1,5 @@
 #include "project/convert.h"
 
-
 #include <algorithm>
 
 #include "common/error.h"
@@ -16,8 +15,8 @@ DataSource runCalibrationData(Project& project, int64_t runId)
 {
     const auto run = project.run(runId);
     if (!run.extra.contains("data"))
-        throw Error(project.file().string() + ": run #" + std::to_string(runId) +
-                    " records no calibration data (settings \"data\"); give the data explicitly");
+        throw Error(project.file().string() + ": run #" + std::to_string(runId)
+                    + " records no calibration data (settings \"data\"); give the data explicitly");
     auto d = DataSource::fromJson(run.extra.at("data"));
     if (!d.file.empty() && run.calibrationSetId) {
         const auto cal = project.calibrationSet(run.calibrationSetId);
@@ -30,8 +29,8 @@ DataSource runCalibrationData(Project& project, int64_t runId)
 int64_t findCalibrationSet(Project& project, const CalibrationSet& w)
 {
     for (const auto& c : project.calibrationSets()) {
-        const bool same = c.source == w.source && c.tokens == w.tokens && c.seqLen == w.seqLen && c.split == w.split &&
-                          (w.source == CalibrationSource::File ? c.fileSha256 == w.fileSha256 : c.seed == w.seed);
+        const bool same = c.source == w.source && c.tokens == w.tokens && c.seqLen == w.seqLen && c.split == w.split
+            && (w.source == CalibrationSource::File ? c.fileSha256 == w.fileSha256 : c.seed == w.seed);
         if (same)
             return c.id;
     }
@@ -42,7 +41,8 @@ LayerOutcome layerOutcome(const LayerConversion& r, int64_t tokens, int64_t batc
                           LossCurve* curve)
 {
     LayerOutcome out;
-    const std::size_t tail = std::min<std::size_t>(r.lossCurve.size(), static_cast<std::size_t>((tokens + batch - 1) / batch));
+    const std::size_t tail
+        = std::min<std::size_t>(r.lossCurve.size(), static_cast<std::size_t>((tokens + batch - 1) / batch));
     out.finalLoss = r.finalError;
     if (tail > 0) {
         double sum = 0;
@@ -119,8 +119,8 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
     if (settings.mode == "sequential")
         for (const auto& layer : project.layers(runId))
             if (plan.finished.count(layer.layer))
-                done[static_cast<std::size_t>(layer.layer)] =
-                    loadMoeLayer(project.absolutePath(layer.weightsPath), torch::kCPU, torch::kFloat32);
+                done[static_cast<std::size_t>(layer.layer)]
+                    = loadMoeLayer(project.absolutePath(layer.weightsPath), torch::kCPU, torch::kFloat32);
 
     ConvertCallbacks cb;
     cb.progress = callbacks.progress;
@@ -175,14 +175,15 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
     }
     if (failed > 0) {
         project.setRunStatus(runId, RunStatus::Failed);
-        throw Error(std::to_string(failed) + " layer(s) failed (the others are saved in " + project.file().string() +
-                    "; rerun to retry the failed ones): " + failures);
+        throw Error(std::to_string(failed) + " layer(s) failed (the others are saved in " + project.file().string()
+                    + "; rerun to retry the failed ones): " + failures);
     }
     project.setRunStatus(runId, RunStatus::Done);
 }
 
 ConvertCallbacks::LoadCapturedFn capturedActivations(const Project& project, int64_t calibrationSetId,
-                                                     const CaptureKey& key, std::function<void(const std::string&)> note)
+                                                     const CaptureKey& key,
+                                                     std::function<void(const std::string&)> note)
 {
     return [&project, calibrationSetId, key, note](int l, torch::Tensor* x, torch::Tensor* y) {
         const auto file = project.absolutePath(Project::activationsPath(calibrationSetId, l));
@@ -246,13 +247,14 @@ ProjectConvertResult convertProject(const ProjectConvertRequest& r, const Projec
         auto project = Project::open(r.projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
         const auto runs = project.runs();
         for (auto run = runs.rbegin(); run != runs.rend(); ++run) // the newest such run
-            if (run->status == RunStatus::Done && run->extra == settingsJson &&
-                project.model(run->modelId).weightsSha256 == source.weightsSha256) {
+            if (run->status == RunStatus::Done && run->extra == settingsJson
+                && project.model(run->modelId).weightsSha256 == source.weightsSha256) {
                 ProjectConvertResult out;
                 out.runId = run->id;
                 out.reused = true;
                 out.layers = run->layers;
-                out.calibrationTokens = run->calibrationSetId ? project.calibrationSet(run->calibrationSetId).tokens : 0;
+                out.calibrationTokens
+                    = run->calibrationSetId ? project.calibrationSet(run->calibrationSetId).tokens : 0;
                 return out;
             }
     }
@@ -261,8 +263,8 @@ ProjectConvertResult convertProject(const ProjectConvertRequest& r, const Projec
     const auto calibration = r.data.load(model, tokenizer.get(), s.seqLen, cb.progress, cb.cancel);
     cb.cancel.throwIfCancelled();
     auto project = fs::exists(r.projectFile)
-                       ? Project::open(r.projectFile, {Project::Access::ReadWrite, Project::Verify::Checksums})
-                       : Project::create(r.projectFile);
+        ? Project::open(r.projectFile, {Project::Access::ReadWrite, Project::Verify::Checksums})
+        : Project::create(r.projectFile);
     RunRequest req;
     req.source = source;
     req.settings = s;
@@ -298,7 +300,8 @@ ProjectConvertResult convertProject(const ProjectConvertRequest& r, const Projec
         captured = capturedLayers(project, calibrationSetId, key, todo);
     }
     if (hooks.onCost)
-        hooks.onCost(conversionCost(model, source, out.calibrationTokens, s, todo, captured), static_cast<int>(todo.size()));
+        hooks.onCost(conversionCost(model, source, out.calibrationTokens, s, todo, captured),
+                     static_cast<int>(todo.size()));
     convertRunInProject(project, plan, model, calibration, s, callbacks);
     out.converted = todo;
     return out;

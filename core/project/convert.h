@@ -42,12 +42,12 @@ LayerOutcome layerOutcome(const LayerConversion& r, int64_t tokens, int64_t batc
                           LossCurve* curve);
 
 struct RunRequest {
-    SourceModel source;            // describeSourceModel()
+    SourceModel source; // describeSourceModel()
     ConvertSettings settings;
-    std::string partition;         // as given by the user ("coact"), recorded verbatim
+    std::string partition; // as given by the user ("coact"), recorded verbatim
     std::string gating;
-    nlohmann::json settingsJson;   // settings.toJson() plus "data": the run's identity
-    CalibrationSet calibration;    // DataSource::record()
+    nlohmann::json settingsJson; // settings.toJson() plus "data": the run's identity
+    CalibrationSet calibration;  // DataSource::record()
     int layers = 0;
     int64_t intermediateSize = 0;
 };
@@ -65,9 +65,9 @@ RunPlan findOrStartRun(Project& project, const RunRequest& request, bool markRun
 struct ProjectConvertCallbacks {
     ProgressFn progress;
     CancelToken cancel;
-    ConvertCallbacks::LoadCapturedFn loadCaptured; // parallel mode only
+    ConvertCallbacks::LoadCapturedFn loadCaptured;     // parallel mode only
     std::function<void(const CaptureInfo&)> onCapture; // as ConvertCallbacks::onCapture
-    std::function<void(int layer)> onLayerStarted; // after the layer is marked running
+    std::function<void(int layer)> onLayerStarted;     // after the layer is marked running
     // After every distillation batch (ConvertCallbacks::onStep): live loss points of a layer.
     std::function<void(int layer, int64_t step, double loss)> onStep;
     // After the layer is committed to the project.
@@ -93,7 +93,8 @@ std::set<int> capturedLayers(const Project& project, int64_t calibrationSetId, c
 // The cost model of converting `layers` of `model` on `calibrationTokens` tokens, `captured` of
 // them from stored activations (convert --dry-run, and the estimate printed before converting).
 CostEstimate conversionCost(const LlamaModel& model, const SourceModel& source, int64_t calibrationTokens,
-                            const ConvertSettings& settings, const std::set<int>& layers, const std::set<int>& captured);
+                            const ConvertSettings& settings, const std::set<int>& layers,
+                            const std::set<int>& captured);
 
 void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel& model,
                          const std::vector<int64_t>& calibration, const ConvertSettings& settings,
@@ -106,9 +107,9 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
 // workers (`--layers`) start. Runs on the calling thread.
 struct ProjectConvertRequest {
     std::string modelDir;
-    std::string projectFile;     // *.ladimo, created when absent; a rerun with the same settings resumes
-    LoadOptions load;            // device, dtype, memory budget of the dense model
-    ConvertSettings settings;    // partition and gating parsed; devices; capture options
+    std::string projectFile;         // *.ladimo, created when absent; a rerun with the same settings resumes
+    LoadOptions load;                // device, dtype, memory budget of the dense model
+    ConvertSettings settings;        // partition and gating parsed; devices; capture options
     std::string partition = "coact"; // as given by the user, recorded verbatim
     std::string gating = "hard";
     DataSource data;
@@ -122,8 +123,8 @@ struct ProjectConvertResult {
     int64_t runId = 0;
     bool resumed = false;
     int layers = 0;
-    std::set<int> converted;     // the layers converted by this call
-    bool reused = false;         // reuseFinished found a finished run
+    std::set<int> converted; // the layers converted by this call
+    bool reused = false;     // reuseFinished found a finished run
     int64_t calibrationTokens = 0;
 };
 struct ProjectConvertHooks {

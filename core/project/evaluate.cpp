@@ -60,8 +60,8 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
         } else {
             const int k = r.topK > 0 ? r.topK : converted.trainTopK();
             if (k < 1 || k > N)
-                throw Error("top-k " + std::to_string(k) + " is out of range: the run has " + std::to_string(N) +
-                            " experts per layer (expected 1.." + std::to_string(N) + ")");
+                throw Error("top-k " + std::to_string(k) + " is out of range: the run has " + std::to_string(N)
+                            + " experts per layer (expected 1.." + std::to_string(N) + ")");
             rules = uniformRules(L, RoutingRule::staticK(k));
             label = "uniform top-" + std::to_string(k);
         }
@@ -78,17 +78,23 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     out.data = data.describe();
     const auto res = evaluatePerplexity(model, stream, e);
     out.perplexity = res;
-    nlohmann::json j = {{"perplexity", res.perplexity},   {"nll", res.nll},
-                        {"tokens", res.tokens},           {"windows", res.windows},
-                        {"seconds", res.seconds},         {"tokens_per_second", res.tokensPerSecond},
-                        {"seq_len", r.seqLen},            {"device", model.device().str()},
+    nlohmann::json j = {{"perplexity", res.perplexity},
+                        {"nll", res.nll},
+                        {"tokens", res.tokens},
+                        {"windows", res.windows},
+                        {"seconds", res.seconds},
+                        {"tokens_per_second", res.tokensPerSecond},
+                        {"seq_len", r.seqLen},
+                        {"device", model.device().str()},
                         {"dtype", c10::toString(model.dtype())}};
     if (r.recordLabel)
         j["policy_label"] = label;
     if (!r.choices.empty()) {
         if (!tok)
             throw Error("--choices needs a tokenizer, and " + converted.modelDir + " has none");
-        auto plain = !moe ? ForwardHooks{} : r.oracle ? oracleHooks(converted.layers, rules) : moeHooks(converted.layers, rules);
+        auto plain = !moe ? ForwardHooks{}
+            : r.oracle    ? oracleHooks(converted.layers, rules)
+                          : moeHooks(converted.layers, rules);
         const auto items = loadChoiceItems(r.choices);
         const auto c = evaluateChoices(model, *tok, items, moe ? &plain : nullptr, r.progress, &r.cancel);
         j["choice_items"] = c.items;
@@ -98,8 +104,8 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     if (moe) {
         const auto& c = model.config();
         j["kl_to_dense"] = res.klToReference;
-        j["activated_ffn_fraction"] = static_cast<double>(active) /
-            (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
+        j["activated_ffn_fraction"] = static_cast<double>(active)
+            / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
         j["rules"] = rulesToJson(rules);
         if (r.timing && !r.oracle) { // the oracle computes every expert: its timing means nothing
             // Dense and converted timed in interleaved rounds of the same job, so their ratio is meaningful.
@@ -141,8 +147,10 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
                 if (j.contains("dense_prefill_seconds")) {
                     // The machine's speed drifts between the latency model's job and this one (other
                     // load): the estimate at the dense speed measured in this job, beside the raw one.
-                    j["estimate"]["prefill_seconds_at_measured_dense"] = est.prefillFraction * j["dense_prefill_seconds"].get<double>();
-                    j["estimate"]["decode_seconds_at_measured_dense"] = est.decodeFraction * j["dense_decode_seconds"].get<double>();
+                    j["estimate"]["prefill_seconds_at_measured_dense"]
+                        = est.prefillFraction * j["dense_prefill_seconds"].get<double>();
+                    j["estimate"]["decode_seconds_at_measured_dense"]
+                        = est.decodeFraction * j["dense_decode_seconds"].get<double>();
                 }
             }
         } catch (const Error&) {
@@ -168,8 +176,8 @@ RefineResult refineProjectPolicy(const ProjectRefineRequest& r, const PolicyTabl
     const auto tok = Tokenizer::loadForModel(converted.modelDir);
     const auto stream = r.data.load(model, tok.get(), r.seqLen, r.options.progress, r.options.cancel);
     if (static_cast<int64_t>(stream.size()) < 2 * r.seqLen)
-        throw Error("refinement data (" + r.data.describe() + "): " + std::to_string(stream.size()) +
-                    " tokens, expected at least " + std::to_string(2 * r.seqLen) + " (two windows)");
+        throw Error("refinement data (" + r.data.describe() + "): " + std::to_string(stream.size())
+                    + " tokens, expected at least " + std::to_string(2 * r.seqLen) + " (two windows)");
     return refinePolicy(tables, start, r.options, [&](const PolicyRules& rules) {
         const auto hooks = moeHooks(converted.layers, rules);
         EvalOptions e;

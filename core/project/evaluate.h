@@ -21,20 +21,20 @@ namespace ladimo::core {
 
 struct ProjectEvalRequest {
     std::string projectFile;
-    LoadOptions load;              // device and compute dtype of the model
+    LoadOptions load; // device and compute dtype of the model
     LatestRunHints hints;
-    DataSource data;               // neither file nor self-sample: the run's calibration data
+    DataSource data; // neither file nor self-sample: the run's calibration data
     int64_t seqLen = 256;
-    int64_t batch = 8;             // windows per forward pass
-    bool dense = false;            // the dense model (a baseline), no rule
-    std::string policy;            // a stored policy of the project (by name)
-    std::string policyHint;        // appended to "P has no policy named 'X'"
-    int topK = 0;                  // uniform top-k (0: the training k)
-    double topP = 0;               // > 0: uniform token-adaptive top-p instead
-    bool oracle = false;           // oracle routing (a ceiling; never timed)
-    bool timing = true;            // measure prefill / decode against the dense model
-    std::string choices;           // also multiple-choice accuracy on this .jsonl (needs a tokenizer)
-    bool recordLabel = false;      // metrics get "policy_label" ("uniform top-4", the policy name, "dense")
+    int64_t batch = 8;        // windows per forward pass
+    bool dense = false;       // the dense model (a baseline), no rule
+    std::string policy;       // a stored policy of the project (by name)
+    std::string policyHint;   // appended to "P has no policy named 'X'"
+    int topK = 0;             // uniform top-k (0: the training k)
+    double topP = 0;          // > 0: uniform token-adaptive top-p instead
+    bool oracle = false;      // oracle routing (a ceiling; never timed)
+    bool timing = true;       // measure prefill / decode against the dense model
+    std::string choices;      // also multiple-choice accuracy on this .jsonl (needs a tokenizer)
+    bool recordLabel = false; // metrics get "policy_label" ("uniform top-4", the policy name, "dense")
     ProgressFn progress;
     CancelToken cancel;
 };
@@ -43,9 +43,9 @@ struct ProjectEvalResult {
     int64_t runId = 0;
     int64_t evaluationId = 0;
     EvalResult perplexity;
-    nlohmann::json metrics;        // as recorded in the project
+    nlohmann::json metrics; // as recorded in the project
     std::string device;
-    std::string data;              // DataSource::describe() of the tokens (the run's calibration data when none was given)
+    std::string data; // DataSource::describe() of the tokens (the run's calibration data when none was given)
 };
 
 ProjectEvalResult evaluateProject(const ProjectEvalRequest& request);
@@ -59,9 +59,10 @@ struct ProjectRefineRequest {
     LatestRunHints hints;
     DataSource data;
     int64_t seqLen = 256;
-    RefineOptions options;         // budget, measurements, progress and cancel
+    RefineOptions options; // budget, measurements, progress and cancel
 };
 
-RefineResult refineProjectPolicy(const ProjectRefineRequest& request, const PolicyTables& tables, const PolicyRules& start);
+RefineResult refineProjectPolicy(const ProjectRefineRequest& request, const PolicyTables& tables,
+                                 const PolicyRules& start);
 
 } // namespace ladimo::core

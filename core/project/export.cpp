@@ -14,10 +14,10 @@ namespace ladimo::core {
 
 nlohmann::json ProjectExportResult::toJson() const
 {
-    nlohmann::json j = {{"out", record.path},         {"format", record.format}, {"bytes", report.bytes},
-                        {"exact", report.exact},      {"notes", report.notes},   {"sha256", report.sha256},
-                        {"policy", policyName},       {"run", runId},            {"export_id", exportId},
-                        {"dtype", dtype}};
+    nlohmann::json j
+        = {{"out", record.path},    {"format", record.format}, {"bytes", report.bytes}, {"exact", report.exact},
+           {"notes", report.notes}, {"sha256", report.sha256}, {"policy", policyName},  {"run", runId},
+           {"export_id", exportId}, {"dtype", dtype}};
     if (moe)
         j["experts_per_token"] = report.expertsPerToken;
     j["files"] = nlohmann::json::array();
@@ -30,18 +30,20 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
 {
     const ExportFormat& format = exportFormat(r.format);
     if (r.out.empty())
-        throw Error(std::string("choose where to export ") + format.name + ": " +
-                    (format.singleFile ? "a file (absent)" : "a folder (absent or empty)"));
+        throw Error(std::string("choose where to export ") + format.name + ": "
+                    + (format.singleFile ? "a file (absent)" : "a folder (absent or empty)"));
     if (std::find(format.dtypes.begin(), format.dtypes.end(), r.dtype) == format.dtypes.end()) {
         std::string list;
         for (const auto& d : format.dtypes)
             list += (list.empty() ? "" : ", ") + d;
-        throw Error(std::string(format.name) + " export: dtype '" + r.dtype + "' is not supported (expected " + list + ")");
+        throw Error(std::string(format.name) + " export: dtype '" + r.dtype + "' is not supported (expected " + list
+                    + ")");
     }
     if (r.shardBytes > 0 && !format.shards)
         throw Error(std::string("--shard-size does not apply to ") + format.name + ": it writes one file");
     if (format.singleFile && fs::exists(r.out))
-        throw Error("'" + r.out + "' already exists; an export never replaces a file (remove it or choose another name)");
+        throw Error("'" + r.out
+                    + "' already exists; an export never replaces a file (remove it or choose another name)");
     c10::InferenceMode guard; // thread-local: on the calling (worker) thread
     LoadOptions lo;
     lo.device = torch::kCPU;
@@ -81,12 +83,12 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
                 in.rules = rulesFromJson(pol.rules, L, N, r.projectFile + ": policy '" + pol.name + "'");
                 policyId = pol.id;
                 if (pol.runId && pol.runId != conv.runId && r.note)
-                    r.note("policy '" + pol.name + "' was made for run #" + std::to_string(pol.runId) +
-                           ", exporting run #" + std::to_string(conv.runId));
+                    r.note("policy '" + pol.name + "' was made for run #" + std::to_string(pol.runId)
+                           + ", exporting run #" + std::to_string(conv.runId));
             }
             if (!policyId)
-                throw Error(r.projectFile + ": no policy named '" + r.policy + "' (the project has: " +
-                            (names.empty() ? "none" : names) + ")");
+                throw Error(r.projectFile + ": no policy named '" + r.policy
+                            + "' (the project has: " + (names.empty() ? "none" : names) + ")");
             in.policyName = r.policy;
         } else {
             const int k = conv.trainTopK();
@@ -114,8 +116,8 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
         auto p = Project::open(r.projectFile, {Project::Access::ReadWrite, Project::Verify::None});
         out.exportId = p.addExport(out.record);
     } catch (const Error& e) {
-        throw Error("the export in '" + r.out + "' is complete, but it could not be recorded in " + r.projectFile +
-                    ": " + e.what());
+        throw Error("the export in '" + r.out + "' is complete, but it could not be recorded in " + r.projectFile + ": "
+                    + e.what());
     }
     return out;
 }

@@ -23,9 +23,9 @@ struct ProjectExportRequest {
     std::string format = "hf-mixtral"; // a name of exportFormats() (export/formats.h)
     std::string out;                   // folder (absent or empty) or, for single-file formats, a file (absent)
     std::string dtype = "f32";
-    int64_t shardBytes = 0;            // hf-*: largest safetensors file, 0 = one file
-    std::string policy;                // empty: the training k in every layer
-    int topK = 0;                      // k for formats with one k for all layers; 0 = from a uniform static policy
+    int64_t shardBytes = 0; // hf-*: largest safetensors file, 0 = one file
+    std::string policy;     // empty: the training k in every layer
+    int topK = 0;           // k for formats with one k for all layers; 0 = from a uniform static policy
     LatestRunHints hints;
     ProgressFn progress;
     CancelToken cancel;
@@ -34,7 +34,7 @@ struct ProjectExportRequest {
 
 struct ProjectExportResult {
     ExportReport report;
-    ExportRecord record;     // as recorded (absolute path)
+    ExportRecord record; // as recorded (absolute path)
     int64_t exportId = 0;
     int64_t runId = 0;
     std::string policyName;  // the policy written ("train-k6" for the default)

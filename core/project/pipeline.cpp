@@ -16,8 +16,10 @@ constexpr NameTable<PipelineStep, kPipelineSteps> kStepNames{{{PipelineStep::Mod
                                                               {PipelineStep::Policy, "policy"},
                                                               {PipelineStep::Evaluate, "evaluate"},
                                                               {PipelineStep::Export, "export"}}};
-constexpr NameTable<StepState, 4> kStateNames{
-    {{StepState::NotRun, "not run"}, {StepState::Running, "running"}, {StepState::Done, "done"}, {StepState::Stale, "stale"}}};
+constexpr NameTable<StepState, 4> kStateNames{{{StepState::NotRun, "not run"},
+                                               {StepState::Running, "running"},
+                                               {StepState::Done, "done"},
+                                               {StepState::Stale, "stale"}}};
 } // namespace
 
 const char* pipelineStepName(PipelineStep step) { return nameOf(kStepNames, step); }
@@ -116,9 +118,10 @@ std::array<StepStatus, kPipelineSteps> pipelineStates(const PipelineFacts& f)
             const auto& c = *f.calibration;
             const std::string kind = c.value("kind", std::string());
             const int64_t tokens = c.value("tokens", int64_t{0});
-            s.produced = kind == "self_sample" ? "self-sample " + std::to_string(c.value("self_sample", int64_t{0})) +
-                                                     " tokens, seed " + std::to_string(c.value("seed", uint64_t{0}))
-                                               : std::filesystem::path(c.value("file", std::string())).filename().string();
+            s.produced = kind == "self_sample"
+                ? "self-sample " + std::to_string(c.value("self_sample", int64_t{0})) + " tokens, seed "
+                    + std::to_string(c.value("seed", uint64_t{0}))
+                : std::filesystem::path(c.value("file", std::string())).filename().string();
             if (kind != "self_sample" && tokens > 0)
                 s.produced += ", " + std::to_string(tokens) + " tokens";
         } else if (f.run && f.run->extra.contains("data")) {
@@ -135,15 +138,15 @@ std::array<StepStatus, kPipelineSteps> pipelineStates(const PipelineFacts& f)
         if (f.run) {
             const auto& r = *f.run;
             const bool finished = r.status == RunStatus::Done;
-            s.produced = std::to_string(f.layersDone) + (finished ? "" : " of " + std::to_string(r.layers)) +
-                         " layers converted, " + runName(r.id);
+            s.produced = std::to_string(f.layersDone) + (finished ? "" : " of " + std::to_string(r.layers))
+                + " layers converted, " + runName(r.id);
             if (finished) {
                 s.state = StepState::Done;
                 if (f.latestModelId && r.modelId && r.modelId != f.latestModelId)
                     stale(s, "the model changed since " + runName(r.id));
-                else if (f.calibration && r.extra.contains("data") &&
-                         (calibrationRunData(*f.calibration) != r.extra["data"] ||
-                          f.calibration->value("seed", uint64_t{1234}) != r.seed))
+                else if (f.calibration && r.extra.contains("data")
+                         && (calibrationRunData(*f.calibration) != r.extra["data"]
+                             || f.calibration->value("seed", uint64_t{1234}) != r.seed))
                     stale(s, "calibration settings changed since " + runName(r.id));
             } else {
                 s.why = runName(r.id) + " is " + runStatusName(r.status) + "; Start resumes it";
@@ -158,8 +161,8 @@ std::array<StepStatus, kPipelineSteps> pipelineStates(const PipelineFacts& f)
         auto& s = at(PipelineStep::Profile);
         if (f.profileRunId) {
             s.state = StepState::Done;
-            s.produced = "profile of " + runName(f.profileRunId) + " on " + std::to_string(f.profileTokens) +
-                         " tokens, " + std::to_string(f.profileLayers) + " layers";
+            s.produced = "profile of " + runName(f.profileRunId) + " on " + std::to_string(f.profileTokens)
+                + " tokens, " + std::to_string(f.profileLayers) + " layers";
             if (f.profileRunId != latestRun)
                 stale(s, "conversion rerun (" + runName(latestRun) + ") since the profile");
             else
@@ -181,7 +184,8 @@ std::array<StepStatus, kPipelineSteps> pipelineStates(const PipelineFacts& f)
             }
         if (forLatest > 0) {
             s.state = StepState::Done;
-            s.produced = std::to_string(forLatest) + (forLatest == 1 ? " policy" : " policies") + ", newest '" + newest + "'";
+            s.produced
+                = std::to_string(forLatest) + (forLatest == 1 ? " policy" : " policies") + ", newest '" + newest + "'";
             inherit(PipelineStep::Policy, PipelineStep::Profile);
         } else if (!f.policies.empty()) {
             s.state = StepState::Stale;
@@ -203,7 +207,8 @@ std::array<StepStatus, kPipelineSteps> pipelineStates(const PipelineFacts& f)
             const Policy* p = e.policyId ? findPolicy(f, e.policyId) : nullptr;
             if (label.empty())
                 label = p ? "policy '" + p->name + "'" : "";
-            s.produced = std::to_string(f.evaluations.size()) + (f.evaluations.size() == 1 ? " evaluation" : " evaluations");
+            s.produced
+                = std::to_string(f.evaluations.size()) + (f.evaluations.size() == 1 ? " evaluation" : " evaluations");
             if (m.contains("perplexity") && m["perplexity"].is_number()) {
                 char buf[64];
                 std::snprintf(buf, sizeof buf, "%.3f", m["perplexity"].get<double>());
@@ -228,8 +233,8 @@ std::array<StepStatus, kPipelineSteps> pipelineStates(const PipelineFacts& f)
         if (!f.exports.empty()) {
             const auto& x = f.exports.back();
             s.state = StepState::Done;
-            s.produced = std::to_string(f.exports.size()) + (f.exports.size() == 1 ? " export" : " exports") +
-                         ", latest " + x.format + " to " + std::filesystem::path(x.path).filename().string();
+            s.produced = std::to_string(f.exports.size()) + (f.exports.size() == 1 ? " export" : " exports")
+                + ", latest " + x.format + " to " + std::filesystem::path(x.path).filename().string();
             if (x.runId != latestRun)
                 stale(s, "conversion rerun (" + runName(latestRun) + ") since the export");
             else if (x.policyId && !findPolicy(f, x.policyId))

@@ -43,20 +43,20 @@ constexpr const char* kCalibrationSetting = "calibration";
 nlohmann::json calibrationRunData(const nlohmann::json& setting);
 
 struct PipelineFacts {
-    bool modelOpen = false;                 // a model (or a project with one) is open
-    std::string modelName;                  // shown in the Model step
+    bool modelOpen = false; // a model (or a project with one) is open
+    std::string modelName;  // shown in the Model step
     int modelLayers = 0;
-    int64_t latestModelId = 0;              // the project's newest source model (0: none recorded)
+    int64_t latestModelId = 0;                 // the project's newest source model (0: none recorded)
     std::optional<nlohmann::json> calibration; // the calibration setting, when chosen
-    std::optional<ConversionRun> run;       // the latest conversion run
-    int layersDone = 0;                     // of that run
-    int64_t profileRunId = 0;               // the newest run with routing profiles (0: none)
+    std::optional<ConversionRun> run;          // the latest conversion run
+    int layersDone = 0;                        // of that run
+    int64_t profileRunId = 0;                  // the newest run with routing profiles (0: none)
     int profileLayers = 0;
     int64_t profileTokens = 0;
     std::vector<Policy> policies;
-    std::vector<Evaluation> evaluations;    // in the order recorded
-    std::vector<ExportRecord> exports;      // in the order recorded
-    std::optional<PipelineStep> running;    // the step a job works on right now
+    std::vector<Evaluation> evaluations; // in the order recorded
+    std::vector<ExportRecord> exports;   // in the order recorded
+    std::optional<PipelineStep> running; // the step a job works on right now
 };
 
 // Everything pipelineStates() needs from a project (read-only queries). The model step is marked

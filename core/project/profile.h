@@ -18,9 +18,9 @@ namespace ladimo::core {
 
 struct ProjectProfileRequest {
     std::string projectFile;
-    LoadOptions load;                 // device, dtype and memory budget
+    LoadOptions load; // device, dtype and memory budget
     LatestRunHints hints;
-    std::optional<DataSource> data;   // empty: the run's calibration data (runCalibrationData)
+    std::optional<DataSource> data; // empty: the run's calibration data (runCalibrationData)
     int64_t seqLen = 256;
     int bins = 20;
     int64_t sensitivityTokens = 8192; // 0 = skip the per-layer sensitivity
@@ -30,7 +30,7 @@ struct ProjectProfileRequest {
 
 struct ProjectProfileResult {
     int64_t runId = 0;
-    std::string data;                 // DataSource::describe() of the tokens profiled
+    std::string data;                     // DataSource::describe() of the tokens profiled
     std::vector<RoutingProfile> profiles; // as stored, one per layer
 };
 

@@ -46,7 +46,8 @@ int roundedMeanK(const PolicyEstimate& e, int64_t experts)
 }
 
 // The newest evaluation of `runId` labelled `label` on `data`, if any.
-std::optional<Evaluation> findEvaluation(Project& project, int64_t runId, const std::string& label, const std::string& data)
+std::optional<Evaluation> findEvaluation(Project& project, int64_t runId, const std::string& label,
+                                         const std::string& data)
 {
     std::optional<Evaluation> found;
     for (auto& e : project.evaluations())
@@ -58,7 +59,7 @@ std::optional<Evaluation> findEvaluation(Project& project, int64_t runId, const 
 // Runs the steps in order, timing each and telling the caller as each starts and ends.
 class Steps {
 public:
-    Steps(const PipelineRequest& r, PipelineReport& report) : m_request(r), m_report(report) {}
+    Steps(const PipelineRequest& r, PipelineReport& report) : m_request(r), m_report(report) { }
 
     template <class Fn> void run(const std::string& step, Fn&& fn)
     {
@@ -91,10 +92,10 @@ PipelineReport runPipeline(const PipelineRequest& r)
     const auto start = Clock::now();
     fs::create_directories(r.outDir);
     PipelineReport report;
-    report.projectFile =
-        r.convert.projectFile.empty() ? (fs::path(r.outDir) / "project.ladimo").string() : r.convert.projectFile;
-    const DataSource calibration =
-        r.convert.data.file.empty() && r.convert.data.selfSample <= 0 ? kDefaultCalibration : r.convert.data;
+    report.projectFile
+        = r.convert.projectFile.empty() ? (fs::path(r.outDir) / "project.ladimo").string() : r.convert.projectFile;
+    const DataSource calibration
+        = r.convert.data.file.empty() && r.convert.data.selfSample <= 0 ? kDefaultCalibration : r.convert.data;
     const LoadOptions& load = r.convert.load;
     Steps steps(r, report);
     const SearchOptions searchOptions = [&] {
@@ -118,8 +119,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
         report.runId = res.runId;
         report.layers = res.layers;
         s.reused = res.reused;
-        s.summary = "run #" + std::to_string(res.runId) + ", " + std::to_string(res.layers) + " layers on " +
-                    std::to_string(res.calibrationTokens) + " tokens of " + calibration.describe();
+        s.summary = "run #" + std::to_string(res.runId) + ", " + std::to_string(res.layers) + " layers on "
+            + std::to_string(res.calibrationTokens) + " tokens of " + calibration.describe();
     });
 
     // Stage 2a: the routing profile on the calibration data (it is what the policy is fitted on).
@@ -128,7 +129,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
         const auto stored = project.routingProfiles(report.runId);
         if (static_cast<int>(stored.size()) == report.layers) {
             s.reused = true;
-            s.summary = std::to_string(stored.size()) + " layers on " + std::to_string(stored.front().tokens) + " tokens";
+            s.summary
+                = std::to_string(stored.size()) + " layers on " + std::to_string(stored.front().tokens) + " tokens";
             return;
         }
         ProjectProfileRequest req;
@@ -139,8 +141,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
         req.progress = r.progress;
         req.cancel = r.cancel;
         const auto res = profileProject(req);
-        s.summary = std::to_string(res.profiles.size()) + " layers on " + std::to_string(res.profiles.front().tokens) +
-                    " tokens of " + res.data;
+        s.summary = std::to_string(res.profiles.size()) + " layers on " + std::to_string(res.profiles.front().tokens)
+            + " tokens of " + res.data;
     });
 
     // Stage 2b: search for the budget, refine by measured NLL on the calibration data, store.
@@ -177,8 +179,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
             req.options.cancel = r.cancel;
             const auto res = refineProjectPolicy(req, tables, rules);
             rules = res.best.rules;
-            refined = ", refined over " + std::to_string(res.measured.size()) + " measured policies (NLL " +
-                      fixed(res.start.measured, 4) + " -> " + fixed(res.best.measured, 4) + ")";
+            refined = ", refined over " + std::to_string(res.measured.size()) + " measured policies (NLL "
+                + fixed(res.start.measured, 4) + " -> " + fixed(res.best.measured, 4) + ")";
         }
         Policy p;
         p.name = report.policy;
@@ -227,15 +229,16 @@ PipelineReport runPipeline(const PipelineRequest& r)
                 metrics = evaluateProject(req).metrics;
             }
             (dense ? report.dense : report.converted) = metrics;
-            s.summary = "perplexity " + fixed(metrics.value("perplexity", 0.0), 4) +
-                        (dense ? "" : ", activated FFN " + fixed(metrics.value("activated_ffn_fraction", 0.0), 4));
+            s.summary = "perplexity " + fixed(metrics.value("perplexity", 0.0), 4)
+                + (dense ? "" : ", activated FFN " + fixed(metrics.value("activated_ffn_fraction", 0.0), 4));
         });
     }
 
     // Export under the policy.
     steps.run("export", [&](PipelineStepReport& s) {
         const auto& format = exportFormat(r.exportFormat);
-        const fs::path out = fs::path(r.outDir) / (format.singleFile ? "model." + r.exportFormat : std::string("model"));
+        const fs::path out
+            = fs::path(r.outDir) / (format.singleFile ? "model." + r.exportFormat : std::string("model"));
         const std::string outAbs = fs::absolute(out).lexically_normal().string();
         {
             auto project = Project::open(report.projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
@@ -244,9 +247,10 @@ PipelineReport runPipeline(const PipelineRequest& r)
                 if (p.name == report.policy)
                     policyId = p.id;
             for (const auto& e : project.exports())
-                if (e.path == outAbs && e.runId == report.runId && e.policyId == policyId && e.format == r.exportFormat &&
-                    fs::exists(out)) {
-                    report.exported = {{"out", e.path}, {"format", e.format}, {"sha256", e.sha256}, {"export_id", e.id}};
+                if (e.path == outAbs && e.runId == report.runId && e.policyId == policyId && e.format == r.exportFormat
+                    && fs::exists(out)) {
+                    report.exported
+                        = {{"out", e.path}, {"format", e.format}, {"sha256", e.sha256}, {"export_id", e.id}};
                     s.reused = true;
                     s.summary = r.exportFormat + " at " + e.path;
                     return;
@@ -254,8 +258,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
         }
         std::error_code ec;
         if (fs::exists(out, ec))
-            throw Error("'" + out.string() + "' exists but is not this run's export under policy '" + report.policy +
-                        "'; move it away (an export never replaces files)");
+            throw Error("'" + out.string() + "' exists but is not this run's export under policy '" + report.policy
+                        + "'; move it away (an export never replaces files)");
         ProjectExportRequest req;
         req.projectFile = report.projectFile;
         req.format = r.exportFormat;
@@ -267,7 +271,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
         req.cancel = r.cancel;
         const auto res = exportProject(req);
         report.exported = res.toJson();
-        s.summary = r.exportFormat + " at " + res.record.path + (res.report.exact ? " (exact)" : " (approximate: see notes)");
+        s.summary
+            = r.exportFormat + " at " + res.record.path + (res.report.exact ? " (exact)" : " (approximate: see notes)");
     });
 
     report.seconds = secondsSince(start);
@@ -300,22 +305,23 @@ std::string PipelineReport::describe() const
 {
     std::string out = "LaDiMo pipeline report (" + projectFile + ")\n";
     for (const auto& s : steps)
-        out += "  " + s.step + std::string(s.step.size() < 16 ? 16 - s.step.size() : 1, ' ') +
-               (s.reused ? "reused " : "") + fixed(s.seconds, 1) + " s  " + s.summary + "\n";
+        out += "  " + s.step + std::string(s.step.size() < 16 ? 16 - s.step.size() : 1, ' ')
+            + (s.reused ? "reused " : "") + fixed(s.seconds, 1) + " s  " + s.summary + "\n";
     const double densePpl = dense.value("perplexity", 0.0);
     const double ppl = converted.value("perplexity", 0.0);
     out += "\n  on " + evaluationData + " (held out from calibration):\n";
     out += "    dense      perplexity " + fixed(densePpl, 4) + "\n";
-    out += "    " + policy + "  perplexity " + fixed(ppl, 4) +
-           (densePpl > 0 ? " (" + std::string(ppl >= densePpl ? "+" : "") + fixed(100 * (ppl / densePpl - 1), 1) + "%)" : "") +
-           ", KL to dense " + fixed(converted.value("kl_to_dense", 0.0), 4) + " nats/token, activated FFN " +
-           fixed(100 * converted.value("activated_ffn_fraction", 0.0), 1) + "% (estimated " +
-           fixed(100 * estimatedFfnFraction, 1) + "%)\n";
+    out += "    " + policy + "  perplexity " + fixed(ppl, 4)
+        + (densePpl > 0 ? " (" + std::string(ppl >= densePpl ? "+" : "") + fixed(100 * (ppl / densePpl - 1), 1) + "%)"
+                        : "")
+        + ", KL to dense " + fixed(converted.value("kl_to_dense", 0.0), 4) + " nats/token, activated FFN "
+        + fixed(100 * converted.value("activated_ffn_fraction", 0.0), 1) + "% (estimated "
+        + fixed(100 * estimatedFfnFraction, 1) + "%)\n";
     out += "  rules per layer: " + rules + "\n";
     out += "  exported: " + exported.value("out", std::string("-"));
     if (exported.contains("exact") && !exported["exact"].get<bool>())
-        out += " (one k = " + std::to_string(exportTopK) +
-               " in every layer for other tools; the per-layer policy is stored with it)";
+        out += " (one k = " + std::to_string(exportTopK)
+            + " in every layer for other tools; the per-layer policy is stored with it)";
     out += "\n";
     out += "  total " + fixed(seconds, 1) + " s\n";
     return out;

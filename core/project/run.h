@@ -30,14 +30,14 @@ struct PipelineRequest {
     // options (used by every step), settings and calibration data (neither file nor self-sample:
     // kDefaultCalibration). prepareOnly and reuseFinished are the pipeline's to set.
     ProjectConvertRequest convert;
-    std::string outDir;              // the export (OUT/model) and the report (OUT/report.json)
+    std::string outDir; // the export (OUT/model) and the report (OUT/report.json)
     // Held-out evaluation data; empty: as many tokens as calibration's, sampled with another
     // seed (never the calibration tokens).
     std::optional<DataSource> evaluation;
-    double budgetParams = 0.75;      // activated FFN parameters (router included) of the dense FFN's
-    std::string rules = "both";      // rule kinds searched: static, threshold, both
-    int refineEvaluations = 12;      // measured refinement of the search's choice (0: none)
-    int64_t sensitivityTokens = 8192;  // windows are convert.settings.seqLen long in every step
+    double budgetParams = 0.75;       // activated FFN parameters (router included) of the dense FFN's
+    std::string rules = "both";       // rule kinds searched: static, threshold, both
+    int refineEvaluations = 12;       // measured refinement of the search's choice (0: none)
+    int64_t sensitivityTokens = 8192; // windows are convert.settings.seqLen long in every step
     std::string exportFormat = "hf-mixtral";
     std::string exportDtype = "f32";
     ProgressFn progress;
@@ -50,8 +50,8 @@ struct PipelineRequest {
 inline const DataSource kDefaultCalibration{"", 16384, 1234, 0};
 
 struct PipelineStepReport {
-    std::string step;       // convert, profile, policy, evaluate, export
-    bool reused = false;    // taken from the project (a finished step of an earlier run)
+    std::string step;    // convert, profile, policy, evaluate, export
+    bool reused = false; // taken from the project (a finished step of an earlier run)
     double seconds = 0;
     std::string summary;
 };
@@ -61,17 +61,17 @@ struct PipelineReport {
     int64_t runId = 0;
     int layers = 0;
     int64_t experts = 0;
-    std::string policy;           // the policy's name in the project
-    std::string rules;            // its per-layer rules ("k6 k5 p0.9 ...")
+    std::string policy; // the policy's name in the project
+    std::string rules;  // its per-layer rules ("k6 k5 p0.9 ...")
     double estimatedFfnFraction = 0;
     // The one k written for formats with one k in every layer (Mixtral's num_experts_per_tok,
     // llama.cpp's expert_used_count): the policy's mean k, rounded; the export's notes say what
     // differs from the per-layer policy.
     int exportTopK = 0;
-    nlohmann::json dense;         // evaluation metrics as recorded (perplexity, nll, tokens, ...)
-    nlohmann::json converted;     // under the policy (adds kl_to_dense, activated_ffn_fraction)
-    std::string evaluationData;   // DataSource::describe()
-    nlohmann::json exported;      // ProjectExportResult::toJson()
+    nlohmann::json dense;       // evaluation metrics as recorded (perplexity, nll, tokens, ...)
+    nlohmann::json converted;   // under the policy (adds kl_to_dense, activated_ffn_fraction)
+    std::string evaluationData; // DataSource::describe()
+    nlohmann::json exported;    // ProjectExportResult::toJson()
     std::vector<PipelineStepReport> steps;
     double seconds = 0;
 

@@ -49,7 +49,8 @@ std::vector<double> doubles(const nlohmann::json& j, const char* key, std::size_
         out.push_back(v.get<double>());
     }
     if (want && out.size() != want)
-        throw Error(where + ": '" + key + "' has " + std::to_string(out.size()) + " entries, expected " + std::to_string(want));
+        throw Error(where + ": '" + key + "' has " + std::to_string(out.size()) + " entries, expected "
+                    + std::to_string(want));
     return out;
 }
 
@@ -57,11 +58,16 @@ std::vector<double> doubles(const nlohmann::json& j, const char* key, std::size_
 
 nlohmann::json LatencyModel::toJson() const
 {
-    return {{"device", device},           {"layers", layers},
-            {"prefill_tokens", prefillTokens}, {"decode_context", decodeContext},
-            {"prefill_other", prefillOther},   {"decode_other", decodeOther},
-            {"prefill_dense_ffn", prefillDenseFfn}, {"decode_dense_ffn", decodeDenseFfn},
-            {"prefill_moe_by_k", prefillMoe},  {"decode_moe_by_k", decodeMoe}};
+    return {{"device", device},
+            {"layers", layers},
+            {"prefill_tokens", prefillTokens},
+            {"decode_context", decodeContext},
+            {"prefill_other", prefillOther},
+            {"decode_other", decodeOther},
+            {"prefill_dense_ffn", prefillDenseFfn},
+            {"decode_dense_ffn", decodeDenseFfn},
+            {"prefill_moe_by_k", prefillMoe},
+            {"decode_moe_by_k", decodeMoe}};
 }
 
 LatencyModel LatencyModel::fromJson(const nlohmann::json& j, const std::string& where)
@@ -113,9 +119,10 @@ PolicyTables policyTables(const std::vector<RoutingProfile>& profiles, std::opti
             throw Error(where + ": thresholds must be ascending");
         t.layers.push_back(std::move(lt));
     }
-    if (latency && !t.layers.empty() && latency->prefillMoe.size() != static_cast<std::size_t>(t.layers.front().experts))
-        throw Error("latency model of " + latency->device + " has " + std::to_string(latency->prefillMoe.size()) +
-                    " MoE timings, the conversion has " + std::to_string(t.layers.front().experts) + " experts");
+    if (latency && !t.layers.empty()
+        && latency->prefillMoe.size() != static_cast<std::size_t>(t.layers.front().experts))
+        throw Error("latency model of " + latency->device + " has " + std::to_string(latency->prefillMoe.size())
+                    + " MoE timings, the conversion has " + std::to_string(t.layers.front().experts) + " experts");
     t.latency = std::move(latency);
     return t;
 }
@@ -124,8 +131,8 @@ PolicyTables loadPolicyTables(Project& project, int64_t runId, const std::string
 {
     auto profiles = project.routingProfiles(runId);
     if (profiles.empty())
-        throw Error(project.file().string() + ": run #" + std::to_string(runId) +
-                    " has no routing profile yet (run `ladimo profile " + project.file().string() + "`)");
+        throw Error(project.file().string() + ": run #" + std::to_string(runId)
+                    + " has no routing profile yet (run `ladimo profile " + project.file().string() + "`)");
     std::optional<LatencyModel> latency;
     if (auto j = project.latencyModel(runId, device))
         latency = LatencyModel::fromJson(*j, project.file().string() + ": latency model of " + device);
@@ -197,8 +204,8 @@ void updateTotals(const PolicyTables& tables, PolicyEstimate& out)
 PolicyEstimate estimatePolicy(const PolicyTables& tables, const PolicyRules& rules)
 {
     if (rules.size() != tables.layers.size())
-        throw Error("policy has " + std::to_string(rules.size()) + " rules for " + std::to_string(tables.layers.size()) +
-                    " profiled layers");
+        throw Error("policy has " + std::to_string(rules.size()) + " rules for " + std::to_string(tables.layers.size())
+                    + " profiled layers");
     PolicyEstimate out;
     out.layers.reserve(rules.size());
     for (std::size_t l = 0; l < rules.size(); ++l)

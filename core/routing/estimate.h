@@ -28,13 +28,13 @@ namespace ladimo::core {
 // Measured on one device (routing/latency.h measures it); seconds per forward pass.
 struct LatencyModel {
     std::string device;
-    int64_t prefillTokens = 0;       // tokens of the prefill forward (batch 1)
-    int64_t decodeContext = 0;       // cached tokens before the measured decode step
-    double prefillOther = 0;         // everything but the FFNs: embeddings, attention, norms, head
+    int64_t prefillTokens = 0; // tokens of the prefill forward (batch 1)
+    int64_t decodeContext = 0; // cached tokens before the measured decode step
+    double prefillOther = 0;   // everything but the FFNs: embeddings, attention, norms, head
     double decodeOther = 0;
-    double prefillDenseFfn = 0;      // one layer's dense FFN
+    double prefillDenseFfn = 0; // one layer's dense FFN
     double decodeDenseFfn = 0;
-    std::vector<double> prefillMoe;  // [k-1]: one MoE block with static top-k
+    std::vector<double> prefillMoe; // [k-1]: one MoE block with static top-k
     std::vector<double> decodeMoe;
     int layers = 0;
 
@@ -47,12 +47,12 @@ struct LatencyModel {
 // What the estimates need of one converted layer, taken from its RoutingProfile.
 struct LayerTable {
     int64_t experts = 0;
-    double denseParams = 0;                 // parameters of the dense FFN (3 x hidden x intermediate)
-    std::vector<double> paramsByK;          // [k-1] mean activated expert parameters per token
-    std::vector<double> errorByK;           // [k-1]
-    std::vector<double> thresholds;         // ascending top-p grid
+    double denseParams = 0;         // parameters of the dense FFN (3 x hidden x intermediate)
+    std::vector<double> paramsByK;  // [k-1] mean activated expert parameters per token
+    std::vector<double> errorByK;   // [k-1]
+    std::vector<double> thresholds; // ascending top-p grid
     std::vector<double> meanKByThreshold, paramsByThreshold, errorByThreshold;
-    double errorWeight = 1;                 // NLL increase per unit of relative error ("nll_per_error")
+    double errorWeight = 1; // NLL increase per unit of relative error ("nll_per_error")
 };
 
 struct PolicyTables {
@@ -66,12 +66,12 @@ PolicyTables policyTables(const std::vector<RoutingProfile>& profiles, std::opti
 
 struct LayerEstimate {
     double meanK = 0;
-    double params = 0;          // mean activated FFN parameters per token
-    double error = 0;           // relative output error of the layer
-    double proxy = 0;           // its share of the model's error proxy (error x sensitivity)
-    double prefillSeconds = 0;  // 0 without a latency model
+    double params = 0;         // mean activated FFN parameters per token
+    double error = 0;          // relative output error of the layer
+    double proxy = 0;          // its share of the model's error proxy (error x sensitivity)
+    double prefillSeconds = 0; // 0 without a latency model
     double decodeSeconds = 0;
-    bool approximate = false;   // adaptive rule with bounds narrower than 1..N: bounds applied to the mean k
+    bool approximate = false; // adaptive rule with bounds narrower than 1..N: bounds applied to the mean k
 };
 
 struct PolicyEstimate {
@@ -80,9 +80,9 @@ struct PolicyEstimate {
     double errorProxy = 0;           // sum of layer proxies (estimated NLL increase when profiled with sensitivity)
     bool proxyIsKl = false;          // every layer had a measured sensitivity: the proxy is in nats/token
     bool hasLatency = false;
-    double prefillSeconds = 0, decodeSeconds = 0;         // whole model, one forward
+    double prefillSeconds = 0, decodeSeconds = 0; // whole model, one forward
     double densePrefillSeconds = 0, denseDecodeSeconds = 0;
-    double prefillFraction = 0, decodeFraction = 0;       // of the dense model
+    double prefillFraction = 0, decodeFraction = 0; // of the dense model
 };
 
 class Project;

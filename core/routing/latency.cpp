@@ -47,7 +47,10 @@ std::vector<double> fastestSecondsEach(torch::Device device, int repeats, const 
 torch::Tensor promptTokens(const LlamaModel& model, int64_t n)
 {
     // Any valid ids: attention and FFN cost do not depend on the values.
-    return torch::arange(n, torch::TensorOptions().dtype(torch::kLong)).remainder(model.config().vocabSize).unsqueeze(0).to(model.device());
+    return torch::arange(n, torch::TensorOptions().dtype(torch::kLong))
+        .remainder(model.config().vocabSize)
+        .unsqueeze(0)
+        .to(model.device());
 }
 
 } // namespace
@@ -92,8 +95,8 @@ LatencyModel measureLatency(const LlamaModel& model, const MoeLayer& layer, cons
 {
     torch::InferenceMode guard;
     if (sampleX.dim() != 2 || sampleX.size(0) < o.prefillTokens)
-        throw Error("latency model: needs at least " + std::to_string(o.prefillTokens) + " sample FFN inputs, got " +
-                    std::to_string(sampleX.dim() == 2 ? sampleX.size(0) : 0));
+        throw Error("latency model: needs at least " + std::to_string(o.prefillTokens) + " sample FFN inputs, got "
+                    + std::to_string(sampleX.dim() == 2 ? sampleX.size(0) : 0));
     const int64_t N = layer.numExperts();
     LatencyModel m;
     m.device = model.device().str();
@@ -119,8 +122,8 @@ LatencyModel measureLatency(const LlamaModel& model, const MoeLayer& layer, cons
     auto cache = model.makeCache(1, o.decodeContext + 1);
     model.forward(promptTokens(model, o.decodeContext), &cache, &skipFfn);
 
-    std::vector<std::function<void()>> prefill = {[&] { model.forward(prompt, nullptr, &skipFfn); },
-                                                  [&] { model.ffn(*midLayer, mid, xPrefill); }};
+    std::vector<std::function<void()>> prefill
+        = {[&] { model.forward(prompt, nullptr, &skipFfn); }, [&] { model.ffn(*midLayer, mid, xPrefill); }};
     std::vector<std::function<void()>> decode = {[&] {
                                                      cache.length = o.decodeContext;
                                                      model.forward(next, &cache, &skipFfn);

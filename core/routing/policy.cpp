@@ -64,8 +64,8 @@ void validateRule(const RoutingRule& r, int64_t experts, const std::string& wher
         throw Error(where + ": top_p must be in (0, 1]");
     const int maxK = r.maxK > 0 ? r.maxK : static_cast<int>(experts);
     if (r.minK < 1 || maxK > experts || r.minK > maxK)
-        throw Error(where + ": need 1 <= min_k <= max_k <= " + n + ", got " + std::to_string(r.minK) + ".." +
-                    std::to_string(r.maxK));
+        throw Error(where + ": need 1 <= min_k <= max_k <= " + n + ", got " + std::to_string(r.minK) + ".."
+                    + std::to_string(r.maxK));
 }
 
 } // namespace
@@ -114,8 +114,8 @@ PolicyRules rulesFromJson(const nlohmann::json& rules, int layers, int64_t exper
     if (!rules.is_array())
         throw Error(where + ": 'rules' must be an array with one rule per layer");
     if (rules.size() != static_cast<std::size_t>(layers))
-        throw Error(where + ": has " + std::to_string(rules.size()) + " rules, the conversion has " +
-                    std::to_string(layers) + " layers");
+        throw Error(where + ": has " + std::to_string(rules.size()) + " rules, the conversion has "
+                    + std::to_string(layers) + " layers");
     PolicyRules out(static_cast<std::size_t>(layers));
     std::vector<bool> seen(static_cast<std::size_t>(layers), false);
     for (std::size_t i = 0; i < rules.size(); ++i) {
@@ -224,18 +224,15 @@ bool isUniformStatic(const PolicyRules& rules, int* k)
 
 nlohmann::json policyDocument(const std::string& name, const PolicyRules& rules, Gating gating, int64_t experts)
 {
-    return {{"format", "ladimo-routing-policy"},
-            {"version", 1},
-            {"name", name},
-            {"gating", gatingName(gating)},
-            {"experts", experts},
-            {"layers", rules.size()},
+    return {{"format", "ladimo-routing-policy"}, {"version", 1},       {"name", name},
+            {"gating", gatingName(gating)},      {"experts", experts}, {"layers", rules.size()},
             {"rules", rulesToJson(rules)}};
 }
 
 namespace {
 
-PolicyDocument parsePolicyDocumentChecked(const nlohmann::json& doc, int layers, int64_t experts, const std::string& where)
+PolicyDocument parsePolicyDocumentChecked(const nlohmann::json& doc, int layers, int64_t experts,
+                                          const std::string& where)
 {
     if (!doc.is_object() || doc.value("format", std::string()) != "ladimo-routing-policy")
         throw Error(where + ": not a routing policy (expected \"format\": \"ladimo-routing-policy\")");
@@ -252,8 +249,8 @@ PolicyDocument parsePolicyDocumentChecked(const nlohmann::json& doc, int layers,
         throw Error(where + ": " + e.what());
     }
     if (out.experts != experts)
-        throw Error(where + ": written for " + std::to_string(out.experts) + " experts, the conversion has " +
-                    std::to_string(experts));
+        throw Error(where + ": written for " + std::to_string(out.experts) + " experts, the conversion has "
+                    + std::to_string(experts));
     if (!doc.contains("rules"))
         throw Error(where + ": has no 'rules'");
     out.rules = rulesFromJson(doc["rules"], layers, experts, where);

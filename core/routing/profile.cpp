@@ -9,7 +9,8 @@
 
 namespace ladimo::core {
 
-RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y, const ProfileOptions& o)
+RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y,
+                            const ProfileOptions& o)
 {
     torch::NoGradGuard ng;
     const int64_t N = layer.numExperts(), T = x.size(0);
@@ -55,10 +56,9 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
         meanK.push_back(k);
         paramsByThreshold.push_back(params);
     }
-    const double denseParams =
-        o.denseParameters > 0 ? static_cast<double>(o.denseParameters)
-                              : static_cast<double>(3 * x.size(1)) *
-                                    static_cast<double>(std::accumulate(layer.sizes.begin(), layer.sizes.end(), int64_t{0}));
+    const double denseParams = o.denseParameters > 0 ? static_cast<double>(o.denseParameters)
+                                                     : static_cast<double>(3 * x.size(1))
+            * static_cast<double>(std::accumulate(layer.sizes.begin(), layer.sizes.end(), int64_t{0}));
     p.extra = {{"cumulative_mass", mass},
                {"thresholds", o.thresholds},
                {"error_by_threshold", errorByThreshold},
@@ -94,8 +94,8 @@ std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const Mo
     return out;
 }
 
-std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers,
-                                              int64_t runId, const std::vector<int64_t>& stream,
+std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers, int64_t runId,
+                                              const std::vector<int64_t>& stream,
                                               const ConversionProfileOptions& options, const CancelToken* cancel,
                                               const ProgressFn& progress)
 {

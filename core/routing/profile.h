@@ -22,8 +22,8 @@ struct ProfileOptions {
     // experts (equal when the experts split the FFN exactly, the default).
     int64_t denseParameters = 0;
     // Ascending top-p grid; estimates interpolate between its points.
-    std::vector<double> thresholds = {0.1, 0.2, 0.3,  0.4,   0.5,  0.55,  0.6,  0.65, 0.7,
-                                      0.75, 0.8, 0.85, 0.875, 0.9, 0.925, 0.95, 0.975, 0.99};
+    std::vector<double> thresholds
+        = {0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.875, 0.9, 0.925, 0.95, 0.975, 0.99};
 };
 
 // x: FFN inputs [T, H]; y: the dense FFN outputs of x. Fills every field but runId / layer.
@@ -60,8 +60,8 @@ struct ConversionProfileOptions {
     std::filesystem::path spillDir;
     std::uint64_t memoryBudget = 0;
 };
-std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers,
-                                              int64_t runId, const std::vector<int64_t>& stream,
+std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers, int64_t runId,
+                                              const std::vector<int64_t>& stream,
                                               const ConversionProfileOptions& options,
                                               const CancelToken* cancel = nullptr, const ProgressFn& progress = {});
 

@@ -47,8 +47,8 @@ RefineResult refinePolicy(const PolicyTables& tables, const PolicyRules& start, 
 {
     const int L = static_cast<int>(tables.layers.size());
     if (static_cast<int>(start.size()) != L)
-        throw Error("policy refinement: the policy has " + std::to_string(start.size()) + " rules, the conversion " +
-                    std::to_string(L) + " layers");
+        throw Error("policy refinement: the policy has " + std::to_string(start.size()) + " rules, the conversion "
+                    + std::to_string(L) + " layers");
     if (o.maxEvaluations < 1 || o.perRound < 1)
         throw Error("policy refinement: needs at least one measurement per round and in all");
     const double limit = o.budgetFraction * (1 + 1e-9);
@@ -62,7 +62,8 @@ RefineResult refinePolicy(const PolicyTables& tables, const PolicyRules& start, 
     };
     RefineResult out;
     auto seen = [&](const PolicyRules& r) {
-        return std::any_of(out.measured.begin(), out.measured.end(), [&](const RefineCandidate& c) { return sameRules(c.rules, r); });
+        return std::any_of(out.measured.begin(), out.measured.end(),
+                           [&](const RefineCandidate& c) { return sameRules(c.rules, r); });
     };
     // Measures `c` (unless already measured or out of measurements); true when it is the new best.
     auto take = [&](RefineCandidate c) {
@@ -84,8 +85,8 @@ RefineResult refinePolicy(const PolicyTables& tables, const PolicyRules& start, 
 
     out.start = candidate(start);
     if (out.start.cost > limit)
-        throw Error("policy refinement: the starting policy costs " + std::to_string(out.start.cost) +
-                    " of dense, over the budget " + std::to_string(o.budgetFraction));
+        throw Error("policy refinement: the starting policy costs " + std::to_string(out.start.cost)
+                    + " of dense, over the budget " + std::to_string(o.budgetFraction));
     take(out.start);
     out.start.measured = out.best.measured;
     // The uniform static policy a user would otherwise pick: the most experts that fit.
@@ -101,7 +102,9 @@ RefineResult refinePolicy(const PolicyTables& tables, const PolicyRules& start, 
         const PolicyRules base = out.best.rules;
         std::vector<RefineCandidate> next;
         auto offer = [&](PolicyRules r) {
-            if (seen(r) || std::any_of(next.begin(), next.end(), [&](const RefineCandidate& c) { return sameRules(c.rules, r); }))
+            if (seen(r) || std::any_of(next.begin(), next.end(), [&](const RefineCandidate& c) {
+                    return sameRules(c.rules, r);
+                }))
                 return;
             auto c = candidate(std::move(r));
             if (c.cost <= limit)
@@ -121,7 +124,8 @@ RefineResult refinePolicy(const PolicyTables& tables, const PolicyRules& start, 
                 for (int j = 0; j < L; ++j) {
                     if (j == i)
                         continue;
-                    const auto sj = step(tables.layers[static_cast<std::size_t>(j)], base[static_cast<std::size_t>(j)], false);
+                    const auto sj
+                        = step(tables.layers[static_cast<std::size_t>(j)], base[static_cast<std::size_t>(j)], false);
                     if (!sj)
                         continue;
                     auto pair = single;

@@ -24,21 +24,21 @@ namespace ladimo::core {
 
 struct RefineCandidate {
     PolicyRules rules;
-    double cost = 0;       // fraction of dense, as costFraction
-    double proxy = 0;      // estimated error proxy
-    double measured = 0;   // what the measure returned (lower is better)
+    double cost = 0;     // fraction of dense, as costFraction
+    double proxy = 0;    // estimated error proxy
+    double measured = 0; // what the measure returned (lower is better)
 };
 
 struct RefineOptions {
     CostKind cost = CostKind::Params;
-    double budgetFraction = 1;  // as searchBudget's; every candidate measured fits it
-    int maxEvaluations = 24;    // measurements in all, the starting policy included
-    int perRound = 8;           // neighbours measured before looking for an improvement
-    ProgressFn progress;        // ("refine", measured, maxEvaluations)
+    double budgetFraction = 1; // as searchBudget's; every candidate measured fits it
+    int maxEvaluations = 24;   // measurements in all, the starting policy included
+    int perRound = 8;          // neighbours measured before looking for an improvement
+    ProgressFn progress;       // ("refine", measured, maxEvaluations)
     // After each measurement, in order, on the measuring thread: a caller that shows the search
     // live (the workbench) sees every candidate as it is measured, not only the result.
     std::function<void(const RefineCandidate&)> onMeasured;
-    CancelToken cancel;         // checked before each measurement
+    CancelToken cancel; // checked before each measurement
 };
 
 struct RefineResult {

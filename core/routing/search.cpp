@@ -15,7 +15,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 struct Option {
     RoutingRule rule;
-    double cost = 0;  // absolute: parameters or seconds
+    double cost = 0; // absolute: parameters or seconds
     double error = 0;
     int units = 0;
 };
@@ -236,8 +236,8 @@ SearchResult searchBudget(const PolicyTables& tables, double budgetFraction, con
     Allocation a(tables, options);
     const int b = a.bestWithin(absoluteBudget(tables, budgetFraction, options.cost));
     if (b < 0)
-        throw Error("no policy fits a " + std::string(costKindName(options.cost)) + " budget of " +
-                    std::to_string(budgetFraction) + " of the dense model: every layer's cheapest rule costs more");
+        throw Error("no policy fits a " + std::string(costKindName(options.cost)) + " budget of "
+                    + std::to_string(budgetFraction) + " of the dense model: every layer's cheapest rule costs more");
     return a.result(b);
 }
 
@@ -246,8 +246,8 @@ SearchResult searchMaxError(const PolicyTables& tables, double maxError, const S
     Allocation a(tables, options);
     const int b = a.cheapestWithError(maxError);
     if (b < 0)
-        throw Error("no policy reaches an error proxy of " + std::to_string(maxError) + " (the smallest possible is " +
-                    std::to_string(a.minError()) + ")");
+        throw Error("no policy reaches an error proxy of " + std::to_string(maxError) + " (the smallest possible is "
+                    + std::to_string(a.minError()) + ")");
     return a.result(b);
 }
 

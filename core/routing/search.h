@@ -18,21 +18,21 @@ namespace ladimo::core {
 
 enum class CostKind { Params, PrefillLatency, DecodeLatency };
 enum class RuleKinds { Static, Threshold, Both };
-CostKind parseCostKind(const std::string& name);     // params | prefill | decode
-RuleKinds parseRuleKinds(const std::string& name);   // static | threshold | both
+CostKind parseCostKind(const std::string& name);   // params | prefill | decode
+RuleKinds parseRuleKinds(const std::string& name); // static | threshold | both
 const char* costKindName(CostKind k);
 
 struct SearchOptions {
     CostKind cost = CostKind::Params;
     RuleKinds rules = RuleKinds::Static;
-    int resolution = 4000;   // cost units of the whole model at its most expensive
-    int minK = 1;            // smallest static k offered (top-p rules keep their grid)
+    int resolution = 4000; // cost units of the whole model at its most expensive
+    int minK = 1;          // smallest static k offered (top-p rules keep their grid)
 };
 
 struct SearchResult {
     PolicyRules rules;
     PolicyEstimate estimate;
-    double cost = 0;          // as a fraction of the dense model (params: of the dense FFN)
+    double cost = 0; // as a fraction of the dense model (params: of the dense FFN)
 };
 
 // The policy with the smallest error proxy whose cost is at most `budgetFraction` of the dense
@@ -42,7 +42,8 @@ SearchResult searchBudget(const PolicyTables& tables, double budgetFraction, con
 // The cheapest policy whose error proxy is at most `maxError`.
 SearchResult searchMaxError(const PolicyTables& tables, double maxError, const SearchOptions& options = {});
 // Pareto-optimal policies, cheapest first, at most `maxPoints` spread over the cost range.
-std::vector<SearchResult> paretoFront(const PolicyTables& tables, const SearchOptions& options = {}, int maxPoints = 40);
+std::vector<SearchResult> paretoFront(const PolicyTables& tables, const SearchOptions& options = {},
+                                      int maxPoints = 40);
 
 // Cost of an estimate as a fraction of the dense model, for the given kind.
 double costFraction(const PolicyEstimate& e, CostKind kind);

@@ -63,12 +63,9 @@ int type(const SpmModel* m, int id)
 int bos(const SpmModel* m) { return m->processor.bos_id(); }
 int eos(const SpmModel* m) { return m->processor.eos_id(); }
 
-const ladimo::core::SpmApi kApi = {ladimo::core::kSpmApiVersion, load, release, encode, decode, size,
-                                   piece, score, type, bos, eos};
+const ladimo::core::SpmApi kApi
+    = {ladimo::core::kSpmApiVersion, load, release, encode, decode, size, piece, score, type, bos, eos};
 
 } // namespace
 
-extern "C" __attribute__((visibility("default"))) const ladimo::core::SpmApi* ladimo_spm_api()
-{
-    return &kApi;
-}
+extern "C" __attribute__((visibility("default"))) const ladimo::core::SpmApi* ladimo_spm_api() { return &kApi; }

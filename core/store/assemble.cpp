@@ -103,11 +103,11 @@ std::optional<LayerSidecar> readLayerSidecar(const Project& project, int64_t run
         throw bad(std::string("is missing a field or has a wrong type: ") + e.what());
     }
     if (s.runId != runId || s.layer != layer)
-        throw bad("belongs to run " + std::to_string(s.runId) + " layer " + std::to_string(s.layer) +
-                  ", expected run " + std::to_string(runId) + " layer " + std::to_string(layer));
+        throw bad("belongs to run " + std::to_string(s.runId) + " layer " + std::to_string(s.layer) + ", expected run "
+                  + std::to_string(runId) + " layer " + std::to_string(layer));
     if (s.outcome.weightsPath != Project::layerWeightsPath(runId, layer))
-        throw bad("names weights file '" + s.outcome.weightsPath + "', expected '" +
-                  Project::layerWeightsPath(runId, layer) + "'");
+        throw bad("names weights file '" + s.outcome.weightsPath + "', expected '"
+                  + Project::layerWeightsPath(runId, layer) + "'");
     return s;
 }
 
@@ -168,18 +168,18 @@ AssembleReport assembleRun(Project& project, int64_t runId)
         const fs::path weights = project.absolutePath(s->outcome.weightsPath);
         const std::string where = "layer " + std::to_string(l.layer) + ": ";
         if (s->fingerprint != expected)
-            throw Error(where + "'" + project.absolutePath(layerSidecarPath(runId, l.layer)).string() +
-                        "' was produced with other settings or another model (fingerprint " + s->fingerprint +
-                        ", run #" + std::to_string(runId) + " expects " + expected +
-                        "); delete it and rerun that layer with the run's settings");
+            throw Error(where + "'" + project.absolutePath(layerSidecarPath(runId, l.layer)).string()
+                        + "' was produced with other settings or another model (fingerprint " + s->fingerprint
+                        + ", run #" + std::to_string(runId) + " expects " + expected
+                        + "); delete it and rerun that layer with the run's settings");
         std::error_code ec;
         if (!fs::is_regular_file(weights, ec))
             throw Error(where + "weights file '" + weights.string() + "' named by its outcome file does not exist");
         const std::string actual = sha256File(weights);
         if (actual != s->outcome.weightsSha256)
-            throw Error(where + "weights file '" + weights.string() + "' has SHA-256 " + actual +
-                        " but its outcome file records " + s->outcome.weightsSha256 +
-                        " (modified or truncated after the worker wrote it); delete both files and rerun the layer");
+            throw Error(where + "weights file '" + weights.string() + "' has SHA-256 " + actual
+                        + " but its outcome file records " + s->outcome.weightsSha256
+                        + " (modified or truncated after the worker wrote it); delete both files and rerun the layer");
         todo.push_back(std::move(*s));
     }
     for (const auto& s : todo) {

@@ -44,12 +44,12 @@ namespace ladimo::core {
 struct LayerSidecar {
     int64_t runId = 0;
     int layer = 0;
-    std::string fingerprint;   // runFingerprint() of the settings the worker ran with
-    LayerOutcome outcome;      // weightsPath relative to the project folder, weightsSha256 set
+    std::string fingerprint; // runFingerprint() of the settings the worker ran with
+    LayerOutcome outcome;    // weightsPath relative to the project folder, weightsSha256 set
     LossCurve curve;
     std::string host;
     int64_t pid = 0;
-    std::string finished;      // ISO-8601 UTC
+    std::string finished; // ISO-8601 UTC
 };
 
 // runs/R/layer-LLL.outcome.json
@@ -82,10 +82,10 @@ private:
 };
 
 struct AssembleReport {
-    std::vector<int> recorded;      // layers recorded from sidecars now
-    std::vector<int> alreadyDone;   // layers the project had recorded before
-    std::vector<int> missing;       // layers with neither (still to convert)
-    bool runFinished = false;       // every layer is done now and the run is marked done
+    std::vector<int> recorded;    // layers recorded from sidecars now
+    std::vector<int> alreadyDone; // layers the project had recorded before
+    std::vector<int> missing;     // layers with neither (still to convert)
+    bool runFinished = false;     // every layer is done now and the run is marked done
 };
 
 // Verifies every sidecar of the run (weights SHA-256, fingerprint, run id, layer, paths) and

@@ -178,8 +178,7 @@ bool Statement::step()
 
 void Statement::run()
 {
-    while (step()) {
-    }
+    while (step()) { }
 }
 
 void Statement::reset()
@@ -243,8 +242,8 @@ std::string doublesToBlob(const std::vector<double>& values)
 std::vector<double> blobToDoubles(const std::string& blob, const std::string& what)
 {
     if (blob.size() % 8 != 0)
-        throw Error(what + ": stored array has " + std::to_string(blob.size()) +
-                    " bytes, not a whole number of float64 values");
+        throw Error(what + ": stored array has " + std::to_string(blob.size())
+                    + " bytes, not a whole number of float64 values");
     std::vector<double> out(blob.size() / 8);
     for (std::size_t i = 0; i < out.size(); ++i) {
         uint64_t bits = 0;

@@ -53,7 +53,7 @@ public:
 
 private:
     friend class Database;
-    Statement(Database* db, sqlite3_stmt* stmt) : m_db(db), m_stmt(stmt) {}
+    Statement(Database* db, sqlite3_stmt* stmt) : m_db(db), m_stmt(stmt) { }
     void check(int rc, const char* what) const;
 
     Database* m_db = nullptr;

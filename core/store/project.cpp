@@ -223,9 +223,9 @@ int checkIsProject(Database& db)
         throw Error(name + " is not a LaDiMo project: it is an SQLite database without the project tables");
     const int64_t version = db.pragmaInt("user_version");
     if (version > Project::kSchemaVersion)
-        throw Error(name + " was written by a newer LaDiMo (project schema version " + std::to_string(version) +
-                    "; ladimo " + currentToolVersion() + " reads up to version " +
-                    std::to_string(Project::kSchemaVersion) + "): update ladimo to open it");
+        throw Error(name + " was written by a newer LaDiMo (project schema version " + std::to_string(version)
+                    + "; ladimo " + currentToolVersion() + " reads up to version "
+                    + std::to_string(Project::kSchemaVersion) + "): update ladimo to open it");
     if (version < 1)
         throw Error(name + " is not a LaDiMo project: its schema version is " + std::to_string(version));
     auto st = db.prepare("SELECT count(*) FROM project");
@@ -255,12 +255,12 @@ LayerResult readLayer(const Statement& st, int64_t runId)
     return r;
 }
 
-const char* const kLayerColumns =
-    "layer, status, final_loss, relative_error, wall_seconds, weights_path, weights_sha256, failure_reason, updated";
+const char* const kLayerColumns
+    = "layer, status, final_loss, relative_error, wall_seconds, weights_path, weights_sha256, failure_reason, updated";
 
-const char* const kRunColumns =
-    "id, model_id, calibration_set_id, layers, experts, expert_size, partition, gating, train_top_k, epochs, lr, "
-    "batch, mode, device, seed, tool_version, started, finished, status, extra_json";
+const char* const kRunColumns
+    = "id, model_id, calibration_set_id, layers, experts, expert_size, partition, gating, train_top_k, epochs, lr, "
+      "batch, mode, device, seed, tool_version, started, finished, status, extra_json";
 
 ConversionRun readRun(const Statement& st)
 {
@@ -288,8 +288,8 @@ ConversionRun readRun(const Statement& st)
     return r;
 }
 
-const char* const kModelColumns =
-    "id, path, config_json, weights_sha256, total_params, embedding_params, attention_params, ffn_params, added";
+const char* const kModelColumns
+    = "id, path, config_json, weights_sha256, total_params, embedding_params, attention_params, ffn_params, added";
 
 SourceModel readModel(const Statement& st)
 {
@@ -338,8 +338,8 @@ Policy readPolicy(const Statement& st)
     return p;
 }
 
-const char* const kProfileColumns =
-    "run_id, layer, tokens, bin_edges, ranks, rank_histograms, expert_load, entropy, error_by_k, extra_json";
+const char* const kProfileColumns
+    = "run_id, layer, tokens, bin_edges, ranks, rank_histograms, expert_load, entropy, error_by_k, extra_json";
 
 RoutingProfile readProfile(const Statement& st)
 {
@@ -352,8 +352,8 @@ RoutingProfile readProfile(const Statement& st)
     const int64_t ranks = st.columnInt(4);
     const auto flat = blobToDoubles(st.columnBlob(5), what);
     if (ranks < 0 || (ranks == 0 && !flat.empty()) || (ranks > 0 && flat.size() % static_cast<std::size_t>(ranks) != 0))
-        throw Error(what + ": " + std::to_string(flat.size()) + " histogram values do not split into " +
-                    std::to_string(ranks) + " ranks");
+        throw Error(what + ": " + std::to_string(flat.size()) + " histogram values do not split into "
+                    + std::to_string(ranks) + " ranks");
     const std::size_t bins = ranks > 0 ? flat.size() / static_cast<std::size_t>(ranks) : 0;
     for (int64_t r = 0; r < ranks; ++r)
         p.rankHistograms.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(r * bins),
@@ -383,8 +383,8 @@ std::string nowUtc()
     std::tm tm{};
     gmtime_r(&t, &tm);
     char buf[80];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                  tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
     return buf;
 }
 
@@ -423,8 +423,8 @@ Project::Project(Database db, fs::path file, bool writable)
 }
 
 Project::Project(Project&& o) noexcept
-    : m_db(std::move(o.m_db)), m_file(std::move(o.m_file)), m_dataDir(std::move(o.m_dataDir)),
-      m_writable(o.m_writable), m_lockFd(std::exchange(o.m_lockFd, -1)), m_recovered(std::move(o.m_recovered))
+    : m_db(std::move(o.m_db)), m_file(std::move(o.m_file)), m_dataDir(std::move(o.m_dataDir)), m_writable(o.m_writable),
+      m_lockFd(std::exchange(o.m_lockFd, -1)), m_recovered(std::move(o.m_recovered))
 {
 }
 
@@ -473,8 +473,9 @@ void Project::configureWriter()
     if (::flock(m_lockFd, LOCK_EX | LOCK_NB) != 0) {
         ::close(m_lockFd);
         m_lockFd = -1;
-        throw Error("'" + m_file.string() + "' is already open for writing by another process or window; "
-                    "open it read-only or close the other one");
+        throw Error("'" + m_file.string()
+                    + "' is already open for writing by another process or window; "
+                      "open it read-only or close the other one");
     }
     m_db.setBusyTimeout(kBusyTimeoutMs);
     // WAL: readers never block the writer and always see whole commits. NORMAL sync: a killed
@@ -499,8 +500,8 @@ void Project::migrate()
     // The migrated schema must still hold together before it is committed.
     auto fk = m_db.prepare("PRAGMA foreign_key_check");
     if (fk.step())
-        throw Error("'" + m_file.string() + "': migration from schema version " + std::to_string(from) +
-                    " found a broken reference in table '" + fk.columnText(0) + "'");
+        throw Error("'" + m_file.string() + "': migration from schema version " + std::to_string(from)
+                    + " found a broken reference in table '" + fk.columnText(0) + "'");
     tx.commit();
 }
 
@@ -510,8 +511,8 @@ Project Project::create(const fs::path& file)
     if (fs::exists(file, ec))
         throw Error("cannot create project '" + file.string() + "': the file already exists");
     if (file.has_parent_path() && !fs::is_directory(file.parent_path(), ec))
-        throw Error("cannot create project '" + file.string() + "': folder '" + file.parent_path().string() +
-                    "' does not exist");
+        throw Error("cannot create project '" + file.string() + "': folder '" + file.parent_path().string()
+                    + "' does not exist");
     // Built under a temporary name and linked into place once its schema is committed, so a
     // process killed while creating never leaves a file that exists but is not a project (the
     // rerun would refuse to open it).
@@ -560,9 +561,8 @@ Project Project::open(const fs::path& file, const OpenOptions& options)
         version = checkIsProject(ro.m_db);
         // v4 differs from v5 only by the settings table, which a reader treats as empty.
         if (options.access == Access::ReadOnly && version < 4)
-            throw Error("'" + file.string() + "' uses project schema version " + std::to_string(version) +
-                        " (current: " + std::to_string(kSchemaVersion) +
-                        "); open it for writing once to upgrade it");
+            throw Error("'" + file.string() + "' uses project schema version " + std::to_string(version)
+                        + " (current: " + std::to_string(kSchemaVersion) + "); open it for writing once to upgrade it");
         if (options.verify != Verify::None) {
             const auto report = ro.verify(options.verify);
             if (!report.ok()) {
@@ -571,9 +571,9 @@ Project Project::open(const fs::path& file, const OpenOptions& options)
                 for (auto& c : list)
                     if (c == '\n')
                         c = ';';
-                throw Error("project '" + file.string() + "': " + std::to_string(report.problems.size()) +
-                            " tensor file(s) missing or corrupt: " + list +
-                            ". Run `ladimo project verify --repair` to mark these layers pending for a rerun");
+                throw Error("project '" + file.string() + "': " + std::to_string(report.problems.size())
+                            + " tensor file(s) missing or corrupt: " + list
+                            + ". Run `ladimo project verify --repair` to mark these layers pending for a rerun");
             }
         }
         if (options.access == Access::ReadOnly)
@@ -640,9 +640,7 @@ std::string Project::activationsPath(int64_t calibrationSetId, int layer)
 
 void Project::validateRelativePath(const std::string& relative)
 {
-    const auto bad = [&](const std::string& why) {
-        return Error("invalid project path '" + relative + "': " + why);
-    };
+    const auto bad = [&](const std::string& why) { return Error("invalid project path '" + relative + "': " + why); };
     if (relative.empty())
         throw bad("empty");
     if (relative.find('\0') != std::string::npos || relative.find('\\') != std::string::npos)
@@ -673,8 +671,8 @@ fs::path Project::absolutePath(const std::string& relative) const
         const fs::path root = fs::weakly_canonical(m_dataDir, ec);
         const fs::path real = fs::weakly_canonical(p, ec);
         if (!ec && !isInside(real, root))
-            throw Error("invalid project path '" + relative + "': it resolves to '" + real.string() +
-                        "', outside the project folder '" + root.string() + "'");
+            throw Error("invalid project path '" + relative + "': it resolves to '" + real.string()
+                        + "', outside the project folder '" + root.string() + "'");
     }
     return p;
 }
@@ -695,9 +693,9 @@ fs::path Project::prepareFile(const std::string& relative) const
 int64_t Project::addModel(const SourceModel& m)
 {
     requireWritable("add a model");
-    auto st = m_db.prepare(
-        "INSERT INTO source_model (path, config_json, weights_sha256, total_params, embedding_params, "
-        "attention_params, ffn_params, added) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+    auto st
+        = m_db.prepare("INSERT INTO source_model (path, config_json, weights_sha256, total_params, embedding_params, "
+                       "attention_params, ffn_params, added) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
     st.bind(1, m.path).bind(2, m.config.dump()).bind(3, m.weightsSha256).bind(4, m.totalParams);
     st.bind(5, m.embeddingParams).bind(6, m.attentionParams).bind(7, m.ffnParams);
     st.bind(8, m.added.empty() ? nowUtc() : m.added).run();
@@ -775,7 +773,8 @@ int64_t Project::startRun(const ConversionRun& r)
     st.bind(16, r.started.empty() ? nowUtc() : r.started).bind(17, r.extra.dump());
     st.run();
     const int64_t id = m_db.lastInsertId();
-    auto layer = m_db.prepare("INSERT INTO layer_result (run_id, layer, status, updated) VALUES (?1, ?2, 'pending', ?3)");
+    auto layer
+        = m_db.prepare("INSERT INTO layer_result (run_id, layer, status, updated) VALUES (?1, ?2, 'pending', ?3)");
     const std::string now = nowUtc();
     for (int i = 0; i < r.layers; ++i) {
         layer.reset();
@@ -841,8 +840,8 @@ void Project::finishLayer(int64_t runId, int layer, const LayerOutcome& o, const
     const fs::path file = absolutePath(o.weightsPath);
     std::error_code ec;
     if (!fs::is_regular_file(file, ec))
-        throw Error("cannot record layer " + std::to_string(layer) + " as done: its weights file '" + file.string() +
-                    "' does not exist");
+        throw Error("cannot record layer " + std::to_string(layer) + " as done: its weights file '" + file.string()
+                    + "' does not exist");
     const std::string sha = o.weightsSha256.empty() ? sha256File(file) : o.weightsSha256;
 
     Transaction tx(m_db);
@@ -903,7 +902,8 @@ void Project::resetLayers(const VerifyReport& report)
 std::vector<LayerResult> Project::layers(int64_t runId)
 {
     std::vector<LayerResult> out;
-    auto st = m_db.prepare(std::string("SELECT ") + kLayerColumns + " FROM layer_result WHERE run_id = ?1 ORDER BY layer");
+    auto st
+        = m_db.prepare(std::string("SELECT ") + kLayerColumns + " FROM layer_result WHERE run_id = ?1 ORDER BY layer");
     st.bind(1, runId);
     while (st.step())
         out.push_back(readLayer(st, runId));
@@ -912,7 +912,8 @@ std::vector<LayerResult> Project::layers(int64_t runId)
 
 LayerResult Project::layer(int64_t runId, int layer)
 {
-    auto st = m_db.prepare(std::string("SELECT ") + kLayerColumns + " FROM layer_result WHERE run_id = ?1 AND layer = ?2");
+    auto st
+        = m_db.prepare(std::string("SELECT ") + kLayerColumns + " FROM layer_result WHERE run_id = ?1 AND layer = ?2");
     st.bind(1, runId).bind(2, layer);
     if (!st.step())
         throw Error("conversion run " + std::to_string(runId) + " has no layer " + std::to_string(layer));
@@ -972,14 +973,16 @@ void Project::saveRoutingProfile(const RoutingProfile& p)
         if (h.size() != p.rankHistograms.front().size())
             throw Error("routing profile of layer " + std::to_string(p.layer) + ": ranks have different bin counts");
         if (!p.binEdges.empty() && h.size() + 1 != p.binEdges.size())
-            throw Error("routing profile of layer " + std::to_string(p.layer) + ": " + std::to_string(h.size()) +
-                        " bins need " + std::to_string(h.size() + 1) + " edges, got " + std::to_string(p.binEdges.size()));
+            throw Error("routing profile of layer " + std::to_string(p.layer) + ": " + std::to_string(h.size())
+                        + " bins need " + std::to_string(h.size() + 1) + " edges, got "
+                        + std::to_string(p.binEdges.size()));
         flat.insert(flat.end(), h.begin(), h.end());
     }
     const auto edges = doublesToBlob(p.binEdges), hist = doublesToBlob(flat), load = doublesToBlob(p.expertLoad),
                err = doublesToBlob(p.errorByK);
     auto st = m_db.prepare("INSERT OR REPLACE INTO routing_profile (run_id, layer, tokens, bin_edges, ranks, "
-                           "rank_histograms, expert_load, entropy, error_by_k, extra_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+                           "rank_histograms, expert_load, entropy, error_by_k, extra_json) VALUES (?1, ?2, ?3, ?4, ?5, "
+                           "?6, ?7, ?8, ?9, ?10)");
     st.bind(1, p.runId).bind(2, p.layer).bind(3, p.tokens).bindBlob(4, edges.data(), edges.size());
     st.bind(5, static_cast<int64_t>(p.rankHistograms.size())).bindBlob(6, hist.data(), hist.size());
     st.bindBlob(7, load.data(), load.size()).bind(8, p.entropy).bindBlob(9, err.data(), err.size());
@@ -988,8 +991,8 @@ void Project::saveRoutingProfile(const RoutingProfile& p)
 
 std::optional<RoutingProfile> Project::routingProfile(int64_t runId, int layer)
 {
-    auto st = m_db.prepare(std::string("SELECT ") + kProfileColumns +
-                           " FROM routing_profile WHERE run_id = ?1 AND layer = ?2");
+    auto st = m_db.prepare(std::string("SELECT ") + kProfileColumns
+                           + " FROM routing_profile WHERE run_id = ?1 AND layer = ?2");
     st.bind(1, runId).bind(2, layer);
     if (!st.step())
         return std::nullopt;
@@ -999,7 +1002,8 @@ std::optional<RoutingProfile> Project::routingProfile(int64_t runId, int layer)
 std::vector<RoutingProfile> Project::routingProfiles(int64_t runId)
 {
     std::vector<RoutingProfile> out;
-    auto st = m_db.prepare(std::string("SELECT ") + kProfileColumns + " FROM routing_profile WHERE run_id = ?1 ORDER BY layer");
+    auto st = m_db.prepare(std::string("SELECT ") + kProfileColumns
+                           + " FROM routing_profile WHERE run_id = ?1 ORDER BY layer");
     st.bind(1, runId);
     while (st.step())
         out.push_back(readProfile(st));
@@ -1012,8 +1016,9 @@ std::vector<RoutingProfile> Project::routingProfiles(int64_t runId)
 void Project::setSetting(const std::string& key, const nlohmann::json& value)
 {
     requireWritable("save a setting");
-    auto st = m_db.prepare("INSERT INTO setting (key, value_json, updated) VALUES (?1, ?2, ?3) "
-                           "ON CONFLICT(key) DO UPDATE SET value_json = excluded.value_json, updated = excluded.updated");
+    auto st
+        = m_db.prepare("INSERT INTO setting (key, value_json, updated) VALUES (?1, ?2, ?3) "
+                       "ON CONFLICT(key) DO UPDATE SET value_json = excluded.value_json, updated = excluded.updated");
     st.bind(1, key).bind(2, value.dump()).bind(3, nowUtc()).run();
 }
 
@@ -1051,7 +1056,8 @@ int64_t Project::savePolicy(const Policy& p)
             throw Error("project '" + m_file.string() + "' already has a policy named '" + p.name + "'");
     }
     if (p.id == 0) {
-        auto st = m_db.prepare("INSERT INTO policy (name, origin, run_id, rules_json, created) VALUES (?1, ?2, ?3, ?4, ?5)");
+        auto st = m_db.prepare(
+            "INSERT INTO policy (name, origin, run_id, rules_json, created) VALUES (?1, ?2, ?3, ?4, ?5)");
         st.bind(1, p.name).bind(2, policyOriginName(p.origin)).bindIdOrNull(3, p.runId).bind(4, p.rules.dump());
         st.bind(5, p.created.empty() ? nowUtc() : p.created).run();
         return m_db.lastInsertId();
@@ -1102,7 +1108,8 @@ int64_t Project::addEvaluation(const Evaluation& e)
 void Project::saveLatencyModel(int64_t runId, const std::string& device, const nlohmann::json& model)
 {
     requireWritable("save a latency model");
-    auto st = m_db.prepare("INSERT OR REPLACE INTO latency_model (run_id, device, model_json, measured) VALUES (?1, ?2, ?3, ?4)");
+    auto st = m_db.prepare(
+        "INSERT OR REPLACE INTO latency_model (run_id, device, model_json, measured) VALUES (?1, ?2, ?3, ?4)");
     st.bind(1, runId).bind(2, device).bind(3, model.dump()).bind(4, nowUtc()).run();
 }
 
@@ -1118,7 +1125,8 @@ std::optional<nlohmann::json> Project::latencyModel(int64_t runId, const std::st
 std::vector<Evaluation> Project::evaluations()
 {
     std::vector<Evaluation> out;
-    auto st = m_db.prepare("SELECT id, policy_id, run_id, data, metrics_json, device, timestamp FROM evaluation ORDER BY id");
+    auto st = m_db.prepare(
+        "SELECT id, policy_id, run_id, data, metrics_json, device, timestamp FROM evaluation ORDER BY id");
     while (st.step()) {
         Evaluation e;
         e.id = st.columnInt(0);
@@ -1146,7 +1154,8 @@ int64_t Project::addExport(const ExportRecord& r)
 std::vector<ExportRecord> Project::exports()
 {
     std::vector<ExportRecord> out;
-    auto st = m_db.prepare("SELECT id, format, path, sha256, policy_id, run_id, created FROM export_record ORDER BY id");
+    auto st
+        = m_db.prepare("SELECT id, format, path, sha256, policy_id, run_id, created FROM export_record ORDER BY id");
     while (st.step()) {
         ExportRecord r;
         r.id = st.columnInt(0);
@@ -1215,7 +1224,8 @@ std::vector<LayerRef> Project::recoverInterrupted()
     std::vector<LayerRef> out;
     Transaction tx(m_db);
     {
-        auto st = m_db.prepare("SELECT run_id, layer FROM layer_result WHERE status = 'running' ORDER BY run_id, layer");
+        auto st
+            = m_db.prepare("SELECT run_id, layer FROM layer_result WHERE status = 'running' ORDER BY run_id, layer");
         while (st.step())
             out.push_back({st.columnInt(0), static_cast<int>(st.columnInt(1))});
     }

@@ -33,15 +33,15 @@ struct LayerRef {
 // A run with its layers and loss curves, read in one transaction (never half a commit).
 struct RunSnapshot {
     ConversionRun run;
-    std::vector<LayerResult> layers;       // by layer index
-    std::vector<LossCurve> lossCurves;     // parallel to `layers`
+    std::vector<LayerResult> layers;   // by layer index
+    std::vector<LossCurve> lossCurves; // parallel to `layers`
 };
 
 struct VerifyProblem {
     enum class Kind { Missing, Corrupt, BadPath };
     int64_t runId = 0;
     int layer = 0;
-    std::string path;   // as stored (relative)
+    std::string path; // as stored (relative)
     Kind kind = Kind::Missing;
     std::string detail;
 };
@@ -90,7 +90,7 @@ public:
     Database& database() { return m_db; }
 
     // ---- tensor files: relative paths inside the project folder
-    static std::string layerWeightsPath(int64_t runId, int layer);       // runs/R/layer-LLL.safetensors
+    static std::string layerWeightsPath(int64_t runId, int layer);           // runs/R/layer-LLL.safetensors
     static std::string activationsPath(int64_t calibrationSetId, int layer); // activations/C/layer-LLL.safetensors
     // Throws an Error unless `relative` is a plain relative path that stays inside the folder
     // (not empty, not absolute, no "..", no "." components, no backslashes).

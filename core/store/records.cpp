@@ -50,14 +50,18 @@ nlohmann::json toJson(const SourceModel& v)
             {"config", v.config},
             {"weights_sha256", v.weightsSha256},
             {"parameters",
-             {{"total", v.totalParams}, {"embeddings", v.embeddingParams}, {"attention", v.attentionParams}, {"ffn", v.ffnParams}}},
+             {{"total", v.totalParams},
+              {"embeddings", v.embeddingParams},
+              {"attention", v.attentionParams},
+              {"ffn", v.ffnParams}}},
             {"added", v.added}};
 }
 
 nlohmann::json toJson(const CalibrationSet& v)
 {
-    nlohmann::json j = {{"id", v.id}, {"name", v.name}, {"source", calibrationSourceName(v.source)},
-                        {"tokens", v.tokens}, {"seq_len", v.seqLen}, {"split", v.split}, {"added", v.added}};
+    nlohmann::json j = {{"id", v.id},         {"name", v.name},      {"source", calibrationSourceName(v.source)},
+                        {"tokens", v.tokens}, {"seq_len", v.seqLen}, {"split", v.split},
+                        {"added", v.added}};
     if (v.source == CalibrationSource::File) {
         j["file"] = v.filePath;
         j["file_sha256"] = v.fileSha256;
@@ -93,14 +97,15 @@ nlohmann::json toJson(const ConversionRun& v)
 
 nlohmann::json toJson(const LayerResult& v)
 {
-    nlohmann::json j = {{"index", v.layer},
-                        {"status", layerStatusName(v.status)},
-                        {"final_loss", optional(v.finalLoss)},
-                        {"relative_error", optional(v.relativeError)},
-                        {"wall_seconds", optional(v.wallSeconds)},
-                        {"weights_path", v.weightsPath.empty() ? nlohmann::json() : nlohmann::json(v.weightsPath)},
-                        {"weights_sha256", v.weightsSha256.empty() ? nlohmann::json() : nlohmann::json(v.weightsSha256)},
-                        {"updated", v.updated}};
+    nlohmann::json j
+        = {{"index", v.layer},
+           {"status", layerStatusName(v.status)},
+           {"final_loss", optional(v.finalLoss)},
+           {"relative_error", optional(v.relativeError)},
+           {"wall_seconds", optional(v.wallSeconds)},
+           {"weights_path", v.weightsPath.empty() ? nlohmann::json() : nlohmann::json(v.weightsPath)},
+           {"weights_sha256", v.weightsSha256.empty() ? nlohmann::json() : nlohmann::json(v.weightsSha256)},
+           {"updated", v.updated}};
     if (!v.failureReason.empty())
         j["failure_reason"] = v.failureReason;
     return j;
@@ -108,29 +113,47 @@ nlohmann::json toJson(const LayerResult& v)
 
 nlohmann::json toJson(const RoutingProfile& v)
 {
-    return {{"run_id", v.runId},         {"layer", v.layer},           {"tokens", v.tokens},
-            {"bin_edges", v.binEdges},   {"rank_histograms", v.rankHistograms},
-            {"expert_load", v.expertLoad}, {"entropy", v.entropy},     {"error_by_k", v.errorByK},
+    return {{"run_id", v.runId},
+            {"layer", v.layer},
+            {"tokens", v.tokens},
+            {"bin_edges", v.binEdges},
+            {"rank_histograms", v.rankHistograms},
+            {"expert_load", v.expertLoad},
+            {"entropy", v.entropy},
+            {"error_by_k", v.errorByK},
             {"extra", v.extra}};
 }
 
 nlohmann::json toJson(const Policy& v)
 {
-    return {{"id", v.id},       {"name", v.name},   {"origin", policyOriginName(v.origin)},
-            {"run_id", idOrNull(v.runId)}, {"rules", v.rules}, {"created", v.created}};
+    return {{"id", v.id},
+            {"name", v.name},
+            {"origin", policyOriginName(v.origin)},
+            {"run_id", idOrNull(v.runId)},
+            {"rules", v.rules},
+            {"created", v.created}};
 }
 
 nlohmann::json toJson(const Evaluation& v)
 {
-    return {{"id", v.id},     {"policy_id", idOrNull(v.policyId)}, {"run_id", idOrNull(v.runId)},
-            {"data", v.data}, {"metrics", v.metrics},              {"device", v.device},
+    return {{"id", v.id},
+            {"policy_id", idOrNull(v.policyId)},
+            {"run_id", idOrNull(v.runId)},
+            {"data", v.data},
+            {"metrics", v.metrics},
+            {"device", v.device},
             {"timestamp", v.timestamp}};
 }
 
 nlohmann::json toJson(const ExportRecord& v)
 {
-    return {{"id", v.id},       {"format", v.format},  {"path", v.path},       {"sha256", v.sha256},
-            {"policy_id", idOrNull(v.policyId)}, {"run_id", idOrNull(v.runId)}, {"created", v.created}};
+    return {{"id", v.id},
+            {"format", v.format},
+            {"path", v.path},
+            {"sha256", v.sha256},
+            {"policy_id", idOrNull(v.policyId)},
+            {"run_id", idOrNull(v.runId)},
+            {"created", v.created}};
 }
 
 } // namespace ladimo::core

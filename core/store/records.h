@@ -27,16 +27,16 @@ const char* calibrationSourceName(CalibrationSource s);
 CalibrationSource parseCalibrationSource(const std::string& name);
 
 struct ProjectInfo {
-    std::string created;       // ISO-8601 UTC
-    std::string toolVersion;   // the ladimo version that created the project
-    int schemaVersion = 0;     // PRAGMA user_version
+    std::string created;     // ISO-8601 UTC
+    std::string toolVersion; // the ladimo version that created the project
+    int schemaVersion = 0;   // PRAGMA user_version
 };
 
 struct SourceModel {
     int64_t id = 0;
-    std::string path;                 // the dense model folder, as the user gave it
+    std::string path;                                 // the dense model folder, as the user gave it
     nlohmann::json config = nlohmann::json::object(); // its config.json
-    std::string weightsSha256;        // content checksum of the weights (see `project init`)
+    std::string weightsSha256;                        // content checksum of the weights (see `project init`)
     int64_t totalParams = 0;
     int64_t embeddingParams = 0;
     int64_t attentionParams = 0;
@@ -48,9 +48,9 @@ struct CalibrationSet {
     int64_t id = 0;
     std::string name;
     CalibrationSource source = CalibrationSource::File;
-    std::string filePath;        // source File: the token/text file
+    std::string filePath; // source File: the token/text file
     std::string fileSha256;
-    uint64_t seed = 0;           // source SelfSample: the sampling seed
+    uint64_t seed = 0; // source SelfSample: the sampling seed
     int64_t tokens = 0;
     int64_t seqLen = 0;
     std::string split = "train"; // train | heldout | eval
@@ -63,7 +63,7 @@ struct ConversionRun {
     int64_t calibrationSetId = 0; // 0: none recorded
     int layers = 0;               // number of decoder layers the run converts
     int64_t experts = 8;
-    int64_t expertSize = 0;       // intermediate neurons per expert
+    int64_t expertSize = 0; // intermediate neurons per expert
     std::string partition = "coactivation";
     std::string gating = "hard";
     int trainTopK = 0;
@@ -73,8 +73,8 @@ struct ConversionRun {
     std::string mode = "parallel"; // parallel | sequential
     std::string device = "cpu";
     uint64_t seed = 0;
-    std::string toolVersion;      // filled by startRun when empty
-    std::string started;          // filled by startRun
+    std::string toolVersion; // filled by startRun when empty
+    std::string started;     // filled by startRun
     std::string finished;
     RunStatus status = RunStatus::Running;
     nlohmann::json extra = nlohmann::json::object(); // every other setting (schema v2)
@@ -87,7 +87,7 @@ struct LayerResult {
     std::optional<double> finalLoss;
     std::optional<double> relativeError;
     std::optional<double> wallSeconds;
-    std::string weightsPath;   // relative to the project folder
+    std::string weightsPath; // relative to the project folder
     std::string weightsSha256;
     std::string failureReason;
     std::string updated;
@@ -114,11 +114,11 @@ struct RoutingProfile {
     int64_t runId = 0;
     int layer = 0;
     int64_t tokens = 0;
-    std::vector<double> binEdges;                     // bins + 1 edges
-    std::vector<std::vector<double>> rankHistograms;  // per rank 1..N: counts per bin
-    std::vector<double> expertLoad;                   // fraction of tokens per expert (top-1)
-    double entropy = 0;                               // mean routing entropy (nats)
-    std::vector<double> errorByK;                     // [k-1]: relative error with top-k
+    std::vector<double> binEdges;                    // bins + 1 edges
+    std::vector<std::vector<double>> rankHistograms; // per rank 1..N: counts per bin
+    std::vector<double> expertLoad;                  // fraction of tokens per expert (top-1)
+    double entropy = 0;                              // mean routing entropy (nats)
+    std::vector<double> errorByK;                    // [k-1]: relative error with top-k
     // Further measures (schema v3): "cumulative_mass" [k-1] (mean top-k routing mass),
     // "thresholds", "error_by_threshold", "mean_k_by_threshold" (token-adaptive top-p grid).
     nlohmann::json extra = nlohmann::json::object();
@@ -126,18 +126,18 @@ struct RoutingProfile {
 
 struct Policy {
     int64_t id = 0;
-    std::string name;          // unique in a project
+    std::string name; // unique in a project
     PolicyOrigin origin = PolicyOrigin::Manual;
-    int64_t runId = 0;         // the conversion it applies to (0: none)
+    int64_t runId = 0;                              // the conversion it applies to (0: none)
     nlohmann::json rules = nlohmann::json::array(); // one rule object per layer
     std::string created;
 };
 
 struct Evaluation {
     int64_t id = 0;
-    int64_t policyId = 0;      // 0: the dense baseline
+    int64_t policyId = 0; // 0: the dense baseline
     int64_t runId = 0;
-    std::string data;          // what it was measured on (file, split, tokens)
+    std::string data; // what it was measured on (file, split, tokens)
     nlohmann::json metrics = nlohmann::json::object();
     std::string device;
     std::string timestamp;
@@ -145,8 +145,8 @@ struct Evaluation {
 
 struct ExportRecord {
     int64_t id = 0;
-    std::string format;        // hf | gguf | ...
-    std::string path;          // where the user exported to (absolute or relative to the cwd)
+    std::string format; // hf | gguf | ...
+    std::string path;   // where the user exported to (absolute or relative to the cwd)
     std::string sha256;
     int64_t policyId = 0;
     int64_t runId = 0;

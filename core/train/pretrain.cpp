@@ -40,8 +40,8 @@ void runProgram(const std::vector<std::string>& args, const fs::path& logFile)
     const int rc = posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0)
-        throw Error("cannot run '" + args[0] + "' (" + std::strerror(rc) +
-                    "); it comes with Debian's 'sentencepiece' package");
+        throw Error("cannot run '" + args[0] + "' (" + std::strerror(rc)
+                    + "); it comes with Debian's 'sentencepiece' package");
     int status = 0;
     ::waitpid(pid, &status, 0);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
@@ -61,12 +61,22 @@ std::unique_ptr<Tokenizer> trainTokenizer(const PretrainOptions& o)
     // covers the rare characters (and newlines) like LLaMA-2's tokenizer does. The trainer runs as
     // Debian's spm_train program: inside this process its logging would write through a
     // std::cerr that RTLD_DEEPBIND leaves unconstructed (see model/spmapi.h).
-    const std::vector<std::string> args = {
-        "spm_train", "--input=" + inputs, "--model_prefix=" + prefix.string(),
-        "--vocab_size=" + std::to_string(o.vocabSize), "--model_type=bpe", "--character_coverage=1.0",
-        "--byte_fallback=true", "--split_digits=true", "--normalization_rule_name=identity",
-        "--remove_extra_whitespaces=false", "--unk_id=0", "--bos_id=1", "--eos_id=2", "--pad_id=-1",
-        "--num_threads=2", "--minloglevel=2"};
+    const std::vector<std::string> args = {"spm_train",
+                                           "--input=" + inputs,
+                                           "--model_prefix=" + prefix.string(),
+                                           "--vocab_size=" + std::to_string(o.vocabSize),
+                                           "--model_type=bpe",
+                                           "--character_coverage=1.0",
+                                           "--byte_fallback=true",
+                                           "--split_digits=true",
+                                           "--normalization_rule_name=identity",
+                                           "--remove_extra_whitespaces=false",
+                                           "--unk_id=0",
+                                           "--bos_id=1",
+                                           "--eos_id=2",
+                                           "--pad_id=-1",
+                                           "--num_threads=2",
+                                           "--minloglevel=2"};
     runProgram(args, o.outDir / "tokenizer-training.log");
     std::error_code ec;
     fs::remove(o.outDir / "tokenizer.vocab", ec);
@@ -118,8 +128,8 @@ std::string modelCard(const PretrainOptions& o, const ModelConfig& c, const nloh
       << "Each novel is tokenized whole with one BOS in front, exactly as `ladimo eval` reads a .txt file.\n"
       << "- Tokenizer: SentencePiece BPE trained on the training novels by libsentencepiece "
       << "(identity normalisation, byte fallback, " << o.vocabSize << " pieces).\n"
-      << "- Optimiser: AdamW (beta 0.9/0.95, weight decay " << o.weightDecay << " on matrices), peak lr "
-      << o.lr << ", " << o.warmup << " warmup steps then cosine decay to " << o.minLrRatio << " x peak, "
+      << "- Optimiser: AdamW (beta 0.9/0.95, weight decay " << o.weightDecay << " on matrices), peak lr " << o.lr
+      << ", " << o.warmup << " warmup steps then cosine decay to " << o.minLrRatio << " x peak, "
       << "gradient clipping at " << o.clip << ", " << o.steps << " steps of " << o.batch << " x " << o.seqLen
       << " tokens (random windows), seed " << o.seed << ", float32 on the CPU.\n"
       << "- Wall time: " << static_cast<int64_t>(record["seconds"].get<double>()) << " s on "
@@ -184,10 +194,12 @@ nlohmann::json pretrain(const PretrainOptions& o)
         (t->dim() >= 2 ? decay : noDecay).push_back(*t);
     }
     std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                   torch::optim::AdamWOptions(o.lr).betas({0.9, 0.95}).weight_decay(o.weightDecay)));
-    groups.emplace_back(noDecay, std::make_unique<torch::optim::AdamWOptions>(
-                                     torch::optim::AdamWOptions(o.lr).betas({0.9, 0.95}).weight_decay(0.0)));
+    groups.emplace_back(decay,
+                        std::make_unique<torch::optim::AdamWOptions>(
+                            torch::optim::AdamWOptions(o.lr).betas({0.9, 0.95}).weight_decay(o.weightDecay)));
+    groups.emplace_back(noDecay,
+                        std::make_unique<torch::optim::AdamWOptions>(
+                            torch::optim::AdamWOptions(o.lr).betas({0.9, 0.95}).weight_decay(0.0)));
     torch::optim::AdamW optimizer(std::move(groups));
 
     const auto trainTensor = torch::tensor(train, torch::kInt64);
@@ -229,8 +241,8 @@ nlohmann::json pretrain(const PretrainOptions& o)
         optimizer.step();
         const double l = loss.item<double>();
         if (!std::isfinite(l))
-            throw Error("pretrain: loss became " + std::to_string(l) + " at step " + std::to_string(step) +
-                        " (lower --lr)");
+            throw Error("pretrain: loss became " + std::to_string(l) + " at step " + std::to_string(step)
+                        + " (lower --lr)");
         recent.push_back(l);
         if (recent.size() > 20)
             recent.erase(recent.begin());
@@ -241,16 +253,17 @@ nlohmann::json pretrain(const PretrainOptions& o)
                 mean += r / static_cast<double>(recent.size());
             curve.push_back({{"step", step + 1}, {"train_loss", mean}, {"validation_loss", v}, {"lr", lr}});
             std::ostringstream line;
-            line << "step " << step + 1 << "/" << o.steps << "  train loss " << mean << "  validation loss "
-                 << v << "  lr " << lr;
+            line << "step " << step + 1 << "/" << o.steps << "  train loss " << mean << "  validation loss " << v
+                 << "  lr " << lr;
             log(line.str());
         }
         if (o.progress)
             o.progress("pretrain", static_cast<double>(step + 1), static_cast<double>(o.steps));
     }
 
-    const torch::ScalarType saveType =
-        o.saveDType == "float32" ? torch::kFloat32 : o.saveDType == "float16" ? torch::kFloat16 : torch::kBFloat16;
+    const torch::ScalarType saveType = o.saveDType == "float32" ? torch::kFloat32
+        : o.saveDType == "float16"                              ? torch::kFloat16
+                                                                : torch::kBFloat16;
     model.save(o.outDir, saveType);
 
     // Final validation on the whole held-out file, from the weights as stored (what users load).

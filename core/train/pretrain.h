@@ -21,7 +21,7 @@ struct PretrainOptions {
     std::filesystem::path validationFile;
     std::filesystem::path outDir;
     int vocabSize = 4096;
-    ModelConfig model;          // hidden/intermediate/layers/heads; vocab is set from the tokenizer
+    ModelConfig model; // hidden/intermediate/layers/heads; vocab is set from the tokenizer
     int64_t seqLen = 256;
     int64_t batch = 16;
     int64_t steps = 600;
@@ -31,10 +31,10 @@ struct PretrainOptions {
     double weightDecay = 0.1;
     double clip = 1.0;
     int64_t evalEvery = 100;
-    int64_t evalWindows = 32;   // validation windows used for the periodic (not the final) loss
+    int64_t evalWindows = 32; // validation windows used for the periodic (not the final) loss
     uint64_t seed = 0;
     std::string saveDType = "bfloat16";
-    std::string commandLine;    // recorded in the model card
+    std::string commandLine; // recorded in the model card
     ProgressFn progress;
     // Called with every logged line (step losses, validation) so the CLI can print them.
     std::function<void(const std::string&)> log;

@@ -74,7 +74,8 @@ void estimateRuleAndTotals32x8(benchmark::State& state)
     int i = 0;
     for (auto _ : state) {
         const int l = i % kLayers;
-        e.layers[static_cast<std::size_t>(l)] = core::estimateRule(tables, l, core::RoutingRule::staticK(1 + i % kExperts));
+        e.layers[static_cast<std::size_t>(l)]
+            = core::estimateRule(tables, l, core::RoutingRule::staticK(1 + i % kExperts));
         core::updateTotals(tables, e);
         benchmark::DoNotOptimize(e.errorProxy);
         ++i;

@@ -36,7 +36,8 @@ Setup makeSetup(int64_t H, int64_t I, int64_t T, int64_t N = 8)
         assign[static_cast<std::size_t>(i)] = i * N / I;
     s.moe = buildMoeLayer(s.ffn, assign, N, Gating::Hard);
     s.moe.router = torch::randn({N, H});
-    s.y = torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()), s.ffn.down.t());
+    s.y = torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()),
+                        s.ffn.down.t());
     return s;
 }
 
@@ -45,10 +46,12 @@ void denseFfn(benchmark::State& state)
     torch::InferenceMode guard;
     auto s = makeSetup(state.range(0), state.range(1), state.range(2));
     for (auto _ : state) {
-        auto out = torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()), s.ffn.down.t());
+        auto out = torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()),
+                                 s.ffn.down.t());
         benchmark::DoNotOptimize(out.data_ptr());
     }
-    state.counters["tokens/s"] = benchmark::Counter(double(state.range(2)), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["tokens/s"]
+        = benchmark::Counter(double(state.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void moeTop6of8(benchmark::State& state)
@@ -59,7 +62,8 @@ void moeTop6of8(benchmark::State& state)
         auto out = s.moe.forward(s.x, RoutingRule::staticK(6));
         benchmark::DoNotOptimize(out.data_ptr());
     }
-    state.counters["tokens/s"] = benchmark::Counter(double(state.range(2)), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["tokens/s"]
+        = benchmark::Counter(double(state.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // The ratio itself, robust to the machine's speed drifting over seconds: each iteration times
@@ -71,7 +75,8 @@ void moeVsDense(benchmark::State& state)
     torch::InferenceMode guard;
     auto s = makeSetup(state.range(0), state.range(1), state.range(2));
     auto dense = [&] {
-        return torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()), s.ffn.down.t());
+        return torch::matmul(torch::silu(torch::matmul(s.x, s.ffn.gate.t())) * torch::matmul(s.x, s.ffn.up.t()),
+                             s.ffn.down.t());
     };
     auto moe = [&] { return s.moe.forward(s.x, RoutingRule::staticK(6)); };
     auto seconds = [](auto&& f) {
@@ -109,10 +114,7 @@ void distillStep(benchmark::State& state)
 }
 
 // With --benchmark_repetitions=N: the fastest repetition, the least disturbed by other load.
-double fastest(const std::vector<double>& v)
-{
-    return *std::min_element(v.begin(), v.end());
-}
+double fastest(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
 // {hidden, FFN width, tokens}: the demo model's FFN, and a LLaMA-style 1024 x 2816 one.
 void sizes(benchmark::internal::Benchmark* b)

@@ -29,13 +29,14 @@ TEST(Choice, ScoresEqualTokenByTokenLikelihoods)
 {
     LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     ladimo::test::TempDir tmp;
-    const auto file = writeLines(tmp / "mc.jsonl",
-                                 R"({"question": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a", "choices": ["wife", "horse", "carriage"], "answer": 0})"
-                                 "\n\n"
-                                 R"({"question": "She was the youngest of the two daughters of a most affectionate, indulgent", "choices": ["father", "table", "river"], "answer": "father"})"
-                                 "\n"
-                                 R"({"question": "Emma Woodhouse, handsome, clever, and", "choices": ["rich", "blue", "seven"], "answer": 0})"
-                                 "\n");
+    const auto file = writeLines(
+        tmp / "mc.jsonl",
+        R"({"question": "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a", "choices": ["wife", "horse", "carriage"], "answer": 0})"
+        "\n\n"
+        R"({"question": "She was the youngest of the two daughters of a most affectionate, indulgent", "choices": ["father", "table", "river"], "answer": "father"})"
+        "\n"
+        R"({"question": "Emma Woodhouse, handsome, clever, and", "choices": ["rich", "blue", "seven"], "answer": 0})"
+        "\n");
     const auto items = loadChoiceItems(file);
     ASSERT_EQ(items.size(), 3u);
     EXPECT_EQ(items[1].answer, 0);
@@ -83,10 +84,12 @@ TEST(Choice, MalformedFilesNameTheLineAndKey)
             EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
         }
     };
-    expectError("{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 0}\nnot json\n", "bad.jsonl:2: not valid JSON");
+    expectError("{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 0}\nnot json\n",
+                "bad.jsonl:2: not valid JSON");
     expectError("{\"choices\": [\"a\", \"b\"], \"answer\": 0}\n", "'question' must be a string");
     expectError("{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}\n", "'choices' must be an array of 2..");
-    expectError("{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 2}\n", "'answer' 2 is not a choice index");
+    expectError("{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": 2}\n",
+                "'answer' 2 is not a choice index");
     expectError("{\"question\": \"q\", \"choices\": [\"a\", \"b\"], \"answer\": \"c\"}\n", "is not one of the choices");
     expectError("\n\n", "holds no items");
     EXPECT_THROW(loadChoiceItems(tmp / "missing.jsonl"), Error);

@@ -19,7 +19,8 @@ std::string stories() { return (ladimo::test::sharedData() / "stories260K").stri
 TEST(Cli, GreedyGenerationPrintsReferenceIds)
 {
     LADIMO_REQUIRE_SHARED("stories260K/reference.json");
-    const auto ref = nlohmann::json::parse(ladimo::core::readTextFile(ladimo::test::sharedData() / "stories260K/reference.json"));
+    const auto ref
+        = nlohmann::json::parse(ladimo::core::readTextFile(ladimo::test::sharedData() / "stories260K/reference.json"));
     std::string expected;
     for (const auto& id : ref["greedy_from_bos_32"])
         expected += (expected.empty() ? "" : ",") + std::to_string(id.get<int64_t>());
@@ -31,7 +32,8 @@ TEST(Cli, GreedyGenerationPrintsReferenceIds)
 TEST(Cli, EvalJsonHasTheContractKeys)
 {
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
-    const auto r = runLadimo("eval " + stories() + " --data " + stories() + "/calib.u16 --seq-len 256 --max-tokens 2560 --json", true);
+    const auto r = runLadimo(
+        "eval " + stories() + " --data " + stories() + "/calib.u16 --seq-len 256 --max-tokens 2560 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto j = nlohmann::json::parse(r.out);
     for (const char* key : {"perplexity", "nll", "tokens", "tokens_per_second"})
@@ -81,7 +83,8 @@ TEST(Cli, PerplexityMatchesAnIndependentPythonImplementation)
     const auto ours = runLadimo("eval " + stories() + " --data " + data + " --seq-len 256 --json", true);
     ASSERT_EQ(ours.status, 0) << ours.out;
     const std::string script = (ladimo::test::sourceDir() / "tests/tools/reference_llama.py").string();
-    const auto ref = runCommand("/usr/bin/python3 " + script + " " + stories() + " --data " + data + " --seq-len 256", true);
+    const auto ref
+        = runCommand("/usr/bin/python3 " + script + " " + stories() + " --data " + data + " --seq-len 256", true);
     ASSERT_EQ(ref.status, 0) << ref.out;
     const auto a = nlohmann::json::parse(ours.out);
     const auto b = nlohmann::json::parse(ref.out);
@@ -94,8 +97,8 @@ TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
 {
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
     ladimo::test::TempDir tmp;
-    const std::string args = "convert " + stories() + " --data " + stories() +
-                             "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project ";
+    const std::string args = "convert " + stories() + " --data " + stories()
+        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project ";
     const std::string a = (tmp / "a.ladimo").string(), b = (tmp / "b.ladimo").string();
     auto r = runLadimo(args + a);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -111,7 +114,9 @@ TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
     EXPECT_NE(r.out.find("resuming run #1: 2 of 5 layers left"), std::string::npos) << r.out;
     EXPECT_EQ(r.out.find("layer 0:"), std::string::npos) << "finished layers must be skipped";
     for (const char* f : {"layer-000.safetensors", "layer-003.safetensors", "layer-004.safetensors"})
-        EXPECT_EQ(ladimo::core::sha256File(tmp / "a.ladimo.d/runs/1" / f), ladimo::core::sha256File(tmp / "b.ladimo.d/runs/1" / f)) << f;
+        EXPECT_EQ(ladimo::core::sha256File(tmp / "a.ladimo.d/runs/1" / f),
+                  ladimo::core::sha256File(tmp / "b.ladimo.d/runs/1" / f))
+            << f;
     r = runLadimo("project show " + b + " --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto shown = nlohmann::json::parse(r.out);
@@ -138,16 +143,16 @@ TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
 {
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
     ladimo::test::TempDir tmp;
-    const std::string args = "convert " + stories() + " --data " + stories() +
-                             "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --project ";
+    const std::string args = "convert " + stories() + " --data " + stories()
+        + "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --project ";
     const std::string a = (tmp / "a.ladimo").string(), b = (tmp / "b.ladimo").string();
     auto r = runLadimo(args + a);
     ASSERT_EQ(r.status, 0) << r.out;
     // Interrupt b with SIGINT as soon as its first layer is reported done (mid-layer 1).
     const std::string log = (tmp / "b.log").string();
-    const std::string script = std::string(LADIMO_BIN_DIR) + "/ladimo " + args + b + " > " + log + " 2>&1 & pid=$!; " +
-                               "for i in $(seq 1 600); do grep -q 'layer 0:' " + log + " && break; sleep 0.05; done; " +
-                               "kill -INT $pid; wait $pid; echo exit=$?";
+    const std::string script = std::string(LADIMO_BIN_DIR) + "/ladimo " + args + b + " > " + log + " 2>&1 & pid=$!; "
+        + "for i in $(seq 1 600); do grep -q 'layer 0:' " + log + " && break; sleep 0.05; done; "
+        + "kill -INT $pid; wait $pid; echo exit=$?";
     ladimo::core::atomicWriteFile(tmp / "interrupt.sh", script + "\n");
     r = runCommand("sh " + (tmp / "interrupt.sh").string());
     EXPECT_NE(r.out.find("exit=130"), std::string::npos) << r.out << ladimo::core::readTextFile(log);
@@ -163,7 +168,9 @@ TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
     EXPECT_NE(r.out.find("resuming run #1"), std::string::npos) << r.out;
     for (int l = 0; l < 5; ++l) {
         const std::string f = "runs/1/layer-00" + std::to_string(l) + ".safetensors";
-        EXPECT_EQ(ladimo::core::sha256File(tmp / ("a.ladimo.d/" + f)), ladimo::core::sha256File(tmp / ("b.ladimo.d/" + f))) << f;
+        EXPECT_EQ(ladimo::core::sha256File(tmp / ("a.ladimo.d/" + f)),
+                  ladimo::core::sha256File(tmp / ("b.ladimo.d/" + f)))
+            << f;
     }
 }
 
@@ -175,8 +182,8 @@ TEST(Cli, TwoCpuWorkersAreReproducibleAndAgreeWithOne)
 {
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
     ladimo::test::TempDir tmp;
-    const std::string args = "convert " + stories() + " --data " + stories() +
-                             "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --project ";
+    const std::string args = "convert " + stories() + " --data " + stories()
+        + "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --project ";
     auto layers = [&](const std::string& name) {
         auto r = runLadimo("project show " + (tmp / name).string() + " --json", true);
         EXPECT_EQ(r.status, 0) << r.out;
@@ -194,7 +201,9 @@ TEST(Cli, TwoCpuWorkersAreReproducibleAndAgreeWithOne)
     ASSERT_EQ(again.size(), 5u);
     for (std::size_t l = 0; l < 5; ++l) {
         const std::string f = "runs/1/layer-00" + std::to_string(l) + ".safetensors";
-        EXPECT_EQ(ladimo::core::sha256File(tmp / ("two.ladimo.d/" + f)), ladimo::core::sha256File(tmp / ("again.ladimo.d/" + f))) << f;
+        EXPECT_EQ(ladimo::core::sha256File(tmp / ("two.ladimo.d/" + f)),
+                  ladimo::core::sha256File(tmp / ("again.ladimo.d/" + f)))
+            << f;
         const double a = one[l]["relative_error"].get<double>(), b = two[l]["relative_error"].get<double>();
         EXPECT_NEAR(a / b, 1.0, 0.02) << "layer " << l << ": one worker " << a << ", two workers " << b;
     }
@@ -208,8 +217,8 @@ TEST(Cli, ProfileStoresConsistentRoutingDistributions)
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string project = (tmp / "p.ladimo").string();
-    auto r = runLadimo("convert " + stories() + " --data " + stories() +
-                       "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project " + project);
+    auto r = runLadimo("convert " + stories() + " --data " + stories()
+                       + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project " + project);
     ASSERT_EQ(r.status, 0) << r.out;
     r = runLadimo("profile " + project + " --self-sample 2048 --seed 5 --bins 10 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -226,7 +235,7 @@ TEST(Cli, ProfileStoresConsistentRoutingDistributions)
             EXPECT_EQ(sum, tokens); // every token has a weight at every rank
         }
         const auto& mass = p["extra"]["cumulative_mass"];
-        EXPECT_NEAR(mass[7].get<double>(), 1.0, 1e-6); // float32 softmax
+        EXPECT_NEAR(mass[7].get<double>(), 1.0, 1e-6);    // float32 softmax
         EXPECT_GE(mass[0].get<double>(), 1.0 / 8 - 1e-9); // the top-1 weight is at least the mean
         double load = 0;
         for (const auto& l : p["expert_load"])
@@ -263,16 +272,17 @@ TEST(Cli, PretrainWritesAModelCardThatMatchesTheStoredConfig)
     };
     const auto train = cut("emma.txt", "train.txt"), validation = cut("persuasion.txt", "validation.txt");
     const auto out = (tmp.path() / "model").string();
-    const auto r = runLadimo("pretrain --train " + train + " --validation " + validation + " --out " + out +
-                                 " --vocab 512 --hidden 32 --intermediate 64 --layers 1 --heads 2 --kv-heads 1"
-                                 " --seq-len 32 --batch 2 --steps 2 --warmup 1 --eval-every 1",
+    const auto r = runLadimo("pretrain --train " + train + " --validation " + validation + " --out " + out
+                                 + " --vocab 512 --hidden 32 --intermediate 64 --layers 1 --heads 2 --kv-heads 1"
+                                   " --seq-len 32 --batch 2 --steps 2 --warmup 1 --eval-every 1",
                              true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto config = nlohmann::json::parse(ladimo::core::readTextFile(tmp.path() / "model/config.json"));
     const auto card = ladimo::core::readTextFile(tmp.path() / "model/README.md");
     EXPECT_EQ(config["vocab_size"].get<int64_t>(), 512);
     EXPECT_NE(card.find("| vocabulary | 512 "), std::string::npos) << card;
-    EXPECT_NE(card.find(std::string("| tied embeddings | ") + (config["tie_word_embeddings"].get<bool>() ? "yes" : "no")),
-              std::string::npos)
+    EXPECT_NE(
+        card.find(std::string("| tied embeddings | ") + (config["tie_word_embeddings"].get<bool>() ? "yes" : "no")),
+        std::string::npos)
         << card;
 }

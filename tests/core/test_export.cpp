@@ -197,7 +197,8 @@ TEST(ExportHfMixtral, F32RoundTripSingleFileAndShardedGivesTheSameLogits)
         for (const auto& [name, file] : where)
             EXPECT_EQ(name.find(".mlp."), std::string::npos) << name;
         const auto st = SafetensorsFile::open(o.out / where.at("model.layers.1.block_sparse_moe.experts.7.w2.weight"));
-        EXPECT_EQ(st->find("model.layers.1.block_sparse_moe.experts.7.w2.weight")->shape, (std::vector<int64_t>{32, 9}));
+        EXPECT_EQ(st->find("model.layers.1.block_sparse_moe.experts.7.w2.weight")->shape,
+                  (std::vector<int64_t>{32, 9}));
         EXPECT_TRUE(where.count("model.layers.0.block_sparse_moe.gate.weight"));
         EXPECT_TRUE(where.count("lm_head.weight"));
 
@@ -259,8 +260,9 @@ TEST(ExportHfMixtral, Bf16AndF16RoundTripsMatchTheRoundedWeights)
         int64_t shard;
         StDType stored;
     };
-    for (const Case& c : {Case{"bf16", torch::kBFloat16, 0, StDType::BF16}, Case{"bf16", torch::kBFloat16, 10000, StDType::BF16},
-                          Case{"f16", torch::kFloat16, 0, StDType::F16}}) {
+    for (const Case& c :
+         {Case{"bf16", torch::kBFloat16, 0, StDType::BF16}, Case{"bf16", torch::kBFloat16, 10000, StDType::BF16},
+          Case{"f16", torch::kFloat16, 0, StDType::F16}}) {
         SCOPED_TRACE(std::string(c.dtype) + " shard " + std::to_string(c.shard));
         ExportOptions o;
         o.out = tmp / (std::string(c.dtype) + "-" + std::to_string(c.shard));
@@ -276,7 +278,8 @@ TEST(ExportHfMixtral, Bf16AndF16RoundTripsMatchTheRoundedWeights)
                     EXPECT_EQ(t.dtype, c.stored) << t.name;
             }
         // Exact expectation: every weight rounded to the dtype, computed in float32.
-        const auto expected = moeLogits(roundedModel(*f.model, c.type), roundedLayers(f.layers, c.type), f.rules, tokens);
+        const auto expected
+            = moeLogits(roundedModel(*f.model, c.type), roundedLayers(f.layers, c.type), f.rules, tokens);
         const auto logits = loadedLogits(loadHfMixtral(o.out), tokens); // float32 compute from stored weights
         const double diff = maxDiff(logits, expected);
         const double rel = ((logits - f32).abs().mean() / f32.abs().mean()).item<double>();
@@ -407,7 +410,8 @@ TEST(ExportHfMixtral, BadExportsGiveErrorsNamingFileAndKey)
     ExportOptions o;
     o.out = tmp / "good";
     exportHfMixtral(in, o);
-    auto variant = [&](const std::string& name, const std::function<void(std::vector<std::pair<std::string, torch::Tensor>>&)>& edit) {
+    auto variant = [&](const std::string& name,
+                       const std::function<void(std::vector<std::pair<std::string, torch::Tensor>>&)>& edit) {
         const fs::path dir = tmp / name;
         fs::create_directories(dir);
         fs::copy_file(o.out / "config.json", dir / "config.json");
@@ -530,15 +534,15 @@ TEST(ExportHfMixtral, PythonReaderComputesTheSameLogits)
         exportHfMixtral(in, o);
         EXPECT_EQ(fs::exists(o.out / "model.safetensors.index.json"), c.shard > 0);
         const auto dump = tmp / (std::string(c.dtype) + "-logits.safetensors");
-        const auto r = ladimo::test::runCommand("/usr/bin/python3 " + script + " " + o.out.string() + " --tokens " +
-                                                    joinIds(tokens[0]) + " --seq-len 48 --dump-logits " + dump.string(),
-                                                true);
+        const auto r
+            = ladimo::test::runCommand("/usr/bin/python3 " + script + " " + o.out.string() + " --tokens "
+                                           + joinIds(tokens[0]) + " --seq-len 48 --dump-logits " + dump.string(),
+                                       true);
         ASSERT_EQ(r.status, 0) << r.out;
         const auto py = SafetensorsFile::open(dump)->tensor("logits").clone();
-        const auto expected =
-            c.type == torch::kFloat32
-                ? moeLogits(*f.model, f.layers, f.rules, tokens)[0]
-                : moeLogits(roundedModel(*f.model, c.type), roundedLayers(f.layers, c.type), f.rules, tokens)[0];
+        const auto expected = c.type == torch::kFloat32
+            ? moeLogits(*f.model, f.layers, f.rules, tokens)[0]
+            : moeLogits(roundedModel(*f.model, c.type), roundedLayers(f.layers, c.type), f.rules, tokens)[0];
         ASSERT_EQ(py.sizes(), expected.sizes());
         const double diff = maxDiff(py, expected);
         const double agree = (py.argmax(-1) == expected.argmax(-1)).to(torch::kFloat32).mean().item<double>();
@@ -630,7 +634,8 @@ TEST(ExportCli, ExportEvalGenerateAndImportRoundTrip)
         std::string s;
         for (auto id : expected)
             s += (s.empty() ? "" : ",") + std::to_string(id);
-        r = ladimo::test::runLadimo("generate " + hf + " --prompt-ids 1,300,17 --max-new 8 --temperature 0 --ids --ignore-eos", true);
+        r = ladimo::test::runLadimo(
+            "generate " + hf + " --prompt-ids 1,300,17 --max-new 8 --temperature 0 --ids --ignore-eos", true);
         ASSERT_EQ(r.status, 0) << r.out;
         EXPECT_EQ(r.out, s + "\n");
     }
@@ -652,7 +657,8 @@ TEST(ExportCli, ExportEvalGenerateAndImportRoundTrip)
     r = ladimo::test::runLadimo("export " + project + " --format gguf --out " + gguf.string());
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find(gguf.string()), std::string::npos) << r.out;
-    r = ladimo::test::runLadimo("export " + project + " --format gguf-llama --dtype f16 --out " + (tmp / "d.gguf").string(), true);
+    r = ladimo::test::runLadimo(
+        "export " + project + " --format gguf-llama --dtype f16 --out " + (tmp / "d.gguf").string(), true);
     ASSERT_EQ(r.status, 0) << r.out;
     {
         const auto g = ladimo::test::GgufFile::load(tmp / "d.gguf");
@@ -673,7 +679,8 @@ TEST(ExportCli, ExportEvalGenerateAndImportRoundTrip)
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.out.find("--top-k"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(hf2));
-    r = ladimo::test::runLadimo("export " + project + " --policy mixed --top-k 2 --dtype bf16 --shard-size 3MB --out " + hf2);
+    r = ladimo::test::runLadimo("export " + project + " --policy mixed --top-k 2 --dtype bf16 --shard-size 3MB --out "
+                                + hf2);
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("NOT exact"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("layer 0 used top-p 0.80; Mixtral uses k=2 everywhere"), std::string::npos) << r.out;
@@ -705,8 +712,8 @@ TEST(ExportCli, ExportEvalGenerateAndImportRoundTrip)
             const auto& o = f.layers[static_cast<std::size_t>(l)];
             EXPECT_EQ(m.sizes, o.sizes);
             EXPECT_EQ(m.gating, Gating::Renorm);
-            EXPECT_TRUE(torch::equal(m.router, o.router) && torch::equal(m.gate, o.gate) && torch::equal(m.up, o.up) &&
-                        torch::equal(m.down, o.down))
+            EXPECT_TRUE(torch::equal(m.router, o.router) && torch::equal(m.gate, o.gate) && torch::equal(m.up, o.up)
+                        && torch::equal(m.down, o.down))
                 << "layer " << l;
         }
         std::map<std::string, Policy> policies;
@@ -783,12 +790,14 @@ TEST(ExportFaults, NextExportRemovesStaleTemporariesOfDeadExportsOnly)
     const auto dir = tmp / "exports";
     fs::create_directories(dir);
     const std::vector<std::string> stale = {".hf.tmp-" + d + "-1a2b", ".m.gguf.tmp-" + d + "-ff"};
-    const std::vector<std::string> keep = {".hf.tmp-" + live + "-1a2b",   // a live export
-                                           ".hf.tmp-" + d + "-xyz",       // not hex
-                                           ".hf.tmp-" + d + "-1a2b.bak",  // more after the pattern
-                                           "hf.tmp-" + d + "-1a2b",       // not hidden
-                                           ".hf2.tmp-" + d + "-1a2b",     // another name
-                                           ".hf.tmp--1a2b", ".hf.tmp-" + d + "-", "notes.txt"};
+    const std::vector<std::string> keep = {".hf.tmp-" + live + "-1a2b",  // a live export
+                                           ".hf.tmp-" + d + "-xyz",      // not hex
+                                           ".hf.tmp-" + d + "-1a2b.bak", // more after the pattern
+                                           "hf.tmp-" + d + "-1a2b",      // not hidden
+                                           ".hf2.tmp-" + d + "-1a2b",    // another name
+                                           ".hf.tmp--1a2b",
+                                           ".hf.tmp-" + d + "-",
+                                           "notes.txt"};
     fs::create_directories(dir / stale[0] / "sub");
     atomicWriteFile(dir / stale[0] / "sub/model.safetensors", std::string(100, 'x'));
     atomicWriteFile(dir / stale[1], std::string(100, 'x'));

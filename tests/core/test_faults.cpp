@@ -63,13 +63,14 @@ bool allFinite(const MoeLayer& l)
 using ladimo::testmodel::tinyCalibration;
 using ladimo::testmodel::tinyModel;
 
-void expectSameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, const std::string& what)
+void expectSameTensors(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b,
+                       const std::string& what)
 {
     ASSERT_EQ(a.size(), b.size()) << what;
     for (std::size_t l = 0; l < a.size(); ++l) {
         ASSERT_EQ(a[l].sizes(), b[l].sizes()) << what << " layer " << l;
-        EXPECT_TRUE(torch::allclose(a[l], b[l], 1e-5, 1e-6)) << what << " layer " << l << ": max difference "
-                                                            << (a[l] - b[l]).abs().max().item<double>();
+        EXPECT_TRUE(torch::allclose(a[l], b[l], 1e-5, 1e-6))
+            << what << " layer " << l << ": max difference " << (a[l] - b[l]).abs().max().item<double>();
     }
 }
 
@@ -144,7 +145,8 @@ TEST(NumericalFaults, NonFiniteInputsAreRefusedAtOnce)
         distill(t.layer, t.x, t.y, o);
         FAIL() << "expected NumericalFault";
     } catch (const NumericalFault& e) {
-        EXPECT_NE(std::string(e.what()).find("calibration FFN input holds 1 NaN/Inf value"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("calibration FFN input holds 1 NaN/Inf value"), std::string::npos)
+            << e.what();
     }
 }
 
@@ -190,7 +192,8 @@ TEST(NumericalFaults, APoisonedLayerFailsAndTheOthersAreConverted)
     s.distill = quick();
     std::vector<torch::Tensor> xs, ys;
     captureFfn(model, calibration, s.seqLen, &xs, &ys);
-    for (const auto& devices : {std::vector<torch::Device>{torch::kCPU}, std::vector<torch::Device>{torch::kCPU, torch::kCPU}}) {
+    for (const auto& devices :
+         {std::vector<torch::Device>{torch::kCPU}, std::vector<torch::Device>{torch::kCPU, torch::kCPU}}) {
         s.devices = devices;
         ConvertCallbacks cb;
         cb.loadCaptured = [&](int l, torch::Tensor* x, torch::Tensor* y) {
@@ -208,7 +211,8 @@ TEST(NumericalFaults, APoisonedLayerFailsAndTheOthersAreConverted)
         std::sort(doneLayers.begin(), doneLayers.end());
         EXPECT_EQ(doneLayers, (std::vector<int>{0, 2})) << devices.size() << " device(s)";
         ASSERT_EQ(failed.size(), 1u);
-        EXPECT_NE(failed[1].find("layer 1: the captured FFN input holds 1 NaN/Inf value"), std::string::npos) << failed[1];
+        EXPECT_NE(failed[1].find("layer 1: the captured FFN input holds 1 NaN/Inf value"), std::string::npos)
+            << failed[1];
         EXPECT_TRUE(result[0].router.defined());
         EXPECT_FALSE(result[1].router.defined());
         EXPECT_TRUE(result[2].router.defined());
@@ -261,7 +265,8 @@ TEST(ResourceFaults, OutOfMemoryDuringCaptureHalvesThePassAndKeepsTheSameActivat
         captureFfn(model, calibration, 16, &xs, &ys, nullptr, nullptr, -1, nullptr, o);
         FAIL() << "expected an Error";
     } catch (const Error& e) {
-        EXPECT_NE(std::string(e.what()).find("out of memory on cpu capturing FFN activations, even with one window of 16 tokens"),
+        EXPECT_NE(std::string(e.what()).find(
+                      "out of memory on cpu capturing FFN activations, even with one window of 16 tokens"),
                   std::string::npos)
             << e.what();
     }
@@ -412,7 +417,9 @@ TEST(ResourceFaults, InjectedDiskFullDuringALayerSaveKeepsTheProjectConsistent)
     }
     expectOnlyLayer0Saved(project, run, runDir, sha0);
     // Reopened, the same; then the rerun of layer 1 completes.
-    { auto closing = std::move(project); }
+    {
+        auto closing = std::move(project);
+    }
     project = Project::open(dir / "P.ladimo", {Project::Access::ReadWrite, Project::Verify::Checksums});
     expectOnlyLayer0Saved(project, run, runDir, sha0);
     save(1, 2);

@@ -233,8 +233,8 @@ std::string llamaNodeMissing()
     if (ladimo::test::runCommand("node --version").status != 0)
         return "Node.js is not installed (tools/deps.sh installs nodejs and npm)";
     if (!fs::exists(llamaNodeDir() / "node_modules" / "@fugood" / "llama.node" / "package.json"))
-        return "@fugood/llama.node is not installed in " + llamaNodeDir().string() +
-               " (run tools/llamanode.sh; it needs the npm registry once)";
+        return "@fugood/llama.node is not installed in " + llamaNodeDir().string()
+            + " (run tools/llamanode.sh; it needs the npm registry once)";
     return {};
 }
 
@@ -254,11 +254,12 @@ LlamaCppRun llamaCppGreedy(const fs::path& gguf, const std::string& prompt, int 
                                 {"session", (scratch / "session.bin").string()}};
     std::ofstream(scratch / "request.json") << req.dump();
     const auto script = ladimo::test::sourceDir() / "tests" / "llamanode" / "greedy.js";
-    const auto r = ladimo::test::runCommand("node '" + script.string() + "' '" + (scratch / "request.json").string() + "'",
-                                            /*stdoutOnly=*/true);
+    const auto r
+        = ladimo::test::runCommand("node '" + script.string() + "' '" + (scratch / "request.json").string() + "'",
+                                   /*stdoutOnly=*/true);
     if (r.status != 0) {
-        const auto err = ladimo::test::runCommand("node '" + script.string() + "' '" +
-                                                  (scratch / "request.json").string() + "' 2>&1 | tail -20");
+        const auto err = ladimo::test::runCommand("node '" + script.string() + "' '"
+                                                  + (scratch / "request.json").string() + "' 2>&1 | tail -20");
         throw Error("greedy.js failed (status " + std::to_string(r.status) + "): " + err.out);
     }
     nlohmann::json out; // the last JSON line (llama.cpp may log to stdout before it)
@@ -317,9 +318,10 @@ std::vector<int64_t> expectSameGreedy(const ExportInput& in, const ForwardHooks*
     // The session file llama.cpp saves lists the ids it evaluated; the last sampled token is never
     // evaluated, so ask for one more than compared.
     const auto theirs = llamaCppGreedy(o.out, kPrompt, kNewTokens + 1, tmp.path());
-    std::cout << "[" << label << "] prompt " << idList(prompt) << "\n[" << label << "] llama.node " << theirs.version << " generated " << idList(theirs.ids, prompt.size())
-              << "\n[" << label << "] workbench generated         " << idList(ours, prompt.size()) << "\n["
-              << label << "] llama.cpp text: " << nlohmann::json(theirs.text).dump() << "\n";
+    std::cout << "[" << label << "] prompt " << idList(prompt) << "\n[" << label << "] llama.node " << theirs.version
+              << " generated " << idList(theirs.ids, prompt.size()) << "\n[" << label
+              << "] workbench generated         " << idList(ours, prompt.size()) << "\n[" << label
+              << "] llama.cpp text: " << nlohmann::json(theirs.text).dump() << "\n";
     // The prompt: llama.cpp's tokenizer (from the embedded vocabulary) agrees with SentencePiece,
     // and it put BOS in front, as the workbench does.
     EXPECT_EQ(theirs.tokenized, std::vector<int64_t>(prompt.begin() + 1, prompt.end()));
@@ -397,7 +399,7 @@ TEST(Gguf, MoeRoundTripsWithStackedExpertsAndRouter)
 // the workbench's logits, dense and converted (policy, gating and experts restored).
 TEST(Gguf, TheCoreReadsAnExportBackToTheSameLogits)
 {
-    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
+    LADIMO_REQUIRE_SPM();            // the demo / shared tokenizer.model
     const auto& layers = demoMoe8(); // converted (with autograd) before inference mode below
     ladimo::test::TempDir tmp;
     torch::InferenceMode guard;
@@ -421,8 +423,8 @@ TEST(Gguf, TheCoreReadsAnExportBackToTheSameLogits)
     EXPECT_EQ(moe.policyName, "k6");
     const auto theirs = moeHooks(moe.layers, moe.rules);
     const auto ours = moeHooks(layers, rules);
-    EXPECT_TRUE(torch::allclose(moe.model.forward(tokens, nullptr, &theirs), demoModel().forward(tokens, nullptr, &ours),
-                                1e-5, 1e-5));
+    EXPECT_TRUE(torch::allclose(moe.model.forward(tokens, nullptr, &theirs),
+                                demoModel().forward(tokens, nullptr, &ours), 1e-5, 1e-5));
 
     // A truncated file is an Error naming it, before anything is allocated for its tensors.
     const auto bytes = readTextFile(o.out);
@@ -447,7 +449,8 @@ TEST(Gguf, UnequalExpertsArePaddedExactly)
         DenseFfn ffn{w.gate, w.up, w.down};
         if (l == 3) // a layer of smaller experts (100 neurons), padded to the file's 110
             ffn = {w.gate.narrow(0, 0, 700), w.up.narrow(0, 0, 700), w.down.narrow(1, 0, 700)};
-        auto m = buildMoeLayer(ffn, partitionNeurons(ffn, torch::Tensor(), 7, Partition::Contiguous, 0), 7, Gating::Renorm);
+        auto m = buildMoeLayer(ffn, partitionNeurons(ffn, torch::Tensor(), 7, Partition::Contiguous, 0), 7,
+                               Gating::Renorm);
         m.router = torch::randn({7, model.config().hiddenSize});
         layers.push_back(std::move(m));
     }
@@ -630,7 +633,8 @@ TEST(Gguf, LlamaCppDenseGreedyEqualsWorkbench)
     const auto f16 = llamaCppGreedy(o.out, kPrompt, kNewTokens + 1, tmp.path());
     const std::size_t promptLen = ours.size() - kNewTokens;
     std::size_t agree = 0;
-    while (promptLen + agree < std::min(ours.size(), f16.ids.size()) && ours[promptLen + agree] == f16.ids[promptLen + agree])
+    while (promptLen + agree < std::min(ours.size(), f16.ids.size())
+           && ours[promptLen + agree] == f16.ids[promptLen + agree])
         ++agree;
     std::cout << "[dense f16] llama.node generated " << idList(f16.ids, promptLen) << " (first " << agree
               << " agree with the workbench)\n";

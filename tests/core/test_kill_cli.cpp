@@ -30,8 +30,9 @@ std::string stories() { return (ladimo::test::sharedData() / "stories260K").stri
 
 std::vector<std::string> convertArgs(const fs::path& project)
 {
-    return {"convert", stories(), "--data", stories() + "/calib.u16", "--max-tokens", "4096", "--epochs", "2",
-            "--router-epochs", "2", "--project", project.string()};
+    return {"convert",         stories(), "--data",    stories() + "/calib.u16",
+            "--max-tokens",    "4096",    "--epochs",  "2",
+            "--router-epochs", "2",       "--project", project.string()};
 }
 
 std::string joined(const std::vector<std::string>& args)
@@ -88,8 +89,8 @@ std::map<std::string, std::string> treeDigest(const fs::path& dir)
     std::map<std::string, std::string> out;
     for (const auto& e : fs::recursive_directory_iterator(dir))
         if (e.is_regular_file())
-            out[fs::relative(e.path(), dir).string()] =
-                e.path().extension() == ".safetensors" ? sha256File(e.path()) : std::to_string(e.file_size() > 0);
+            out[fs::relative(e.path(), dir).string()]
+                = e.path().extension() == ".safetensors" ? sha256File(e.path()) : std::to_string(e.file_size() > 0);
     return out;
 }
 
@@ -103,10 +104,12 @@ TEST(KillCli, KilledConversionsAndExportsResumeToTheSameResult)
     const auto start = std::chrono::steady_clock::now();
     auto r = runLadimo(joined(convertArgs(tmp / "ref.ladimo")));
     ASSERT_EQ(r.status, 0) << r.out;
-    const auto convertMs = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    const auto convertMs
+        = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
     const auto reference = doneLayers(tmp / "ref.ladimo");
     ASSERT_EQ(reference.size(), 5u);
-    r = runLadimo("export " + (tmp / "ref.ladimo").string() + " --format hf-mixtral --top-k 2 --out " + (tmp / "ref-hf").string());
+    r = runLadimo("export " + (tmp / "ref.ladimo").string() + " --format hf-mixtral --top-k 2 --out "
+                  + (tmp / "ref-hf").string());
     ASSERT_EQ(r.status, 0) << r.out;
     const auto refExport = treeDigest(tmp / "ref-hf");
 
@@ -151,8 +154,8 @@ TEST(KillCli, APoisonedLayerFailsTheRunButTheOtherLayersAreSaved)
     LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto file = tmp / "p.ladimo";
-    auto r = runLadimo("capture " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --project " +
-                       file.string() + " --layers 2");
+    auto r = runLadimo("capture " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --project "
+                       + file.string() + " --layers 2");
     ASSERT_EQ(r.status, 0) << r.out;
     // Poison one captured activation of layer 2, keeping the metadata that vouches for it.
     const auto act = tmp / ("p.ladimo.d/" + Project::activationsPath(1, 2));
@@ -216,8 +219,8 @@ TEST(FaultsCli, DiskFullDuringALayerSaveKeepsTheProjectAndARerunCompletes)
 
     const auto file = tmp / "p.ladimo";
     // Room for layer 0 and half of layer 1.
-    r = ladimo::test::runCommand("LADIMO_FAULT_DISK_FULL_AFTER=" + std::to_string(layerBytes + layerBytes / 2) + " " +
-                                 std::string(LADIMO_BIN_DIR) + "/ladimo" + joined(convertArgs(file)));
+    r = ladimo::test::runCommand("LADIMO_FAULT_DISK_FULL_AFTER=" + std::to_string(layerBytes + layerBytes / 2) + " "
+                                 + std::string(LADIMO_BIN_DIR) + "/ladimo" + joined(convertArgs(file)));
     EXPECT_NE(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("disk full"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("layer-001.safetensors"), std::string::npos) << r.out;
@@ -253,8 +256,10 @@ TEST(FaultsCli, DiskFullDuringAnExportLeavesNothingAndARerunCompletes)
     for (const std::string format : {"hf-mixtral", "gguf"}) {
         const std::string name = format == "gguf" ? "m.gguf" : "hf";
         const auto out = tmp / name;
-        const std::string args = " export " + file.string() + " --format " + format + " --top-k 2 --out " + out.string();
-        r = ladimo::test::runCommand("LADIMO_FAULT_DISK_FULL_AFTER=20000 " + std::string(LADIMO_BIN_DIR) + "/ladimo" + args);
+        const std::string args
+            = " export " + file.string() + " --format " + format + " --top-k 2 --out " + out.string();
+        r = ladimo::test::runCommand("LADIMO_FAULT_DISK_FULL_AFTER=20000 " + std::string(LADIMO_BIN_DIR) + "/ladimo"
+                                     + args);
         SCOPED_TRACE(format + ": " + r.out);
         EXPECT_NE(r.status, 0);
         EXPECT_NE(r.out.find("export to '" + out.string() + "' failed"), std::string::npos);
@@ -286,7 +291,8 @@ TEST(KillCli, KilledGgufExportsLeaveNothingAndTheNextExportSweepsTheirTemporarie
     const auto start = std::chrono::steady_clock::now();
     r = runLadimo("export " + file.string() + " --format gguf --top-k 2 --out " + (tmp / "ref.gguf").string());
     ASSERT_EQ(r.status, 0) << r.out;
-    const auto exportMs = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+    const auto exportMs
+        = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
     const auto refSize = fs::file_size(tmp / "ref.gguf");
 
     const auto out = tmp / "m.gguf";

@@ -42,7 +42,8 @@ void saveSharded(const LlamaModel& model, const fs::path& dir, torch::ScalarType
     nlohmann::json index;
     for (std::size_t i = 0; i < named.size(); ++i) {
         auto& part = i < named.size() / 2 ? a : b;
-        const char* file = i < named.size() / 2 ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+        const char* file
+            = i < named.size() / 2 ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
         part.emplace_back(named[i].first, named[i].second->to(dtype));
         index["weight_map"][named[i].first] = file;
     }
@@ -122,7 +123,8 @@ TEST(DenseModel, PerplexityEqualsTokenByTokenComputation)
     for (int w = 0; w < 3; ++w) {
         auto cache = model.makeCache(1, 256);
         for (int t = 0; t < 255; ++t) {
-            auto logits = model.forward(torch::tensor({stream[w * 256 + t]}).view({1, 1}), &cache)[0][0].to(torch::kFloat64);
+            auto logits
+                = model.forward(torch::tensor({stream[w * 256 + t]}).view({1, 1}), &cache)[0][0].to(torch::kFloat64);
             const double lse = (logits - logits.max()).exp().sum().log().item<double>() + logits.max().item<double>();
             nll += lse - logits[stream[w * 256 + t + 1]].item<double>();
             ++n;

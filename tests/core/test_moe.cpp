@@ -54,7 +54,8 @@ Fixture fixture(int64_t tokens = 2048)
             f.x = x.reshape({-1, x.size(-1)}).clone();
     };
     model.forward(torch::randint(model.config().vocabSize, {tokens / 64, 64}, torch::kInt64), nullptr, &hooks);
-    f.y = torch::matmul(torch::silu(torch::matmul(f.x, f.ffn.gate.t())) * torch::matmul(f.x, f.ffn.up.t()), f.ffn.down.t());
+    f.y = torch::matmul(torch::silu(torch::matmul(f.x, f.ffn.gate.t())) * torch::matmul(f.x, f.ffn.up.t()),
+                        f.ffn.down.t());
     return f;
 }
 
@@ -76,7 +77,8 @@ TEST(Moe, AllExpertsEqualDenseAtInitialisation)
             torch::NoGradGuard ng;
             auto out = layer.forward(f.x, RoutingRule::staticK(8));
             EXPECT_TRUE(torch::allclose(out, f.y, 1e-5, 1e-5))
-                << partitionName(part) << "/" << gatingName(gating) << " max diff " << (out - f.y).abs().max().item<double>();
+                << partitionName(part) << "/" << gatingName(gating) << " max diff "
+                << (out - f.y).abs().max().item<double>();
         }
 }
 
@@ -87,7 +89,8 @@ TEST(Moe, DispatchEqualsNaiveReference)
         auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, gating);
         layer.router = torch::randn({8, f.hidden()});
         torch::NoGradGuard ng;
-        for (const auto& rule : {RoutingRule::staticK(1), RoutingRule::staticK(6), RoutingRule::topP(0.5), RoutingRule::topP(0.9, 2, 7)}) {
+        for (const auto& rule :
+             {RoutingRule::staticK(1), RoutingRule::staticK(6), RoutingRule::topP(0.5), RoutingRule::topP(0.9, 2, 7)}) {
             DispatchStats stats;
             auto fast = layer.forward(f.x, rule, &stats);
             const int64_t active = stats.pairs;
@@ -140,7 +143,8 @@ TEST(Moe, DispatchGradientsEqualTheNaiveReference)
                     auto x = x0.clone().set_requires_grad(true);
                     auto out = naive ? l.forwardNaive(x, rule) : l.forward(x, rule);
                     (out * target).sum().backward();
-                    return std::vector<torch::Tensor>{out.detach(), x.grad(), l.router.grad(), l.gate.grad(), l.up.grad(), l.down.grad()};
+                    return std::vector<torch::Tensor>{out.detach(),  x.grad(),    l.router.grad(),
+                                                      l.gate.grad(), l.up.grad(), l.down.grad()};
                 };
                 const auto fast = grads(false), naive = grads(true);
                 const char* names[] = {"output", "input", "router", "gate", "up", "down"};
@@ -153,7 +157,8 @@ TEST(Moe, DispatchGradientsEqualTheNaiveReference)
                     const double scale = naive[i].abs().max().item<double>();
                     EXPECT_GT(scale, 0) << names[i];
                     EXPECT_LT((fast[i] - naive[i]).abs().max().item<double>(), 1e-4 * scale)
-                        << names[i] << " hidden " << c.hidden << " gating " << gatingName(gating) << " top-k " << rule.topK;
+                        << names[i] << " hidden " << c.hidden << " gating " << gatingName(gating) << " top-k "
+                        << rule.topK;
                 }
             }
 }
@@ -174,7 +179,8 @@ TEST(Moe, FusedGateUpGivesTheSameOutputAndStillTrains)
     EXPECT_FALSE(separate.up.storage().is_alias_of(separate.gate.storage()));
     {
         torch::NoGradGuard ng;
-        EXPECT_TRUE(torch::equal(fused.forward(f.x, RoutingRule::staticK(6)), separate.forward(f.x, RoutingRule::staticK(6))));
+        EXPECT_TRUE(
+            torch::equal(fused.forward(f.x, RoutingRule::staticK(6)), separate.forward(f.x, RoutingRule::staticK(6))));
     }
     MoeLayer again = separate;
     fuseGateUp(again);

@@ -14,7 +14,10 @@ using nlohmann::json;
 
 namespace {
 
-StepState stateOf(const PipelineFacts& f, PipelineStep s) { return pipelineStates(f)[static_cast<std::size_t>(s)].state; }
+StepState stateOf(const PipelineFacts& f, PipelineStep s)
+{
+    return pipelineStates(f)[static_cast<std::size_t>(s)].state;
+}
 const StepStatus& statusOf(const std::array<StepStatus, kPipelineSteps>& a, PipelineStep s)
 {
     return a[static_cast<std::size_t>(s)];
@@ -162,7 +165,8 @@ TEST(Pipeline, CalibrationChangedAfterConversionMakesItAndWhatFollowsStale)
         const auto a = pipelineStates(f);
         EXPECT_EQ(statusOf(a, PipelineStep::Calibration).state, StepState::Done);
         EXPECT_EQ(statusOf(a, PipelineStep::Convert).state, StepState::Stale) << changed.dump();
-        EXPECT_NE(statusOf(a, PipelineStep::Convert).why.find("calibration settings changed since run 3"), std::string::npos);
+        EXPECT_NE(statusOf(a, PipelineStep::Convert).why.find("calibration settings changed since run 3"),
+                  std::string::npos);
         for (auto s : {PipelineStep::Profile, PipelineStep::Policy, PipelineStep::Evaluate, PipelineStep::Export})
             EXPECT_EQ(statusOf(a, s).state, StepState::Stale) << pipelineStepName(s);
         EXPECT_EQ(statusOf(a, PipelineStep::Model).state, StepState::Done);

@@ -147,7 +147,8 @@ TEST(Policy, BudgetSearchFindsTheBruteForceOptimum)
         EXPECT_LE(r.estimate.activatedFfnFraction, budget + 1e-12);
         // Better than (or as good as) the uniform k that fits the same budget.
         const int k = static_cast<int>(std::floor(budget * N + 1e-9));
-        EXPECT_LE(r.estimate.errorProxy, estimatePolicy(t, uniformRules(L, RoutingRule::staticK(k))).errorProxy + 1e-12);
+        EXPECT_LE(r.estimate.errorProxy,
+                  estimatePolicy(t, uniformRules(L, RoutingRule::staticK(k))).errorProxy + 1e-12);
     }
     // The sensitive layer 1 gets at least as many experts as layer 0 at 60%.
     const auto r = searchBudget(t, 0.6, so);
@@ -169,12 +170,12 @@ TEST(Policy, BudgetSearchFindsTheBruteForceOptimum)
 // on half units of the default resolution must not push it out.
 TEST(Policy, BudgetSearchIsExactAtTheDefaultResolution)
 {
-    const std::vector<std::vector<double>> errors = {
-        {0.2366, 0.0852, 0.0327, 0.0123, 0.0064, 0.0042, 0.0034, 0.0032},
-        {0.2940, 0.1281, 0.0552, 0.0255, 0.0141, 0.0092, 0.0072, 0.0066},
-        {0.2581, 0.1009, 0.0426, 0.0204, 0.0114, 0.0074, 0.0055, 0.0049},
-        {0.3241, 0.1462, 0.0697, 0.0341, 0.0189, 0.0117, 0.0082, 0.0068}};
-    auto t = syntheticTables(4, 8, [&](int l, int k) { return errors[static_cast<std::size_t>(l)][static_cast<std::size_t>(k - 1)]; });
+    const std::vector<std::vector<double>> errors = {{0.2366, 0.0852, 0.0327, 0.0123, 0.0064, 0.0042, 0.0034, 0.0032},
+                                                     {0.2940, 0.1281, 0.0552, 0.0255, 0.0141, 0.0092, 0.0072, 0.0066},
+                                                     {0.2581, 0.1009, 0.0426, 0.0204, 0.0114, 0.0074, 0.0055, 0.0049},
+                                                     {0.3241, 0.1462, 0.0697, 0.0341, 0.0189, 0.0117, 0.0082, 0.0068}};
+    auto t = syntheticTables(
+        4, 8, [&](int l, int k) { return errors[static_cast<std::size_t>(l)][static_cast<std::size_t>(k - 1)]; });
     for (auto& layer : t.layers)
         for (int k = 1; k <= 8; ++k)
             layer.paramsByK[static_cast<std::size_t>(k - 1)] = 73728.0 * k; // 3 x 256 x 96 per expert
@@ -187,7 +188,8 @@ TEST(Policy, BudgetSearchIsExactAtTheDefaultResolution)
                 for (int c = 1; c <= 8; ++c)
                     for (int d = 1; d <= 8; ++d)
                         if (a + b + c + d <= budget * 32 + 1e-9)
-                            best = std::min(best, errors[0][a - 1] + errors[1][b - 1] + errors[2][c - 1] + errors[3][d - 1]);
+                            best = std::min(best,
+                                            errors[0][a - 1] + errors[1][b - 1] + errors[2][c - 1] + errors[3][d - 1]);
         const auto r = searchBudget(t, budget);
         EXPECT_NEAR(r.estimate.errorProxy, best, 1e-12) << "budget " << budget;
         EXPECT_LE(r.estimate.activatedFfnFraction, budget + 1e-12);
@@ -423,8 +425,8 @@ TEST(Policy, CliFlowEstimatesMatchMeasurements)
     EXPECT_EQ(tradeoff["policies"][0]["measured"].size(), 1u); // the evaluation of "searched"
 
     // Refinement by held-out NLL: the kept policy is the best measured, every candidate fits.
-    r = runLadimo("policy " + project + " --budget-params 0.6 --rules static --name refined --refine-data " + stories +
-                      "/calib.u16 --refine-tokens 2048 --refine-evals 5 --json",
+    r = runLadimo("policy " + project + " --budget-params 0.6 --rules static --name refined --refine-data " + stories
+                      + "/calib.u16 --refine-tokens 2048 --refine-evals 5 --json",
                   true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto refined = nlohmann::json::parse(r.out);

@@ -88,8 +88,7 @@ TEST(InputLimits, OversizedJsonFilesAreRefusedBeforeTheyAreRead)
 
     fs::create_directory(tmp / "ckpt");
     sparseFile(tmp / "ckpt/model.safetensors.index.json", kMaxIndexJsonBytes + 1);
-    expectMentions(errorOf([&] { CheckpointFiles::open(tmp / "ckpt"); }),
-                   {"model.safetensors.index.json", "limit"});
+    expectMentions(errorOf([&] { CheckpointFiles::open(tmp / "ckpt"); }), {"model.safetensors.index.json", "limit"});
 
     sparseFile(tmp / "policy.json", kMaxConfigJsonBytes + 1);
     expectMentions(errorOf([&] { loadPolicyDocument(tmp / "policy.json", 4, 8); }), {"policy.json", "limit"});
@@ -112,8 +111,9 @@ TEST(InputLimits, SafetensorsHeaderClaimingMoreThanTheLimit)
                    {"big.safetensors", "header length", "limit"});
     // A rank above the limit and a shape whose byte size overflows 64 bits.
     expectMentions(errorOf([&] {
-                       SafetensorsFile::parseHeader(R"({"t":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}})",
-                                                    4, "x.safetensors", nullptr);
+                       SafetensorsFile::parseHeader(
+                           R"({"t":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}})", 4,
+                           "x.safetensors", nullptr);
                    }),
                    {"x.safetensors", "'t'", "rank 9"});
     expectMentions(errorOf([&] {
@@ -163,8 +163,11 @@ TEST(InputLimits, MoeLayerFileWithHostileMetadataOrShapes)
     TempDir tmp;
     const auto file = tmp / "layer.safetensors";
     const auto write = [&](const std::string& sizes, torch::Tensor router) {
-        writeSafetensors(file, {{"router", router}, {"gate", torch::zeros({2, 3, 4})}, {"up", torch::zeros({2, 3, 4})},
-                                {"down", torch::zeros({2, 4, 3})}},
+        writeSafetensors(file,
+                         {{"router", router},
+                          {"gate", torch::zeros({2, 3, 4})},
+                          {"up", torch::zeros({2, 3, 4})},
+                          {"down", torch::zeros({2, 4, 3})}},
                          {{"gating", "hard"}, {"sizes", sizes}, {"format", "ladimo-moe-layer-1"}});
     };
     write("3,3", torch::zeros({2, 4}));
@@ -176,7 +179,8 @@ TEST(InputLimits, MoeLayerFileWithHostileMetadataOrShapes)
     write("3,3", torch::zeros({}));
     expectMentions(errorOf([&] { loadMoeLayer(file, torch::kCPU, torch::kFloat32); }), {"layer.safetensors", "router"});
     write("3,3", torch::zeros({2, 5})); // hidden size disagrees with gate/up/down
-    expectMentions(errorOf([&] { loadMoeLayer(file, torch::kCPU, torch::kFloat32); }), {"layer.safetensors", "inconsistent"});
+    expectMentions(errorOf([&] { loadMoeLayer(file, torch::kCPU, torch::kFloat32); }),
+                   {"layer.safetensors", "inconsistent"});
 }
 
 TEST(InputLimits, JsonlLineLongerThanTheCapNamesTheFileAndLine)

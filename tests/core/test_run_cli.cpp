@@ -26,14 +26,15 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
     ladimo::test::TempDir tmp;
     const auto demo = (ladimo::test::sourceDir() / "resources" / "demo").string();
     const auto out = tmp.path() / "out";
-    const std::string args = "run " + demo + " --out " + out.string() +
-                             " --self-sample 2048 --experts 4 --train-top-k 3 --epochs 1 --refine-evals 3"
-                             " --eval-tokens 1024 --budget-params 0.75 --json";
+    const std::string args = "run " + demo + " --out " + out.string()
+        + " --self-sample 2048 --experts 4 --train-top-k 3 --epochs 1 --refine-evals 3"
+          " --eval-tokens 1024 --budget-params 0.75 --json";
     auto r = ladimo::test::runLadimo(args, /*stdoutOnly=*/true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto first = parseReport(r.out);
 
-    const std::vector<std::string> steps = {"convert", "profile", "policy", "evaluate dense", "evaluate policy", "export"};
+    const std::vector<std::string> steps
+        = {"convert", "profile", "policy", "evaluate dense", "evaluate policy", "export"};
     ASSERT_EQ(first["steps"].size(), steps.size()) << first.dump(2);
     for (std::size_t i = 0; i < steps.size(); ++i) {
         EXPECT_EQ(first["steps"][i]["step"], steps[i]);
@@ -69,8 +70,9 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
 
     // The registry's small format: the policy as a JSON report, through the same export command.
     const auto policyJson = out / "policy.json";
-    r = ladimo::test::runLadimo("export " + (out / "project.ladimo").string() + " --format policy-json --policy " +
-                                first["policy"].get<std::string>() + " --out " + policyJson.string() + " --json", true);
+    r = ladimo::test::runLadimo("export " + (out / "project.ladimo").string() + " --format policy-json --policy "
+                                    + first["policy"].get<std::string>() + " --out " + policyJson.string() + " --json",
+                                true);
     ASSERT_EQ(r.status, 0) << r.out;
     std::ifstream pj(policyJson);
     const auto policyDoc = nlohmann::json::parse(pj);
@@ -79,8 +81,8 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
     EXPECT_EQ(policyDoc["layers"], 4);
     ASSERT_EQ(policyDoc["per_layer"].size(), 4u);
     EXPECT_EQ(policyDoc["per_layer"][0]["experts"], 4);
-    r = ladimo::test::runLadimo("export " + (out / "project.ladimo").string() + " --format nonsense --out " +
-                                (out / "x").string());
+    r = ladimo::test::runLadimo("export " + (out / "project.ladimo").string() + " --format nonsense --out "
+                                + (out / "x").string());
     EXPECT_NE(r.status, 0);
     EXPECT_NE(r.out.find("expected hf-mixtral, gguf, hf-llama, gguf-llama or policy-json"), std::string::npos) << r.out;
 
@@ -98,9 +100,9 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
 
     // Another budget on the same project: the conversion and profile are reused, the rest is new.
     r = ladimo::test::runLadimo(
-        "run " + demo + " --out " + (tmp.path() / "out50").string() + " --project " + (out / "project.ladimo").string() +
-            " --self-sample 2048 --experts 4 --train-top-k 3 --epochs 1 --refine-evals 0 --eval-tokens 1024"
-            " --budget-params 0.5 --json",
+        "run " + demo + " --out " + (tmp.path() / "out50").string() + " --project " + (out / "project.ladimo").string()
+            + " --self-sample 2048 --experts 4 --train-top-k 3 --epochs 1 --refine-evals 0 --eval-tokens 1024"
+              " --budget-params 0.5 --json",
         true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto third = parseReport(r.out);

@@ -55,10 +55,7 @@ ModelConfig tinyConfig()
     return c;
 }
 
-void writeTinyModel(const fs::path& dir)
-{
-    LlamaModel::randomInit(tinyConfig(), 1).save(dir, torch::kFloat32);
-}
+void writeTinyModel(const fs::path& dir) { LlamaModel::randomInit(tinyConfig(), 1).save(dir, torch::kFloat32); }
 
 } // namespace
 
@@ -91,7 +88,8 @@ TEST(Safetensors, TruncatedFile)
     EXPECT_NE(msg.find("'w'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("past the end"), std::string::npos) << msg;
     std::ofstream(tmp / "short.safetensors") << "abc";
-    EXPECT_NE(expectError([&] { SafetensorsFile::open(tmp / "short.safetensors"); }).find("too short"), std::string::npos);
+    EXPECT_NE(expectError([&] { SafetensorsFile::open(tmp / "short.safetensors"); }).find("too short"),
+              std::string::npos);
 }
 
 TEST(Safetensors, HeaderLengthPastEnd)
@@ -110,8 +108,10 @@ TEST(Safetensors, HeaderLengthPastEnd)
 TEST(Safetensors, OverlappingRanges)
 {
     TempDir tmp;
-    writeRaw(tmp / "o.safetensors",
-             R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})", 24);
+    writeRaw(
+        tmp / "o.safetensors",
+        R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",
+        24);
     const auto msg = expectError([&] { SafetensorsFile::open(tmp / "o.safetensors"); });
     EXPECT_NE(msg.find("overlapping"), std::string::npos) << msg;
     EXPECT_NE(msg.find("'a'"), std::string::npos) << msg;
@@ -127,7 +127,8 @@ TEST(Safetensors, WrongDtypeAndSizeMismatch)
     msg = expectError([&] { SafetensorsFile::open(tmp / "s.safetensors"); });
     EXPECT_NE(msg.find("shape x dtype size = 16 bytes"), std::string::npos) << msg;
     writeRaw(tmp / "n.safetensors", R"({"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", 16);
-    EXPECT_NE(expectError([&] { SafetensorsFile::open(tmp / "n.safetensors"); }).find("non-negative"), std::string::npos);
+    EXPECT_NE(expectError([&] { SafetensorsFile::open(tmp / "n.safetensors"); }).find("non-negative"),
+              std::string::npos);
 }
 
 TEST(Safetensors, BadJsonHeader)
@@ -162,7 +163,8 @@ TEST(Checkpoint, ShapeDisagreeingWithConfig)
     cfg["intermediate_size"] = 48;
     atomicWriteFile(tmp / "config.json", cfg.dump());
     const auto msg = expectError([&] { LlamaModel::load(tmp.path()); });
-    EXPECT_NE(msg.find("mlp.gate_proj.weight' has shape [32, 16], config.json implies [48, 16]"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("mlp.gate_proj.weight' has shape [32, 16], config.json implies [48, 16]"), std::string::npos)
+        << msg;
 }
 
 TEST(Checkpoint, BadConfigJsonAndUnknownArchitecture)

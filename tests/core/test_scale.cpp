@@ -24,8 +24,8 @@ std::string ladimoBin() { return std::string(LADIMO_BIN_DIR) + "/ladimo"; }
 // Small settings, as the Cli tests use: a conversion of stories260K takes seconds.
 std::string convertArgs(const std::string& extra = "")
 {
-    return "convert " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 " +
-           extra + " --project ";
+    return "convert " + stories() + " --data " + stories()
+        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 " + extra + " --project ";
 }
 
 std::string layerFile(int l)
@@ -56,7 +56,8 @@ void expectSameRun(const std::filesystem::path& a, const std::filesystem::path& 
         EXPECT_EQ(lb[i].status, core::LayerStatus::Done);
         EXPECT_EQ(la[i].weightsPath, lb[i].weightsPath);
         EXPECT_EQ(la[i].weightsSha256, lb[i].weightsSha256);
-        EXPECT_EQ(core::sha256File(pa.absolutePath(la[i].weightsPath)), core::sha256File(pb.absolutePath(lb[i].weightsPath)));
+        EXPECT_EQ(core::sha256File(pa.absolutePath(la[i].weightsPath)),
+                  core::sha256File(pb.absolutePath(lb[i].weightsPath)));
         EXPECT_EQ(la[i].finalLoss, lb[i].finalLoss); // exact: the same float64 through JSON
         EXPECT_EQ(la[i].relativeError, lb[i].relativeError);
         const auto ca = pa.lossCurve(1, static_cast<int>(i)), cb = pb.lossCurve(1, static_cast<int>(i));
@@ -86,14 +87,15 @@ TEST(Scale, TwoConcurrentWorkersPlusAssembleEqualOneProcess)
     EXPECT_NE(r.out.find("prepared run #1"), std::string::npos) << r.out;
     // Two worker processes at once, disjoint ranges, no writer among them.
     const std::string worker = ladimoBin() + " " + convertArgs() + two.string() + " --layers ";
-    const std::string script = worker + "0-2 > " + (tmp / "a.log").string() + " 2>&1 & a=$!; " + worker + "3,4 > " +
-                               (tmp / "b.log").string() + " 2>&1 & b=$!; wait $a; ea=$?; wait $b; eb=$?; echo exits=$ea,$eb";
+    const std::string script = worker + "0-2 > " + (tmp / "a.log").string() + " 2>&1 & a=$!; " + worker + "3,4 > "
+        + (tmp / "b.log").string() + " 2>&1 & b=$!; wait $a; ea=$?; wait $b; eb=$?; echo exits=$ea,$eb";
     const double parallel = secondsOf([&] { r = runCommand(script); });
     const std::string logs = core::readTextFile(tmp / "a.log") + core::readTextFile(tmp / "b.log");
     ASSERT_NE(r.out.find("exits=0,0"), std::string::npos) << r.out << logs;
     EXPECT_NE(logs.find("layers 0-2 (3 to do)"), std::string::npos) << logs;
     EXPECT_NE(logs.find("layers 3-4 (2 to do)"), std::string::npos) << logs;
-    std::printf("[ scale    ] single process %.1f s, two concurrent workers %.1f s (stories260K, 5 layers)\n", single, parallel);
+    std::printf("[ scale    ] single process %.1f s, two concurrent workers %.1f s (stories260K, 5 layers)\n", single,
+                parallel);
     {
         // The workers left files only; the database still has every layer pending.
         auto p = core::Project::open(two, {core::Project::Access::ReadOnly, core::Project::Verify::None});
@@ -206,8 +208,8 @@ TEST(Scale, CaptureThenConvertEqualsConvertAlone)
     const auto alone = tmp / "alone.ladimo", reuse = tmp / "reuse.ladimo";
     auto r = runLadimo(convertArgs() + alone.string());
     ASSERT_EQ(r.status, 0) << r.out;
-    const std::string capture = "capture " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --project " +
-                                reuse.string();
+    const std::string capture
+        = "capture " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --project " + reuse.string();
     // Layers 0-2 captured ahead; 3 and 4 are left to the conversion's own dense pass.
     r = runLadimo(capture + " --layers 0-2");
     ASSERT_EQ(r.status, 0) << r.out;
@@ -221,7 +223,8 @@ TEST(Scale, CaptureThenConvertEqualsConvertAlone)
     r = runLadimo(convertArgs() + reuse.string());
     ASSERT_EQ(r.status, 0) << r.out;
     for (int l = 0; l < 5; ++l) {
-        const bool reused = r.out.find("layer " + std::to_string(l) + ": captured activations from") != std::string::npos;
+        const bool reused
+            = r.out.find("layer " + std::to_string(l) + ": captured activations from") != std::string::npos;
         EXPECT_EQ(reused, l < 3) << l << ": " << r.out;
     }
     expectSameRun(alone, reuse, 5);
@@ -236,8 +239,8 @@ TEST(Scale, WorkersReuseCapturedActivationsToo)
     ASSERT_EQ(r.status, 0) << r.out;
     r = runLadimo(convertArgs() + p.string() + " --prepare");
     ASSERT_EQ(r.status, 0) << r.out;
-    r = runLadimo("capture " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --project " + p.string() +
-                  " --layers 2-4");
+    r = runLadimo("capture " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --project "
+                  + p.string() + " --layers 2-4");
     ASSERT_EQ(r.status, 0) << r.out;
     r = runLadimo(convertArgs() + p.string() + " --layers 2-4");
     ASSERT_EQ(r.status, 0) << r.out;
@@ -311,8 +314,8 @@ TEST(Scale, KubernetesManifestIsAValidIndexedJob)
     if (std::system("/usr/bin/python3 -c 'import yaml' >/dev/null 2>&1") != 0)
         GTEST_SKIP() << "python3-yaml is not installed (apt-get install python3-yaml)";
     const auto src = ladimo::test::sourceDir();
-    const auto r = runCommand("/usr/bin/python3 " + (src / "tests/tools/check_k8s_job.py").string() + " " +
-                              (src / "deploy/k8s/convert-indexed-job.yaml").string());
+    const auto r = runCommand("/usr/bin/python3 " + (src / "tests/tools/check_k8s_job.py").string() + " "
+                              + (src / "deploy/k8s/convert-indexed-job.yaml").string());
     EXPECT_EQ(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("ok:"), std::string::npos) << r.out;
     // The checker itself rejects a broken manifest.
@@ -322,8 +325,8 @@ TEST(Scale, KubernetesManifestIsAValidIndexedJob)
     ASSERT_NE(pos, std::string::npos);
     yaml.replace(pos, std::string("completionMode: Indexed").size(), "completionMode: NonIndexed");
     core::atomicWriteFile(tmp / "bad.yaml", yaml);
-    const auto bad = runCommand("/usr/bin/python3 " + (src / "tests/tools/check_k8s_job.py").string() + " " +
-                                (tmp / "bad.yaml").string());
+    const auto bad = runCommand("/usr/bin/python3 " + (src / "tests/tools/check_k8s_job.py").string() + " "
+                                + (tmp / "bad.yaml").string());
     EXPECT_NE(bad.status, 0) << bad.out;
     EXPECT_NE(bad.out.find("completionMode"), std::string::npos) << bad.out;
 }

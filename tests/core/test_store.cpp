@@ -23,7 +23,7 @@ namespace {
 struct FileStamp {
     std::string bytes;
     fs::file_time_type mtime;
-    explicit FileStamp(const fs::path& f) : bytes(readTextFile(f)), mtime(fs::last_write_time(f)) {}
+    explicit FileStamp(const fs::path& f) : bytes(readTextFile(f)), mtime(fs::last_write_time(f)) { }
     bool operator==(const FileStamp& o) const { return bytes == o.bytes && mtime == o.mtime; }
 };
 
@@ -111,7 +111,10 @@ TEST(StoreDatabase, StatementsBindAndReadEveryType)
     {
         Transaction tx(db);
         auto st = db.prepare("INSERT INTO t VALUES (?1, ?2, ?3, ?4)");
-        st.bind(1, int64_t{-5}).bind(2, 2.25).bind(3, std::string("it's \"quoted\"; DROP TABLE t")).bindBlob(4, blob.data(), blob.size());
+        st.bind(1, int64_t{-5})
+            .bind(2, 2.25)
+            .bind(3, std::string("it's \"quoted\"; DROP TABLE t"))
+            .bindBlob(4, blob.data(), blob.size());
         st.run();
         tx.commit();
     }
@@ -182,7 +185,8 @@ TEST(StoreProject, EveryEntityRoundTrips)
         pol.name = "budget 50%";
         pol.origin = PolicyOrigin::Auto;
         pol.runId = runId;
-        pol.rules = nlohmann::json::array({{{"top_k", 2}}, {{"top_p", 0.9}, {"min_k", 1}, {"max_k", 4}}, {{"top_k", 3}}});
+        pol.rules
+            = nlohmann::json::array({{{"top_k", 2}}, {{"top_p", 0.9}, {"min_k", 1}, {"max_k", 4}}, {{"top_k", 3}}});
         policyId = p.savePolicy(pol);
         pol.id = policyId;
         pol.origin = PolicyOrigin::Manual;
@@ -425,8 +429,9 @@ TEST(StoreBadInput, FilesThatAreNotProjectsAreRefusedUntouched)
          "without the project tables"},
         {"newer.ladimo",
          [](const fs::path& f) {
-             execSql(f, readTextFile(ladimo::test::sourceDir() / "tests/data/store/project_v1.sql") +
-                            "PRAGMA user_version = 99;");
+             execSql(f,
+                     readTextFile(ladimo::test::sourceDir() / "tests/data/store/project_v1.sql")
+                         + "PRAGMA user_version = 99;");
          },
          "newer LaDiMo (project schema version 99"},
     };
@@ -489,8 +494,8 @@ TEST(StorePaths, TensorPathsCannotLeaveTheProjectFolder)
     EXPECT_EQ(Project::layerWeightsPath(3, 7), "runs/3/layer-007.safetensors");
     EXPECT_EQ(Project::activationsPath(2, 12), "activations/2/layer-012.safetensors");
     EXPECT_EQ(p.absolutePath("runs/3/layer-007.safetensors"), dir / "P.ladimo.d/runs/3/layer-007.safetensors");
-    for (const std::string bad : {"", "/etc/passwd", "../x.safetensors", "runs/../../x", "runs/..", "./a", "a//b",
-                                  "a\\..\\b", "runs/"}) {
+    for (const std::string bad :
+         {"", "/etc/passwd", "../x.safetensors", "runs/../../x", "runs/..", "./a", "a//b", "a\\..\\b", "runs/"}) {
         const auto msg = errorOf([&] { Project::validateRelativePath(bad); });
         EXPECT_NE(msg.find("invalid project path"), std::string::npos) << "'" << bad << "' accepted";
     }
@@ -555,8 +560,8 @@ TEST(StoreConcurrency, ReadersOnlySeeWholeCommits)
                 const auto& l = s.layers[i];
                 if (l.status == LayerStatus::Done) {
                     ++done;
-                    if (s.lossCurves[i].size() != curveLength(l.layer) || l.weightsPath.empty() ||
-                        !fs::exists(reader.absolutePath(l.weightsPath)) || !l.finalLoss)
+                    if (s.lossCurves[i].size() != curveLength(l.layer) || l.weightsPath.empty()
+                        || !fs::exists(reader.absolutePath(l.weightsPath)) || !l.finalLoss)
                         failure = "layer " + std::to_string(l.layer) + " done without its curve/file/results";
                 } else if (!s.lossCurves[i].empty() || !l.weightsPath.empty()) {
                     failure = "layer " + std::to_string(l.layer) + " not done but has a curve or a file";

@@ -99,17 +99,26 @@ nlohmann::json convertToHuggingFace(const Tokenizer& sp)
     nlohmann::json m = nlohmann::json::array();
     for (const auto& t : merges)
         m.push_back(std::get<3>(t) + " " + std::get<4>(t));
-    return {
-        {"normalizer", {{"type", "Sequence"}, {"normalizers", {{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
-                                                               {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}}},
-        {"pre_tokenizer", nullptr},
-        {"added_tokens", {{{"id", 0}, {"content", "<unk>"}, {"special", true}}, {{"id", 1}, {"content", "<s>"}, {"special", true}},
-                          {{"id", 2}, {"content", "</s>"}, {"special", true}}}},
-        {"model", {{"type", "BPE"}, {"byte_fallback", true}, {"fuse_unk", true}, {"unk_token", "<unk>"}, {"vocab", vocab}, {"merges", m}}}};
+    return {{"normalizer",
+             {{"type", "Sequence"},
+              {"normalizers",
+               {{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+                {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}}},
+            {"pre_tokenizer", nullptr},
+            {"added_tokens",
+             {{{"id", 0}, {"content", "<unk>"}, {"special", true}},
+              {{"id", 1}, {"content", "<s>"}, {"special", true}},
+              {{"id", 2}, {"content", "</s>"}, {"special", true}}}},
+            {"model",
+             {{"type", "BPE"},
+              {"byte_fallback", true},
+              {"fuse_unk", true},
+              {"unk_token", "<unk>"},
+              {"vocab", vocab},
+              {"merges", m}}}};
 }
 
-template <class F>
-double secondsOf(F&& f)
+template <class F> double secondsOf(F&& f)
 {
     const auto t0 = std::chrono::steady_clock::now();
     f();
@@ -148,11 +157,30 @@ TEST(Tokenizer, HuggingFaceJsonConvertedFromSentencePieceReproducesReference)
     // Edge cases the reference rows lack: whitespace runs, newlines, text that looks like
     // control tokens, non-Latin scripts, characters outside the vocabulary (byte fallback) and
     // malformed UTF-8, which SentencePiece turns into U+FFFD one byte at a time.
-    const std::vector<std::string> edge = {"", " ", "  ", " a", "a ", "a  b", "\n", "a\nb\n\n", "\t x", "\r\n",
-        "<s>hello</s>", "<unk>", "h\xC3\xA9llo w\xC3\xB6rld", "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E", "emoji \xF0\x9F\x98\x80!",
-        "\xFF\xFE bad", "x\xC3", "\xE2\x28\xA1", "\xED\xA0\x80 surrogate", "\xE2\x96\x81", std::string("nul\0byte", 8)};
+    const std::vector<std::string> edge = {"",
+                                           " ",
+                                           "  ",
+                                           " a",
+                                           "a ",
+                                           "a  b",
+                                           "\n",
+                                           "a\nb\n\n",
+                                           "\t x",
+                                           "\r\n",
+                                           "<s>hello</s>",
+                                           "<unk>",
+                                           "h\xC3\xA9llo w\xC3\xB6rld",
+                                           "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E",
+                                           "emoji \xF0\x9F\x98\x80!",
+                                           "\xFF\xFE bad",
+                                           "x\xC3",
+                                           "\xE2\x28\xA1",
+                                           "\xED\xA0\x80 surrogate",
+                                           "\xE2\x96\x81",
+                                           std::string("nul\0byte", 8)};
     for (const auto& text : edge) {
-        EXPECT_EQ(tok->encode(text), sp->encode(text)) << nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        EXPECT_EQ(tok->encode(text), sp->encode(text))
+            << nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         EXPECT_EQ(tok->decode(tok->encode(text)), sp->decode(sp->encode(text)));
     }
 
@@ -178,7 +206,8 @@ TEST(Tokenizer, HuggingFaceJsonLegacyMetaspaceForms)
     nlohmann::json j = convertToHuggingFace(*sp);
     j["normalizer"] = nullptr;
     TempDir tmp;
-    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
+    j["pre_tokenizer"]
+        = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
     atomicWriteFile(tmp / "first.json", j.dump());
     j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"add_prefix_space", true}};
     atomicWriteFile(tmp / "legacy.json", j.dump());
@@ -221,18 +250,27 @@ TEST(Tokenizer, ByteLevelFixture)
 {
     TempDir tmp;
     // GPT-2 style: bytes map to printable characters (space -> "Ġ" U+0120, "é" = C3 A9 -> "Ã©").
-    const nlohmann::json j = {
-        {"pre_tokenizer",
-         {{"type", "Sequence"},
-          {"pretokenizers",
-           {{{"type", "Split"}, {"pattern", {{"Regex", " ?\\p{L}+| ?\\p{N}+|\\s+"}}}, {"behavior", "Isolated"}},
-            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}}},
-        {"added_tokens", {{{"id", 9}, {"content", "<|endoftext|>"}, {"special", false}}}},
-        {"model",
-         {{"type", "BPE"},
-          {"vocab", {{"h", 0}, {"i", 1}, {"\xC4\xA0", 2}, {"hi", 3}, {"\xC4\xA0hi", 4}, {"\xC3\x83", 5}, {"\xC2\xA9", 6},
-                     {"\xC3\x83\xC2\xA9", 7}, {"1", 8}, {"<|endoftext|>", 9}}},
-          {"merges", {"h i", "\xC4\xA0 hi", {"\xC3\x83", "\xC2\xA9"}}}}}};
+    const nlohmann::json j
+        = {{"pre_tokenizer",
+            {{"type", "Sequence"},
+             {"pretokenizers",
+              {{{"type", "Split"}, {"pattern", {{"Regex", " ?\\p{L}+| ?\\p{N}+|\\s+"}}}, {"behavior", "Isolated"}},
+               {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}}},
+           {"added_tokens", {{{"id", 9}, {"content", "<|endoftext|>"}, {"special", false}}}},
+           {"model",
+            {{"type", "BPE"},
+             {"vocab",
+              {{"h", 0},
+               {"i", 1},
+               {"\xC4\xA0", 2},
+               {"hi", 3},
+               {"\xC4\xA0hi", 4},
+               {"\xC3\x83", 5},
+               {"\xC2\xA9", 6},
+               {"\xC3\x83\xC2\xA9", 7},
+               {"1", 8},
+               {"<|endoftext|>", 9}}},
+             {"merges", {"h i", "\xC4\xA0 hi", {"\xC3\x83", "\xC2\xA9"}}}}}};
     atomicWriteFile(tmp / "tokenizer.json", j.dump());
     const auto tok = Tokenizer::loadForModel(tmp.path());
     ASSERT_TRUE(tok);
@@ -283,8 +321,7 @@ std::string byteLevelChar(int b)
         const bool printable = (c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF);
         const int cp = printable ? c : 256 + n++;
         if (c == b)
-            return cp < 0x80 ? std::string(1, char(cp))
-                             : std::string{char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
+            return cp < 0x80 ? std::string(1, char(cp)) : std::string{char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
     }
     return {};
 }
@@ -299,10 +336,17 @@ TEST(Tokenizer, ByteLevelGpt2RegexFixture)
     for (int b = 0; b < 256; ++b)
         vocab[byteLevelChar(b)] = b;
     const std::string G = byteLevelChar(' '); // "Ġ"
-    const std::vector<std::pair<std::string, std::string>> merges = {
-        {"H", "e"}, {"l", "l"}, {"He", "ll"}, {"Hell", "o"},                  // 256..259 -> "Hello" = 259
-        {G, "w"}, {"o", "r"}, {G + "w", "or"}, {"l", "d"}, {G + "wor", "ld"}, // 260..264 -> "Ġworld" = 264
-        {byteLevelChar(0xC3), byteLevelChar(0xA9)}};                          // 265 "Ã©", i.e. "é"
+    const std::vector<std::pair<std::string, std::string>> merges
+        = {{"H", "e"},
+           {"l", "l"},
+           {"He", "ll"},
+           {"Hell", "o"}, // 256..259 -> "Hello" = 259
+           {G, "w"},
+           {"o", "r"},
+           {G + "w", "or"},
+           {"l", "d"},
+           {G + "wor", "ld"},                           // 260..264 -> "Ġworld" = 264
+           {byteLevelChar(0xC3), byteLevelChar(0xA9)}}; // 265 "Ã©", i.e. "é"
     nlohmann::json m = nlohmann::json::array();
     int id = 256;
     for (std::size_t k = 0; k < merges.size(); ++k) {
@@ -314,12 +358,14 @@ TEST(Tokenizer, ByteLevelGpt2RegexFixture)
     }
     vocab["hello world"] = 266;
     vocab["<|endoftext|>"] = 267;
-    const nlohmann::json j = {
-        {"normalizer", nullptr},
-        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-        {"added_tokens", {{{"id", 266}, {"content", "hello world"}, {"special", false}},
-                          {{"id", 267}, {"content", "<|endoftext|>"}, {"special", true}}}},
-        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", m}}}};
+    const nlohmann::json j
+        = {{"normalizer", nullptr},
+           {"pre_tokenizer",
+            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+           {"added_tokens",
+            {{{"id", 266}, {"content", "hello world"}, {"special", false}},
+             {{"id", 267}, {"content", "<|endoftext|>"}, {"special", true}}}},
+           {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", m}}}};
     TempDir tmp;
     atomicWriteFile(tmp / "tokenizer.json", j.dump());
     const auto tok = Tokenizer::loadHuggingFace(tmp / "tokenizer.json");
@@ -331,9 +377,9 @@ TEST(Tokenizer, ByteLevelGpt2RegexFixture)
     EXPECT_EQ(tok->tokenType(266), Tokenizer::TokenType::UserDefined);
     EXPECT_EQ(tok->tokenType(32), Tokenizer::TokenType::Normal);
     EXPECT_EQ(tok->piece(264), G + "world");
-    EXPECT_EQ(tok->score(97), 0.0f);     // a base byte
-    EXPECT_EQ(tok->score(256), -1.0f);   // made by merge rank 0
-    EXPECT_EQ(tok->score(264), -9.0f);   // made by merge rank 8
+    EXPECT_EQ(tok->score(97), 0.0f);   // a base byte
+    EXPECT_EQ(tok->score(256), -1.0f); // made by merge rank 0
+    EXPECT_EQ(tok->score(264), -9.0f); // made by merge rank 8
     // Pre-tokens "Hello" " world" "!": each merges down as far as the table allows.
     EXPECT_EQ(tok->encode("Hello world!"), (std::vector<int>{259, 264, '!'}));
     // "\s+(?!\S)" leaves the last space of a run to the next word.
@@ -347,7 +393,9 @@ TEST(Tokenizer, ByteLevelGpt2RegexFixture)
     EXPECT_EQ(tok->decode({'s', 'a', 'y', ' ', 266, 267}), "say hello world");
     EXPECT_EQ(tok->encode("<|endoftext|>").size(), 13u);
     // Malformed UTF-8 survives: every stray byte is a pre-token of its own.
-    EXPECT_EQ(tok->encode("\xFF\xFE" "ab"), (std::vector<int>{0xFF, 0xFE, 'a', 'b'}));
+    EXPECT_EQ(tok->encode("\xFF\xFE"
+                          "ab"),
+              (std::vector<int>{0xFF, 0xFE, 'a', 'b'}));
     EXPECT_EQ(tok->decode(tok->encode("x\xC3 \xE2\x28\xA1y")), "x\xC3 \xE2\x28\xA1y");
 
     LADIMO_REQUIRE_SHARED("text/austen/persuasion.txt");
@@ -367,23 +415,30 @@ TEST(Tokenizer, HostileJsonGivesErrorsNamingFileAndKey)
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": -1}}})", "'model.vocab' entry 'a'");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 99999999}}})", "'model.vocab' entry 'a'");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0}, "byte_fallback": true},
-                              "added_tokens": [{"id": 1, "content": "b", "special": "yes"}]})", "'added_tokens'");
-    expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "byte_fallback": true, "merges": ["a b"]}})",
-                       "'model.merges' entry 'a b'");
+                              "added_tokens": [{"id": 1, "content": "b", "special": "yes"}]})",
+                       "'added_tokens'");
+    expectThrowsNaming(
+        f, R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "byte_fallback": true, "merges": ["a b"]}})",
+        "'model.merges' entry 'a b'");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0}, "byte_fallback": true, "merges": [7]}})",
                        "'model.merges'");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0}, "byte_fallback": true},
-                              "normalizer": {"type": "Lowercase"}})", "normalizer 'Lowercase'");
+                              "normalizer": {"type": "Lowercase"}})",
+                       "normalizer 'Lowercase'");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0}, "byte_fallback": true},
-                              "pre_tokenizer": {"type": "Split", "pattern": {"Regex": 7}}})", "Split");
+                              "pre_tokenizer": {"type": "Split", "pattern": {"Regex": 7}}})",
+                       "Split");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0}, "byte_fallback": true},
-                              "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}}})", "does not compile");
+                              "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}}})",
+                       "does not compile");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0}, "byte_fallback": true},
-                              "pre_tokenizer": {"type": "Whitespace"}})", "pre-tokenizer 'Whitespace'");
+                              "pre_tokenizer": {"type": "Whitespace"}})",
+                       "pre-tokenizer 'Whitespace'");
     expectThrowsNaming(f, R"({"model": {"type": "BPE", "vocab": {"a": 0}}})", "unk_token");
 
     // A piece that only looks like a byte token is an ordinary piece, not a crash.
-    atomicWriteFile(f, std::string(R"({"model": {"type": "BPE", "vocab": {"<0xZZ>": 0, "<0x41>": 1}, "byte_fallback": true}})"));
+    atomicWriteFile(
+        f, std::string(R"({"model": {"type": "BPE", "vocab": {"<0xZZ>": 0, "<0x41>": 1}, "byte_fallback": true}})"));
     const auto tok = Tokenizer::loadHuggingFace(f);
     EXPECT_EQ(tok->tokenType(0), Tokenizer::TokenType::Normal);
     EXPECT_EQ(tok->tokenType(1), Tokenizer::TokenType::Byte);

@@ -5,7 +5,8 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size)
 {
     LADIMO_FUZZ_EXPECT_ONLY_ERRORS({
-        const auto g = ladimo::test::GgufFile::parse(std::string(reinterpret_cast<const char*>(data), size), "fuzz.gguf");
+        const auto g
+            = ladimo::test::GgufFile::parse(std::string(reinterpret_cast<const char*>(data), size), "fuzz.gguf");
         for (const auto& t : g.tensors())
             (void)g.tensor(t.name);
     });

@@ -12,8 +12,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size)
     const auto file = ladimo::fuzz::writeScratch("policy.json", data, size);
     LADIMO_FUZZ_EXPECT_ONLY_ERRORS({
         const auto d = loadPolicyDocument(file, 4, 8);
-        const auto again = parsePolicyDocument(policyDocument(d.name.empty() ? "x" : d.name, d.rules, d.gating, 8),
-                                               4, 8, "round trip");
+        const auto again = parsePolicyDocument(policyDocument(d.name.empty() ? "x" : d.name, d.rules, d.gating, 8), 4,
+                                               8, "round trip");
         if (rulesToJson(again.rules) != rulesToJson(d.rules))
             std::abort();
         for (const auto& r : d.rules)

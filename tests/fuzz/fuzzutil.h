@@ -20,8 +20,7 @@ inline const std::filesystem::path& scratchDir()
 {
     static const std::filesystem::path dir = [] {
         const char* base = std::getenv("TMPDIR");
-        auto d = std::filesystem::path(base && *base ? base : "/tmp") /
-                 ("ladimo-fuzz-" + std::to_string(::getpid()));
+        auto d = std::filesystem::path(base && *base ? base : "/tmp") / ("ladimo-fuzz-" + std::to_string(::getpid()));
         std::filesystem::create_directories(d);
         return d;
     }();
@@ -44,10 +43,10 @@ inline std::filesystem::path writeScratch(const std::string& name, const uint8_t
 } // namespace ladimo::fuzz
 
 // Runs `body`; a core::Error is the expected way for bad input to end.
-#define LADIMO_FUZZ_EXPECT_ONLY_ERRORS(body) \
-    do {                                     \
-        try {                                \
-            body;                            \
-        } catch (const ::ladimo::core::Error&) { \
-        }                                    \
+#define LADIMO_FUZZ_EXPECT_ONLY_ERRORS(body)                                                                           \
+    do {                                                                                                               \
+        try {                                                                                                          \
+            body;                                                                                                      \
+        } catch (const ::ladimo::core::Error&) {                                                                       \
+        }                                                                                                              \
     } while (0)

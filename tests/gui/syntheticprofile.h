@@ -33,13 +33,10 @@ inline void setSyntheticMeasures(core::RoutingProfile& prof, int experts, double
         paramsT.push_back(1000.0 * k);
         errorT.push_back(0.8 * scale * 0.2 * std::exp(-0.9 * k));
     }
-    prof.extra = {{"cumulative_mass", cumulativeMass},
-                  {"params_by_k", paramsByK},
-                  {"dense_parameters", 1000.0 * experts},
-                  {"thresholds", thresholds},
-                  {"mean_k_by_threshold", meanK},
-                  {"params_by_threshold", paramsT},
-                  {"error_by_threshold", errorT}};
+    prof.extra
+        = {{"cumulative_mass", cumulativeMass}, {"params_by_k", paramsByK},     {"dense_parameters", 1000.0 * experts},
+           {"thresholds", thresholds},          {"mean_k_by_threshold", meanK}, {"params_by_threshold", paramsT},
+           {"error_by_threshold", errorT}};
 }
 
 // A CPU latency model: the rest of the model 4 ms, the dense FFN 2 ms and each active expert 0.6 ms

@@ -29,7 +29,8 @@ TEST(MainWindow, OpensStories260KIntoTheModelView)
     ASSERT_EQ(model->rowCount(), 5);
     EXPECT_EQ(model->index(0, LayerTableModel::FfnColumn).data(Qt::UserRole).toLongLong(), 3 * 64 * 172);
     EXPECT_EQ(model->index(4, LayerTableModel::IntermediateColumn).data(Qt::UserRole).toLongLong(), 172);
-    EXPECT_TRUE(w.summaryText().contains("260,032") || w.summaryText().contains("260032")) << w.summaryText().toStdString();
+    EXPECT_TRUE(w.summaryText().contains("260,032") || w.summaryText().contains("260032"))
+        << w.summaryText().toStdString();
 }
 
 TEST(MainWindow, BadFolderReportsAnErrorAndKeepsState)
@@ -94,7 +95,8 @@ TEST(MainWindow, OpensAProjectIntoTheConvertView)
     ASSERT_EQ(conv->rowCount(), 5);
     EXPECT_EQ(conv->index(1, ladimo::gui::ConversionTableModel::StatusColumn).data().toString(), "done");
     EXPECT_EQ(conv->index(4, ladimo::gui::ConversionTableModel::StatusColumn).data().toString(), "pending");
-    EXPECT_NEAR(conv->index(2, ladimo::gui::ConversionTableModel::ErrorColumn).data(Qt::UserRole).toDouble(), 0.03, 1e-12);
+    EXPECT_NEAR(conv->index(2, ladimo::gui::ConversionTableModel::ErrorColumn).data(Qt::UserRole).toDouble(), 0.03,
+                1e-12);
     ASSERT_TRUE(w.selectView("convert"));
     w.selectConversionLayer(2);
     ASSERT_EQ(w.lossPlot()->seriesCount(), 2); // per batch + moving average
@@ -102,9 +104,9 @@ TEST(MainWindow, OpensAProjectIntoTheConvertView)
     // Routing view: the three profiled layers, four rank curves over two bins.
     ASSERT_TRUE(w.selectView("routing"));
     EXPECT_TRUE(w.selectRoutingLayer(2));
-    EXPECT_FALSE(w.selectRoutingLayer(3)); // layer 3 has no profile
+    EXPECT_FALSE(w.selectRoutingLayer(3));     // layer 3 has no profile
     EXPECT_EQ(w.rankPlot()->seriesCount(), 4); // ranks 1, 2, middle (3) and last (4) of 4 experts
-    EXPECT_EQ(w.rankPlot()->pointCount(0), 2);  // one point per bin
+    EXPECT_EQ(w.rankPlot()->pointCount(0), 2); // one point per bin
 }
 
 int main(int argc, char** argv)

@@ -30,8 +30,7 @@ using ladimo::gui::MainWindow;
 
 namespace {
 
-template <class T>
-T* child(MainWindow& w, const char* name)
+template <class T> T* child(MainWindow& w, const char* name)
 {
     auto* c = w.findChild<T*>(QString::fromLatin1(name));
     EXPECT_NE(c, nullptr) << name;
@@ -57,7 +56,8 @@ TEST(PipelineTabs, ConversionMakesStepsDoneLiveLossThenCalibrationEditMakesThemS
     EXPECT_STREQ(stateName(w.stepState(PipelineStep::Model)), "done");
     EXPECT_STREQ(stateName(w.stepState(PipelineStep::Convert)), "not run");
     EXPECT_STREQ(stateName(w.stepState(PipelineStep::Profile)), "not run");
-    EXPECT_TRUE(w.stepToolTip(PipelineStep::Model).contains("4 layers")) << w.stepToolTip(PipelineStep::Model).toStdString();
+    EXPECT_TRUE(w.stepToolTip(PipelineStep::Model).contains("4 layers"))
+        << w.stepToolTip(PipelineStep::Model).toStdString();
 
     ASSERT_TRUE(w.selectView("calibration"));
     child<QComboBox>(w, "dataKind")->setCurrentIndex(CalibrationView::SelfSample);
@@ -92,8 +92,8 @@ TEST(PipelineTabs, ConversionMakesStepsDoneLiveLossThenCalibrationEditMakesThemS
 
     // The setting the conversion stored.
     {
-        auto p = ladimo::core::Project::open(project.toStdString(), {ladimo::core::Project::Access::ReadOnly,
-                                                                     ladimo::core::Project::Verify::None});
+        auto p = ladimo::core::Project::open(
+            project.toStdString(), {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::None});
         const auto s = p.setting(ladimo::core::kCalibrationSetting);
         ASSERT_TRUE(s.has_value());
         EXPECT_EQ((*s)["kind"], "self_sample");

@@ -114,7 +114,8 @@ void expectShows(PolicyView& view, const core::PolicyRules& rules)
         EXPECT_DOUBLE_EQ(model->index(l, PolicyTableModel::FfnColumn).data(Qt::UserRole).toDouble(),
                          e.params / model->tables().layers[static_cast<std::size_t>(l)].denseParams);
         EXPECT_DOUBLE_EQ(model->index(l, PolicyTableModel::ErrorColumn).data(Qt::UserRole).toDouble(), e.error);
-        EXPECT_DOUBLE_EQ(model->index(l, PolicyTableModel::PrefillColumn).data(Qt::UserRole).toDouble(), e.prefillSeconds);
+        EXPECT_DOUBLE_EQ(model->index(l, PolicyTableModel::PrefillColumn).data(Qt::UserRole).toDouble(),
+                         e.prefillSeconds);
         EXPECT_EQ(model->index(l, PolicyTableModel::RuleColumn).data(Qt::UserRole).toString().toStdString(),
                   core::describeRule(rules[static_cast<std::size_t>(l)], model->experts()));
     }
@@ -127,11 +128,12 @@ void expectShows(PolicyView& view, const core::PolicyRules& rules)
     EXPECT_TRUE(totals.contains(percent(want.activatedFfnFraction))) << totals.toStdString();
     EXPECT_TRUE(totals.contains(QString::number(want.errorProxy, 'f', 5))) << totals.toStdString();
     if (want.hasLatency)
-        EXPECT_TRUE(totals.contains(QString::number(1e3 * want.prefillSeconds, 'f', 2) + " ms")) << totals.toStdString();
+        EXPECT_TRUE(totals.contains(QString::number(1e3 * want.prefillSeconds, 'f', 2) + " ms"))
+            << totals.toStdString();
     ASSERT_TRUE(view.plot()->hasCurrent());
-    const double x = view.axis() == PolicyView::ParamsAxis    ? want.activatedFfnFraction
-                     : view.axis() == PolicyView::PrefillAxis ? want.prefillFraction
-                                                              : want.decodeFraction;
+    const double x = view.axis() == PolicyView::ParamsAxis ? want.activatedFfnFraction
+        : view.axis() == PolicyView::PrefillAxis           ? want.prefillFraction
+                                                           : want.decodeFraction;
     EXPECT_DOUBLE_EQ(view.plot()->currentPoint().x(), x);
     EXPECT_DOUBLE_EQ(view.plot()->currentPoint().y(), want.errorProxy);
 }
@@ -197,10 +199,12 @@ TEST(PolicyView, RowsSwitchToTopPWithAThresholdSlider)
     PolicyView view;
     QAbstractItemModelTester tester(view.model(), QAbstractItemModelTester::FailureReportingMode::Fatal);
     ASSERT_NO_FATAL_FAILURE(openView(view, file));
-    auto* kind = qobject_cast<QComboBox*>(view.table()->indexWidget(view.model()->index(2, PolicyTableModel::KindColumn)));
+    auto* kind
+        = qobject_cast<QComboBox*>(view.table()->indexWidget(view.model()->index(2, PolicyTableModel::KindColumn)));
     ASSERT_NE(kind, nullptr);
     EXPECT_EQ(kind->currentIndex(), 0);
-    ASSERT_TRUE(view.model()->setData(view.model()->index(2, PolicyTableModel::KindColumn), static_cast<int>(PolicyTableModel::ThresholdKind)));
+    ASSERT_TRUE(view.model()->setData(view.model()->index(2, PolicyTableModel::KindColumn),
+                                      static_cast<int>(PolicyTableModel::ThresholdKind)));
     EXPECT_EQ(kind->currentIndex(), 1);
     // Mean k was 2: the grid threshold whose mean k is closest (1.75 at p=0.6).
     auto rules = core::uniformRules(kLayers, core::RoutingRule::staticK(2));
@@ -247,7 +251,8 @@ TEST(PolicyView, AutoStaysWithinTheBudgetAndReportsImpossibleOnes)
     QSignalSpy failed(&view, &PolicyView::actionFailed);
     view.runAuto(0.01, core::CostKind::Params, core::RuleKinds::Static);
     ASSERT_TRUE(failed.wait(20000));
-    EXPECT_TRUE(failed.front().front().toString().contains("no policy fits")) << failed.front().front().toString().toStdString();
+    EXPECT_TRUE(failed.front().front().toString().contains("no policy fits"))
+        << failed.front().front().toString().toStdString();
     expectShows(view, want.rules); // unchanged
 }
 
@@ -304,7 +309,8 @@ TEST(PolicyView, SaveAsStoresAManualPolicyInTheProject)
     QAbstractItemModelTester tester(view.model(), QAbstractItemModelTester::FailureReportingMode::Fatal);
     ASSERT_NO_FATAL_FAILURE(openView(view, file));
     view.model()->setData(view.model()->index(0, PolicyTableModel::SettingColumn), 3);
-    view.model()->setData(view.model()->index(2, PolicyTableModel::KindColumn), static_cast<int>(PolicyTableModel::ThresholdKind));
+    view.model()->setData(view.model()->index(2, PolicyTableModel::KindColumn),
+                          static_cast<int>(PolicyTableModel::ThresholdKind));
     const auto rules = view.model()->rules();
     QSignalSpy saved(&view, &PolicyView::policySaved);
     view.savePolicyAs("hand-tuned");
@@ -412,8 +418,8 @@ const RefineFixture& refineFixture()
         const auto stories = test::sharedData() / "stories260K";
         const std::string data = " --data " + (stories / "calib.u16").string() + " --max-tokens 2048";
         const auto project = tmp / "refine.ladimo";
-        auto r = test::runLadimo("convert " + stories.string() + data + " --epochs 1 --router-epochs 1 --project " +
-                                 project.string());
+        auto r = test::runLadimo("convert " + stories.string() + data + " --epochs 1 --router-epochs 1 --project "
+                                 + project.string());
         if (r.status != 0)
             return RefineFixture{{}, {}, r.out};
         r = test::runLadimo("profile " + project.string() + data);
@@ -490,7 +496,8 @@ TEST(PolicyView, RefineByMeasurementAppliesTheMeasuredBestWithinTheBudget)
     EXPECT_LE(measured.size(), kEvals);
     for (int i = 0; i < measured.size(); ++i) {
         EXPECT_EQ(measured.at(i).at(0).toInt(), i);
-        EXPECT_DOUBLE_EQ(measured.at(i).at(2).toDouble(), report["measured"][static_cast<std::size_t>(i)]["nll"].get<double>());
+        EXPECT_DOUBLE_EQ(measured.at(i).at(2).toDouble(),
+                         report["measured"][static_cast<std::size_t>(i)]["nll"].get<double>());
     }
     expectSameRules(core::rulesFromJson(report.at("start_rules"), layers, view.model()->experts(), "test"), searched);
 
@@ -511,7 +518,8 @@ TEST(PolicyView, RefineByMeasurementAppliesTheMeasuredBestWithinTheBudget)
     EXPECT_LE(core::costFraction(view.model()->estimate(), core::CostKind::Params), kBudget + 1e-9);
     EXPECT_TRUE(view.statusText().contains(QString("%1 policies measured").arg(direct.measured.size())))
         << view.statusText().toStdString();
-    EXPECT_TRUE(view.statusText().contains(QString::number(direct.best.measured, 'f', 5))) << view.statusText().toStdString();
+    EXPECT_TRUE(view.statusText().contains(QString::number(direct.best.measured, 'f', 5)))
+        << view.statusText().toStdString();
 
     // One undoable step back to the search's choice.
     EXPECT_EQ(view.undoStack()->count(), undoSteps + 1);
@@ -558,7 +566,8 @@ TEST(PolicyView, RefineCancelledOrFailedLeavesThePolicyAsItWas)
     ASSERT_TRUE(view.runRefine(data, 4));
     ASSERT_TRUE(finished.wait(60000));
     EXPECT_FALSE(finished.back().at(0).toBool());
-    EXPECT_TRUE(finished.back().at(1).toString().contains("missing.u16")) << finished.back().at(1).toString().toStdString();
+    EXPECT_TRUE(finished.back().at(1).toString().contains("missing.u16"))
+        << finished.back().at(1).toString().toStdString();
     ASSERT_EQ(failed.size(), 1);
     EXPECT_TRUE(failed.front().front().toString().contains("missing.u16"));
     EXPECT_TRUE(view.statusText().contains("missing.u16"));

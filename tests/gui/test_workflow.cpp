@@ -73,8 +73,7 @@ private:
     int m_ticks = 0;
 };
 
-template <class T>
-T* child(MainWindow& w, const char* name)
+template <class T> T* child(MainWindow& w, const char* name)
 {
     auto* c = w.findChild<T*>(QString::fromLatin1(name));
     EXPECT_NE(c, nullptr) << name;
@@ -113,7 +112,8 @@ TEST(Workflow, ConvertProfileAndTuneTheDemoFromTheWindow)
     w.show();
     QAbstractItemModelTester convTester(const_cast<ConversionTableModel*>(w.conversionModel()),
                                         QAbstractItemModelTester::FailureReportingMode::Fatal);
-    QAbstractItemModelTester policyTester(w.policyView()->model(), QAbstractItemModelTester::FailureReportingMode::Fatal);
+    QAbstractItemModelTester policyTester(w.policyView()->model(),
+                                          QAbstractItemModelTester::FailureReportingMode::Fatal);
     openDemoForQuickConversion(w, project, 1024, 1);
     auto* start = child<QPushButton>(w, "startConversion");
     auto* profile = child<QPushButton>(w, "startProfile");
@@ -142,7 +142,7 @@ TEST(Workflow, ConvertProfileAndTuneTheDemoFromTheWindow)
     }
     ASSERT_EQ(converted.front().at(1).toString().toStdString(), "");
     EXPECT_FALSE(converted.front().at(0).toBool());
-    EXPECT_EQ(rowsWhileRunning, 4); // the run's layers were listed live
+    EXPECT_EQ(rowsWhileRunning, 4);  // the run's layers were listed live
     ASSERT_TRUE(opened.wait(20000)); // the project reopens with what was stored
     EXPECT_EQ(w.currentPath(), project);
     EXPECT_EQ(child<QProgressBar>(w, "overallProgress")->value(), child<QProgressBar>(w, "overallProgress")->maximum());
@@ -159,8 +159,8 @@ TEST(Workflow, ConvertProfileAndTuneTheDemoFromTheWindow)
     EXPECT_GT(w.lossPlot()->pointCount(0), 0);
     {
         // What the project records: the run done, the same settings as `ladimo convert` would.
-        auto p = ladimo::core::Project::open(project.toStdString(), {ladimo::core::Project::Access::ReadOnly,
-                                                                     ladimo::core::Project::Verify::Checksums});
+        auto p = ladimo::core::Project::open(
+            project.toStdString(), {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::Checksums});
         const auto runId = p.latestRunId();
         ASSERT_TRUE(runId.has_value());
         const auto run = p.run(*runId);
@@ -189,7 +189,8 @@ TEST(Workflow, ConvertProfileAndTuneTheDemoFromTheWindow)
     ASSERT_EQ(view->model()->rowCount(), 4);
 
     // Move layer 2's slider: the live estimate and the totals change.
-    auto* slider = qobject_cast<QSlider*>(view->table()->indexWidget(view->model()->index(2, PolicyTableModel::SettingColumn)));
+    auto* slider
+        = qobject_cast<QSlider*>(view->table()->indexWidget(view->model()->index(2, PolicyTableModel::SettingColumn)));
     ASSERT_NE(slider, nullptr);
     const QString totalsBefore = view->totalsText();
     const QVariant ffnBefore = view->model()->index(2, PolicyTableModel::FfnColumn).data(Qt::UserRole);
@@ -252,14 +253,15 @@ TEST(Workflow, ConvertProfileAndTuneTheDemoFromTheWindow)
     ASSERT_EQ(exported.front().at(1).toString().toStdString(), "");
     EXPECT_TRUE(std::filesystem::exists(outDir / "config.json"));
     EXPECT_TRUE(exp->reportText().contains("config.json")) << exp->reportText().toStdString();
-    EXPECT_TRUE(exp->reportText().contains("not exact")) << "a per-layer policy at one k: " << exp->reportText().toStdString();
+    EXPECT_TRUE(exp->reportText().contains("not exact"))
+        << "a per-layer policy at one k: " << exp->reportText().toStdString();
     ASSERT_TRUE(opened.wait(20000));
     ASSERT_EQ(exp->model()->rowCount(), 1);
     using ladimo::gui::ExportTableModel;
     EXPECT_EQ(exp->model()->index(0, ExportTableModel::FormatColumn).data().toString(), "hf-mixtral");
     EXPECT_EQ(exp->model()->index(0, ExportTableModel::PolicyColumn).data().toString(), "mine");
-    auto p = ladimo::core::Project::open(project.toStdString(), {ladimo::core::Project::Access::ReadOnly,
-                                                                 ladimo::core::Project::Verify::None});
+    auto p = ladimo::core::Project::open(
+        project.toStdString(), {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::None});
     const auto records = p.exports();
     ASSERT_EQ(records.size(), 1u);
     EXPECT_EQ(records.front().path, std::filesystem::absolute(outDir).lexically_normal().string());
@@ -294,8 +296,8 @@ TEST(Workflow, CancelKeepsTheProjectConsistentAndStartResumes)
     ASSERT_TRUE(opened.wait(20000));
     int64_t runId = 0;
     {
-        auto p = ladimo::core::Project::open(project.toStdString(), {ladimo::core::Project::Access::ReadOnly,
-                                                                     ladimo::core::Project::Verify::Checksums});
+        auto p = ladimo::core::Project::open(
+            project.toStdString(), {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::Checksums});
         runId = *p.latestRunId();
         EXPECT_EQ(p.run(runId).status, ladimo::core::RunStatus::Cancelled);
         for (const auto& l : p.layers(runId))
@@ -308,8 +310,8 @@ TEST(Workflow, CancelKeepsTheProjectConsistentAndStartResumes)
     ASSERT_TRUE(converted.wait(180000));
     EXPECT_FALSE(converted.front().at(0).toBool());
     EXPECT_EQ(converted.front().at(1).toString().toStdString(), "");
-    auto p = ladimo::core::Project::open(project.toStdString(), {ladimo::core::Project::Access::ReadOnly,
-                                                                 ladimo::core::Project::Verify::Checksums});
+    auto p = ladimo::core::Project::open(
+        project.toStdString(), {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::Checksums});
     EXPECT_EQ(*p.latestRunId(), runId);
     EXPECT_EQ(p.run(runId).status, ladimo::core::RunStatus::Done);
     EXPECT_TRUE(p.resumableLayers(runId).empty());
@@ -350,8 +352,8 @@ TEST(Workflow, ClosingTheWindowDuringAConversionCancelsItCleanly)
         ASSERT_TRUE(training);
         // The window goes away here: its destructor cancels the job and waits for it.
     }
-    auto p = ladimo::core::Project::open(project.toStdString(), {ladimo::core::Project::Access::ReadOnly,
-                                                                 ladimo::core::Project::Verify::Checksums});
+    auto p = ladimo::core::Project::open(
+        project.toStdString(), {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::Checksums});
     const auto runId = p.latestRunId();
     ASSERT_TRUE(runId.has_value());
     EXPECT_EQ(p.run(*runId).status, ladimo::core::RunStatus::Cancelled);
