@@ -4,7 +4,11 @@
 # and exits 1; `tools/check_format.sh --fix` rewrites them in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files '*.cpp' '*.h')
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  mapfile -t files < <(git ls-files '*.cpp' '*.h')
+else # a source tarball: every C++ file of the project's folders
+  mapfile -t files < <(find app core tests widgets \( -name '*.cpp' -o -name '*.h' \) -type f | sort)
+fi
 if [ "${1:-}" = "--fix" ]; then
   clang-format -i "${files[@]}"
   exit 0

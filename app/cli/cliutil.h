@@ -16,7 +16,7 @@
 #include "project/convert.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 #include "store/project.h"
 #include "store/records.h"
 

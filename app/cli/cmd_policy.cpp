@@ -44,8 +44,10 @@ RunContext loadContext(core::Project& project, const std::string& deviceSpec)
     const auto runId = project.latestRunId();
     if (!runId)
         throw core::Error(project.file().string() + ": no conversion run yet (run ladimo convert --project ...)");
-    RunContext c{project.run(*runId), {}, latencyDeviceName(deviceSpec)};
-    c.tables = core::loadPolicyTables(project, *runId, c.device);
+    RunContext c{project.run(*runId), {}, {}};
+    std::string used; // "auto" falls back to the CPU's latency model, as in the workbench
+    c.tables = core::loadPolicyTablesFor(project, *runId, deviceSpec, &used);
+    c.device = used.empty() ? latencyDeviceName(deviceSpec) : used;
     return c;
 }
 
@@ -156,10 +158,12 @@ void registerLatencyCommand(CLI::App& app)
                                 o->latency.prefillTokens, printer.fn());
         const int mid = converted.model.config().numLayers / 2;
         std::vector<torch::Tensor> xs, ys;
-        core::captureFfn(converted.model, stream, o->latency.prefillTokens, &xs, &ys, nullptr, nullptr, mid);
+        core::CaptureOptions co;
+        co.upToLayer = mid;
+        core::captureFfn(converted.model, stream, o->latency.prefillTokens, &xs, &ys, co);
         auto opts = o->latency;
         opts.progress = printer.fn();
-        opts.cancel = &interruptToken();
+        opts.cancel = interruptToken();
         opts.prefillTokens = std::min<int64_t>(opts.prefillTokens, xs[static_cast<std::size_t>(mid)].size(0));
         const auto m = core::measureLatency(converted.model, *converted.layers.get(static_cast<std::size_t>(mid)),
                                             xs[static_cast<std::size_t>(mid)], opts);

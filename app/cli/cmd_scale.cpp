@@ -78,7 +78,10 @@ void registerCaptureCommand(CLI::App& app)
         }
         if (!todo.empty()) {
             std::vector<torch::Tensor> xs, ys;
-            core::captureFfn(model, tokens, o->seqLen, &xs, &ys, nullptr, nullptr, *todo.rbegin(), &todo);
+            core::CaptureOptions co;
+            co.upToLayer = *todo.rbegin();
+            co.only = todo;
+            core::captureFfn(model, tokens, o->seqLen, &xs, &ys, co);
             interruptToken().throwIfCancelled();
             for (int l : todo)
                 core::saveActivations(project.prepareFile(core::Project::activationsPath(calId, l)), l,

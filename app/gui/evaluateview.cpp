@@ -21,11 +21,33 @@
 
 namespace ladimo::gui {
 
-EvaluateView::EvaluateView(QWidget* parent) : QWidget(parent)
+namespace {
+
+JobViewText evaluateText()
 {
-    auto* layout = new QVBoxLayout(this);
-    auto* box = new QGroupBox(tr("Evaluate the latest conversion"));
-    auto* grid = new QGridLayout(box);
+    JobViewText t;
+    t.title = EvaluateView::tr("Evaluate the latest conversion");
+    t.start = EvaluateView::tr("&Evaluate");
+    t.startTip = EvaluateView::tr(
+        "Measure perplexity, KL to dense and activated FFN fraction (ladimo eval); stored in the project");
+    t.cancelTip = EvaluateView::tr("Stop the measurement; nothing is stored");
+    t.startName = "startEvaluation";
+    t.cancelName = "cancelEvaluation";
+    t.progressName = "evalProgress";
+    t.resultName = "evalResult";
+    t.noResult = EvaluateView::tr("No measurement yet.");
+    t.recordsTip = EvaluateView::tr("The project's stored evaluations, newest first (from here and from ladimo eval)");
+    t.failed = EvaluateView::tr("Evaluation failed: %1");
+    t.cancelled = EvaluateView::tr("Evaluation cancelled; nothing was stored.");
+    t.done = EvaluateView::tr("Measured and stored in the project.");
+    return t;
+}
+
+} // namespace
+
+EvaluateView::EvaluateView(QWidget* parent) : JobView(evaluateText(), parent)
+{
+    auto* grid = form();
     m_policy = new QComboBox;
     m_policy->setObjectName("evalPolicy");
     m_policy->setToolTip(tr("What to measure: the dense model, every layer at the same top-k, or a stored policy"));
@@ -61,11 +83,6 @@ EvaluateView::EvaluateView(QWidget* parent) : QWidget(parent)
     m_timing->setObjectName("evalTiming");
     m_timing->setChecked(true);
     m_timing->setToolTip(tr("Also time prefill and decode against the dense model on this device"));
-    auto label = [](const QString& text, QWidget* buddy) {
-        auto* l = new QLabel(text);
-        l->setBuddy(buddy);
-        return l;
-    };
     grid->addWidget(label(tr("P&olicy:"), m_policy), 0, 0);
     grid->addWidget(m_policy, 0, 1);
     grid->addWidget(label(tr("&k:"), m_topK), 0, 2);
@@ -77,56 +94,20 @@ EvaluateView::EvaluateView(QWidget* parent) : QWidget(parent)
     grid->addWidget(m_dataKind, 1, 1);
     grid->addWidget(m_dataFile, 1, 2, 1, 4);
     grid->addWidget(browse, 1, 6);
-    m_start = new QPushButton(tr("&Evaluate"));
-    m_start->setObjectName("startEvaluation");
-    m_start->setToolTip(
-        tr("Measure perplexity, KL to dense and activated FFN fraction (ladimo eval); stored in the project"));
-    m_cancel = new QPushButton(tr("&Cancel"));
-    m_cancel->setObjectName("cancelEvaluation");
-    m_cancel->setToolTip(tr("Stop the measurement; nothing is stored"));
-    m_progress = new QProgressBar;
-    m_progress->setObjectName("evalProgress");
-    m_progress->setValue(0);
-    m_status = new QLabel;
-    auto* actions = new QHBoxLayout;
-    actions->addWidget(m_start);
-    actions->addWidget(m_cancel);
-    actions->addWidget(m_progress, 1);
-    grid->addLayout(actions, 2, 0, 1, 7);
-    grid->addWidget(m_status, 3, 0, 1, 7);
-    layout->addWidget(box);
-    m_result = new QLabel(tr("No measurement yet."));
-    m_result->setObjectName("evalResult");
-    m_result->setWordWrap(true);
-    m_result->setTextInteractionFlags(Qt::TextSelectableByMouse);
-    layout->addWidget(m_result);
     m_model = new EvaluationTableModel(this);
-    m_table = makeRecordTable(m_model,
-                              tr("The project's stored evaluations, newest first (from here and from ladimo eval)"));
-    layout->addWidget(m_table, 1);
-
-    m_job = new WorkbenchJob(this);
-    followJobProgress(m_job, m_progress, m_status);
-    connect(m_job, &WorkbenchJob::evaluated, this, &EvaluateView::onEvaluated);
-    connect(m_job, &WorkbenchJob::jobFinished, this, &EvaluateView::onFinished);
-    connect(m_start, &QPushButton::clicked, this, [this] { startEvaluation(); });
-    connect(m_cancel, &QPushButton::clicked, this, &EvaluateView::cancel);
+    finishForm(7, m_model);
+    connect(job(), &WorkbenchJob::evaluated, this, &EvaluateView::onEvaluated);
+    connect(startButton(), &QPushButton::clicked, this, [this] { startEvaluation(); });
     connect(m_policy, qOverload<int>(&QComboBox::currentIndexChanged), this,
             [this](int i) { m_topK->setEnabled(i == 1 && !isRunning()); });
     clear(tr("Open a project with a finished conversion run."));
-}
-
-EvaluateView::~EvaluateView()
-{
-    m_job->disconnect(this);
-    delete m_job;
 }
 
 void EvaluateView::setProject(const QString& projectFile, int experts, int trainTopK,
                               const std::vector<core::Policy>& policies,
                               const std::vector<core::Evaluation>& evaluations)
 {
-    m_project = projectFile;
+    setProjectFile(projectFile);
     const QString keep = m_policy->currentText();
     m_policy->clear();
     m_policy->addItems({tr("Dense"), tr("Uniform top-k")});
@@ -141,7 +122,7 @@ void EvaluateView::setProject(const QString& projectFile, int experts, int train
     if (keep.isEmpty())
         m_topK->setValue(trainTopK);
     m_model->setEvaluations(evaluations, std::move(names));
-    if (!m_model->evaluations().empty() && !m_job->isRunning()) {
+    if (!m_model->evaluations().empty() && !isRunning()) {
         // The newest measurement, as it was reported.
         const auto& newest = m_model->evaluations().front();
         auto metrics = newest.metrics;
@@ -150,42 +131,28 @@ void EvaluateView::setProject(const QString& projectFile, int experts, int train
                 = m_model->index(0, EvaluationTableModel::PolicyColumn).data().toString().toStdString();
         onEvaluated(QString::fromStdString(metrics.dump()));
     }
-    m_status->setText(tr("%1 stored evaluations.").arg(evaluations.size()));
-    setRunning(m_job->isRunning());
+    showStatus(tr("%1 stored evaluations.").arg(evaluations.size()));
+    setRunning(isRunning());
 }
 
 void EvaluateView::clear(const QString& message)
 {
-    m_project.clear();
+    setProjectFile({});
     m_model->setEvaluations({}, {});
-    m_status->setText(message);
-    setRunning(m_job->isRunning());
+    showStatus(message);
+    setRunning(isRunning());
 }
 
-bool EvaluateView::isRunning() const { return m_job->isRunning(); }
+QList<QWidget*> EvaluateView::formWidgets() const { return {m_policy, m_dataKind, m_dataFile, m_tokens, m_timing}; }
 
-QString EvaluateView::resultText() const { return m_result->text(); }
-
-void EvaluateView::setRunning(bool running)
-{
-    if (running != m_running) {
-        m_running = running;
-        Q_EMIT runningChanged(running);
-    }
-    const bool ready = !m_project.isEmpty();
-    m_start->setEnabled(!running && ready);
-    m_cancel->setEnabled(running);
-    for (QWidget* w : std::initializer_list<QWidget*>{m_policy, m_dataKind, m_dataFile, m_tokens, m_timing})
-        w->setEnabled(!running && ready);
-    m_topK->setEnabled(!running && ready && m_policy->currentIndex() == 1);
-}
+void EvaluateView::refineEnabled(bool editable) { m_topK->setEnabled(editable && m_policy->currentIndex() == 1); }
 
 bool EvaluateView::startEvaluation()
 {
-    if (m_project.isEmpty() || m_job->isRunning())
+    if (project().isEmpty() || isRunning())
         return false;
     EvaluateRequest r;
-    r.projectFile = m_project;
+    r.projectFile = project();
     const int i = m_policy->currentIndex();
     r.policy = i == 0 ? EvaluateRequest::Policy::Dense
         : i == 1      ? EvaluateRequest::Policy::UniformTopK
@@ -200,20 +167,10 @@ bool EvaluateView::startEvaluation()
         r.data.maxTokens = m_tokens->value();
     }
     r.timing = m_timing->isChecked();
-    if (!m_job->startEvaluation(r))
+    if (!job()->startEvaluation(r))
         return false;
-    m_progress->setValue(0);
-    m_status->setText(tr("Evaluating %1 ...").arg(m_policy->currentText()));
-    setRunning(true);
+    jobStarted(tr("Evaluating %1 ...").arg(m_policy->currentText()));
     return true;
-}
-
-void EvaluateView::cancel()
-{
-    if (m_job->isRunning()) {
-        m_job->cancel();
-        m_status->setText(tr("Cancelling ..."));
-    }
 }
 
 void EvaluateView::onEvaluated(const QString& metricsJson)
@@ -233,21 +190,9 @@ void EvaluateView::onEvaluated(const QString& metricsJson)
                     .arg(1000 * j.value("decode_seconds", 0.0), 0, 'f', 3)
                     .arg(1000 * j.value("dense_decode_seconds", 0.0), 0, 'f', 3)
                     .arg(j.value("decode_fraction", 0.0), 0, 'f', 3);
-    m_result->setText(text);
+    showResult(text);
 }
 
-void EvaluateView::onFinished(bool cancelled, const QString& error)
-{
-    setRunning(false);
-    if (!error.isEmpty())
-        m_status->setText(tr("Evaluation failed: %1").arg(error));
-    else if (cancelled)
-        m_status->setText(tr("Evaluation cancelled; nothing was stored."));
-    else {
-        m_progress->setValue(m_progress->maximum());
-        m_status->setText(tr("Measured and stored in the project."));
-    }
-    Q_EMIT evaluationFinished(cancelled, error);
-}
+void EvaluateView::jobFinished(bool cancelled, const QString& error) { Q_EMIT evaluationFinished(cancelled, error); }
 
 } // namespace ladimo::gui

@@ -24,11 +24,32 @@
 
 namespace ladimo::gui {
 
-ExportView::ExportView(QWidget* parent) : QWidget(parent)
+namespace {
+
+JobViewText exportText()
 {
-    auto* layout = new QVBoxLayout(this);
-    auto* box = new QGroupBox(tr("Export"));
-    auto* grid = new QGridLayout(box);
+    JobViewText t;
+    t.title = ExportView::tr("Export");
+    t.start = ExportView::tr("&Export");
+    t.startTip = ExportView::tr("Write the export (ladimo export) and record it in the project");
+    t.cancelTip = ExportView::tr("Stop writing; nothing is left half-written and nothing is recorded");
+    t.startName = "startExport";
+    t.cancelName = "cancelExport";
+    t.progressName = "exportProgress";
+    t.resultName = "exportReport";
+    t.noResult = ExportView::tr("No export yet.");
+    t.recordsTip = ExportView::tr("The project's recorded exports, newest first (from here and from ladimo export)");
+    t.failed = ExportView::tr("Export failed: %1");
+    t.cancelled = ExportView::tr("Export cancelled; nothing was recorded.");
+    t.done = ExportView::tr("Exported and recorded in the project.");
+    return t;
+}
+
+} // namespace
+
+ExportView::ExportView(QWidget* parent) : JobView(exportText(), parent)
+{
+    auto* grid = form();
     m_format = new QComboBox;
     m_format->setObjectName("exportFormat");
     QString formats;
@@ -68,11 +89,6 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
         if (!path.isEmpty())
             m_out->setText(path);
     });
-    auto label = [](const QString& text, QWidget* buddy) {
-        auto* l = new QLabel(text);
-        l->setBuddy(buddy);
-        return l;
-    };
     grid->addWidget(label(tr("&Format:"), m_format), 0, 0);
     grid->addWidget(m_format, 0, 1);
     grid->addWidget(label(tr("&Dtype:"), m_dtype), 0, 2);
@@ -84,53 +100,18 @@ ExportView::ExportView(QWidget* parent) : QWidget(parent)
     grid->addWidget(label(tr("&To:"), m_out), 1, 0);
     grid->addWidget(m_out, 1, 1, 1, 6);
     grid->addWidget(m_browse, 1, 7);
-    m_start = new QPushButton(tr("&Export"));
-    m_start->setObjectName("startExport");
-    m_start->setToolTip(tr("Write the export (ladimo export) and record it in the project"));
-    m_cancel = new QPushButton(tr("&Cancel"));
-    m_cancel->setObjectName("cancelExport");
-    m_cancel->setToolTip(tr("Stop writing; nothing is left half-written and nothing is recorded"));
-    m_progress = new QProgressBar;
-    m_progress->setObjectName("exportProgress");
-    m_progress->setValue(0);
-    m_status = new QLabel;
-    auto* actions = new QHBoxLayout;
-    actions->addWidget(m_start);
-    actions->addWidget(m_cancel);
-    actions->addWidget(m_progress, 1);
-    grid->addLayout(actions, 2, 0, 1, 8);
-    grid->addWidget(m_status, 3, 0, 1, 8);
-    layout->addWidget(box);
-    m_report = new QLabel(tr("No export yet."));
-    m_report->setObjectName("exportReport");
-    m_report->setWordWrap(true);
-    m_report->setTextInteractionFlags(Qt::TextSelectableByMouse);
-    layout->addWidget(m_report);
     m_model = new ExportTableModel(this);
-    m_table = makeRecordTable(m_model,
-                              tr("The project's recorded exports, newest first (from here and from ladimo export)"));
-    layout->addWidget(m_table, 1);
-
-    m_job = new WorkbenchJob(this);
-    followJobProgress(m_job, m_progress, m_status);
-    connect(m_job, &WorkbenchJob::exported, this, &ExportView::onExported);
-    connect(m_job, &WorkbenchJob::jobFinished, this, &ExportView::onFinished);
-    connect(m_start, &QPushButton::clicked, this, [this] { startExport(); });
-    connect(m_cancel, &QPushButton::clicked, this, &ExportView::cancel);
+    finishForm(8, m_model);
+    connect(job(), &WorkbenchJob::exported, this, &ExportView::onExported);
+    connect(startButton(), &QPushButton::clicked, this, [this] { startExport(); });
     connect(m_format, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { setRunning(isRunning()); });
     clear(tr("Open a project with a finished conversion run."));
-}
-
-ExportView::~ExportView()
-{
-    m_job->disconnect(this);
-    delete m_job;
 }
 
 void ExportView::setProject(const QString& projectFile, int experts, const std::vector<core::Policy>& policies,
                             const std::vector<core::ExportRecord>& exports)
 {
-    m_project = projectFile;
+    setProjectFile(projectFile);
     const QString keep = m_policy->currentText();
     m_policy->clear();
     m_policy->addItem(tr("training k"));
@@ -142,74 +123,53 @@ void ExportView::setProject(const QString& projectFile, int experts, const std::
     m_policy->setCurrentIndex(std::max(0, m_policy->findText(keep)));
     m_topK->setRange(0, std::max(1, experts));
     m_model->setExports(exports, std::move(names));
-    m_status->setText(tr("%1 recorded exports.").arg(exports.size()));
-    if (!m_model->exports().empty() && !m_job->isRunning() && m_report->text() == tr("No export yet.")) {
+    showStatus(tr("%1 recorded exports.").arg(exports.size()));
+    if (!m_model->exports().empty() && !isRunning() && resultText() == tr("No export yet.")) {
         const auto& e = m_model->exports().front();
-        m_report->setText(tr("Newest export: <b>%1</b> (%2), SHA-256 %3")
-                              .arg(QString::fromStdString(e.path).toHtmlEscaped(), QString::fromStdString(e.format),
-                                   QString::fromStdString(e.sha256)));
+        showResult(tr("Newest export: <b>%1</b> (%2), SHA-256 %3")
+                       .arg(QString::fromStdString(e.path).toHtmlEscaped(), QString::fromStdString(e.format),
+                            QString::fromStdString(e.sha256)));
     }
-    setRunning(m_job->isRunning());
+    setRunning(isRunning());
 }
 
 void ExportView::clear(const QString& message)
 {
-    m_project.clear();
+    setProjectFile({});
     m_model->setExports({}, {});
-    m_status->setText(message);
-    setRunning(m_job->isRunning());
+    showStatus(message);
+    setRunning(isRunning());
 }
 
-bool ExportView::isRunning() const { return m_job->isRunning(); }
+QList<QWidget*> ExportView::formWidgets() const { return {m_format, m_dtype, m_out, m_browse}; }
 
-QString ExportView::reportText() const { return m_report->text(); }
-
-void ExportView::setRunning(bool running)
+void ExportView::refineEnabled(bool editable)
 {
-    if (running != m_running) {
-        m_running = running;
-        Q_EMIT runningChanged(running);
-    }
-    const bool ready = !m_project.isEmpty();
     const auto* format = core::findExportFormat(m_format->currentText().toStdString());
     const bool moe = format && format->moe;
-    m_start->setEnabled(!running && ready);
-    m_cancel->setEnabled(running);
-    for (QWidget* w : std::initializer_list<QWidget*>{m_format, m_dtype, m_out, m_browse})
-        w->setEnabled(!running && ready);
-    m_policy->setEnabled(!running && ready && moe);
-    m_topK->setEnabled(!running && ready && moe);
+    m_policy->setEnabled(editable && moe);
+    m_topK->setEnabled(editable && moe);
 }
 
 bool ExportView::startExport()
 {
-    if (m_project.isEmpty() || m_job->isRunning())
+    if (project().isEmpty() || isRunning())
         return false;
     if (m_out->text().trimmed().isEmpty()) {
-        m_status->setText(tr("To: choose a destination folder (hf-*) or file (gguf*)."));
+        showStatus(tr("To: choose a destination folder, or a file for a single-file format."));
         return false;
     }
     ExportRequest r;
-    r.projectFile = m_project;
+    r.projectFile = project();
     r.format = m_format->currentText();
     r.dtype = m_dtype->currentText();
     r.out = m_out->text().trimmed();
     r.policyName = m_policy->currentIndex() > 0 ? m_policy->currentText() : QString();
     r.topK = m_topK->value();
-    if (!m_job->startExport(r))
+    if (!job()->startExport(r))
         return false;
-    m_progress->setValue(0);
-    m_status->setText(tr("Exporting to %1 ...").arg(r.out));
-    setRunning(true);
+    jobStarted(tr("Exporting to %1 ...").arg(r.out));
     return true;
-}
-
-void ExportView::cancel()
-{
-    if (m_job->isRunning()) {
-        m_job->cancel();
-        m_status->setText(tr("Cancelling ..."));
-    }
 }
 
 void ExportView::onExported(const QString& reportJson)
@@ -241,21 +201,9 @@ void ExportView::onExported(const QString& reportJson)
     if (j.contains("log"))
         for (const auto& line : j["log"])
             text += tr("<br>Note: %1").arg(QString::fromStdString(line.get<std::string>()).toHtmlEscaped());
-    m_report->setText(text);
+    showResult(text);
 }
 
-void ExportView::onFinished(bool cancelled, const QString& error)
-{
-    setRunning(false);
-    if (!error.isEmpty())
-        m_status->setText(tr("Export failed: %1").arg(error));
-    else if (cancelled)
-        m_status->setText(tr("Export cancelled; nothing was recorded."));
-    else {
-        m_progress->setValue(m_progress->maximum());
-        m_status->setText(tr("Exported and recorded in the project."));
-    }
-    Q_EMIT exportFinished(cancelled, error);
-}
+void ExportView::jobFinished(bool cancelled, const QString& error) { Q_EMIT exportFinished(cancelled, error); }
 
 } // namespace ladimo::gui

@@ -56,58 +56,16 @@ namespace ladimo::gui {
 
 namespace {
 
-OpenedModel openModel(const QString& path)
-{
-    OpenedModel m;
-    m.path = path;
-    m.modelPath = path;
-    try {
-        std::filesystem::path dir = path.toStdString();
-        if (path.endsWith(".ladimo")) {
-            // Read-only: the GUI is a reader; a converter may be writing at the same time.
-            auto p = core::Project::open(dir, {core::Project::Access::ReadOnly, core::Project::Verify::Exists});
-            m.isProject = true;
-            const auto runId = p.latestRunId();
-            const auto models = p.models();
-            if (runId) {
-                m.run = p.snapshot(*runId);
-                m.profiles = p.routingProfiles(*runId);
-                m.policies = p.policies();
-                m.evaluations = p.evaluations();
-                m.exports = p.exports();
-                if (!m.profiles.empty())
-                    m.policy = loadPolicyData(path);
-                dir = p.model(m.run->run.modelId).path;
-            } else if (!models.empty()) {
-                dir = models.front().path;
-            } else {
-                throw core::Error(path.toStdString() + ": the project has no model yet");
-            }
-            m.facts = core::readPipelineFacts(p);
-            if (m.facts.calibration)
-                m.calibrationJson = QString::fromStdString(m.facts.calibration->dump());
-            m.modelPath = QString::fromStdString(dir.string());
-        }
-        m.config = core::ModelConfig::load(dir / "config.json");
-        m.facts.modelOpen = true;
-        m.facts.modelName = dir.filename().string();
-        m.facts.modelLayers = static_cast<int>(m.config.numLayers);
-        if (auto tok = core::Tokenizer::loadForModel(dir))
-            m.tokenizer = QString::fromStdString(tok->kind());
-    } catch (const std::exception& e) {
-        m.error = QString::fromStdString(e.what());
-    }
-    return m;
-}
-
 QString count(qint64 n) { return QLocale().toString(n); }
 
 } // namespace
 
 MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent)
 {
+    m_session = new ProjectSession(this);
     buildUi();
-    connect(&m_openWatcher, &QFutureWatcher<OpenedModel>::finished, this, &MainWindow::onOpenFinished);
+    connect(m_session, &ProjectSession::opened, this, &MainWindow::onOpened);
+    connect(m_session, &ProjectSession::openFailed, this, &MainWindow::onOpenFailed);
     m_job = new WorkbenchJob(this);
     connect(m_job, &WorkbenchJob::runStarted, this, &MainWindow::onRunStarted);
     connect(m_job, &WorkbenchJob::layerStarted, this, &MainWindow::onLayerStarted);
@@ -134,8 +92,7 @@ MainWindow::~MainWindow()
     m_job->disconnect(this);
     delete m_job;
     m_job = nullptr;
-    m_openWatcher.disconnect();
-    m_openWatcher.waitForFinished();
+    m_session->disconnect(this);
 }
 
 QString MainWindow::demoModelPath()
@@ -236,7 +193,7 @@ void MainWindow::buildUi()
     m_tabs->addTab(m_routingView, tr("Routing"));
     m_tabs->setTabToolTip(m_tabs->count() - 1,
                           tr("Router profiles: weight histograms, cumulative mass, expert load, all layers"));
-    m_policyView = new PolicyView;
+    m_policyView = new PolicyView(m_session);
     m_tabs->addTab(m_policyView, tr("Policy"));
     m_tabs->setTabToolTip(m_tabs->count() - 1,
                           tr("Per-layer routing rules with instant estimates and the tradeoff plot"));
@@ -290,10 +247,8 @@ void MainWindow::buildUi()
 
 void MainWindow::openPath(const QString& path)
 {
-    if (m_openWatcher.isRunning())
-        return;
     statusBar()->showMessage(tr("Opening %1 ...").arg(path));
-    m_openWatcher.setFuture(QtConcurrent::run(openModel, path));
+    m_session->open(path);
 }
 
 void MainWindow::onOpenTriggered()
@@ -310,16 +265,16 @@ void MainWindow::onOpenTriggered()
         openPath(dir);
 }
 
-void MainWindow::onOpenFinished()
+void MainWindow::onOpenFailed(const QString& path, const QString& error)
 {
-    const OpenedModel m = m_openWatcher.result();
-    if (!m.error.isEmpty()) {
-        statusBar()->showMessage(tr("Could not open %1").arg(m.path));
-        Q_EMIT openFailed(m.error);
-        if (!property("quiet").toBool())
-            QMessageBox::critical(this, tr("Could not open model"), m.error);
-        return;
-    }
+    statusBar()->showMessage(tr("Could not open %1").arg(path));
+    Q_EMIT openFailed(error);
+    if (!property("quiet").toBool())
+        QMessageBox::critical(this, tr("Could not open model"), error);
+}
+
+void MainWindow::onOpened(const OpenedModel& m)
+{
     showModel(m);
     rememberRecent(m.path);
     Q_EMIT modelOpened(m.path);
@@ -479,7 +434,7 @@ void MainWindow::showProfiles(const OpenedModel& m)
         m_routingView->clear(
             tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
     else
-        m_routingView->setProfiles(m.isProject ? m.path : QString(), m.run ? m.run->run.id : 0, m.profiles);
+        m_routingView->setProfiles(m.run ? m.run->run.id : 0, m.profiles, m.routingRuns);
 }
 
 bool MainWindow::selectRoutingLayer(int index) { return m_routingView->selectLayer(index); }
@@ -626,9 +581,7 @@ void MainWindow::onCalibrationChanged()
     // conversion creates. A tiny write; the controls are disabled while a job of ours writes.
     if (m_current.isProject && !m_job->isRunning()) {
         try {
-            auto p = core::Project::open(m_current.path.toStdString(),
-                                         {core::Project::Access::ReadWrite, core::Project::Verify::None});
-            p.setSetting(core::kCalibrationSetting, *m_current.facts.calibration);
+            m_session->storeSetting(core::kCalibrationSetting, *m_current.facts.calibration);
         } catch (const std::exception& e) {
             statusBar()->showMessage(tr("Calibration settings not saved: %1").arg(QString::fromStdString(e.what())));
         }
@@ -731,6 +684,7 @@ void MainWindow::setJobRunning(const QString& kind)
         w->setEnabled(!running);
     m_calibration->setEditable(!running);
     m_pipeline->setState(open, running, kind == "pipeline");
+    m_session->setWatching(!running); // our own job writes; its end reloads
 }
 
 bool MainWindow::startConversion()

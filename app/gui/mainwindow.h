@@ -5,12 +5,12 @@
 // (per-layer rules with sliders beside the tradeoff plot). GUI thread only.
 #pragma once
 
-#include <QFutureWatcher>
 #include <QMainWindow>
 #include <QString>
 
 #include "model/config.h"
 #include "policyview.h"
+#include "projectsession.h"
 #include "project/pipeline.h"
 #include "store/project.h"
 #include "workbenchjob.h"
@@ -41,24 +41,6 @@ class TradeoffView;
 class LayerTableModel;
 class ConversionTableModel;
 
-// What opening a model yields; produced on a worker thread.
-struct OpenedModel {
-    QString path;      // what the user opened: a model folder or a *.ladimo project
-    QString modelPath; // the dense model folder
-    core::ModelConfig config;
-    QString tokenizer; // kind, or empty
-    bool isProject = false;
-    std::optional<core::RunSnapshot> run;       // the project's latest conversion run
-    std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
-    PolicyData policy;                          // the Policy view's data, when there are profiles
-    std::vector<core::Policy> policies;         // the project's stored policies
-    std::vector<core::Evaluation> evaluations;  // and evaluations
-    std::vector<core::ExportRecord> exports;    // and exports
-    QString calibrationJson;   // the project's calibration setting (core::kCalibrationSetting), or empty
-    core::PipelineFacts facts; // what the pipeline step states derive from
-    QString error;             // non-empty when opening failed
-};
-
 class MainWindow : public QMainWindow {
     Q_OBJECT
 public:
@@ -68,6 +50,7 @@ public:
     // Starts opening `path` in the background; modelOpened / openFailed follow.
     void openPath(const QString& path);
     static QString demoModelPath();
+    ProjectSession* session() const { return m_session; }
 
     const LayerTableModel* layerModel() const { return m_layers; }
     const ConversionTableModel* conversionModel() const { return m_conversion; }
@@ -122,7 +105,8 @@ protected:
 
 private Q_SLOTS:
     void onOpenTriggered();
-    void onOpenFinished();
+    void onOpened(const OpenedModel& m);
+    void onOpenFailed(const QString& path, const QString& error);
     void onRunStarted(const ladimo::core::RunSnapshot& snapshot, bool resumed);
     void onLayerStarted(int layer);
     void onLossPoints(int layer, const QVector<double>& steps, const QVector<double>& losses);
@@ -189,8 +173,8 @@ private:
     QString m_jobProject; // the project the running job writes
     qint64 m_jobStartMs = 0;
     QMenu* m_recentMenu = nullptr;
-    OpenedModel m_current;
-    QFutureWatcher<OpenedModel> m_openWatcher;
+    ProjectSession* m_session = nullptr;
+    OpenedModel m_current; // as shown (the calibration facts follow the view's edits)
 };
 
 } // namespace ladimo::gui

@@ -34,6 +34,7 @@
 #include "common/error.h"
 #include "model/device.h"
 #include "policytablemodel.h"
+#include "projectsession.h"
 #include "viewparts.h"
 #include "widgets/tradeoffplot.h"
 #include "workbenchjob.h"
@@ -42,22 +43,7 @@ namespace ladimo::gui {
 
 namespace {
 
-constexpr int kFrontPoints = 40;
 constexpr int kThresholdSteps = 100; // top-p slider: p = value / 100
-
-void computeFronts(PolicyData& d)
-{
-    const core::CostKind kinds[3]
-        = {core::CostKind::Params, core::CostKind::PrefillLatency, core::CostKind::DecodeLatency};
-    for (int i = 0; i < 3; ++i) {
-        if (i > 0 && !d.tables.latency)
-            continue;
-        core::SearchOptions so;
-        so.cost = kinds[i];
-        so.rules = core::RuleKinds::Both;
-        d.fronts[i] = core::paretoFront(d.tables, so, kFrontPoints);
-    }
-}
 
 // The slider of one row: top-k 1..N, or top-p in hundredths. Writes to the model directly
 // (persistent editor), marking drags so they merge into one undo step.
@@ -222,62 +208,14 @@ private:
 
 } // namespace
 
-PolicyData loadPolicyData(const QString& projectPath)
-{
-    PolicyData d;
-    d.path = projectPath;
-    try {
-        // Read-only: a converter may be writing; only "Save as..." opens for writing.
-        auto p = core::Project::open(projectPath.toStdString(),
-                                     {core::Project::Access::ReadOnly, core::Project::Verify::None});
-        const auto runId = p.latestRunId();
-        if (!runId)
-            throw core::Error(projectPath.toStdString() + ": no conversion run yet");
-        d.run = p.run(*runId);
-        // The latency model of the device the model would run on, else the CPU's.
-        std::string device = core::parseDevice("auto").str();
-        if (!p.latencyModel(*runId, device) && device != "cpu" && p.latencyModel(*runId, "cpu"))
-            device = "cpu";
-        d.tables = core::loadPolicyTables(p, *runId, device);
-        if (d.tables.latency)
-            d.device = QString::fromStdString(device);
-        const int layers = static_cast<int>(d.tables.layers.size());
-        for (const auto& policy : p.policies()) {
-            if (policy.runId != 0 && policy.runId != *runId)
-                continue;
-            try {
-                d.policyRules.push_back(core::policyRules(policy, layers, d.run.experts));
-                d.policies.push_back(policy);
-            } catch (const core::Error&) {
-                // A policy for another layer count (a partly profiled run): not offered.
-            }
-        }
-        d.evaluations = p.evaluations();
-        computeFronts(d);
-    } catch (const std::exception& e) {
-        d = PolicyData{};
-        d.path = projectPath;
-        d.error = QString::fromStdString(e.what());
-    }
-    return d;
-}
+PolicyView::PolicyView(QWidget* parent) : PolicyView(nullptr, parent) { }
 
-PolicyData policyDataFromTables(const core::PolicyTables& tables, int trainTopK)
+PolicyView::PolicyView(ProjectSession* session, QWidget* parent) : QWidget(parent)
 {
-    PolicyData d;
-    d.tables = tables;
-    d.run.layers = static_cast<int>(tables.layers.size());
-    d.run.experts = tables.layers.empty() ? 0 : tables.layers.front().experts;
-    d.run.trainTopK = trainTopK;
-    if (tables.latency)
-        d.device = QString::fromStdString(tables.latency->device);
-    computeFronts(d);
-    return d;
-}
-
-PolicyView::PolicyView(QWidget* parent) : QWidget(parent)
-{
-    m_undo = new QUndoStack(this);
+    // The session reads and writes the project and owns the undo stack; a view on its own (tests,
+    // benchmarks) has a session of its own.
+    m_session = session ? session : new ProjectSession(this);
+    m_undo = m_session->undoStack();
     m_model = new PolicyTableModel(this);
     m_model->setUndoStack(m_undo);
     buildUi();
@@ -285,7 +223,7 @@ PolicyView::PolicyView(QWidget* parent) : QWidget(parent)
     connect(m_model, &QAbstractItemModel::modelReset, this, &PolicyView::openEditors);
     connect(&m_loadWatcher, &QFutureWatcher<PolicyData>::finished, this, &PolicyView::onLoadFinished);
     connect(&m_autoWatcher, &QFutureWatcher<AutoResult>::finished, this, &PolicyView::onAutoFinished);
-    connect(&m_saveWatcher, &QFutureWatcher<SaveResult>::finished, this, &PolicyView::onSaveFinished);
+    connect(m_session, &ProjectSession::policySaved, this, &PolicyView::onSaveFinished);
     m_refineJob = new WorkbenchJob(this);
     connect(m_refineJob, &WorkbenchJob::progressed, m_refineProgress,
             [this](const QString& stage, double done, double total) {
@@ -309,12 +247,12 @@ PolicyView::~PolicyView()
     // Cancels and waits for a running refinement; its signals no longer reach this view.
     m_refineJob->disconnect(this);
     delete m_refineJob;
+    if (m_session)
+        m_session->disconnect(this);
     m_loadWatcher.disconnect();
     m_autoWatcher.disconnect();
-    m_saveWatcher.disconnect();
     m_loadWatcher.waitForFinished();
     m_autoWatcher.waitForFinished();
-    m_saveWatcher.waitForFinished();
 }
 
 void PolicyView::buildUi()
@@ -510,7 +448,7 @@ void PolicyView::openProject(const QString& projectPath)
     if (m_loadWatcher.isRunning())
         return;
     m_status->setText(tr("Reading routing profiles of %1 ...").arg(projectPath));
-    m_loadWatcher.setFuture(QtConcurrent::run(loadPolicyData, projectPath));
+    m_loadWatcher.setFuture(QtConcurrent::run(&ProjectSession::readPolicyData, projectPath));
 }
 
 void PolicyView::onLoadFinished()
@@ -531,16 +469,26 @@ void PolicyView::setData(const PolicyData& d)
         clear(d.error.isEmpty() ? tr("No routing profile yet: run ladimo profile P.ladimo --data FILE.") : d.error);
         return;
     }
-    m_data = d;
-    m_undo->clear();
-    // Where the person left off: the policy stored last; else the training k everywhere.
     const int layers = static_cast<int>(d.tables.layers.size());
     const int n = static_cast<int>(d.tables.layers.front().experts);
+    // The same run again (the project reloaded after another process or job wrote to it): the
+    // person's rules and their undo history stay.
+    const bool sameRun
+        = !m_data.path.isEmpty() && m_data.path == d.path && m_data.run.id == d.run.id && m_model->rowCount() == layers;
+    const core::PolicyRules kept = sameRun ? m_model->rules() : core::PolicyRules{};
+    m_data = d;
     core::PolicyRules rules = core::uniformRules(layers, core::RoutingRule::staticK(std::clamp(d.run.trainTopK, 1, n)));
     QString select;
-    if (!d.policies.empty()) {
-        rules = d.policyRules.back();
-        select = QString::fromStdString(d.policies.back().name);
+    if (sameRun) {
+        rules = kept;
+        select = m_policyCombo->currentText();
+    } else {
+        m_undo->clear();
+        // Where the person left off: the policy stored last; else the training k everywhere.
+        if (!d.policies.empty()) {
+            rules = d.policyRules.back();
+            select = QString::fromStdString(d.policies.back().name);
+        }
     }
     m_model->setPolicy(d.tables, rules);
     refreshPolicyCombo(select);
@@ -832,7 +780,7 @@ void PolicyView::onAutoFinished()
 
 void PolicyView::savePolicyAs(const QString& name)
 {
-    if (m_saveWatcher.isRunning() || m_data.path.isEmpty() || m_model->rowCount() == 0)
+    if (!m_savingName.isEmpty() || m_data.path.isEmpty() || m_model->rowCount() == 0)
         return;
     try {
         core::validatePolicyName(name.toStdString());
@@ -848,37 +796,23 @@ void PolicyView::savePolicyAs(const QString& name)
     policy.origin = core::PolicyOrigin::Manual;
     policy.runId = m_data.run.id;
     policy.rules = core::rulesToJson(m_model->rules());
-    m_saveWatcher.setFuture(QtConcurrent::run([path = m_data.path, toSave = policy] {
-        SaveResult r;
-        core::Policy policy = toSave;
-        try {
-            // Writable only for this one transaction; throws when a converter holds the writer lock.
-            auto p = core::Project::open(path.toStdString(),
-                                         {core::Project::Access::ReadWrite, core::Project::Verify::None});
-            for (const auto& existing : p.policies())
-                if (existing.name == policy.name)
-                    policy.id = existing.id;
-            p.savePolicy(policy);
-            r.policies = p.policies();
-        } catch (const std::exception& e) {
-            r.error = QString::fromStdString(e.what());
-        }
-        return r;
-    }));
+    m_session->savePolicy(m_data.path, policy);
 }
 
-void PolicyView::onSaveFinished()
+void PolicyView::onSaveFinished(const QString& name, const std::vector<core::Policy>& policies, const QString& error)
 {
+    if (name != m_savingName || m_savingName.isEmpty())
+        return; // a save of another view of the session
+    m_savingName.clear();
     m_saveButton->setEnabled(!m_data.tables.layers.empty());
-    const SaveResult r = m_saveWatcher.result();
-    if (!r.error.isEmpty()) {
-        fail(tr("Could not save policy %1: %2").arg(m_savingName, r.error));
+    if (!error.isEmpty()) {
+        fail(tr("Could not save policy %1: %2").arg(name, error));
         return;
     }
     const int layers = static_cast<int>(m_data.tables.layers.size());
     m_data.policies.clear();
     m_data.policyRules.clear();
-    for (const auto& p : r.policies) {
+    for (const auto& p : policies) {
         if (p.runId != 0 && p.runId != m_data.run.id)
             continue;
         try {
@@ -887,10 +821,10 @@ void PolicyView::onSaveFinished()
         } catch (const core::Error&) {
         }
     }
-    refreshPolicyCombo(m_savingName);
+    refreshPolicyCombo(name);
     refreshPlot();
-    m_status->setText(tr("Saved policy %1 in %2.").arg(m_savingName, m_data.path));
-    Q_EMIT policySaved(m_savingName);
+    m_status->setText(tr("Saved policy %1 in %2.").arg(name, m_data.path));
+    Q_EMIT policySaved(name);
 }
 
 bool PolicyView::isRefining() const { return m_refineJob->isRunning(); }

@@ -5,19 +5,22 @@
 // from a combo; "Auto" searches a budget; "Refine by measurement..." measures the held-out NLL of
 // the current policy and its neighbours within that budget on the converted model and applies the
 // best (as `ladimo policy --refine-data`); "Save as..." stores a named manual policy.
-// Reading the project, the Pareto fronts, the search and the save run on worker threads
+// Reading and writing the project go through the ProjectSession (projectsession.h), which also
+// owns the undo stack; the Pareto fronts, the search, the read and the save run on worker threads
 // (QtConcurrent), the refinement on a WorkbenchJob with progress and Cancel; a slider move is
 // arithmetic on the GUI thread (estimateRule + updateTotals).
 // GUI thread only; the destructor waits for its workers.
 #pragma once
 
 #include <QFutureWatcher>
+#include <QPointer>
 #include <QString>
 #include <QWidget>
 
 #include <optional>
 #include <vector>
 
+#include "projectdata.h"
 #include "routing/estimate.h"
 #include "routing/search.h"
 #include "store/project.h"
@@ -38,36 +41,15 @@ class TradeoffPlot;
 namespace ladimo::gui {
 
 class PolicyTableModel;
+class ProjectSession;
 class WorkbenchJob;
 struct DataChoice;
-
-// Everything the view shows, read from a project on a worker thread.
-struct PolicyData {
-    QString path;
-    core::ConversionRun run;
-    core::PolicyTables tables;
-    QString device; // whose latency model the estimates use ("" without one)
-    std::vector<core::Policy> policies;
-    std::vector<core::PolicyRules> policyRules; // parallel to `policies`
-    std::vector<core::Evaluation> evaluations;
-    // Pareto fronts by CostKind (params, prefill, decode); empty when not available.
-    std::vector<core::SearchResult> fronts[3];
-    QString error; // non-empty: nothing else is valid
-};
-
-PolicyData loadPolicyData(const QString& projectPath);
 
 // What the Auto and Save workers hand back.
 struct AutoResult {
     core::SearchResult result;
     QString error;
 };
-struct SaveResult {
-    std::vector<core::Policy> policies; // the project's policies after the save
-    QString error;
-};
-// Synthetic data for a view without a project (benchmarks): the fronts are computed.
-PolicyData policyDataFromTables(const core::PolicyTables& tables, int trainTopK);
 
 class PolicyView : public QWidget {
     Q_OBJECT
@@ -75,6 +57,8 @@ public:
     enum Axis { ParamsAxis = 0, PrefillAxis = 1, DecodeAxis = 2 };
 
     explicit PolicyView(QWidget* parent = nullptr);
+    // With the workbench's session: its undo stack, its reads and writes of the project.
+    explicit PolicyView(ProjectSession* session, QWidget* parent = nullptr);
     ~PolicyView() override;
 
     // Starts reading `projectPath` in the background; loaded / loadFailed follow.
@@ -145,7 +129,7 @@ private Q_SLOTS:
     void onEstimateChanged();
     void onLoadFinished();
     void onAutoFinished();
-    void onSaveFinished();
+    void onSaveFinished(const QString& name, const std::vector<core::Policy>& policies, const QString& error);
     void onRefineMeasured(int index, const QString& rules, double cost, double proxy, double nll);
     void onRefineFinished(bool cancelled, const QString& error);
 
@@ -183,7 +167,7 @@ private:
     QToolButton* m_redoButton = nullptr;
     QFutureWatcher<PolicyData> m_loadWatcher;
     QFutureWatcher<AutoResult> m_autoWatcher;
-    QFutureWatcher<SaveResult> m_saveWatcher;
+    QPointer<ProjectSession> m_session; // the window's session may go first when the window closes
     QString m_autoDescription;
     QString m_savingName;
     WorkbenchJob* m_refineJob = nullptr;

@@ -7,13 +7,12 @@
 #include <QSignalBlocker>
 #include <QSplitter>
 #include <QVBoxLayout>
-#include <QtConcurrent/QtConcurrentRun>
 
 #include <algorithm>
 #include <cmath>
 #include <set>
 
-#include "store/project.h"
+#include "store/records.h"
 
 #include "widgets/barplot.h"
 #include "widgets/heatmapplot.h"
@@ -22,15 +21,6 @@
 namespace ladimo::gui {
 
 namespace {
-
-QString runDescription(const core::ConversionRun& r)
-{
-    return QObject::tr("run #%1 (%2 experts, %3, top-%4)")
-        .arg(r.id)
-        .arg(r.experts)
-        .arg(QString::fromStdString(r.partition))
-        .arg(r.trainTopK);
-}
 
 QVector<double> centers(const core::RoutingProfile& p)
 {
@@ -70,24 +60,6 @@ QVector<double> ks(const core::RoutingProfile& p)
 }
 
 } // namespace
-
-std::vector<RoutingRun> loadRoutingRuns(const QString& projectPath)
-{
-    auto p = core::Project::open(projectPath.toStdString(),
-                                 {core::Project::Access::ReadOnly, core::Project::Verify::None});
-    std::vector<RoutingRun> runs;
-    auto all = p.runs();
-    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.id > b.id; });
-    for (const auto& r : all) {
-        RoutingRun rr;
-        rr.runId = r.id;
-        rr.description = runDescription(r);
-        rr.profiles = p.routingProfiles(r.id);
-        if (!rr.profiles.empty())
-            runs.push_back(std::move(rr));
-    }
-    return runs;
-}
 
 RoutingView::RoutingView(QWidget* parent) : QWidget(parent)
 {
@@ -175,14 +147,7 @@ RoutingView::RoutingView(QWidget* parent) : QWidget(parent)
         fillCompareLayers();
         redraw();
     });
-    connect(&m_runsWatcher, &QFutureWatcher<std::vector<RoutingRun>>::finished, this, &RoutingView::onRunsLoaded);
     clear(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
-}
-
-RoutingView::~RoutingView()
-{
-    m_runsWatcher.disconnect();
-    m_runsWatcher.waitForFinished();
 }
 
 const std::vector<core::RoutingProfile>& RoutingView::current() const
@@ -194,7 +159,6 @@ const std::vector<core::RoutingProfile>& RoutingView::current() const
 void RoutingView::clear(const QString& message)
 {
     m_runs.clear();
-    m_path.clear();
     for (QComboBox* c : {m_layer, m_compareLayer, m_compareRun}) {
         const QSignalBlocker block(c);
         c->clear();
@@ -208,8 +172,8 @@ void RoutingView::clear(const QString& message)
     m_summary->setText(message);
 }
 
-void RoutingView::setProfiles(const QString& projectPath, int64_t runId,
-                              const std::vector<core::RoutingProfile>& profiles)
+void RoutingView::setProfiles(int64_t runId, const std::vector<core::RoutingProfile>& profiles,
+                              const std::vector<RoutingRun>& others)
 {
     if (profiles.empty()) {
         clear(tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo)."));
@@ -217,7 +181,6 @@ void RoutingView::setProfiles(const QString& projectPath, int64_t runId,
     }
     m_runs.clear();
     m_runs.push_back({runId, tr("this run (#%1)").arg(runId), profiles});
-    m_path = projectPath;
     {
         const QSignalBlocker block(m_layer);
         m_layer->clear();
@@ -234,26 +197,18 @@ void RoutingView::setProfiles(const QString& projectPath, int64_t runId,
     fillCompareLayers();
     fillHeatmap();
     selectLayer(0);
-    if (projectPath.endsWith(".ladimo"))
-        m_runsWatcher.setFuture(QtConcurrent::run([projectPath] {
-            try {
-                return loadRoutingRuns(projectPath);
-            } catch (const std::exception&) {
-                return std::vector<RoutingRun>{}; // no comparison runs; the shown run is already there
-            }
-        }));
+    setComparisonRuns(others);
 }
 
-void RoutingView::onRunsLoaded()
+void RoutingView::setComparisonRuns(const std::vector<RoutingRun>& runs)
 {
-    auto runs = m_runsWatcher.result();
     if (m_runs.empty())
         return;
     const int64_t shown = m_runs.front().runId;
     m_runs.resize(1);
-    for (auto& r : runs)
+    for (const auto& r : runs)
         if (r.runId != shown)
-            m_runs.push_back(std::move(r));
+            m_runs.push_back(r);
     {
         const QSignalBlocker block(m_compareRun);
         m_compareRun->clear();

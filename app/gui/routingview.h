@@ -3,17 +3,16 @@
 // and the expert load; beside them an all-layers heatmap (layers x top-1 weight bins) where a click
 // selects a layer. A second layer, of this run or of another profiled run of the project, can be
 // drawn over the first (dashed / hatched, named in the legends). Every plot exports PNG/SVG/CSV
-// from its context menu. The project's other runs are read on a worker thread; the rest is
-// arithmetic on stored histograms. GUI thread only; the destructor waits for its worker.
+// from its context menu. The runs come from the project session (projectsession.h); the view
+// reads no file; the rest is arithmetic on stored histograms. GUI thread only.
 #pragma once
 
-#include <QFutureWatcher>
 #include <QString>
 #include <QWidget>
 
 #include <vector>
 
-#include "store/records.h"
+#include "projectdata.h"
 
 class QComboBox;
 class QLabel;
@@ -26,25 +25,16 @@ class LinePlot;
 
 namespace ladimo::gui {
 
-// One conversion run's routing profiles.
-struct RoutingRun {
-    int64_t runId = 0;
-    QString description; // "run #3: 8 experts, coact" for the run combo
-    std::vector<core::RoutingProfile> profiles;
-};
-
-// Every run of `projectPath` that has routing profiles, newest first; throws core::Error.
-std::vector<RoutingRun> loadRoutingRuns(const QString& projectPath);
-
 class RoutingView : public QWidget {
     Q_OBJECT
 public:
     explicit RoutingView(QWidget* parent = nullptr);
-    ~RoutingView() override;
 
-    // Shows `profiles` (of run `runId`) at once and selects the first layer; when `projectPath` is
-    // a project, its other profiled runs are read in the background for comparison (runsLoaded).
-    void setProfiles(const QString& projectPath, int64_t runId, const std::vector<core::RoutingProfile>& profiles);
+    // Shows `profiles` (of run `runId`) at once and selects the first layer; `others`: the
+    // project's profiled runs for comparison (the shown one among them is skipped); runsLoaded
+    // follows at once.
+    void setProfiles(int64_t runId, const std::vector<core::RoutingProfile>& profiles,
+                     const std::vector<RoutingRun>& others = {});
     void clear(const QString& message);
 
     // Selects the profile at `index` (an index into the profiles, not a layer number).
@@ -70,7 +60,7 @@ Q_SIGNALS:
     void runsLoaded();
 
 private:
-    void onRunsLoaded();
+    void setComparisonRuns(const std::vector<RoutingRun>& runs);
     void fillHeatmap();
     void fillCompareLayers();
     void redraw();
@@ -87,8 +77,6 @@ private:
     widgets::LinePlot* m_top1Plot = nullptr;
     widgets::LinePlot* m_massPlot = nullptr;
     widgets::BarPlot* m_loadPlot = nullptr;
-    QFutureWatcher<std::vector<RoutingRun>> m_runsWatcher;
-    QString m_path;
 };
 
 } // namespace ladimo::gui

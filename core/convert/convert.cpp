@@ -8,6 +8,7 @@
 
 #include "common/cputeam.h"
 #include "common/error.h"
+#include "common/parse.h"
 #include "common/scratch.h"
 #include "model/safetensors.h"
 #include "model/tokendata.h"
@@ -32,9 +33,12 @@ nlohmann::json ConvertSettings::toJson() const
 }
 
 CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
-                       std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const std::vector<MoeLayer>* moe,
-                       const RoutingRule* rule, int upToLayer, const std::set<int>* only, const CaptureOptions& options)
+                       std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys, const CaptureOptions& options)
 {
+    const std::vector<MoeLayer>* moe = options.moe;
+    const RoutingRule* rule = options.moe ? &options.rule : nullptr;
+    const int upToLayer = options.upToLayer;
+    const std::set<int>* only = options.only.empty() ? nullptr : &options.only;
     torch::InferenceMode guard;
     const int L = upToLayer >= 0 ? upToLayer : static_cast<int>(model.config().numLayers) - 1;
     const auto windows = cutWindows(stream, seqLen);
@@ -165,8 +169,9 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
             CaptureOptions co = s.capture;
             co.progress = cb.progress;
             co.cancel = cb.cancel;
-            const auto info
-                = captureFfn(model, calibration, s.seqLen, &cx, &cy, nullptr, nullptr, *missing.rbegin(), &missing, co);
+            co.upToLayer = *missing.rbegin();
+            co.only = missing;
+            const auto info = captureFfn(model, calibration, s.seqLen, &cx, &cy, co);
             if (cb.onCapture)
                 cb.onCapture(info);
             for (int l : missing) {
@@ -243,8 +248,13 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
                 continue;
             if (cb.onLayerStart)
                 cb.onLayerStart(l);
-            if (sequential) // inputs from the converted layers below, dense target of those inputs
-                captureFfn(model, calibration, s.seqLen, &xs, &ys, &done, &trainRule, l, nullptr, s.capture);
+            if (sequential) { // inputs from the converted layers below, dense target of those inputs
+                CaptureOptions co = s.capture;
+                co.moe = &done;
+                co.rule = trainRule;
+                co.upToLayer = l;
+                captureFfn(model, calibration, s.seqLen, &xs, &ys, co);
+            }
             auto converted = tryConvertLayer(l, devices.front(), cb.cancel, nullptr);
             if (!converted)
                 continue;
@@ -380,14 +390,13 @@ MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, t
     std::stringstream ss(meta.at("sizes"));
     std::string item;
     while (std::getline(ss, item, ',')) {
-        std::size_t used = 0;
-        long long v = -1;
+        int64_t v = -1;
         try {
-            v = std::stoll(item, &used);
-        } catch (const std::exception&) {
-            used = 0;
+            v = parseInteger(item, "size");
+        } catch (const Error&) {
+            v = -1;
         }
-        if (used == 0 || used != item.size() || l.sizes.size() >= static_cast<std::size_t>(kMaxExperts))
+        if (v < 0 || l.sizes.size() >= static_cast<std::size_t>(kMaxExperts))
             throw Error(file.string() + ": metadata 'sizes' must be a comma-separated list of at most "
                         + std::to_string(kMaxExperts) + " expert sizes, got '" + meta.at("sizes") + "'");
         l.sizes.push_back(v);

@@ -16,10 +16,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/progress.h"
-#include "convert/construct.h"
+#include "convert/experts.h"
 #include "convert/moelayers.h"
 #include "model/llama.h"
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 
 namespace ladimo::core {
 
@@ -43,6 +43,12 @@ struct CaptureOptions {
     // Tests only (fault injection): called as each layer's FFN input/output is recorded, with the
     // number of windows of the pass; may throw c10::OutOfMemoryError.
     std::function<void(int layer, int64_t windows)> faultHook;
+    // Sequential mode: the layers that have an entry in `moe` run their MoE block under `rule` in
+    // the pass, so each layer's input is the partly converted model's.
+    const std::vector<MoeLayer>* moe = nullptr;
+    RoutingRule rule;
+    int upToLayer = -1; // the pass stops after this layer (-1: every layer)
+    std::set<int> only; // keep just these layers (the others stay undefined tensors); empty: all
 };
 struct CaptureInfo {
     std::uint64_t bytes = 0; // X and Y of every kept layer
@@ -95,13 +101,12 @@ struct ConvertCallbacks {
     std::function<void(const CaptureInfo&)> onCapture;
 };
 
-// Captured (x, y) of each layer's FFN, flattened to [tokens, H] float32. With `moe` given, layers
-// that have an entry use it in the forward pass (sequential mode). With `only` given, just those
-// layers are kept (the others stay undefined tensors); the values do not depend on it.
+// Captured (x, y) of each layer's FFN, flattened to [tokens, H] float32, for the layers and the
+// pass the options choose (CaptureOptions::moe, upToLayer, only); the values of a kept layer do
+// not depend on which others are kept.
 CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
                        std::vector<torch::Tensor>* xs, std::vector<torch::Tensor>* ys,
-                       const std::vector<MoeLayer>* moe = nullptr, const RoutingRule* rule = nullptr,
-                       int upToLayer = -1, const std::set<int>* only = nullptr, const CaptureOptions& options = {});
+                       const CaptureOptions& options = {});
 
 std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
                                    const ConvertSettings& settings, const ConvertCallbacks& callbacks,

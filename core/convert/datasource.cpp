@@ -130,7 +130,7 @@ std::string DataSource::describe() const
 }
 
 std::vector<int64_t> DataSource::load(const LlamaModel& model, const Tokenizer* tokenizer, int64_t seqLen,
-                                      const ProgressFn& progress, const CancelToken& cancel) const
+                                      const ProgressFn& progress, CancelToken cancel) const
 {
     checkSeqLen(seqLen, model.config());
     if (selfSample > 0) {

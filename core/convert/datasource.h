@@ -36,7 +36,7 @@ struct DataSource {
     static DataSource fromJson(const nlohmann::json& j);
     std::string describe() const; // "file F" / "self-sample N, seed S" (+ ", first N tokens")
     std::vector<int64_t> load(const LlamaModel& model, const Tokenizer* tokenizer, int64_t seqLen,
-                              const ProgressFn& progress, const CancelToken& cancel) const;
+                              const ProgressFn& progress, CancelToken cancel) const;
     // The calibration-set record of `tokens` loaded from this source.
     CalibrationSet record(const std::vector<int64_t>& tokens, int64_t seqLen) const;
 };

@@ -10,7 +10,7 @@
 
 #include "convert/moelayers.h"
 #include "model/llama.h"
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 #include "store/records.h"
 
 namespace ladimo::core {

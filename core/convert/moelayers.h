@@ -13,7 +13,7 @@
 
 #include <torch/types.h>
 
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 
 namespace ladimo::core {
 

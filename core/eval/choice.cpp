@@ -71,14 +71,13 @@ std::vector<ChoiceItem> loadChoiceItems(const std::filesystem::path& file)
 }
 
 ChoiceResult evaluateChoices(const LlamaModel& model, const Tokenizer& tok, const std::vector<ChoiceItem>& items,
-                             const ForwardHooks* hooks, const ProgressFn& progress, const CancelToken* cancel)
+                             const ForwardHooks* hooks, const ProgressFn& progress, CancelToken cancel)
 {
     torch::InferenceMode guard;
     ChoiceResult r;
     const int64_t maxLen = model.config().maxPositions;
     for (std::size_t i = 0; i < items.size(); ++i) {
-        if (cancel)
-            cancel->throwIfCancelled();
+        cancel.throwIfCancelled();
         const auto& item = items[i];
         std::vector<int64_t> context;
         if (tok.bosId() >= 0)

@@ -39,6 +39,6 @@ struct ChoiceResult {
 
 ChoiceResult evaluateChoices(const LlamaModel& model, const Tokenizer& tokenizer, const std::vector<ChoiceItem>& items,
                              const ForwardHooks* hooks = nullptr, const ProgressFn& progress = {},
-                             const CancelToken* cancel = nullptr);
+                             CancelToken cancel = {});
 
 } // namespace ladimo::core

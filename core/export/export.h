@@ -15,7 +15,7 @@
 #include "common/fileutil.h"
 #include "common/progress.h"
 #include "model/llama.h"
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 #include "routing/policy.h"
 
 namespace ladimo::core {
@@ -35,7 +35,7 @@ struct ExportOptions {
     int64_t shardBytes = 0;    // hf-mixtral: 0 = one file
     int expertsPerToken = 0;   // k written for tools with one k for all layers; 0 = from a uniform static policy
     ProgressFn progress;
-    const CancelToken* cancel = nullptr;
+    CancelToken cancel;
     std::function<void(const std::string& line)> log; // notes for the user's log (stale temporaries removed)
 };
 

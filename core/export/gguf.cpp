@@ -488,7 +488,7 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
                     + options.out.filename().string() + "': needs " + humanBytes(total) + ", "
                     + humanBytes(space.available) + " available");
 
-    const auto cancelled = [&]() { return options.cancel && options.cancel->isCancelled(); };
+    const auto cancelled = [&]() { return options.cancel.isCancelled(); };
     writeExport(options.out, [&] {
         atomicWriteFile(options.out, [&](const fs::path& tmp) {
             OutputFile out(tmp, options.out);

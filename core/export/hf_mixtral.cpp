@@ -13,6 +13,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "common/parse.h"
 #include "common/fileutil.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
@@ -103,11 +104,7 @@ struct Progress {
         if (options.progress)
             options.progress("export", static_cast<double>(done), static_cast<double>(total));
     }
-    void checkCancel() const
-    {
-        if (options.cancel)
-            options.cancel->throwIfCancelled();
-    }
+    void checkCancel() const { options.cancel.throwIfCancelled(); }
 };
 
 // Streams one safetensors file (8-byte aligned data, as writeSafetensors), producing each tensor
@@ -191,20 +188,6 @@ std::vector<std::string> mixtralDifferences(const PolicyRules& rules, Gating gat
         notes.push_back("plain softmax weights (not renormalised over the chosen experts) become renormalised "
                         "softmax weights (the chosen experts' weights sum to 1)");
     return notes;
-}
-
-int64_t requireInt(const nlohmann::json& j, const char* key, const std::string& source, int64_t lo, int64_t hi)
-{
-    if (!j.contains(key) || j.at(key).is_null())
-        throw Error(source + ": missing key '" + key + "' (expected an integer)");
-    const auto& v = j.at(key);
-    if (!v.is_number_integer())
-        throw Error(source + ": key '" + key + "' must be an integer, got " + v.dump());
-    const int64_t x = v.get<int64_t>();
-    if (x < lo || x > hi)
-        throw Error(source + ": key '" + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo)
-                    + ", " + std::to_string(hi) + "]");
-    return x;
 }
 
 bool declaresMixtral(const nlohmann::json& j)

@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include "common/error.h"
+#include "common/parse.h"
 #include "common/fileutil.h"
 
 namespace ladimo::core {
@@ -10,20 +11,6 @@ namespace {
 constexpr int64_t kMaxDim = int64_t(1) << 20;   // hidden / intermediate / heads sanity bound
 constexpr int64_t kMaxVocab = int64_t(1) << 22; // 4M pieces
 constexpr int64_t kMaxLayers = 4096;
-
-int64_t requireInt(const nlohmann::json& j, const char* key, const std::string& source, int64_t lo, int64_t hi)
-{
-    if (!j.contains(key))
-        throw Error(source + ": missing key '" + key + "' (expected an integer)");
-    const auto& v = j.at(key);
-    if (!v.is_number_integer())
-        throw Error(source + ": key '" + key + "' must be an integer, got " + v.dump());
-    const int64_t x = v.get<int64_t>();
-    if (x < lo || x > hi)
-        throw Error(source + ": key '" + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo)
-                    + ", " + std::to_string(hi) + "]");
-    return x;
-}
 
 // An optional key of one JSON type: `dflt` when absent or null, an Error naming the key when of
 // another type.

@@ -96,7 +96,7 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
             : r.oracle    ? oracleHooks(converted.layers, rules)
                           : moeHooks(converted.layers, rules);
         const auto items = loadChoiceItems(r.choices);
-        const auto c = evaluateChoices(model, *tok, items, moe ? &plain : nullptr, r.progress, &r.cancel);
+        const auto c = evaluateChoices(model, *tok, items, moe ? &plain : nullptr, r.progress, r.cancel);
         j["choice_items"] = c.items;
         j["choice_accuracy"] = c.accuracy;
         j["choice_accuracy_norm"] = c.accuracyNorm;
@@ -110,7 +110,7 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
         if (r.timing && !r.oracle) { // the oracle computes every expert: its timing means nothing
             // Dense and converted timed in interleaved rounds of the same job, so their ratio is meaningful.
             LatencyOptions lo;
-            lo.cancel = &r.cancel;
+            lo.cancel = r.cancel;
             auto plain = moeHooks(converted.layers, rules);
             // Timing reads every layer for every token: streamed MoE layers stay cached meanwhile.
             converted.layers.setCache(model.memoryBudget() / 4);

@@ -102,7 +102,7 @@ ProjectExportResult exportProject(const ProjectExportRequest& r)
     eo.shardBytes = r.shardBytes;
     eo.expertsPerToken = r.topK;
     eo.progress = r.progress;
-    eo.cancel = &r.cancel;
+    eo.cancel = r.cancel;
     eo.log = r.note; // e.g. stale temporaries of killed exports removed
     out.report = format.write(in, eo);
     out.policyName = in.policyName;

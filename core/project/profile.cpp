@@ -27,7 +27,7 @@ ProjectProfileResult profileProject(const ProjectProfileRequest& r)
     ProjectProfileResult out;
     out.runId = loaded.runId;
     out.data = data.describe();
-    out.profiles = profileConversion(*loaded.model, loaded.layers, loaded.runId, stream, po, &r.cancel, r.progress);
+    out.profiles = profileConversion(*loaded.model, loaded.layers, loaded.runId, stream, po, r.cancel, r.progress);
     for (const auto& p : out.profiles)
         project.saveRoutingProfile(p);
     return out;

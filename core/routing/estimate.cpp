@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "model/device.h"
 #include "store/project.h"
 
 namespace ladimo::core {
@@ -137,6 +138,18 @@ PolicyTables loadPolicyTables(Project& project, int64_t runId, const std::string
     if (auto j = project.latencyModel(runId, device))
         latency = LatencyModel::fromJson(*j, project.file().string() + ": latency model of " + device);
     return policyTables(profiles, std::move(latency));
+}
+
+PolicyTables loadPolicyTablesFor(Project& project, int64_t runId, const std::string& deviceSpec, std::string* device)
+{
+    std::string name = parseDevice(deviceSpec).str();
+    if (deviceSpec == "auto" && name != "cpu" && !project.latencyModel(runId, name)
+        && project.latencyModel(runId, "cpu"))
+        name = "cpu";
+    auto tables = loadPolicyTables(project, runId, name);
+    if (device)
+        *device = tables.latency ? name : std::string();
+    return tables;
 }
 
 LayerEstimate estimateRule(const PolicyTables& tables, int layer, const RoutingRule& rule)

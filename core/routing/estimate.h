@@ -89,6 +89,12 @@ class Project;
 // The tables of a run from its stored profiles, with the latency model stored for `device`
 // (e.g. "cpu", "cuda:0") when there is one.
 PolicyTables loadPolicyTables(Project& project, int64_t runId, const std::string& device);
+// The same for a device spec as users give it (model/device.h; "auto": the device the model
+// would run on): that device's latency model, else the CPU's when the spec is "auto" and the
+// project has one, so `ladimo policy` and the workbench estimate latency alike. `device`
+// receives the device whose latency model is used ("" when there is none).
+PolicyTables loadPolicyTablesFor(Project& project, int64_t runId, const std::string& deviceSpec,
+                                 std::string* device = nullptr);
 
 LayerEstimate estimateRule(const PolicyTables& tables, int layer, const RoutingRule& rule);
 PolicyEstimate estimatePolicy(const PolicyTables& tables, const PolicyRules& rules);

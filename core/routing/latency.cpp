@@ -17,7 +17,7 @@ namespace {
 // each. Rounds interleave the functions, so a burst of other load on a shared machine slows one
 // round of all of them, not every run of one; and other load only ever adds time, so the fastest
 // run is the least disturbed measure of each.
-std::vector<double> fastestSecondsEach(torch::Device device, int repeats, const CancelToken* cancel,
+std::vector<double> fastestSecondsEach(torch::Device device, int repeats, const CancelToken& cancel,
                                        const std::vector<std::function<void()>>& fns,
                                        const std::function<void()>& afterRound = {})
 {
@@ -31,8 +31,7 @@ std::vector<double> fastestSecondsEach(torch::Device device, int repeats, const 
     std::vector<double> best(fns.size(), std::numeric_limits<double>::infinity());
     for (int r = 0; r < std::max(1, repeats); ++r) {
         for (std::size_t i = 0; i < fns.size(); ++i) {
-            if (cancel)
-                cancel->throwIfCancelled();
+            cancel.throwIfCancelled();
             const auto t0 = std::chrono::steady_clock::now();
             fns[i]();
             sync();

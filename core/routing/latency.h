@@ -23,7 +23,7 @@ struct LatencyOptions {
     int64_t decodeContext = 256;
     int repeats = 15;
     ProgressFn progress;
-    const CancelToken* cancel = nullptr;
+    CancelToken cancel;
 };
 
 // sampleX: real FFN inputs [T >= prefillTokens, H] of a middle layer (routing as in use);

@@ -3,10 +3,12 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 
 #include "common/error.h"
 #include "common/fileutil.h"
+#include "common/parse.h"
 
 namespace ladimo::core {
 
@@ -22,32 +24,13 @@ std::vector<std::string> split(const std::string& s, char sep)
     return out;
 }
 
-int parseInt(const std::string& s, const std::string& what)
+// An int of a --set spec (layer, k, bounds).
+int parseSmallInt(const std::string& s, const std::string& what)
 {
-    std::size_t used = 0;
-    int v = 0;
-    try {
-        v = std::stoi(s, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    if (used == 0 || used != s.size())
+    const int64_t v = parseInteger(s, what);
+    if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
         throw Error(what + ": '" + s + "' is not an integer");
-    return v;
-}
-
-double parseDouble(const std::string& s, const std::string& what)
-{
-    std::size_t used = 0;
-    double v = 0;
-    try {
-        v = std::stod(s, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    if (used == 0 || used != s.size() || !std::isfinite(v))
-        throw Error(what + ": '" + s + "' is not a number");
-    return v;
+    return static_cast<int>(v);
 }
 
 void validateRule(const RoutingRule& r, int64_t experts, const std::string& where)
@@ -155,28 +138,28 @@ PolicyRules applyEdits(PolicyRules rules, const std::string& edits, int64_t expe
         if (parts[0] != "*") {
             const auto dash = parts[0].find('-');
             if (dash == std::string::npos) {
-                first = last = parseInt(parts[0], at + " layer");
+                first = last = parseSmallInt(parts[0], at + " layer");
             } else {
-                first = parseInt(parts[0].substr(0, dash), at + " layer");
-                last = parseInt(parts[0].substr(dash + 1), at + " layer");
+                first = parseSmallInt(parts[0].substr(0, dash), at + " layer");
+                last = parseSmallInt(parts[0].substr(dash + 1), at + " layer");
             }
         }
         if (first < 0 || last >= layers || first > last)
             throw Error(at + ": layers must be within 0.." + std::to_string(layers - 1));
         RoutingRule r;
         if (!parts[1].empty() && (parts[1][0] == 'p' || parts[1][0] == 'P')) {
-            r = RoutingRule::topP(parseDouble(parts[1].substr(1), at + " top_p"));
+            r = RoutingRule::topP(parseNumber(parts[1].substr(1), at + " top_p"));
             if (parts.size() == 3) {
                 const auto dash = parts[2].find('-');
                 if (dash == std::string::npos)
                     throw Error(at + ": bounds must be MIN-MAX");
-                r.minK = parseInt(parts[2].substr(0, dash), at + " min_k");
-                r.maxK = parseInt(parts[2].substr(dash + 1), at + " max_k");
+                r.minK = parseSmallInt(parts[2].substr(0, dash), at + " min_k");
+                r.maxK = parseSmallInt(parts[2].substr(dash + 1), at + " max_k");
             }
         } else {
             if (parts.size() == 3)
                 throw Error(at + ": bounds only apply to top-p rules");
-            r = RoutingRule::staticK(parseInt(parts[1], at + " top_k"));
+            r = RoutingRule::staticK(parseSmallInt(parts[1], at + " top_k"));
             if (r.topK < 1)
                 throw Error(at + ": top_k must be 1.." + std::to_string(experts));
         }

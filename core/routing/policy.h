@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 #include "store/records.h"
 
 namespace ladimo::core {

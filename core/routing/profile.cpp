@@ -2,7 +2,7 @@
 
 #include <numeric>
 
-#include "convert/construct.h"
+#include "convert/experts.h"
 #include "convert/convert.h"
 #include "eval/perplexity.h"
 #include "model/llama.h"
@@ -71,12 +71,11 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
 
 std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const MoeLayers& layers,
                                                const std::vector<int64_t>& stream, int64_t seqLen,
-                                               const RoutingRule& rule, const CancelToken* cancel)
+                                               const RoutingRule& rule, CancelToken cancel)
 {
     EvalOptions base;
     base.seqLen = seqLen;
-    if (cancel)
-        base.cancel = *cancel;
+    base.cancel = cancel;
     const double denseNll = evaluatePerplexity(model, stream, base).nll;
     std::vector<LayerSensitivity> out;
     for (std::size_t l = 0; l < layers.size(); ++l) {
@@ -96,18 +95,15 @@ std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const Mo
 
 std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers, int64_t runId,
                                               const std::vector<int64_t>& stream,
-                                              const ConversionProfileOptions& options, const CancelToken* cancel,
+                                              const ConversionProfileOptions& options, CancelToken cancel,
                                               const ProgressFn& progress)
 {
-    const auto check = [cancel]() {
-        if (cancel)
-            cancel->throwIfCancelled();
-    };
+    const auto check = [cancel]() { cancel.throwIfCancelled(); };
     std::vector<torch::Tensor> xs, ys;
     CaptureOptions co;
     co.spillDir = options.spillDir;
     co.memoryBudget = options.memoryBudget;
-    captureFfn(model, stream, options.seqLen, &xs, &ys, nullptr, nullptr, -1, nullptr, co);
+    captureFfn(model, stream, options.seqLen, &xs, &ys, co);
     ProfileOptions po;
     po.bins = options.bins;
     const auto& cfg = model.config();

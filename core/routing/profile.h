@@ -11,7 +11,7 @@
 
 #include "common/progress.h"
 #include "convert/moelayers.h"
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 #include "store/records.h"
 
 namespace ladimo::core {
@@ -44,7 +44,7 @@ struct LayerSensitivity {
 };
 std::vector<LayerSensitivity> layerSensitivity(const LlamaModel& model, const MoeLayers& layers,
                                                const std::vector<int64_t>& stream, int64_t seqLen,
-                                               const RoutingRule& rule, const CancelToken* cancel = nullptr);
+                                               const RoutingRule& rule, CancelToken cancel = {});
 
 // Stage 2a for a whole conversion, as `ladimo profile` and the workbench run it: captures the
 // dense FFN inputs/outputs on `stream`, profiles every layer, then (sensitivityTokens > 0)
@@ -62,7 +62,7 @@ struct ConversionProfileOptions {
 };
 std::vector<RoutingProfile> profileConversion(const LlamaModel& model, const MoeLayers& layers, int64_t runId,
                                               const std::vector<int64_t>& stream,
-                                              const ConversionProfileOptions& options,
-                                              const CancelToken* cancel = nullptr, const ProgressFn& progress = {});
+                                              const ConversionProfileOptions& options, CancelToken cancel = {},
+                                              const ProgressFn& progress = {});
 
 } // namespace ladimo::core

@@ -10,8 +10,8 @@
 
 #include "benchmain.h"
 #include "common/processtuning.h"
-#include "convert/construct.h"
-#include "moe/moeblock.h"
+#include "convert/experts.h"
+#include "moe/moelayer.h"
 
 using namespace ladimo::core;
 

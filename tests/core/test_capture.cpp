@@ -51,7 +51,7 @@ TEST(Capture, OverTheMemoryBudgetActivationsAreFileBackedAndEqual)
     storage.spillDir = dir;
     storage.memoryBudget = 1024;
     {
-        const auto spilled = captureFfn(model, stream, 32, &fx, &fy, nullptr, nullptr, -1, nullptr, storage);
+        const auto spilled = captureFfn(model, stream, 32, &fx, &fy, storage);
         EXPECT_TRUE(spilled.spilled);
         EXPECT_EQ(spilled.bytes, inMemory.bytes);
         ASSERT_EQ(fx.size(), 3u);
@@ -68,7 +68,7 @@ TEST(Capture, OverTheMemoryBudgetActivationsAreFileBackedAndEqual)
     fy.clear();
     // Within budget: memory, whatever spillDir says.
     storage.memoryBudget = inMemory.bytes;
-    EXPECT_FALSE(captureFfn(model, stream, 32, &fx, &fy, nullptr, nullptr, -1, nullptr, storage).spilled);
+    EXPECT_FALSE(captureFfn(model, stream, 32, &fx, &fy, storage).spilled);
     std::filesystem::remove_all(dir);
 }
 

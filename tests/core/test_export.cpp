@@ -15,7 +15,7 @@
 
 #include "common/error.h"
 #include "common/fileutil.h"
-#include "convert/construct.h"
+#include "convert/experts.h"
 #include "convert/convert.h"
 #include "export/gguf.h"
 #include "export/hf_mixtral.h"
@@ -352,7 +352,7 @@ TEST(ExportHfMixtral, CancelledExportLeavesNothing)
     ExportOptions o;
     o.out = tmp / "exports/hf";
     o.shardBytes = 20000;
-    o.cancel = &token;
+    o.cancel = token;
     int calls = 0;
     double seenTotal = 0;
     o.progress = [&](const std::string& stage, double done, double total) {

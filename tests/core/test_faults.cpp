@@ -11,7 +11,7 @@
 
 #include <torch/torch.h>
 
-#include "convert/construct.h"
+#include "convert/experts.h"
 #include "convert/convert.h"
 #include "common/fileutil.h"
 #include "model/llama.h"
@@ -243,7 +243,7 @@ TEST(ResourceFaults, OutOfMemoryDuringCaptureHalvesThePassAndKeepsTheSameActivat
         }
     };
     o.onRecovered = [&](const std::string& what) { recovered.push_back(what); };
-    captureFfn(model, calibration, 16, &xs, &ys, nullptr, nullptr, -1, nullptr, o);
+    captureFfn(model, calibration, 16, &xs, &ys, o);
     EXPECT_EQ(failedPasses, (std::vector<int64_t>{8, 4}));
     ASSERT_EQ(recovered.size(), 2u);
     EXPECT_NE(recovered[0].find("out of memory with 8 windows per forward pass, retried with 4"), std::string::npos)
@@ -254,7 +254,10 @@ TEST(ResourceFaults, OutOfMemoryDuringCaptureHalvesThePassAndKeepsTheSameActivat
     // Only the layers asked for, up to a layer: the same, under the same faults.
     const std::set<int> only = {1};
     std::vector<torch::Tensor> onlyX, onlyY;
-    captureFfn(model, calibration, 16, &onlyX, &onlyY, nullptr, nullptr, 1, &only, o);
+    auto onlyOptions = o;
+    onlyOptions.upToLayer = 1;
+    onlyOptions.only = only;
+    captureFfn(model, calibration, 16, &onlyX, &onlyY, onlyOptions);
     ASSERT_EQ(onlyX.size(), 2u);
     EXPECT_FALSE(onlyX[0].defined());
     expectSameTensors({onlyX[1], onlyY[1]}, {refX[1], refY[1]}, "layer 1 only");
@@ -262,7 +265,7 @@ TEST(ResourceFaults, OutOfMemoryDuringCaptureHalvesThePassAndKeepsTheSameActivat
     // Out of memory even with one window per pass: an Error that says so.
     o.faultHook = [](int, int64_t) { throwOom(); };
     try {
-        captureFfn(model, calibration, 16, &xs, &ys, nullptr, nullptr, -1, nullptr, o);
+        captureFfn(model, calibration, 16, &xs, &ys, o);
         FAIL() << "expected an Error";
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find(

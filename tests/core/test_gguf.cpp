@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fileutil.h"
-#include "convert/construct.h"
+#include "convert/experts.h"
 #include "convert/convert.h"
 #include "export/gguf.h"
 #include "export/gguf_reader.h"
@@ -527,7 +527,7 @@ TEST(Gguf, CancellationLeavesNothingAndKeepsTheOldFile)
     CancelToken cancel;
     ExportOptions o;
     o.out = out;
-    o.cancel = &cancel;
+    o.cancel = cancel;
     int calls = 0;
     o.progress = [&](const std::string&, double, double) {
         if (++calls == 5) // midway through the tensors
@@ -545,7 +545,7 @@ TEST(Gguf, CancellationLeavesNothingAndKeepsTheOldFile)
     EXPECT_TRUE(filesIn(tmp.path()).empty());
 
     // A folder that does not exist is an Error naming it.
-    o.cancel = nullptr;
+    o.cancel = {};
     o.out = tmp / "missing" / "x.gguf";
     try {
         exportGguf(denseInput(), o);

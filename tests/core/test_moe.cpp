@@ -12,9 +12,9 @@
 
 #include "common/cputeam.h"
 #include "common/error.h"
-#include "convert/construct.h"
+#include "convert/experts.h"
 #include "model/llama.h"
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 #include "routing/estimate.h"
 #include "routing/profile.h"
 #include "testutil.h"

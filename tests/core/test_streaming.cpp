@@ -148,8 +148,8 @@ TEST(Streaming, CaptureAndPerplexityAreTheSameStreamed)
     std::vector<torch::Tensor> xr, yr, xs, ys;
     CaptureOptions co;
     co.maxWindows = 2;
-    captureFfn(resident, stream, 32, &xr, &yr, nullptr, nullptr, -1, nullptr, co);
-    captureFfn(streamed, stream, 32, &xs, &ys, nullptr, nullptr, -1, nullptr, co);
+    captureFfn(resident, stream, 32, &xr, &yr, co);
+    captureFfn(streamed, stream, 32, &xs, &ys, co);
     ASSERT_EQ(xr.size(), xs.size());
     for (std::size_t l = 0; l < xr.size(); ++l) {
         EXPECT_TRUE(torch::equal(xr[l], xs[l])) << "layer " << l;
@@ -307,13 +307,13 @@ TEST(Streaming, CaptureReportsProgressAndCanBeCancelled)
             done.push_back(d);
         };
         std::vector<torch::Tensor> xs, ys;
-        captureFfn(model, stream, 32, &xs, &ys, nullptr, nullptr, -1, nullptr, co);
+        captureFfn(model, stream, 32, &xs, &ys, co);
         ASSERT_FALSE(done.empty());
         EXPECT_TRUE(std::is_sorted(done.begin(), done.end()));
         EXPECT_EQ(done.back(), 22.0);
         // Cancelled at the first report: the capture stops with Cancelled.
         CaptureOptions cancelled = co;
         cancelled.progress = [&](const std::string&, double, double) { cancelled.cancel.cancel(); };
-        EXPECT_THROW(captureFfn(model, stream, 32, &xs, &ys, nullptr, nullptr, -1, nullptr, cancelled), Cancelled);
+        EXPECT_THROW(captureFfn(model, stream, 32, &xs, &ys, cancelled), Cancelled);
     }
 }

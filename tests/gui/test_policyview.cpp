@@ -22,6 +22,7 @@
 #include "mainwindow.h"
 #include "policytablemodel.h"
 #include "policyview.h"
+#include "projectsession.h"
 #include "routing/estimate.h"
 #include "routing/search.h"
 #include "store/project.h"
@@ -603,7 +604,7 @@ TEST(PolicyView, RefineNeedsAConvertedProject)
     auto* button = view.findChild<QPushButton*>("refineButton");
     ASSERT_NE(button, nullptr);
     EXPECT_FALSE(button->isEnabled());
-    auto unsaved = gui::loadPolicyData(QString::fromStdString(file.string()));
+    auto unsaved = gui::ProjectSession::readPolicyData(QString::fromStdString(file.string()));
     ASSERT_TRUE(unsaved.error.isEmpty()) << unsaved.error.toStdString();
     unsaved.path.clear();
     view.setData(unsaved);

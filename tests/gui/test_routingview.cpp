@@ -350,3 +350,47 @@ TEST(TradeoffView, ClickingAFrontPointAppliesThatPolicy)
     for (const auto& rule : policy->model()->rules())
         EXPECT_EQ(rule.topK, 1);
 }
+
+// The project session reloads the window when another process writes the project (a policy
+// stored by `ladimo policy`, here through the store directly), keeps the person's unsaved slider
+// edits of the same run and their undo history, and does not reload after its own writes.
+TEST(ProjectSession, ReloadsOnOutsideChangesKeepsEditsAndIgnoresItsOwnWrites)
+{
+    Fixture f;
+    ASSERT_TRUE(f.open());
+    auto* view = f.w.policyView();
+    ASSERT_GT(view->model()->rowCount(), 0);
+    // An unsaved edit of layer 0, undoable.
+    const auto before = view->model()->rules();
+    ASSERT_TRUE(view->model()->setData(view->model()->index(0, gui::PolicyTableModel::SettingColumn), 1, Qt::EditRole));
+    const auto edited = view->model()->rules();
+    ASSERT_FALSE(core::sameRule(edited[0], before[0]));
+    ASSERT_EQ(f.w.session()->undoStack(), view->undoStack());
+    ASSERT_TRUE(view->undoStack()->canUndo());
+
+    // Another process stores a policy.
+    QSignalSpy reopened(&f.w, &MainWindow::modelOpened);
+    {
+        auto p = core::Project::open(f.file, {core::Project::Access::ReadWrite, core::Project::Verify::None});
+        core::Policy policy;
+        policy.name = "from-terminal";
+        policy.origin = core::PolicyOrigin::Manual;
+        policy.runId = *p.latestRunId();
+        policy.rules = core::rulesToJson(core::uniformRules(kLayers, core::RoutingRule::staticK(3)));
+        p.savePolicy(policy);
+    }
+    ASSERT_TRUE(reopened.wait(10000)) << "no reload after the project changed on disk";
+    bool listed = false;
+    for (const auto& p : view->data().policies)
+        listed = listed || p.name == "from-terminal";
+    EXPECT_TRUE(listed) << "the outside policy is not in the Policy view";
+    EXPECT_TRUE(core::sameRule(view->model()->rules()[0], edited[0])) << "the unsaved edit was lost";
+    ASSERT_TRUE(view->undoStack()->canUndo()) << "the undo history was lost";
+    view->undoStack()->undo();
+    EXPECT_TRUE(core::sameRule(view->model()->rules()[0], before[0]));
+
+    // The session's own write (a setting) reloads nothing.
+    reopened.clear();
+    f.w.session()->storeSetting("test", nlohmann::json{{"x", 1}});
+    EXPECT_FALSE(reopened.wait(2500)) << "the session reloaded after its own write";
+}

@@ -1,4 +1,4 @@
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 
 #include "common/cputeam.h"
 #include "common/error.h"

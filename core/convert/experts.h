@@ -12,7 +12,7 @@
 
 #include "common/error.h"
 #include "common/progress.h"
-#include "moe/moeblock.h"
+#include "moe/moelayer.h"
 
 namespace ladimo::core {
 

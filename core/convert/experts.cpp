@@ -1,4 +1,4 @@
-#include "convert/construct.h"
+#include "convert/experts.h"
 
 #include <unistd.h>
 
