@@ -14,8 +14,7 @@
 
 namespace ladimo::gui {
 
-JobView::JobView(const JobViewText& text, QWidget* parent)
-    : QWidget(parent), m_text(text)
+JobView::JobView(const JobViewText& text, QWidget* parent) : QWidget(parent), m_text(text)
 {
     auto* layout = new QVBoxLayout(this);
     auto* box = new QGroupBox(text.title);

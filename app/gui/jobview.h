@@ -22,19 +22,19 @@ class WorkbenchJob;
 
 // The object names and words a job view shows (tests find the widgets by these names).
 struct JobViewText {
-    QString title;        // of the group box
-    QString start;        // the Start button's text, with its & shortcut
+    QString title; // of the group box
+    QString start; // the Start button's text, with its & shortcut
     QString startTip;
     QString cancelTip;
-    const char* startName;    // object names
+    const char* startName; // object names
     const char* cancelName;
     const char* progressName;
     const char* resultName;
-    QString noResult;     // the result line before anything ran
-    QString recordsTip;   // of the table
-    QString failed;       // "Evaluation failed: %1"
-    QString cancelled;    // "Evaluation cancelled; nothing was stored."
-    QString done;         // "Measured and stored in the project."
+    QString noResult;   // the result line before anything ran
+    QString recordsTip; // of the table
+    QString failed;     // "Evaluation failed: %1"
+    QString cancelled;  // "Evaluation cancelled; nothing was stored."
+    QString done;       // "Measured and stored in the project."
 };
 
 class JobView : public QWidget {

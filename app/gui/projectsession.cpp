@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "common/fileutil.h"
 #include "model/tokenizer.h"
 #include "routing/policy.h"
 
@@ -87,6 +88,11 @@ OpenedModel ProjectSession::read(const QString& path)
                 throw core::Error(path.toStdString() + ": the project has no model yet");
             }
             m.facts = core::readPipelineFacts(p);
+            // A project made by the whole pipeline (`ladimo run`, Run all steps) has its report beside it.
+            const auto report = std::filesystem::path(path.toStdString()).parent_path() / "report.txt";
+            std::error_code ec;
+            if (std::filesystem::is_regular_file(report, ec) && std::filesystem::file_size(report, ec) < (1 << 20))
+                m.pipelineReport = QString::fromStdString(core::readTextFile(report, 1 << 20));
             if (m.facts.calibration)
                 m.calibrationJson = QString::fromStdString(m.facts.calibration->dump());
             m.modelPath = QString::fromStdString(dir.string());
@@ -262,7 +268,8 @@ void ProjectSession::savePolicy(const QString& projectPath, const core::Policy& 
         core::Policy policy = toSave;
         try {
             // Writable only for this one transaction; throws when a converter holds the writer lock.
-            auto p = core::Project::open(path.toStdString(), {core::Project::Access::ReadWrite, core::Project::Verify::None});
+            auto p = core::Project::open(path.toStdString(),
+                                         {core::Project::Access::ReadWrite, core::Project::Verify::None});
             for (const auto& existing : p.policies())
                 if (existing.name == policy.name)
                     policy.id = existing.id;

@@ -28,10 +28,10 @@ namespace ladimo::gui {
 
 // What opening a model yields; produced on a worker thread.
 struct OpenedModel {
-    QString path;            // what the user opened: a model folder or a *.ladimo project
-    QString modelPath;       // the dense model folder
+    QString path;      // what the user opened: a model folder or a *.ladimo project
+    QString modelPath; // the dense model folder
     core::ModelConfig config;
-    QString tokenizer;       // kind, or empty
+    QString tokenizer; // kind, or empty
     bool isProject = false;
     std::optional<core::RunSnapshot> run;       // the project's latest conversion run
     std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
@@ -41,6 +41,7 @@ struct OpenedModel {
     std::vector<core::Evaluation> evaluations;  // and evaluations
     std::vector<core::ExportRecord> exports;    // and exports
     QString calibrationJson;   // the project's calibration setting (core::kCalibrationSetting), or empty
+    QString pipelineReport;    // report.txt of the whole-pipeline run beside the project (`ladimo run`), or empty
     core::PipelineFacts facts; // what the pipeline step states derive from
     QString error;             // non-empty when opening failed
 };

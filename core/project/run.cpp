@@ -277,6 +277,7 @@ PipelineReport runPipeline(const PipelineRequest& r)
 
     report.seconds = secondsSince(start);
     atomicWriteFile(fs::path(r.outDir) / "report.json", report.toJson().dump(2) + "\n");
+    atomicWriteFile(fs::path(r.outDir) / "report.txt", report.describe());
     return report;
 }
 

@@ -8,7 +8,8 @@
 // request takes each finished step from the project instead of redoing it (a finished conversion
 // with the same model and settings, its profile, the policy of the same name, evaluations on the
 // same data, an export already at the same place). An interrupted conversion resumes at its
-// unfinished layers. Runs on the calling thread; honours `cancel` between and inside steps.
+// unfinished layers. The report is also written as OUT/report.json and, as describe() prints it,
+// OUT/report.txt. Runs on the calling thread; honours `cancel` between and inside steps.
 #pragma once
 
 #include <cstdint>

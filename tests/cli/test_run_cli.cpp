@@ -63,6 +63,7 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
     // The export and the report file.
     EXPECT_TRUE(fs::exists(out / "model" / "config.json"));
     EXPECT_TRUE(fs::exists(out / "project.ladimo"));
+    EXPECT_TRUE(fs::exists(out / "report.txt"));
     std::ifstream in(out / "report.json");
     const auto stored = nlohmann::json::parse(in);
     EXPECT_EQ(stored["converted"]["perplexity"], first["converted"]["perplexity"]);

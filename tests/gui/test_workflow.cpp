@@ -400,4 +400,12 @@ TEST(Workflow, RunAllStepsFromTheFirstScreenConvertsTunesEvaluatesAndExports)
             << ladimo::core::pipelineStepName(step) << ": " << w.stepToolTip(step).toStdString();
     EXPECT_TRUE(run->isEnabled());
     EXPECT_LT(stalls.maxGapMs(), 1000.0) << "the event loop stalled while the pipeline ran";
+
+    // Opening that project again (another window) shows the report beside it.
+    MainWindow again;
+    again.setProperty("quiet", true);
+    QSignalSpy opened(&again, &MainWindow::modelOpened);
+    again.openPath(QString::fromStdString((tmp / "run" / "project.ladimo").string()));
+    ASSERT_TRUE(opened.wait(20000));
+    EXPECT_EQ(again.pipelineView()->reportText().toStdString(), report);
 }
