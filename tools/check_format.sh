@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  mapfile -t files < <(git ls-files '*.cpp' '*.h')
+  mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.cpp' '*.h')
 else # a source tarball: every C++ file of the project's folders
   mapfile -t files < <(find app core tests widgets \( -name '*.cpp' -o -name '*.h' \) -type f | sort)
 fi

@@ -343,11 +343,8 @@ void MainWindow::showModel(const OpenedModel& m)
                                         : tr("Open a project with a finished conversion run."));
     m_breakdown->setBars({tr("attention"), tr("FFN"), tr("embeddings"), tr("norms")},
                          {double(p.attention), double(p.ffn), double(p.embeddings), double(p.norms)});
-    if (!m.pipelineReport.isEmpty() && !m_job->isRunning()) {
-        m_pipeline->showReport(m.pipelineReport);
-        if (m_pipeline->outDir().isEmpty())
-            m_pipeline->setOutDir(QFileInfo(m.path).absolutePath());
-    }
+    if (m_jobKind != "pipeline")
+        m_pipeline->showOpened(m.pipelineReport, m.isProject ? QFileInfo(m.path).absolutePath() : QString());
     setWindowTitle(tr("%1 - LaDiMo Workbench").arg(QDir(m.path).dirName()));
     if (m.isProject)
         m_projectFile->setText(m.path);

@@ -103,6 +103,22 @@ void PipelineView::showProgress(const QString& stage, double done, double total)
 
 void PipelineView::showReport(const QString& text) { m_report->setPlainText(text); }
 
+void PipelineView::showOpened(const QString& storedReport, const QString& outDir)
+{
+    if (!storedReport.isEmpty() && storedReport == m_report->toPlainText())
+        return; // the project of the run just shown, reopened: its status line stays
+    m_report->setPlainText(storedReport);
+    m_progress->setValue(0);
+    m_progress->resetFormat();
+    if (!storedReport.isEmpty() && m_out->text().trimmed().isEmpty())
+        m_out->setText(outDir);
+    m_status->setText(storedReport.isEmpty()
+                          ? tr("Run all steps with the settings of the Calibration and Convert views.")
+                          : tr("The last run's report (report.txt in %1). Run all steps again takes every "
+                               "finished step from the project.")
+                                .arg(outDir));
+}
+
 void PipelineView::showFinished(bool cancelled, const QString& error, double seconds)
 {
     if (!error.isEmpty())

@@ -29,6 +29,9 @@ public:
     void showStep(const QString& step, const QString& line);
     void showProgress(const QString& stage, double done, double total);
     void showReport(const QString& text);
+    // A model or project was opened: the report of its last pipeline run (report.txt beside the
+    // project; empty: none) and what Run would do.
+    void showOpened(const QString& storedReport, const QString& outDir);
     void showFinished(bool cancelled, const QString& error, double seconds);
     QString reportText() const;
     QString statusText() const;
