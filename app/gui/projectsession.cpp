@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 
 #include "common/error.h"
 #include "common/fileutil.h"
@@ -57,6 +58,47 @@ std::vector<RoutingRun> readRoutingRuns(core::Project& p)
     return runs;
 }
 
+// The Policy view's data from an open project (throws core::Error).
+PolicyData policyDataOf(core::Project& p, const QString& projectPath)
+{
+    PolicyData d;
+    d.path = projectPath;
+    const auto runId = p.latestRunId();
+    if (!runId)
+        throw core::Error(projectPath.toStdString() + ": no conversion run yet");
+    d.run = p.run(*runId);
+    // The latency model of the device the model would run on, else the CPU's (as `ladimo policy`).
+    std::string device;
+    d.tables = core::loadPolicyTablesFor(p, *runId, "auto", &device);
+    d.device = QString::fromStdString(device);
+    const int layers = static_cast<int>(d.tables.layers.size());
+    for (const auto& policy : p.policies()) {
+        if (policy.runId != 0 && policy.runId != *runId)
+            continue;
+        try {
+            d.policyRules.push_back(core::policyRules(policy, layers, d.run.experts));
+            d.policies.push_back(policy);
+        } catch (const core::Error&) {
+            // A policy for another layer count (a partly profiled run): not offered.
+        }
+    }
+    d.evaluations = p.evaluations();
+    computeFronts(d);
+    return d;
+}
+
+PolicyData policyDataOrError(const std::function<PolicyData()>& read, const QString& projectPath)
+{
+    try {
+        return read();
+    } catch (const std::exception& e) {
+        PolicyData d;
+        d.path = projectPath;
+        d.error = QString::fromStdString(e.what());
+        return d;
+    }
+}
+
 } // namespace
 
 OpenedModel ProjectSession::read(const QString& path)
@@ -79,7 +121,7 @@ OpenedModel ProjectSession::read(const QString& path)
                 m.evaluations = p.evaluations();
                 m.exports = p.exports();
                 if (!m.profiles.empty())
-                    m.policy = readPolicyData(path);
+                    m.policy = policyDataOrError([&] { return policyDataOf(p, path); }, path);
                 m.routingRuns = readRoutingRuns(p);
                 dir = p.model(m.run->run.modelId).path;
             } else if (!models.empty()) {
@@ -111,39 +153,14 @@ OpenedModel ProjectSession::read(const QString& path)
 
 PolicyData ProjectSession::readPolicyData(const QString& projectPath)
 {
-    PolicyData d;
-    d.path = projectPath;
-    try {
-        // Read-only: a converter may be writing; only "Save as..." opens for writing.
-        auto p = core::Project::open(projectPath.toStdString(),
-                                     {core::Project::Access::ReadOnly, core::Project::Verify::None});
-        const auto runId = p.latestRunId();
-        if (!runId)
-            throw core::Error(projectPath.toStdString() + ": no conversion run yet");
-        d.run = p.run(*runId);
-        // The latency model of the device the model would run on, else the CPU's (as `ladimo policy`).
-        std::string device;
-        d.tables = core::loadPolicyTablesFor(p, *runId, "auto", &device);
-        d.device = QString::fromStdString(device);
-        const int layers = static_cast<int>(d.tables.layers.size());
-        for (const auto& policy : p.policies()) {
-            if (policy.runId != 0 && policy.runId != *runId)
-                continue;
-            try {
-                d.policyRules.push_back(core::policyRules(policy, layers, d.run.experts));
-                d.policies.push_back(policy);
-            } catch (const core::Error&) {
-                // A policy for another layer count (a partly profiled run): not offered.
-            }
-        }
-        d.evaluations = p.evaluations();
-        computeFronts(d);
-    } catch (const std::exception& e) {
-        d = PolicyData{};
-        d.path = projectPath;
-        d.error = QString::fromStdString(e.what());
-    }
-    return d;
+    return policyDataOrError(
+        [&] {
+            // Read-only: a converter may be writing; saves open it for writing, one transaction each.
+            auto p = core::Project::open(projectPath.toStdString(),
+                                         {core::Project::Access::ReadOnly, core::Project::Verify::None});
+            return policyDataOf(p, projectPath);
+        },
+        projectPath);
 }
 
 ProjectSession::ProjectSession(QObject* parent) : QObject(parent)

@@ -146,8 +146,11 @@ PipelineReport runPipeline(const PipelineRequest& r)
     });
 
     // Stage 2b: search for the budget, refine by measured NLL on the calibration data, store.
-    char nameBuf[64];
-    std::snprintf(nameBuf, sizeof nameBuf, "run-params-%.2f-%s", r.budgetParams, r.rules.c_str());
+    // Policy names are unique in a project: the run is part of the name, so a later conversion
+    // run of the same project (other settings) gets a policy of its own.
+    char nameBuf[96];
+    std::snprintf(nameBuf, sizeof nameBuf, "run%lld-params-%.2f-%s", static_cast<long long>(report.runId),
+                  r.budgetParams, r.rules.c_str());
     report.policy = nameBuf;
     steps.run("policy", [&](PipelineStepReport& s) {
         auto project = Project::open(report.projectFile, {Project::Access::ReadWrite, Project::Verify::Exists});

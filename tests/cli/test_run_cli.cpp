@@ -113,6 +113,21 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
     EXPECT_LE(third["estimated_activated_ffn_fraction"].get<double>(), 0.5 + 1e-9);
     EXPECT_TRUE(third["steps"][3]["reused"].get<bool>()) << "the dense evaluation on the same data is reused";
     EXPECT_FALSE(third["steps"][4]["reused"].get<bool>());
+
+    // Other conversion settings on the same project: a new run with a policy of its own (policy
+    // names are unique in a project), beside the first run's.
+    r = ladimo::test::runLadimo(
+        "run " + demo + " --out " + (tmp.path() / "out2").string() + " --project " + (out / "project.ladimo").string()
+            + " --self-sample 2048 --experts 4 --train-top-k 3 --epochs 2 --refine-evals 0 --eval-tokens 1024"
+              " --budget-params 0.75 --json",
+        true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto fourth = parseReport(r.out);
+    EXPECT_FALSE(fourth["steps"][0]["reused"].get<bool>());
+    EXPECT_NE(fourth["run"], first["run"]);
+    EXPECT_NE(fourth["policy"], first["policy"]);
+    EXPECT_EQ(fourth["policy"].get<std::string>().rfind("run" + std::to_string(fourth["run"].get<int>()) + "-", 0), 0u)
+        << fourth["policy"];
 }
 
 TEST(RunCli, BadArgumentsAreNamed)

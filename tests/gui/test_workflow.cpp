@@ -388,7 +388,7 @@ TEST(Workflow, RunAllStepsFromTheFirstScreenConvertsTunesEvaluatesAndExports)
     ASSERT_EQ(finished.front().at(1).toString().toStdString(), "");
     const std::string report = w.pipelineView()->reportText().toStdString();
     EXPECT_NE(report.find("perplexity"), std::string::npos) << report;
-    EXPECT_NE(report.find("run-params-0.75-both"), std::string::npos) << report;
+    EXPECT_NE(report.find("run1-params-0.75-both"), std::string::npos) << report;
     EXPECT_TRUE(std::filesystem::exists(tmp / "run" / "report.json"));
     EXPECT_TRUE(std::filesystem::exists(tmp / "run" / "model" / "config.json"));
     // The window reopens the pipeline's project: every step it ran shows as done.
