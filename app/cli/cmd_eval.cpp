@@ -1,30 +1,23 @@
 // `ladimo eval`: perplexity of a dense model, an export (Mixtral folder, GGUF file) or a project's
 // conversion under a rule (core/project/evaluate.h), optionally multiple choice and timing.
-#include <chrono>
 #include <optional>
 #include <cstdio>
 #include <iostream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "cliutil.h"
 #include "commands.h"
 #include "common/error.h"
-#include "common/parse.h"
 #include "eval/choice.h"
 #include "project/evaluate.h"
 #include "eval/perplexity.h"
-#include "model/checkpoint.h"
 #include "model/generate.h"
-#include "model/safetensors.h"
 #include "convert/convert.h"
 #include "export/gguf_reader.h"
 #include "export/hf_mixtral.h"
-#include "routing/estimate.h"
 #include "routing/latency.h"
 #include "routing/policy.h"
-#include "store/project.h"
 
 namespace ladimo::cli {
 

@@ -1,7 +1,5 @@
 // `ladimo generate`: continue a prompt (text or token ids) with a dense model or an export.
-#include <chrono>
 #include <optional>
-#include <cstdio>
 #include <iostream>
 #include <sstream>
 
@@ -11,19 +9,10 @@
 #include "commands.h"
 #include "common/error.h"
 #include "common/parse.h"
-#include "eval/choice.h"
-#include "project/evaluate.h"
-#include "eval/perplexity.h"
-#include "model/checkpoint.h"
 #include "model/generate.h"
-#include "model/safetensors.h"
 #include "convert/convert.h"
 #include "export/gguf_reader.h"
 #include "export/hf_mixtral.h"
-#include "routing/estimate.h"
-#include "routing/latency.h"
-#include "routing/policy.h"
-#include "store/project.h"
 
 namespace ladimo::cli {
 

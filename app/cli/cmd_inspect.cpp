@@ -1,29 +1,12 @@
 // `ladimo inspect MODEL`: the architecture, parameter counts and files of a model folder.
-#include <chrono>
-#include <optional>
 #include <cstdio>
 #include <iostream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "cliutil.h"
 #include "commands.h"
-#include "common/error.h"
-#include "common/parse.h"
-#include "eval/choice.h"
-#include "project/evaluate.h"
-#include "eval/perplexity.h"
 #include "model/checkpoint.h"
-#include "model/generate.h"
-#include "model/safetensors.h"
-#include "convert/convert.h"
-#include "export/gguf_reader.h"
-#include "export/hf_mixtral.h"
-#include "routing/estimate.h"
-#include "routing/latency.h"
-#include "routing/policy.h"
-#include "store/project.h"
 
 namespace ladimo::cli {
 
