@@ -5,16 +5,11 @@
 #include <QComboBox>
 #include <QFileDialog>
 #include <QGridLayout>
-#include <QGroupBox>
-#include <QHBoxLayout>
 #include <QLabel>
 #include <QLineEdit>
 #include <QLocale>
-#include <QProgressBar>
 #include <QPushButton>
 #include <QSpinBox>
-#include <QTableView>
-#include <QVBoxLayout>
 
 #include <nlohmann/json.hpp>
 
