@@ -153,16 +153,20 @@ PipelineReport runPipeline(const PipelineRequest& r)
                   r.budgetParams, r.rules.c_str());
     report.policy = nameBuf;
     steps.run("policy", [&](PipelineStepReport& s) {
-        auto project = Project::open(report.projectFile, {Project::Access::ReadWrite, Project::Verify::Exists});
+        // Read-only while searching and measuring (minutes): the writer lock only for the save.
+        auto project = Project::open(report.projectFile, {Project::Access::ReadOnly, Project::Verify::Exists});
         const auto run = project.run(report.runId);
         report.experts = run.experts;
         const auto tables = loadPolicyTables(project, report.runId, load.device.str());
+        const auto chosen = [&](const PolicyRules& rules) {
+            const auto estimate = estimatePolicy(tables, rules);
+            report.rules = describeRules(rules, run.experts);
+            report.estimatedFfnFraction = estimate.activatedFfnFraction;
+            report.exportTopK = roundedMeanK(estimate, run.experts);
+        };
         for (const auto& p : project.policies())
             if (p.name == report.policy && p.runId == report.runId) {
-                const auto rules = policyRules(p, run.layers, run.experts);
-                report.rules = describeRules(rules, run.experts);
-                report.estimatedFfnFraction = estimatePolicy(tables, rules).activatedFfnFraction;
-                report.exportTopK = roundedMeanK(estimatePolicy(tables, rules), run.experts);
+                chosen(policyRules(p, run.layers, run.experts));
                 s.reused = true;
                 s.summary = "'" + p.name + "': " + report.rules;
                 return;
@@ -190,10 +194,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
         p.origin = PolicyOrigin::Auto;
         p.runId = report.runId;
         p.rules = rulesToJson(rules);
-        project.savePolicy(p);
-        report.rules = describeRules(rules, run.experts);
-        report.estimatedFfnFraction = estimatePolicy(tables, rules).activatedFfnFraction;
-        report.exportTopK = roundedMeanK(estimatePolicy(tables, rules), run.experts);
+        Project::open(report.projectFile, {Project::Access::ReadWrite, Project::Verify::None}).savePolicy(p);
+        chosen(rules);
         s.summary = "'" + p.name + "': " + report.rules + refined;
     });
 
