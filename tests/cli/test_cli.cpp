@@ -12,15 +12,15 @@ namespace {
 using ladimo::test::runCommand;
 using ladimo::test::runLadimo;
 
-std::string stories() { return (ladimo::test::sharedData() / "stories260K").string(); }
+std::string stories() { return (ladimo::test::sharedData() / "tinystories260K").string(); }
 
 } // namespace
 
 TEST(Cli, GreedyGenerationPrintsReferenceIds)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/reference.json");
-    const auto ref
-        = nlohmann::json::parse(ladimo::core::readTextFile(ladimo::test::sharedData() / "stories260K/reference.json"));
+    LADIMO_REQUIRE_SHARED("tinystories260K/reference.json");
+    const auto ref = nlohmann::json::parse(
+        ladimo::core::readTextFile(ladimo::test::sharedData() / "tinystories260K/reference.json"));
     std::string expected;
     for (const auto& id : ref["greedy_from_bos_32"])
         expected += (expected.empty() ? "" : ",") + std::to_string(id.get<int64_t>());
@@ -29,9 +29,20 @@ TEST(Cli, GreedyGenerationPrintsReferenceIds)
     EXPECT_EQ(r.out, expected + "\n");
 }
 
+// The real model writes a real story: greedy from BOS decodes (with its own tokenizer.model) to
+// the start of the story its data README quotes.
+TEST(Cli, GreedyGenerationFromBosTellsTheReadmeStory)
+{
+    LADIMO_REQUIRE_SHARED("tinystories260K/tokenizer.model");
+    const auto r = runLadimo("generate " + stories() + " --prompt-ids 1 --max-new 32 --temperature 0", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(r.out,
+              "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One\n");
+}
+
 TEST(Cli, EvalJsonHasTheContractKeys)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     const auto r = runLadimo(
         "eval " + stories() + " --data " + stories() + "/calib.u16 --seq-len 256 --max-tokens 2560 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -44,7 +55,7 @@ TEST(Cli, EvalJsonHasTheContractKeys)
 
 TEST(Cli, InspectJsonCountsParameters)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/config.json");
+    LADIMO_REQUIRE_SHARED("tinystories260K/config.json");
     const auto r = runLadimo("inspect " + stories() + " --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto j = nlohmann::json::parse(r.out);
@@ -76,7 +87,7 @@ TEST(Cli, EveryCommandHasHelp)
 
 TEST(Cli, PerplexityMatchesAnIndependentPythonImplementation)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
         GTEST_SKIP() << "python3-torch is not installed (tools/deps.sh installs it)";
     const std::string data = stories() + "/calib.u16";
@@ -95,7 +106,7 @@ TEST(Cli, PerplexityMatchesAnIndependentPythonImplementation)
 
 TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
         + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project ";
@@ -141,7 +152,7 @@ TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
 
 TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
         + "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --project ";
@@ -180,7 +191,7 @@ TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
 // (CpuTeam::Solo), and OpenBLAS's last bits depend on its thread count.
 TEST(Cli, TwoCpuWorkersAreReproducibleAndAgreeWithOne)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
         + "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --project ";
@@ -214,7 +225,7 @@ TEST(Cli, TwoCpuWorkersAreReproducibleAndAgreeWithOne)
 
 TEST(Cli, ProfileStoresConsistentRoutingDistributions)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string project = (tmp / "p.ladimo").string();
     auto r = runLadimo("convert " + stories() + " --data " + stories()

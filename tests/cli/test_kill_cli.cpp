@@ -26,7 +26,7 @@ using ladimo::test::runLadimo;
 
 namespace {
 
-std::string stories() { return (ladimo::test::sharedData() / "stories260K").string(); }
+std::string stories() { return (ladimo::test::sharedData() / "tinystories260K").string(); }
 
 std::vector<std::string> convertArgs(const fs::path& project)
 {
@@ -98,7 +98,7 @@ std::map<std::string, std::string> treeDigest(const fs::path& dir)
 
 TEST(KillCli, KilledConversionsAndExportsResumeToTheSameResult)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     // The uninterrupted reference, and how long it takes (the kills land inside that span).
     const auto start = std::chrono::steady_clock::now();
@@ -151,7 +151,7 @@ TEST(KillCli, KilledConversionsAndExportsResumeToTheSameResult)
 
 TEST(KillCli, APoisonedLayerFailsTheRunButTheOtherLayersAreSaved)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto file = tmp / "p.ladimo";
     auto r = runLadimo("capture " + stories() + " --data " + stories() + "/calib.u16 --max-tokens 4096 --project "
@@ -209,7 +209,7 @@ std::vector<std::string> temporariesOf(const fs::path& dir, const std::string& n
 // reference result.
 TEST(FaultsCli, DiskFullDuringALayerSaveKeepsTheProjectAndARerunCompletes)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     auto r = runLadimo(joined(convertArgs(tmp / "ref.ladimo")));
     ASSERT_EQ(r.status, 0) << r.out;
@@ -246,7 +246,7 @@ TEST(FaultsCli, DiskFullDuringALayerSaveKeepsTheProjectAndARerunCompletes)
 // next to it; the project is unchanged (no export recorded); the same export then succeeds.
 TEST(FaultsCli, DiskFullDuringAnExportLeavesNothingAndARerunCompletes)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto file = tmp / "p.ladimo";
     auto r = runLadimo(joined(convertArgs(file)));
@@ -283,7 +283,7 @@ TEST(FaultsCli, DiskFullDuringAnExportLeavesNothingAndARerunCompletes)
 // file; whatever temporary a kill left next to it, the next export removes and says so.
 TEST(KillCli, KilledGgufExportsLeaveNothingAndTheNextExportSweepsTheirTemporaries)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto file = tmp / "p.ladimo";
     auto r = runLadimo(joined(convertArgs(file)));
