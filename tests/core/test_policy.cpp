@@ -1,6 +1,6 @@
 // Stage 2b: policy values and their JSON, instant estimates against measured counts, the policy
 // search against brute force, the Pareto front, and the CLI flow profile -> latency -> policy ->
-// eval -> tradeoff on stories260K.
+// eval -> tradeoff on tinystories260K.
 #include <cmath>
 #include <functional>
 
@@ -367,9 +367,9 @@ TEST(Policy, RefinementStepsTopPRulesAlongTheGrid)
 // checks exactness on identical inputs.
 TEST(Policy, CliFlowEstimatesMatchMeasurements)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
-    const std::string stories = (ladimo::test::sharedData() / "stories260K").string();
+    const std::string stories = (ladimo::test::sharedData() / "tinystories260K").string();
     const std::string data = " --data " + stories + "/calib.u16 --max-tokens 4096";
     const std::string project = (tmp / "p.ladimo").string();
     auto r = runLadimo("convert " + stories + data + " --epochs 2 --router-epochs 2 --project " + project);

@@ -18,10 +18,10 @@ using ladimo::test::runCommand;
 using ladimo::test::runLadimo;
 namespace core = ladimo::core;
 
-std::string stories() { return (ladimo::test::sharedData() / "stories260K").string(); }
+std::string stories() { return (ladimo::test::sharedData() / "tinystories260K").string(); }
 std::string ladimoBin() { return std::string(LADIMO_BIN_DIR) + "/ladimo"; }
 
-// Small settings, as the Cli tests use: a conversion of stories260K takes seconds.
+// Small settings, as the Cli tests use: a conversion of tinystories260K takes seconds.
 std::string convertArgs(const std::string& extra = "")
 {
     return "convert " + stories() + " --data " + stories()
@@ -75,7 +75,7 @@ void expectSameRun(const std::filesystem::path& a, const std::filesystem::path& 
 
 TEST(Scale, TwoConcurrentWorkersPlusAssembleEqualOneProcess)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto one = tmp / "one.ladimo", two = tmp / "two.ladimo";
     ladimo::test::CommandResult r;
@@ -94,8 +94,8 @@ TEST(Scale, TwoConcurrentWorkersPlusAssembleEqualOneProcess)
     ASSERT_NE(r.out.find("exits=0,0"), std::string::npos) << r.out << logs;
     EXPECT_NE(logs.find("layers 0-2 (3 to do)"), std::string::npos) << logs;
     EXPECT_NE(logs.find("layers 3-4 (2 to do)"), std::string::npos) << logs;
-    std::printf("[ scale    ] single process %.1f s, two concurrent workers %.1f s (stories260K, 5 layers)\n", single,
-                parallel);
+    std::printf("[ scale    ] single process %.1f s, two concurrent workers %.1f s (tinystories260K, 5 layers)\n",
+                single, parallel);
     {
         // The workers left files only; the database still has every layer pending.
         auto p = core::Project::open(two, {core::Project::Access::ReadOnly, core::Project::Verify::None});
@@ -119,7 +119,7 @@ TEST(Scale, TwoConcurrentWorkersPlusAssembleEqualOneProcess)
 
 TEST(Scale, AssembleRefusesATamperedLayerAndNamesIt)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto p = tmp / "p.ladimo";
     auto r = runLadimo(convertArgs() + p.string() + " --prepare");
@@ -164,7 +164,7 @@ TEST(Scale, AssembleRefusesATamperedLayerAndNamesIt)
 
 TEST(Scale, AssembleOfAPartialRunRecordsWhatIsThereAndFails)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto p = tmp / "p.ladimo";
     auto r = runLadimo(convertArgs() + p.string() + " --prepare");
@@ -182,7 +182,7 @@ TEST(Scale, AssembleOfAPartialRunRecordsWhatIsThereAndFails)
 
 TEST(Scale, WorkersNeedAPreparedRunAndAValidLayerSpec)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto p = tmp / "p.ladimo";
     auto r = runLadimo(convertArgs() + p.string() + " --prepare");
@@ -203,7 +203,7 @@ TEST(Scale, WorkersNeedAPreparedRunAndAValidLayerSpec)
 
 TEST(Scale, CaptureThenConvertEqualsConvertAlone)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto alone = tmp / "alone.ladimo", reuse = tmp / "reuse.ladimo";
     auto r = runLadimo(convertArgs() + alone.string());
@@ -232,7 +232,7 @@ TEST(Scale, CaptureThenConvertEqualsConvertAlone)
 
 TEST(Scale, WorkersReuseCapturedActivationsToo)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto alone = tmp / "alone.ladimo", p = tmp / "p.ladimo";
     auto r = runLadimo(convertArgs() + alone.string());
@@ -254,7 +254,7 @@ TEST(Scale, WorkersReuseCapturedActivationsToo)
 
 TEST(Scale, DryRunPrintsOnlyTheCostModel)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const auto p = tmp / "p.ladimo";
     auto r = runLadimo(convertArgs() + p.string() + " --device cpu,cpu --dry-run", true);

@@ -14,7 +14,7 @@ std::filesystem::path modelDir()
     const auto demo = ladimo::test::sourceDir() / "resources/demo";
     if (std::filesystem::exists(demo / "model.safetensors"))
         return demo;
-    return ladimo::test::sharedData() / "stories260K";
+    return ladimo::test::sharedData() / "tinystories260K";
 }
 
 } // namespace
@@ -23,7 +23,7 @@ TEST(SelfSample, SameSeedSameTokensOtherSeedOtherTokens)
 {
     const auto dir = modelDir();
     if (!std::filesystem::exists(dir / "model.safetensors"))
-        GTEST_SKIP() << "neither the demo model nor stories260K is present";
+        GTEST_SKIP() << "neither the demo model nor tinystories260K is present";
     const auto model = LlamaModel::load(dir);
     SelfSampleOptions o;
     o.tokens = 300;
@@ -44,7 +44,7 @@ TEST(SelfSample, PerplexityOnOwnSamplesMatchesPredictiveEntropy)
 {
     const auto dir = modelDir();
     if (!std::filesystem::exists(dir / "model.safetensors"))
-        GTEST_SKIP() << "neither the demo model nor stories260K is present";
+        GTEST_SKIP() << "neither the demo model nor tinystories260K is present";
     torch::InferenceMode guard;
     const auto model = LlamaModel::load(dir);
     SelfSampleOptions o;

@@ -59,7 +59,7 @@ std::string errorOf(const std::function<void()>& f)
 SourceModel sampleModel()
 {
     SourceModel m;
-    m.path = "/models/stories260K";
+    m.path = "/models/tinystories260K";
     m.config = {{"hidden_size", 64}, {"num_hidden_layers", 5}, {"rope_theta", 10000.0}};
     m.weightsSha256 = std::string(64, 'a');
     m.totalParams = 260000;
