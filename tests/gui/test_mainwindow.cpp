@@ -15,15 +15,15 @@
 using ladimo::gui::LayerTableModel;
 using ladimo::gui::MainWindow;
 
-TEST(MainWindow, OpensStories260KIntoTheModelView)
+TEST(MainWindow, OpensTinyStories260KIntoTheModelView)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/config.json");
+    LADIMO_REQUIRE_SHARED("tinystories260K/config.json");
     MainWindow w;
     w.setProperty("quiet", true);
     QAbstractItemModelTester tester(const_cast<LayerTableModel*>(w.layerModel()),
                                     QAbstractItemModelTester::FailureReportingMode::Fatal);
     QSignalSpy opened(&w, &MainWindow::modelOpened);
-    w.openPath(QString::fromStdString((ladimo::test::sharedData() / "stories260K").string()));
+    w.openPath(QString::fromStdString((ladimo::test::sharedData() / "tinystories260K").string()));
     ASSERT_TRUE(opened.wait(10000));
     const auto* model = w.layerModel();
     ASSERT_EQ(model->rowCount(), 5);
@@ -46,14 +46,14 @@ TEST(MainWindow, BadFolderReportsAnErrorAndKeepsState)
 
 TEST(MainWindow, OpensAProjectIntoTheConvertView)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/config.json");
+    LADIMO_REQUIRE_SHARED("tinystories260K/config.json");
     ladimo::test::TempDir tmp;
     const auto file = tmp / "p.ladimo";
     {
         // A project as `ladimo convert` leaves it: three layers done with curves, two pending.
         auto p = ladimo::core::Project::create(file);
         ladimo::core::SourceModel m;
-        m.path = (ladimo::test::sharedData() / "stories260K").string();
+        m.path = (ladimo::test::sharedData() / "tinystories260K").string();
         ladimo::core::ConversionRun run;
         run.modelId = p.addModel(m);
         run.layers = 5;

@@ -1,7 +1,7 @@
 // The Policy view, offscreen: per-layer sliders re-estimate exactly what estimatePolicy gives,
 // totals and the tradeoff point follow, undo/redo restore, Auto stays within its budget, a
 // clicked Pareto point applies its rules, "Save as..." stores a manual policy; the real window
-// on a stories260K project converted, profiled and timed by the CLI; and "Refine by measurement"
+// on a tinystories260K project converted, profiled and timed by the CLI; and "Refine by measurement"
 // on such a project applies what core::refineProjectPolicy finds, or nothing when cancelled or
 // failing.
 #include "project/evaluate.h"
@@ -351,11 +351,11 @@ TEST(PolicyView, SaveAsStoresAManualPolicyInTheProject)
 }
 
 // The real window on a project made by the CLI: convert, profile, latency and a searched policy.
-TEST(PolicyView, MainWindowShowsTheCliFlowOfStories260K)
+TEST(PolicyView, MainWindowShowsTheCliFlowOfTinyStories260K)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     test::TempDir tmp;
-    const std::string stories = (test::sharedData() / "stories260K").string();
+    const std::string stories = (test::sharedData() / "tinystories260K").string();
     const std::string data = " --data " + stories + "/calib.u16 --max-tokens 2048";
     const std::string project = (tmp / "p.ladimo").string();
     auto r = test::runLadimo("convert " + stories + data + " --epochs 1 --router-epochs 1 --project " + project);
@@ -402,7 +402,7 @@ TEST(PolicyView, MainWindowShowsTheCliFlowOfStories260K)
 
 namespace {
 
-// A stories260K project converted (1 epoch) and profiled by the CLI on the first 2048 calibration
+// A tinystories260K project converted (1 epoch) and profiled by the CLI on the first 2048 calibration
 // tokens, and held-out refinement tokens (the 1024 after them), made once for the tests below:
 // converting is the slow part. Empty when the shared data is absent or the CLI failed (`why`).
 struct RefineFixture {
@@ -416,7 +416,7 @@ const RefineFixture& refineFixture()
     static test::TempDir tmp;
     static const RefineFixture f = [] {
         RefineFixture f;
-        const auto stories = test::sharedData() / "stories260K";
+        const auto stories = test::sharedData() / "tinystories260K";
         const std::string data = " --data " + (stories / "calib.u16").string() + " --max-tokens 2048";
         const auto project = tmp / "refine.ladimo";
         auto r = test::runLadimo("convert " + stories.string() + data + " --epochs 1 --router-epochs 1 --project "
@@ -459,7 +459,7 @@ void openSearched(PolicyView& view, double budget)
 // inputs), within the budget, one undo step away from the search's choice.
 TEST(PolicyView, RefineByMeasurementAppliesTheMeasuredBestWithinTheBudget)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     const auto& fx = refineFixture();
     ASSERT_FALSE(fx.project.empty()) << fx.why;
     constexpr double kBudget = 0.6;
@@ -532,7 +532,7 @@ TEST(PolicyView, RefineByMeasurementAppliesTheMeasuredBestWithinTheBudget)
 // were; errors show the core's message.
 TEST(PolicyView, RefineCancelledOrFailedLeavesThePolicyAsItWas)
 {
-    LADIMO_REQUIRE_SHARED("stories260K/calib.u16");
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     const auto& fx = refineFixture();
     ASSERT_FALSE(fx.project.empty()) << fx.why;
     PolicyView view;
