@@ -33,7 +33,7 @@ public:
     static std::unique_ptr<Tokenizer> loadSentencePiece(const std::filesystem::path& modelFile);
     static std::unique_ptr<Tokenizer> loadHuggingFace(const std::filesystem::path& tokenizerJson);
     // Picks from what the model directory holds: tokenizer.model first, else tokenizer.json.
-    // Returns nullptr when the directory has neither (token-id-only models like stories260K).
+    // Returns nullptr when the directory has neither (token-id-only checkpoints).
     static std::unique_ptr<Tokenizer> loadForModel(const std::filesystem::path& modelDir);
 
 protected:
