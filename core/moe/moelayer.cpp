@@ -449,13 +449,25 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
         const auto countTensor = torch::bincount(experts.to(torch::kCPU), {}, numExperts());
         counts.assign(countTensor.data_ptr<int64_t>(), countTensor.data_ptr<int64_t>() + numExperts());
     }
-    if (tokens.size(0) == 0)
-        return torch::zeros_like(xIn);
-    if (stats)
+    if (stats) {
+        stats->parameters += x.size(0) * routerParameters();
         for (int64_t e = 0; e < numExperts(); ++e) {
             stats->pairs += counts[static_cast<std::size_t>(e)];
             stats->parameters += counts[static_cast<std::size_t>(e)] * expertParameters(e);
         }
+    }
+    if (tokens.size(0) == 0)
+        return torch::zeros_like(xIn);
+    if (gate.size(1) < maskedBelowWidth) {
+        // Narrow (fine-grained) experts: the per-expert products would be a few columns wide and
+        // their overhead would dominate; every expert runs on every token as one product, and the
+        // weights (zero for experts not chosen) select. Same values; the counts above are the
+        // dispatch's, what a sparse kernel evaluates.
+        const int64_t N = numExperts(), S = gate.size(1), H = x.size(1);
+        auto pre = torch::matmul(x, gateUpBlock(gate, up).reshape({N * 2 * S, H}).t()).view({-1, N, 2 * S});
+        auto h = torch::silu(pre.narrow(2, 0, S)) * pre.narrow(2, S, S) * weights.to(x.scalar_type()).unsqueeze(2);
+        return torch::matmul(h.reshape({-1, N * S}), down.permute({0, 2, 1}).reshape({N * S, H})).view(shape);
+    }
     // Whether autograd records this call (the backward then needs the pre-activations).
     const bool training = torch::GradMode::is_enabled()
         && (x.requires_grad() || w.requires_grad() || gate.requires_grad() || up.requires_grad()
@@ -488,6 +500,7 @@ torch::Tensor MoeLayer::forwardOracle(const torch::Tensor& xIn, int k, DispatchS
         weights = kept / kept.sum(-1, true).clamp_min(1e-20);
     }
     if (stats) {
+        stats->parameters += x.size(0) * routerParameters(); // the routing weights need it
         auto counts = mask.sum(0).to(torch::kCPU);
         for (int64_t e = 0; e < numExperts(); ++e) {
             const auto n = counts[e].item<int64_t>();

@@ -59,7 +59,7 @@ bool sameRule(const RoutingRule& a, const RoutingRule& b);
 // What one dispatch evaluated: (token, expert) pairs and the expert parameters they touched.
 struct DispatchStats {
     int64_t pairs = 0;
-    int64_t parameters = 0;
+    int64_t parameters = 0; // the router's included (MoeLayer::routerParameters per token)
 };
 
 struct MoeLayer {
@@ -68,6 +68,11 @@ struct MoeLayer {
     torch::Tensor down;         // [N, H, S]
     std::vector<int64_t> sizes; // real neurons of each expert
     Gating gating = Gating::Hard;
+    // Experts narrower than this many neurons (fine-grained experts of small models) run as one
+    // masked product over all experts instead of the grouped dispatch: per-expert products a few
+    // columns wide cost more in overhead than the work they skip. Same values and counts either
+    // way; tests set it to 0 (always grouped) or a large value (always masked) to check both.
+    int64_t maskedBelowWidth = 32;
 
     int64_t numExperts() const { return router.size(0); }
     // Routing probabilities softmax(x router^T), float32 [T, N].
@@ -85,11 +90,14 @@ struct MoeLayer {
     // Output of each expert alone (unweighted), [T, N, H]; for router fitting and oracles.
     torch::Tensor expertOutputs(const torch::Tensor& x) const;
 
-    // Parameters touched by one token using the given experts (router included).
+    // Parameters one token touches in an expert it uses (gate, up and down rows).
     int64_t expertParameters(int64_t expert) const
     {
         return 3 * router.size(1) * sizes[static_cast<std::size_t>(expert)];
     }
+    // Parameters every token touches before any expert: the router's product. A token's
+    // activated parameters are this plus expertParameters of each expert it uses.
+    int64_t routerParameters() const { return router.numel(); }
 };
 
 // Stores gate and up of every expert in one [N, 2S, H] block (expert e's gate rows, then its up

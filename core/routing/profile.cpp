@@ -30,7 +30,8 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
     p.entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean().item<double>();
     auto cumulative = sorted.cumsum(-1).mean(0);
     std::vector<double> mass(cumulative.data_ptr<double>(), cumulative.data_ptr<double>() + N);
-    // Parameters each expert adds per token, to count what a rule activates exactly.
+    // Parameters each expert adds per token, to count what a rule activates exactly (plus the
+    // router's, which every token pays).
     auto expertParams = torch::empty({N}, torch::kFloat64);
     for (int64_t e = 0; e < N; ++e)
         expertParams[e] = static_cast<double>(layer.expertParameters(e));
@@ -40,7 +41,9 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
         torch::Tensor mask, w;
         layer.route(probs32, rule, &mask, &w);
         auto m = mask.to(torch::kFloat64);
-        return std::make_pair(m.sum(-1).mean().item<double>(), m.matmul(expertParams).mean().item<double>());
+        return std::make_pair(m.sum(-1).mean().item<double>(),
+                              m.matmul(expertParams).mean().item<double>()
+                                  + static_cast<double>(layer.routerParameters()));
     };
     std::vector<double> paramsByK;
     for (int64_t k = 1; k <= N; ++k) {

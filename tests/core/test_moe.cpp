@@ -85,34 +85,37 @@ TEST(Moe, AllExpertsEqualDenseAtInitialisation)
 TEST(Moe, DispatchEqualsNaiveReference)
 {
     const auto f = fixture(512);
-    for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain}) {
-        auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, gating);
-        layer.router = torch::randn({8, f.hidden()});
-        torch::NoGradGuard ng;
-        for (const auto& rule :
-             {RoutingRule::staticK(1), RoutingRule::staticK(6), RoutingRule::topP(0.5), RoutingRule::topP(0.9, 2, 7)}) {
-            DispatchStats stats;
-            auto fast = layer.forward(f.x, rule, &stats);
-            const int64_t active = stats.pairs;
-            auto naive = layer.forwardNaive(f.x, rule);
-            EXPECT_LT((fast - naive).abs().max().item<double>(), 1e-5) << gatingName(gating);
-            for (int64_t t : {0, 1, 2}) { // one token (decoding): matrix-vector products
-                auto one = f.x.narrow(0, t, 1);
-                EXPECT_LT((layer.forward(one, rule) - layer.forwardNaive(one, rule)).abs().max().item<double>(), 1e-5)
-                    << gatingName(gating) << " token " << t;
-            }
-            torch::Tensor mask, w;
-            layer.route(layer.routingProbs(f.x), rule, &mask, &w);
-            EXPECT_EQ(active, mask.sum().item<int64_t>());
-            if (rule.isStatic())
-                EXPECT_EQ(active, rule.topK * f.x.size(0));
-            else {
-                auto k = mask.sum(-1);
-                EXPECT_GE(k.min().item<int64_t>(), std::max(1, rule.minK));
-                EXPECT_LE(k.max().item<int64_t>(), rule.maxK > 0 ? rule.maxK : 8);
+    for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain})
+        for (int64_t maskedBelow : {int64_t{0}, int64_t{1} << 30}) { // grouped, then masked
+            auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, gating);
+            layer.maskedBelowWidth = maskedBelow;
+            layer.router = torch::randn({8, f.hidden()});
+            torch::NoGradGuard ng;
+            for (const auto& rule : {RoutingRule::staticK(1), RoutingRule::staticK(6), RoutingRule::topP(0.5),
+                                     RoutingRule::topP(0.9, 2, 7)}) {
+                DispatchStats stats;
+                auto fast = layer.forward(f.x, rule, &stats);
+                const int64_t active = stats.pairs;
+                auto naive = layer.forwardNaive(f.x, rule);
+                EXPECT_LT((fast - naive).abs().max().item<double>(), 1e-5) << gatingName(gating);
+                for (int64_t t : {0, 1, 2}) { // one token (decoding): matrix-vector products
+                    auto one = f.x.narrow(0, t, 1);
+                    EXPECT_LT((layer.forward(one, rule) - layer.forwardNaive(one, rule)).abs().max().item<double>(),
+                              1e-5)
+                        << gatingName(gating) << " token " << t;
+                }
+                torch::Tensor mask, w;
+                layer.route(layer.routingProbs(f.x), rule, &mask, &w);
+                EXPECT_EQ(active, mask.sum().item<int64_t>());
+                if (rule.isStatic())
+                    EXPECT_EQ(active, rule.topK * f.x.size(0));
+                else {
+                    auto k = mask.sum(-1);
+                    EXPECT_GE(k.min().item<int64_t>(), std::max(1, rule.minK));
+                    EXPECT_LE(k.max().item<int64_t>(), rule.maxK > 0 ? rule.maxK : 8);
+                }
             }
         }
-    }
 }
 
 // The dispatch's own backward equals autograd through the naive reference: gradients of the
@@ -124,43 +127,46 @@ TEST(Moe, DispatchGradientsEqualTheNaiveReference)
         int64_t hidden, neurons, experts, tokens;
     };
     for (const auto c : {Case{64, 172, 8, 512}, Case{4096, 64, 4, 700}})
-        for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain})
-            for (const auto& rule : {RoutingRule::staticK(2), RoutingRule::topP(0.6, 1, 3)}) {
-                torch::manual_seed(3);
-                const DenseFfn ffn{torch::randn({c.neurons, c.hidden}) * 0.2, torch::randn({c.neurons, c.hidden}) * 0.2,
-                                   torch::randn({c.hidden, c.neurons}) * 0.2};
-                std::vector<int64_t> assign(static_cast<std::size_t>(c.neurons));
-                for (int64_t i = 0; i < c.neurons; ++i)
-                    assign[static_cast<std::size_t>(i)] = i % c.experts;
-                auto layer = buildMoeLayer(ffn, assign, c.experts, gating);
-                layer.router = torch::randn({c.experts, c.hidden}) * 0.1;
-                const auto x0 = torch::randn({c.tokens, c.hidden});
-                const auto target = torch::randn({c.tokens, c.hidden});
-                auto grads = [&](bool naive) {
-                    MoeLayer l = layer;
-                    for (auto* t : {&l.router, &l.gate, &l.up, &l.down})
-                        *t = t->detach().clone().set_requires_grad(true);
-                    auto x = x0.clone().set_requires_grad(true);
-                    auto out = naive ? l.forwardNaive(x, rule) : l.forward(x, rule);
-                    (out * target).sum().backward();
-                    return std::vector<torch::Tensor>{out.detach(),  x.grad(),    l.router.grad(),
-                                                      l.gate.grad(), l.up.grad(), l.down.grad()};
-                };
-                const auto fast = grads(false), naive = grads(true);
-                const char* names[] = {"output", "input", "router", "gate", "up", "down"};
-                for (std::size_t i = 0; i < fast.size(); ++i) {
-                    if (gating == Gating::Hard && i == 2) { // hard gating: the router only selects
-                        EXPECT_FALSE(fast[i].defined() && fast[i].abs().max().item<double>() > 0) << names[i];
-                        continue;
+        for (int64_t maskedBelow : {int64_t{0}, int64_t{1} << 30}) // grouped, then masked
+            for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain})
+                for (const auto& rule : {RoutingRule::staticK(2), RoutingRule::topP(0.6, 1, 3)}) {
+                    torch::manual_seed(3);
+                    const DenseFfn ffn{torch::randn({c.neurons, c.hidden}) * 0.2,
+                                       torch::randn({c.neurons, c.hidden}) * 0.2,
+                                       torch::randn({c.hidden, c.neurons}) * 0.2};
+                    std::vector<int64_t> assign(static_cast<std::size_t>(c.neurons));
+                    for (int64_t i = 0; i < c.neurons; ++i)
+                        assign[static_cast<std::size_t>(i)] = i % c.experts;
+                    auto layer = buildMoeLayer(ffn, assign, c.experts, gating);
+                    layer.maskedBelowWidth = maskedBelow;
+                    layer.router = torch::randn({c.experts, c.hidden}) * 0.1;
+                    const auto x0 = torch::randn({c.tokens, c.hidden});
+                    const auto target = torch::randn({c.tokens, c.hidden});
+                    auto grads = [&](bool naive) {
+                        MoeLayer l = layer;
+                        for (auto* t : {&l.router, &l.gate, &l.up, &l.down})
+                            *t = t->detach().clone().set_requires_grad(true);
+                        auto x = x0.clone().set_requires_grad(true);
+                        auto out = naive ? l.forwardNaive(x, rule) : l.forward(x, rule);
+                        (out * target).sum().backward();
+                        return std::vector<torch::Tensor>{out.detach(),  x.grad(),    l.router.grad(),
+                                                          l.gate.grad(), l.up.grad(), l.down.grad()};
+                    };
+                    const auto fast = grads(false), naive = grads(true);
+                    const char* names[] = {"output", "input", "router", "gate", "up", "down"};
+                    for (std::size_t i = 0; i < fast.size(); ++i) {
+                        if (gating == Gating::Hard && i == 2) { // hard gating: the router only selects
+                            EXPECT_FALSE(fast[i].defined() && fast[i].abs().max().item<double>() > 0) << names[i];
+                            continue;
+                        }
+                        ASSERT_TRUE(fast[i].defined() && naive[i].defined()) << names[i];
+                        const double scale = naive[i].abs().max().item<double>();
+                        EXPECT_GT(scale, 0) << names[i];
+                        EXPECT_LT((fast[i] - naive[i]).abs().max().item<double>(), 1e-4 * scale)
+                            << names[i] << " hidden " << c.hidden << " gating " << gatingName(gating) << " top-k "
+                            << rule.topK;
                     }
-                    ASSERT_TRUE(fast[i].defined() && naive[i].defined()) << names[i];
-                    const double scale = naive[i].abs().max().item<double>();
-                    EXPECT_GT(scale, 0) << names[i];
-                    EXPECT_LT((fast[i] - naive[i]).abs().max().item<double>(), 1e-4 * scale)
-                        << names[i] << " hidden " << c.hidden << " gating " << gatingName(gating) << " top-k "
-                        << rule.topK;
                 }
-            }
 }
 
 // Built layers keep gate and up in one block, so the dispatch needs no per-call copy of them; the
@@ -230,6 +236,31 @@ TEST(Moe, RouterFitAndDistillationLowerTheLayerError)
         if (size < layer.down.size(2))
             EXPECT_EQ(layer.down[e].narrow(1, size, layer.down.size(2) - size).abs().sum().item<double>(), 0.0);
     }
+}
+
+// The all-experts term of the distillation loss keeps the full layer near the dense FFN, which
+// distilling for k alone lets drift.
+TEST(Moe, FullKTermKeepsTheAllExpertsLayerNearDense)
+{
+    const auto f = fixture(2048);
+    auto error = [&](double fullKWeight) {
+        auto layer = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, 8, Partition::Coactivation, 0), 8, Gating::Hard);
+        DistillOptions o;
+        o.epochs = 4;
+        o.routerEpochs = 5;
+        o.batch = 256;
+        o.trainTopK = 4;
+        o.fullKWeight = fullKWeight;
+        fitRouter(layer, f.x, o);
+        distill(layer, f.x, f.y, o);
+        return std::make_pair(relativeError(layer, f.x, f.y, RoutingRule::staticK(8)),
+                              relativeError(layer, f.x, f.y, RoutingRule::staticK(4)));
+    };
+    const auto [fullWithout, kWithout] = error(0);
+    const auto [fullWith, kWith] = error(4);
+    EXPECT_LT(fullWith, 0.5 * fullWithout)
+        << "all experts: " << fullWith << " with the term, " << fullWithout << " without";
+    EXPECT_LT(kWith, 1.0) << "the k = 4 error must still be trained, got " << kWith << " (without: " << kWithout << ")";
 }
 
 // Stage 2b estimates read off a layer's routing profile equal what the dispatch counts on the same
