@@ -20,7 +20,15 @@ namespace ladimo::core {
 namespace {
 constexpr NameTable<Partition, 3> kPartitionNames{
     {{Partition::Coactivation, "coact"}, {Partition::Contiguous, "contiguous"}, {Partition::Weights, "weights"}}};
+constexpr NameTable<RouterTarget, 2> kRouterTargetNames{
+    {{RouterTarget::Norms, "norms"}, {RouterTarget::Shares, "shares"}}};
 } // namespace
+
+RouterTarget parseRouterTarget(const std::string& name)
+{
+    return parseNamed(kRouterTargetNames, name, "router target");
+}
+const char* routerTargetName(RouterTarget t) { return nameOf(kRouterTargetNames, t); }
 
 Partition parsePartition(const std::string& name) { return parseNamed(kPartitionNames, name, "partition"); }
 const char* partitionName(Partition p) { return nameOf(kPartitionNames, p); }
@@ -77,8 +85,9 @@ std::vector<int64_t> balancedKMeans(const torch::Tensor& featuresIn, int64_t k, 
     return assign;
 }
 
-// Padding neurons must stay zero so unequal experts stay exact (and counts stay honest).
-void zeroPadding(MoeLayer& l)
+} // namespace
+
+void zeroExpertPadding(MoeLayer& l)
 {
     torch::NoGradGuard ng;
     const int64_t S = l.gate.size(1);
@@ -91,8 +100,6 @@ void zeroPadding(MoeLayer& l)
         l.down[e].narrow(1, n, S - n).zero_();
     }
 }
-
-} // namespace
 
 std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts, Partition strategy,
                                       uint64_t seed)
@@ -178,6 +185,7 @@ double relativeError(const MoeLayer& layer, const torch::Tensor& x, const torch:
 void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& o)
 {
     const int64_t T = x.size(0), N = layer.numExperts();
+    const bool regress = layer.gating == Gating::Hard && o.routerTarget == RouterTarget::Norms;
     torch::Tensor targets;
     {
         torch::NoGradGuard ng;
@@ -185,11 +193,11 @@ void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& o)
         for (int64_t s = 0; s < T; s += 2048) {
             auto outs = layer.expertOutputs(x.narrow(0, s, std::min<int64_t>(2048, T - s)));
             auto norms = outs.norm(2, -1); // [t, N]: how much each expert contributes
-            parts.push_back(norms / norms.sum(-1, true).clamp_min(1e-12));
+            parts.push_back(regress ? norms / norms.mean(-1, true).clamp_min(1e-12)
+                                    : norms / norms.sum(-1, true).clamp_min(1e-12));
         }
         targets = torch::cat(parts);
     }
-    // Least-squares start (logits ~ log importance), then cross-entropy to the importance shares.
     auto router = torch::zeros({N, x.size(1)}, x.options()).set_requires_grad(true);
     torch::optim::Adam opt({router}, torch::optim::AdamOptions(o.routerLr));
     std::mt19937_64 rng(o.seed + 17);
@@ -202,7 +210,9 @@ void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& o)
             o.cancel.throwIfCancelled();
             auto idx = p.narrow(0, s, std::min<int64_t>(o.batch, T - s));
             auto logits = torch::matmul(x.index_select(0, idx), router.t());
-            auto loss = -(targets.index_select(0, idx) * torch::log_softmax(logits, -1)).sum(-1).mean();
+            auto target = targets.index_select(0, idx);
+            auto loss
+                = regress ? (logits - target).pow(2).mean() : -(target * torch::log_softmax(logits, -1)).sum(-1).mean();
             opt.zero_grad();
             loss.backward();
             opt.step();
@@ -346,8 +356,15 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
                         static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
                     auto idx = p.narrow(0, s, std::min<int64_t>(batch, T - s));
                     const int k = o.randomK ? kDist(rng) : o.trainTopK;
-                    auto out = layer.forward(x.index_select(0, idx), RoutingRule::staticK(k));
-                    auto loss = (out - y.index_select(0, idx)).pow(2).sum(-1).mean() / energy;
+                    auto xb = x.index_select(0, idx);
+                    auto yb = y.index_select(0, idx);
+                    auto out = layer.forward(xb, RoutingRule::staticK(k));
+                    auto loss = (out - yb).pow(2).sum(-1).mean() / energy; // the curve's figure
+                    torch::Tensor objective = loss;
+                    if (o.fullKWeight > 0 && k < N) {
+                        auto all = layer.forward(xb, RoutingRule::staticK(static_cast<int>(N)));
+                        objective = loss + o.fullKWeight * (all - yb).pow(2).sum(-1).mean() / energy;
+                    }
                     if (o.faultHook)
                         o.faultHook(step, batch, loss);
                     const double l = loss.item<double>();
@@ -357,9 +374,9 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
                         break;
                     }
                     opt->zero_grad();
-                    loss.backward();
+                    objective.backward();
                     opt->step();
-                    zeroPadding(layer);
+                    zeroExpertPadding(layer);
                     r.lossCurve.emplace_back(step, l);
                     if (o.onStep)
                         o.onStep(epoch, step, l);

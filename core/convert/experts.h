@@ -31,10 +31,23 @@ std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& 
 
 MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignment, int64_t experts, Gating gating);
 
+// What the router of a hard-gated layer is fitted to (soft gating always uses Shares: its
+// probabilities weigh the experts' outputs).
+//  norms:  regression of the logits on each token's expert-output norms divided by their mean;
+//          ranks the experts as the oracle does and beat shares on tinystories260K (README table).
+//  shares: cross-entropy to each token's distribution of expert-output norms.
+enum class RouterTarget { Norms, Shares };
+RouterTarget parseRouterTarget(const std::string& name);
+const char* routerTargetName(RouterTarget t);
+
 struct DistillOptions {
-    int trainTopK = 6;   // k used while distilling (drawn per batch in [minTrainK, N] when randomK)
-    bool randomK = true; // train for the range of k a routing policy may later use
-    int minTrainK = 0;   // 0 = N/2
+    int trainTopK = 6;    // k used while distilling (drawn per batch in [minTrainK, N] when randomK)
+    bool randomK = false; // train for a range of k instead (costs quality at every k: README table)
+    int minTrainK = 0;    // 0 = N/2
+    // Weight of a second loss term, the error with every expert active, so that the full model
+    // stays the dense FFN (0: train for trainTopK only; the full-k model then drifts from dense).
+    double fullKWeight = 4.0;
+    RouterTarget routerTarget = RouterTarget::Norms;
     int epochs = 20;
     int routerEpochs = 20;
     double lr = 1e-3;
@@ -72,6 +85,10 @@ struct DistillResult {
     double lrScale = 1;                 // learning-rate factor the last epoch ran with
     int64_t batch = 0;                  // batch size the last epoch ran with
 };
+
+// Padding neurons of unequal experts back to zero after an optimiser step, so the layer stays
+// exact and its parameter counts honest.
+void zeroExpertPadding(MoeLayer& layer);
 
 // Throws NumericalFault naming `what` when `t` holds a NaN or an infinity.
 void requireFinite(const torch::Tensor& t, const std::string& what);
