@@ -22,7 +22,15 @@ nlohmann::json ConvertSettings::toJson() const
             {"gating", gatingName(gating)},
             {"mode", mode},
             {"train_top_k", distill.trainTopK},
+            {"train_active", trainActive},
             {"random_k", distill.randomK},
+            {"full_k_weight", distill.fullKWeight},
+            {"router_target", routerTargetName(distill.routerTarget)},
+            {"e2e_steps", endToEnd.steps},
+            {"e2e_lr", endToEnd.lr},
+            {"e2e_windows", endToEnd.windows},
+            {"e2e_routers", endToEnd.trainRouters},
+            {"e2e_full_k_weight", endToEnd.fullKWeight},
             {"epochs", distill.epochs},
             {"router_epochs", distill.routerEpochs},
             {"lr", distill.lr},
@@ -145,10 +153,22 @@ CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stre
     return info;
 }
 
-std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
-                                   const ConvertSettings& s, const ConvertCallbacks& cb, const std::set<int>& skip,
-                                   std::vector<MoeLayer> done)
+int trainTopKFor(const ConvertSettings& s, const ModelConfig& c)
 {
+    if (s.distill.trainTopK > 0)
+        return static_cast<int>(std::min<int64_t>(s.distill.trainTopK, s.experts));
+    const double H = static_cast<double>(c.hiddenSize), I = static_cast<double>(c.intermediateSize);
+    const double N = static_cast<double>(s.experts);
+    const double perExpert = 3 * H * I / N, budget = s.trainActive * 3 * H * I - N * H;
+    return static_cast<int>(std::clamp<double>(std::floor(budget / perExpert + 1e-9), 1, N));
+}
+
+std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<int64_t>& calibration,
+                                   const ConvertSettings& settings, const ConvertCallbacks& cb,
+                                   const std::set<int>& skip, std::vector<MoeLayer> done)
+{
+    ConvertSettings s = settings;
+    s.distill.trainTopK = trainTopKFor(settings, model.config());
     const int L = static_cast<int>(model.config().numLayers);
     checkSeqLen(s.seqLen, model.config());
     done.resize(static_cast<std::size_t>(L));

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/progress.h"
+#include "convert/endtoend.h"
 #include "convert/experts.h"
 #include "convert/moelayers.h"
 #include "model/llama.h"
@@ -56,11 +57,18 @@ struct CaptureInfo {
 };
 
 struct ConvertSettings {
-    int64_t experts = 8;
+    ConvertSettings() { distill.trainTopK = 0; } // 0: from trainActive (trainTopKFor)
+    int64_t experts = 32;
+    // The share of the dense FFN's parameters a token activates while distilling (router
+    // included), when distill.trainTopK is 0: the k trained for is the largest that fits.
+    double trainActive = 0.75;
     Partition partition = Partition::Coactivation;
     Gating gating = Gating::Hard;
     std::string mode = "parallel"; // parallel: X from the dense model; sequential: from converted layers below
     DistillOptions distill;
+    // The end-to-end stage after every layer is done (steps 0: none); its cancel, progress and
+    // seed come from the conversion's. Trains at trainTopK.
+    EndToEndOptions endToEnd;
     int64_t seqLen = 256;
     // Parallel mode trains one layer per device at a time ("cpu,cpu", "cuda:0,cuda:1"); not part
     // of toJson(): the result does not depend on it, so a run may resume on other devices.
@@ -100,6 +108,11 @@ struct ConvertCallbacks {
     // Parallel mode: after the dense activations were captured, how big and where they are.
     std::function<void(const CaptureInfo&)> onCapture;
 };
+
+// The k distillation trains for: distill.trainTopK when set (> 0, at most the experts), else the
+// largest k whose activated parameters (the router's included) stay within trainActive of the
+// dense FFN's, and at least 1.
+int trainTopKFor(const ConvertSettings& settings, const ModelConfig& config);
 
 // Captured (x, y) of each layer's FFN, flattened to [tokens, H] float32, for the layers and the
 // pass the options choose (CaptureOptions::moe, upToLayer, only); the values of a kept layer do

@@ -20,12 +20,13 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Mean k per distillation batch: uniform in [min(minK, trainTopK), N] with random k (distill()).
+// Experts evaluated per token and distillation batch: the training k (uniform in
+// [min(minK, trainTopK), N] with random k), plus all N for the all-experts term (distill()).
 double meanActive(const ConvertSettings& s)
 {
     const int N = static_cast<int>(s.experts);
     if (!s.distill.randomK)
-        return std::min<int>(s.distill.trainTopK, N);
+        return std::min<int>(s.distill.trainTopK, N) + (s.distill.fullKWeight > 0 ? N : 0);
     const int minK = s.distill.minTrainK > 0 ? s.distill.minTrainK : std::max(1, N / 2);
     const int lo = std::min(minK, s.distill.trainTopK);
     return 0.5 * (lo + N);
@@ -124,7 +125,8 @@ DeviceSpeed measureDevice(const torch::Device& device, int64_t H, int64_t I, int
 CostEstimate estimateCost(const CostInputs& in, bool measure)
 {
     const auto& c = in.config;
-    const auto& s = in.settings;
+    ConvertSettings s = in.settings;
+    s.distill.trainTopK = trainTopKFor(in.settings, c);
     const double T = static_cast<double>(in.tokens);
     const double H = static_cast<double>(c.hiddenSize), I = static_cast<double>(c.intermediateSize);
     const double N = static_cast<double>(s.experts);

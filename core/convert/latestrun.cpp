@@ -8,7 +8,10 @@ namespace ladimo::core {
 
 int LatestRun::trainTopK() const
 {
-    return run.extra.contains("train_top_k") ? run.extra.at("train_top_k").get<int>() : run.trainTopK;
+    // The column holds the k the run trained for (resolved from train_active when the settings say 0).
+    if (run.trainTopK > 0)
+        return run.trainTopK;
+    return run.extra.contains("train_top_k") ? run.extra.at("train_top_k").get<int>() : 0;
 }
 
 LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& options, const LatestRunHints& hints,

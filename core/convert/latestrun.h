@@ -30,7 +30,7 @@ struct LatestRun {
     // Every layer, on the model's device and dtype: streamed when the dense model is streamed or
     // the layers take more than half the memory budget, else resident.
     MoeLayers layers;
-    int trainTopK() const; // the run's settings "train_top_k", else its column
+    int trainTopK() const; // the k the run trained for: its column, else its settings "train_top_k"
 };
 
 // Opens the project read-only, loads the dense model with `options` and every finished layer.

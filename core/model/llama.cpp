@@ -446,6 +446,10 @@ std::pair<torch::Tensor, torch::Tensor> LlamaModel::ropeTables(int64_t endPos) c
         const int64_t n = std::max<int64_t>({endPos, std::min<int64_t>(m_config.maxPositions, 4096),
                                              m_rope->cos.defined() ? 2 * m_rope->cos.size(0) : 0});
         const int64_t d = m_config.headDim;
+        // Normal tensors, even when first asked for under InferenceMode: a training pass (the
+        // end-to-end stage) saves them for its backward pass, which inference tensors refuse.
+        c10::InferenceMode normalTensors(false);
+        torch::NoGradGuard noGrad;
         auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
         auto invFreq = 1.0
             / torch::pow(m_config.ropeTheta,

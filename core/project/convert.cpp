@@ -70,7 +70,10 @@ RunPlan findOrStartRun(Project& project, const RunRequest& req, bool markRunning
     RunPlan plan;
     if (auto latest = project.latestRunId()) {
         const auto run = project.run(*latest);
-        if (run.modelId == modelId && run.extra == req.settingsJson && !project.resumableLayers(*latest).empty())
+        // Unfinished: a layer to convert, or the end-to-end stage still to run.
+        const bool stagePending = req.settings.endToEnd.steps > 0 && !project.endToEnd(*latest).has_value();
+        if (run.modelId == modelId && run.extra == req.settingsJson
+            && (!project.resumableLayers(*latest).empty() || stagePending))
             plan.runId = *latest;
     }
     if (plan.runId) {
@@ -107,6 +110,67 @@ RunPlan findOrStartRun(Project& project, const RunRequest& req, bool markRunning
     plan.runId = project.startRun(run);
     return plan;
 }
+
+namespace {
+
+// The stage's weights go to new files, recorded in one transaction with the stage, so an
+// interrupted stage leaves the layer-wise weights in force and a rerun starts it again from them.
+std::string endToEndWeightsPath(int64_t runId, int layer)
+{
+    auto rel = Project::layerWeightsPath(runId, layer);
+    const std::string ext = ".safetensors";
+    return rel.substr(0, rel.size() - ext.size()) + "-e2e" + ext;
+}
+
+void runEndToEndStage(Project& project, int64_t runId, const LlamaModel& model, const std::vector<int64_t>& calibration,
+                      const ConvertSettings& settings, const ProjectConvertCallbacks& callbacks)
+{
+    EndToEndRecord record;
+    record.runId = runId;
+    if (model.streamed()) {
+        record.note = "skipped: the dense model is streamed layer by layer (too large to hold every layer's "
+                      "activations for the backward pass)";
+        project.finishEndToEnd(record, {});
+        if (callbacks.onEndToEndFinished)
+            callbacks.onEndToEndFinished(record);
+        return;
+    }
+    const auto results = project.layers(runId);
+    std::vector<MoeLayer> layers(static_cast<std::size_t>(model.config().numLayers));
+    std::vector<RoutingRule> rules(layers.size());
+    for (const auto& r : results) {
+        auto& m = layers.at(static_cast<std::size_t>(r.layer));
+        m = loadMoeLayer(project.absolutePath(r.weightsPath), model.device(), torch::kFloat32);
+        rules[static_cast<std::size_t>(r.layer)]
+            = RoutingRule::staticK(std::clamp<int>(settings.distill.trainTopK, 1, static_cast<int>(m.numExperts())));
+    }
+    EndToEndOptions o = settings.endToEnd;
+    o.seqLen = settings.seqLen;
+    o.seed = settings.distill.seed;
+    o.cancel = callbacks.cancel;
+    o.progress = callbacks.progress;
+    o.onStep = callbacks.onEndToEndStep;
+    const auto result = trainEndToEnd(model, layers, rules, calibration, o);
+    std::map<int, LayerOutcome> outcomes;
+    for (const auto& r : results) {
+        const auto rel = endToEndWeightsPath(runId, r.layer);
+        saveMoeLayer(project.prepareFile(rel), layers[static_cast<std::size_t>(r.layer)]);
+        LayerOutcome out;
+        out.weightsPath = rel;
+        outcomes[r.layer] = out;
+    }
+    record.steps = o.steps;
+    record.initialKl = result.initialKl;
+    record.finalKl = result.finalKl;
+    record.wallSeconds = result.seconds;
+    for (const auto& [step, kl] : result.curve)
+        record.curve.push_back({step, kl});
+    project.finishEndToEnd(record, outcomes);
+    if (callbacks.onEndToEndFinished)
+        callbacks.onEndToEndFinished(record);
+}
+
+} // namespace
 
 void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel& model,
                          const std::vector<int64_t>& calibration, const ConvertSettings& settings,
@@ -177,6 +241,17 @@ void convertRunInProject(Project& project, const RunPlan& plan, const LlamaModel
         project.setRunStatus(runId, RunStatus::Failed);
         throw Error(std::to_string(failed) + " layer(s) failed (the others are saved in " + project.file().string()
                     + "; rerun to retry the failed ones): " + failures);
+    }
+    if (settings.endToEnd.steps > 0 && !project.endToEnd(runId)) {
+        try {
+            runEndToEndStage(project, runId, model, calibration, settings, callbacks);
+        } catch (const Cancelled&) {
+            project.setRunStatus(runId, RunStatus::Cancelled);
+            throw;
+        } catch (const std::exception&) {
+            project.setRunStatus(runId, RunStatus::Failed);
+            throw;
+        }
     }
     project.setRunStatus(runId, RunStatus::Done);
 }
@@ -259,6 +334,7 @@ ProjectConvertResult convertProject(const ProjectConvertRequest& r, const Projec
             }
     }
     auto model = LlamaModel::load(r.modelDir, r.load);
+    s.distill.trainTopK = trainTopKFor(s, model.config()); // the run records the k itself
     const auto tokenizer = Tokenizer::loadForModel(r.modelDir);
     const auto calibration = r.data.load(model, tokenizer.get(), s.seqLen, cb.progress, cb.cancel);
     cb.cancel.throwIfCancelled();

@@ -75,6 +75,10 @@ struct ProjectConvertCallbacks {
     // After a layer that could not be converted (numerical fault) is recorded as failed; the
     // other layers go on.
     std::function<void(int layer, const std::string& reason)> onLayerFailed;
+    // The end-to-end stage's steps: (step, KL per token).
+    std::function<void(int64_t step, double kl)> onEndToEndStep;
+    // After the stage is recorded (or recorded as skipped, with its note).
+    std::function<void(const EndToEndRecord&)> onEndToEndFinished;
 };
 
 // Converts the plan's unfinished layers into `project`; the run ends done, or cancelled / failed

@@ -178,6 +178,19 @@ CREATE TABLE setting (
 );
 PRAGMA user_version = 5;
 )sql",
+    R"sql(
+CREATE TABLE end_to_end (
+    run_id INTEGER PRIMARY KEY REFERENCES conversion_run(id) ON DELETE CASCADE,
+    steps INTEGER NOT NULL,
+    initial_kl REAL NOT NULL,
+    final_kl REAL NOT NULL,
+    wall_seconds REAL NOT NULL,
+    note TEXT NOT NULL,
+    curve_json TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+PRAGMA user_version = 6;
+)sql",
 };
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == Project::kSchemaVersion,
               "one migration step per schema version");
@@ -928,6 +941,57 @@ LossCurve Project::lossCurve(int64_t runId, int layer)
     while (st.step())
         out.push_back({st.columnInt(0), st.columnDouble(1)});
     return out;
+}
+
+void Project::finishEndToEnd(const EndToEndRecord& r, const std::map<int, LayerOutcome>& outcomes)
+{
+    requireWritable("record the end-to-end stage");
+    std::map<int, std::string> sha;
+    for (const auto& [layer, o] : outcomes) {
+        const fs::path file = absolutePath(o.weightsPath);
+        std::error_code ec;
+        if (!fs::is_regular_file(file, ec))
+            throw Error("cannot record the end-to-end weights of layer " + std::to_string(layer) + ": '" + file.string()
+                        + "' does not exist");
+        sha[layer] = o.weightsSha256.empty() ? sha256File(file) : o.weightsSha256;
+    }
+    nlohmann::json curve = nlohmann::json::array();
+    for (const auto& p : r.curve)
+        curve.push_back({p.step, p.loss});
+    Transaction tx(m_db);
+    for (const auto& [layer, o] : outcomes) {
+        auto st = m_db.prepare("UPDATE layer_result SET weights_path = ?1, weights_sha256 = ?2, updated = ?3 "
+                               "WHERE run_id = ?4 AND layer = ?5 AND status = 'done'");
+        st.bind(1, o.weightsPath).bind(2, sha[layer]).bind(3, nowUtc()).bind(4, r.runId).bind(5, layer).run();
+        if (m_db.changes() == 0)
+            throw Error("conversion run " + std::to_string(r.runId) + " has no finished layer " + std::to_string(layer)
+                        + " to take end-to-end weights");
+    }
+    auto st = m_db.prepare("INSERT OR REPLACE INTO end_to_end (run_id, steps, initial_kl, final_kl, wall_seconds, "
+                           "note, curve_json, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+    st.bind(1, r.runId).bind(2, static_cast<int64_t>(r.steps)).bind(3, r.initialKl).bind(4, r.finalKl);
+    st.bind(5, r.wallSeconds).bind(6, r.note).bind(7, curve.dump()).bind(8, nowUtc()).run();
+    tx.commit();
+}
+
+std::optional<EndToEndRecord> Project::endToEnd(int64_t runId)
+{
+    auto st = m_db.prepare("SELECT steps, initial_kl, final_kl, wall_seconds, note, curve_json, updated "
+                           "FROM end_to_end WHERE run_id = ?1");
+    st.bind(1, runId);
+    if (!st.step())
+        return std::nullopt;
+    EndToEndRecord r;
+    r.runId = runId;
+    r.steps = static_cast<int>(st.columnInt(0));
+    r.initialKl = st.columnDouble(1);
+    r.finalKl = st.columnDouble(2);
+    r.wallSeconds = st.columnDouble(3);
+    r.note = st.columnText(4);
+    for (const auto& p : nlohmann::json::parse(st.columnText(5)))
+        r.curve.push_back({p.at(0).get<int64_t>(), p.at(1).get<double>()});
+    r.updated = st.columnText(6);
+    return r;
 }
 
 std::vector<int> Project::resumableLayers(int64_t runId)

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -55,7 +56,7 @@ struct VerifyReport {
 
 class Project {
 public:
-    static constexpr int kSchemaVersion = 5;
+    static constexpr int kSchemaVersion = 6;
     static constexpr int32_t kApplicationId = 0x4C444D4F; // "LDMO" in PRAGMA application_id
 
     enum class Access { ReadOnly, ReadWrite };
@@ -128,6 +129,11 @@ public:
     std::vector<LayerResult> layers(int64_t runId);
     LayerResult layer(int64_t runId, int layer);
     LossCurve lossCurve(int64_t runId, int layer);
+    // Records the end-to-end stage in one transaction: each layer's new weights file (already in
+    // place; `outcomes` by layer) replaces the layer-wise one, and the record is stored. A stage
+    // that was skipped passes no outcomes.
+    void finishEndToEnd(const EndToEndRecord& record, const std::map<int, LayerOutcome>& outcomes);
+    std::optional<EndToEndRecord> endToEnd(int64_t runId);
     // Layers a rerun must (re)do: everything not `done`.
     std::vector<int> resumableLayers(int64_t runId);
     RunSnapshot snapshot(int64_t runId);

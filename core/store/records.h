@@ -108,6 +108,18 @@ struct LossPoint {
 };
 using LossCurve = std::vector<LossPoint>;
 
+// The end-to-end stage of a run (schema v6): after it, the run's layers are its tuned weights.
+struct EndToEndRecord {
+    int64_t runId = 0;
+    int steps = 0;        // 0: skipped (see note)
+    double initialKl = 0; // KL(dense || converted) per token before the stage
+    double finalKl = 0;   // at its end
+    double wallSeconds = 0;
+    std::string note; // why it was skipped, or empty
+    LossCurve curve;  // KL per step
+    std::string updated;
+};
+
 // Router statistics of one layer over held-out tokens. Arrays are stored as BLOBs of
 // little-endian float64 (exact, compact); `rankHistograms` row-major [ranks][bins].
 struct RoutingProfile {

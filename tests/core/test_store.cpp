@@ -337,6 +337,51 @@ TEST(StoreProject, EveryEntityRoundTrips)
     EXPECT_EQ(toJson(r)["mode"], "sequential");
 }
 
+// The end-to-end stage swaps a run's layer files and records its curve in one transaction; a
+// layer that is not done, or a file that is not there, refuses the whole record.
+TEST(StoreProject, EndToEndSwapsLayerFilesAndKeepsItsCurve)
+{
+    ladimo::test::TempDir dir;
+    auto p = Project::create(dir / "P.ladimo");
+    const int64_t modelId = p.addModel(sampleModel());
+    const int64_t runId = p.startRun(sampleRun(modelId, 0, 2));
+    writeLayer(p, runId, 0, "layer 0");
+    EXPECT_FALSE(p.endToEnd(runId).has_value());
+
+    EndToEndRecord r;
+    r.runId = runId;
+    r.steps = 3;
+    r.initialKl = 0.2;
+    r.finalKl = 0.05;
+    r.wallSeconds = 1.5;
+    r.curve = {{0, 0.2}, {1, 0.1}, {2, 0.05}};
+    const std::string tuned = "runs/1/layer-000-e2e.safetensors";
+    LayerOutcome o;
+    o.weightsPath = tuned;
+    // Layer 1 is not done: nothing is recorded.
+    atomicWriteFile(p.prepareFile(tuned), "tuned layer 0");
+    EXPECT_THROW(p.finishEndToEnd(r, {{0, o}, {1, o}}), Error);
+    EXPECT_FALSE(p.endToEnd(runId).has_value());
+    EXPECT_NE(p.layer(runId, 0).weightsPath, tuned);
+    // A file that does not exist is refused before anything is written.
+    LayerOutcome missing;
+    missing.weightsPath = "runs/1/nothing.safetensors";
+    EXPECT_THROW(p.finishEndToEnd(r, {{0, missing}}), Error);
+
+    p.finishEndToEnd(r, {{0, o}});
+    EXPECT_EQ(p.layer(runId, 0).weightsPath, tuned);
+    EXPECT_EQ(p.layer(runId, 0).weightsSha256, sha256File(p.absolutePath(tuned)));
+    const auto back = p.endToEnd(runId);
+    ASSERT_TRUE(back.has_value());
+    EXPECT_EQ(back->steps, 3);
+    EXPECT_DOUBLE_EQ(back->initialKl, 0.2);
+    EXPECT_DOUBLE_EQ(back->finalKl, 0.05);
+    ASSERT_EQ(back->curve.size(), 3u);
+    EXPECT_EQ(back->curve[2].step, 2);
+    EXPECT_DOUBLE_EQ(back->curve[1].loss, 0.1);
+    EXPECT_TRUE(p.verify().ok()) << p.verify().describe();
+}
+
 TEST(StoreProject, ForeignKeysAreEnforced)
 {
     ladimo::test::TempDir dir;

@@ -1,0 +1,128 @@
+// The end-to-end stage (convert/endtoend.h) on the tiny random model: it lowers the KL between
+// the dense and the converted next-token distributions, keeps the padding of unequal experts at
+// zero, leaves the routers alone unless asked, is reproducible and honours cancellation.
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "convert/convert.h"
+#include "convert/endtoend.h"
+#include "tinymodel.h"
+
+using namespace ladimo::core;
+using namespace ladimo::testmodel;
+
+namespace {
+
+// Every layer converted into 5 experts of 7, 7, 6, 6 and 6 neurons (padding to check), trained
+// briefly at k = 3 so the stage has an error to remove.
+std::vector<MoeLayer> convertedLayers(const LlamaModel& model, const std::vector<int64_t>& calibration)
+{
+    ConvertSettings s;
+    s.experts = 5;
+    s.partition = Partition::Contiguous;
+    s.seqLen = 16;
+    s.distill.epochs = 2;
+    s.distill.routerEpochs = 2;
+    s.distill.batch = 64;
+    s.distill.trainTopK = 3;
+    s.endToEnd.steps = 0;
+    return convertModel(model, calibration, s, {});
+}
+
+double klAt(const LlamaModel& model, std::vector<MoeLayer>& layers, const std::vector<int64_t>& calibration)
+{
+    EndToEndOptions o;
+    o.steps = 1;
+    o.lr = 0; // one step that changes nothing: its KL is the layers' as they are
+    o.seqLen = 16;
+    o.windows = 64;
+    auto copy = layers;
+    return trainEndToEnd(model, copy, std::vector<RoutingRule>(layers.size(), RoutingRule::staticK(3)), calibration, o)
+        .initialKl;
+}
+
+} // namespace
+
+TEST(EndToEnd, LowersTheKlKeepsPaddingZeroAndLeavesRoutersAlone)
+{
+    const auto model = tinyModel();
+    const auto calibration = tinyCalibration(16 * 32);
+    auto layers = convertedLayers(model, calibration);
+    const auto routers = layers[0].router.clone();
+    const double before = klAt(model, layers, calibration);
+    EndToEndOptions o;
+    o.steps = 60;
+    o.lr = 3e-3;
+    o.seqLen = 16;
+    o.windows = 8;
+    std::vector<int64_t> steps;
+    o.onStep = [&](int64_t step, double) { steps.push_back(step); };
+    const auto r = trainEndToEnd(model, layers, std::vector<RoutingRule>(layers.size(), RoutingRule::staticK(3)),
+                                 calibration, o);
+    ASSERT_EQ(r.curve.size(), 60u);
+    EXPECT_EQ(steps.size(), 60u);
+    EXPECT_GT(r.initialKl, 0);
+    const double after = klAt(model, layers, calibration);
+    EXPECT_LT(after, 0.8 * before) << "KL before " << before << " after " << after;
+    EXPECT_TRUE(torch::equal(layers[0].router, routers));
+    for (const auto& l : layers) {
+        EXPECT_FALSE(l.gate.requires_grad() || l.down.requires_grad() || l.router.requires_grad());
+        for (int64_t e = 0; e < l.numExperts(); ++e) {
+            const int64_t n = l.sizes[static_cast<std::size_t>(e)], S = l.down.size(2);
+            if (n < S) {
+                EXPECT_EQ(l.down[e].narrow(1, n, S - n).abs().sum().item<double>(), 0.0);
+                EXPECT_EQ(l.gate[e].narrow(0, n, S - n).abs().sum().item<double>(), 0.0);
+            }
+        }
+    }
+}
+
+TEST(EndToEnd, SameSeedSameWeightsAndCancelStopsIt)
+{
+    const auto model = tinyModel();
+    const auto calibration = tinyCalibration(16 * 16);
+    const auto start = convertedLayers(model, calibration);
+    EndToEndOptions o;
+    o.steps = 5;
+    o.seqLen = 16;
+    o.windows = 4;
+    const std::vector<RoutingRule> rules(start.size(), RoutingRule::staticK(3));
+    auto a = start, b = start;
+    // Deep copies: the layers share tensors with `start` otherwise.
+    for (auto* set : {&a, &b})
+        for (auto& l : *set) {
+            l.router = l.router.clone();
+            l.down = l.down.clone();
+            fuseGateUp(l);
+        }
+    trainEndToEnd(model, a, rules, calibration, o);
+    trainEndToEnd(model, b, rules, calibration, o);
+    for (std::size_t l = 0; l < a.size(); ++l)
+        EXPECT_TRUE(torch::equal(a[l].down, b[l].down)) << "layer " << l;
+
+    auto c = start;
+    o.cancel.cancel();
+    EXPECT_THROW(trainEndToEnd(model, c, rules, calibration, o), Cancelled);
+}
+
+TEST(EndToEnd, TooLittleDataAndMismatchedRulesAreErrorsThatSaySo)
+{
+    const auto model = tinyModel();
+    const auto calibration = tinyCalibration(16 * 8);
+    auto layers = convertedLayers(model, calibration);
+    EndToEndOptions o;
+    o.seqLen = 16;
+    try {
+        trainEndToEnd(model, layers, std::vector<RoutingRule>(layers.size(), RoutingRule::staticK(3)),
+                      tinyCalibration(10), o);
+        FAIL() << "no full window";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("full calibration window of 16 tokens"), std::string::npos) << e.what();
+    }
+    try {
+        trainEndToEnd(model, layers, {RoutingRule::staticK(3)}, calibration, o);
+        FAIL() << "one rule for three layers";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("1 routing rules for 3 layers"), std::string::npos) << e.what();
+    }
+}
