@@ -88,6 +88,7 @@ void registerConvertCommand(CLI::App& app)
         bool dryRun = false;
         bool json = false;
         std::string activationMemory = "0";
+        std::string routerTarget = core::routerTargetName(core::RouterTarget::Norms);
         core::ConvertSettings s;
     };
     auto o = std::make_shared<Opts>();
@@ -102,7 +103,31 @@ void registerConvertCommand(CLI::App& app)
     cmd->add_option("--partition", o->partition, "coact, contiguous or weights")->capture_default_str();
     cmd->add_option("--gating", o->gating, "hard (chosen experts at weight 1), renorm (Mixtral) or plain")
         ->capture_default_str();
-    cmd->add_option("--train-top-k", o->s.distill.trainTopK, "Experts per token while distilling")
+    cmd->add_option("--train-top-k", o->s.distill.trainTopK,
+                    "Experts per token while distilling (0: the most that fit in --train-active)")
+        ->capture_default_str();
+    cmd->add_option("--train-active", o->s.trainActive,
+                    "With --train-top-k 0: the share of the dense FFN's parameters a token activates while "
+                    "distilling, router included")
+        ->capture_default_str();
+    cmd->add_flag("--random-k", o->s.distill.randomK,
+                  "Distil at a k drawn per batch from N/2..N instead of --train-top-k (costs quality at every k)");
+    cmd->add_option("--full-k-weight", o->s.distill.fullKWeight,
+                    "Weight of the all-experts error in the distillation loss (keeps the full model dense; 0: off)")
+        ->capture_default_str();
+    cmd->add_option("--router-target", o->routerTarget,
+                    "Hard gating: fit the router to expert-output norms (norms) or to their shares (shares)")
+        ->capture_default_str();
+    cmd->add_option("--e2e-steps", o->s.endToEnd.steps,
+                    "End-to-end stage after the layers: steps of KL(dense || converted) on the calibration windows "
+                    "(0: none; needs the model in memory)")
+        ->capture_default_str();
+    cmd->add_option("--e2e-lr", o->s.endToEnd.lr, "End-to-end learning rate (Adam, cosine)")->capture_default_str();
+    cmd->add_option("--e2e-windows", o->s.endToEnd.windows, "Calibration windows per end-to-end step")
+        ->capture_default_str();
+    cmd->add_flag("--e2e-routers", o->s.endToEnd.trainRouters, "Train the routers too in the end-to-end stage");
+    cmd->add_option("--e2e-full-k-weight", o->s.endToEnd.fullKWeight,
+                    "End-to-end: weight of the KL with every expert active (keeps the full model dense; 0: off)")
         ->capture_default_str();
     cmd->add_option("--epochs", o->s.distill.epochs, "Distillation epochs")->capture_default_str();
     cmd->add_option("--router-epochs", o->s.distill.routerEpochs, "Router fitting epochs")->capture_default_str();
@@ -129,6 +154,7 @@ void registerConvertCommand(CLI::App& app)
             throw core::Error("--project must name a *.ladimo file, got '" + o->project + "'");
         o->s.partition = core::parsePartition(o->partition);
         o->s.gating = core::parseGating(o->gating);
+        o->s.distill.routerTarget = core::parseRouterTarget(o->routerTarget);
         o->s.distill.seed = o->data.seed;
         o->s.capture.memoryBudget = o->activationMemory == "0"
             ? o->model.loadOptions().memoryBudget
@@ -151,7 +177,9 @@ void registerConvertCommand(CLI::App& app)
             hooks.callbacks.cancel = interruptToken();
             hooks.callbacks.onCapture = reportCapture;
             hooks.note = [](const std::string& what) { std::fprintf(stderr, "%s\n", what.c_str()); };
+            int trainK = 0;
             hooks.onRun = [&](core::Project& project, const core::RunPlan& plan) {
+                trainK = project.run(plan.runId).trainTopK;
                 if (plan.resumed)
                     std::fprintf(stderr, "resuming run #%lld: %zu of %d layers left\n", (long long)plan.runId,
                                  project.resumableLayers(plan.runId).size(), project.run(plan.runId).layers);
@@ -163,13 +191,20 @@ void registerConvertCommand(CLI::App& app)
             };
             hooks.callbacks.onLayerFinished
                 = [&](int l, const core::LayerConversion& r, const core::LayerOutcome&, const core::LossCurve&) {
-                      std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
-                                   o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+                      std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l, trainK,
+                                   r.initialError, r.finalError, r.seconds);
                       for (const auto& f : r.recovered)
                           std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
                   };
             hooks.callbacks.onLayerFailed = [](int l, const std::string& reason) {
                 std::fprintf(stderr, "\nlayer %d FAILED: %s\n", l, reason.c_str());
+            };
+            hooks.callbacks.onEndToEndFinished = [](const core::EndToEndRecord& r) {
+                if (r.steps == 0)
+                    std::fprintf(stderr, "\nend-to-end stage %s\n", r.note.c_str());
+                else
+                    std::fprintf(stderr, "\nend-to-end: KL to dense %.4f -> %.4f per token over %d steps (%.1f s)\n",
+                                 r.initialKl, r.finalKl, r.steps, r.wallSeconds);
             };
             core::ProjectConvertResult result;
             try {
@@ -310,7 +345,7 @@ void registerConvertCommand(CLI::App& app)
                 side.finished = core::nowUtc();
                 core::writeLayerSidecar(project, side);
                 std::fprintf(stderr, "\nlayer %d: relative error at k=%d %.4f -> %.4f (%.1f s)\n", l,
-                             o->s.distill.trainTopK, r.initialError, r.finalError, r.seconds);
+                             core::trainTopKFor(o->s, model.config()), r.initialError, r.finalError, r.seconds);
                 for (const auto& f : r.recovered)
                     std::fprintf(stderr, "layer %d: recovered from a fault: %s\n", l, f.c_str());
             };

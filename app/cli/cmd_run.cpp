@@ -62,7 +62,13 @@ void registerRunCommand(CLI::App& app)
     cmd->add_option("--experts", s.experts, "Experts per layer")->capture_default_str();
     cmd->add_option("--partition", o->request.convert.partition, "coact, contiguous or weights")->capture_default_str();
     cmd->add_option("--gating", o->request.convert.gating, "hard, renorm or plain")->capture_default_str();
-    cmd->add_option("--train-top-k", s.distill.trainTopK, "Experts per token while distilling")->capture_default_str();
+    cmd->add_option("--train-top-k", s.distill.trainTopK,
+                    "Experts per token while distilling (0: the most that fit in --train-active)")
+        ->capture_default_str();
+    cmd->add_option("--train-active", s.trainActive,
+                    "With --train-top-k 0: the share of the dense FFN's parameters a token activates while "
+                    "distilling, router included")
+        ->capture_default_str();
     cmd->add_option("--epochs", s.distill.epochs, "Distillation epochs")->capture_default_str();
     cmd->add_option("--seq-len", s.seqLen, "Window length (calibration, profile, evaluation)")->capture_default_str();
     cmd->add_option("--format", o->request.exportFormat, "Export format: " + core::exportFormatNames(true))

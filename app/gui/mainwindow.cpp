@@ -391,7 +391,9 @@ void MainWindow::showRun(const OpenedModel& m)
     }
     // The form takes the run's settings: Start then resumes (or reruns) exactly this run.
     m_experts->setValue(static_cast<int>(r.experts));
-    m_trainTopK->setValue(r.trainTopK);
+    // As the user gave them (0: auto), so that the same settings find the same run.
+    m_trainTopK->setValue(r.extra.value("train_top_k", r.trainTopK));
+    m_e2eSteps->setValue(r.extra.value("e2e_steps", 0));
     m_epochs->setValue(r.epochs);
     if (const int i = m_partition->findText(QString::fromStdString(r.partition)); i >= 0)
         m_partition->setCurrentIndex(i);
@@ -465,8 +467,13 @@ QWidget* MainWindow::buildConvertForm()
     const ConvertRequest defaults; // the core's defaults, as `ladimo convert` has them
     m_experts = spin("experts", 2, 256, static_cast<int>(defaults.experts),
                      tr("Experts per layer (--experts): the FFN's neurons are split into this many experts"));
-    m_trainTopK
-        = spin("trainTopK", 1, 256, defaults.trainTopK, tr("Experts per token while distilling (--train-top-k)"));
+    m_trainTopK = spin("trainTopK", 0, 256, defaults.trainTopK,
+                       tr("Experts per token while distilling (--train-top-k); auto: the most that fit in 75% of "
+                          "the FFN's parameters, router included"));
+    m_trainTopK->setSpecialValueText(tr("auto"));
+    m_e2eSteps = spin("e2eSteps", 0, 100000, defaults.e2eSteps,
+                      tr("End-to-end stage after the layers (--e2e-steps): steps that train every layer's experts "
+                         "together on the KL between dense and converted next-token distributions; 0: none"));
     m_epochs
         = spin("epochs", 1, 1000, defaults.epochs, tr("Distillation epochs over the calibration tokens (--epochs)"));
     m_partition = combo("partition", {"coact", "contiguous", "weights"},
@@ -496,6 +503,7 @@ QWidget* MainWindow::buildConvertForm()
     ++row;
     add(0, tr("&Gating:"), m_gating);
     add(1, tr("De&vice:"), m_device);
+    add(2, tr("En&d-to-end steps:"), m_e2eSteps);
     ++row;
     m_calibrationSummary = new QLabel;
     m_calibrationSummary->setObjectName("calibrationSummary");
@@ -564,6 +572,7 @@ ConvertRequest MainWindow::convertRequest(const QString& project) const
     r.experts = m_experts->value();
     r.trainTopK = m_trainTopK->value();
     r.epochs = m_epochs->value();
+    r.e2eSteps = m_e2eSteps->value();
     r.partition = m_partition->currentText();
     r.gating = m_gating->currentText();
     r.device = m_device->currentText();
@@ -681,7 +690,7 @@ void MainWindow::setJobRunning(const QString& kind)
     m_startButton->setEnabled(!running && open);
     m_profileButton->setEnabled(!running && m_current.isProject && m_current.run.has_value());
     m_cancelButton->setEnabled(running);
-    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_epochs, m_partition, m_gating, m_device,
+    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_e2eSteps, m_epochs, m_partition, m_gating, m_device,
                                                       m_projectFile})
         w->setEnabled(!running);
     m_calibration->setEditable(!running);

@@ -152,6 +152,7 @@ private:
     QSpinBox* m_experts = nullptr;
     QSpinBox* m_trainTopK = nullptr;
     QSpinBox* m_epochs = nullptr;
+    QSpinBox* m_e2eSteps = nullptr;
     CalibrationView* m_calibration = nullptr;
     QLabel* m_calibrationSummary = nullptr;
     QWidget* m_stepPages[core::kPipelineSteps] = {};

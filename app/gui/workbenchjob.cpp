@@ -58,6 +58,7 @@ core::ProjectConvertRequest toCore(const ConvertRequest& r)
     req.settings.experts = r.experts;
     req.settings.distill.trainTopK = r.trainTopK;
     req.settings.distill.epochs = r.epochs;
+    req.settings.endToEnd.steps = r.e2eSteps;
     req.settings.partition = core::parsePartition(r.partition.toStdString());
     req.settings.gating = core::parseGating(r.gating.toStdString());
     req.settings.devices = core::parseDevices(r.device.toStdString());

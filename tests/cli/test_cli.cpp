@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fileutil.h"
+#include "store/project.h"
 #include "testutil.h"
 
 namespace {
@@ -109,7 +110,7 @@ TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
     LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
-        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project ";
+        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --e2e-steps 0 --project ";
     const std::string a = (tmp / "a.ladimo").string(), b = (tmp / "b.ladimo").string();
     auto r = runLadimo(args + a);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -138,16 +139,52 @@ TEST(Cli, ConvertResumesToTheSameLayersAsAnUninterruptedRun)
     r = runLadimo(args + b + " --experts 4 --train-top-k 3");
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_NE(r.out.find("run #2"), std::string::npos) << r.out;
-    // The converted model evaluates with the measures of a conversion.
-    r = runLadimo("eval " + a + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 8 --json", true);
+    // The converted model evaluates with the measures of a conversion. The default is 32 experts;
+    // every token pays the router's 32 x 64 parameters on top of its experts' (3 x 64 x 172 dense).
+    const double router = 32.0 * 64 / (3.0 * 64 * 172);
+    r = runLadimo("eval " + a + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 32 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
     const auto j = nlohmann::json::parse(r.out);
-    EXPECT_NEAR(j["activated_ffn_fraction"].get<double>(), 1.0, 1e-12);
+    EXPECT_NEAR(j["activated_ffn_fraction"].get<double>(), 1.0 + router, 1e-12);
     EXPECT_GE(j["kl_to_dense"].get<double>(), 0.0);
-    r = runLadimo("eval " + a + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 4 --json", true);
+    r = runLadimo("eval " + a + " --data " + stories() + "/calib.u16 --max-tokens 2048 --top-k 16 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
-    // 4 of 8 experts of 21 or 22 neurons each: close to half the FFN, exactly counted.
-    EXPECT_NEAR(nlohmann::json::parse(r.out)["activated_ffn_fraction"].get<double>(), 0.5, 0.01);
+    // 16 of 32 experts of 5 or 6 neurons each: close to half the FFN plus the router, exactly counted.
+    EXPECT_NEAR(nlohmann::json::parse(r.out)["activated_ffn_fraction"].get<double>(), 0.5 + router, 0.02);
+}
+
+// The end-to-end stage runs after the layers, lowers the KL to dense on its batches, and leaves
+// the run pointing at its own weight files, which verify and evaluate like any others.
+TEST(Cli, EndToEndStageIsRecordedWithItsCurveAndItsOwnWeightFiles)
+{
+    LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
+    ladimo::test::TempDir tmp;
+    const std::string p = (tmp / "p.ladimo").string();
+    auto r = runLadimo("convert " + stories() + " --data " + stories()
+                       + "/calib.u16 --max-tokens 4096 --epochs 1 --router-epochs 2 --e2e-steps 30 --e2e-windows 4 "
+                         "--project "
+                       + p);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("end-to-end: KL to dense"), std::string::npos) << r.out;
+    {
+        auto project = ladimo::core::Project::open(
+            p, {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::Exists});
+        const auto stage = project.endToEnd(1);
+        ASSERT_TRUE(stage.has_value());
+        EXPECT_EQ(stage->steps, 30);
+        ASSERT_EQ(stage->curve.size(), 30u);
+        EXPECT_LT(stage->finalKl, stage->initialKl);
+        for (const auto& l : project.layers(1)) {
+            EXPECT_NE(l.weightsPath.find("-e2e.safetensors"), std::string::npos) << l.weightsPath;
+            EXPECT_TRUE(std::filesystem::exists(project.absolutePath(l.weightsPath))) << l.weightsPath;
+        }
+        EXPECT_EQ(project.run(1).status, ladimo::core::RunStatus::Done);
+    }
+    r = runLadimo("project verify " + p);
+    EXPECT_EQ(r.status, 0) << r.out;
+    r = runLadimo("eval " + p + " --data " + stories() + "/calib.u16 --max-tokens 1024 --no-timing --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_GE(nlohmann::json::parse(r.out)["kl_to_dense"].get<double>(), 0.0);
 }
 
 TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
@@ -155,7 +192,7 @@ TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
     LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
-        + "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --project ";
+        + "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project ";
     const std::string a = (tmp / "a.ladimo").string(), b = (tmp / "b.ladimo").string();
     auto r = runLadimo(args + a);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -194,7 +231,7 @@ TEST(Cli, TwoCpuWorkersAreReproducibleAndAgreeWithOne)
     LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
-        + "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --project ";
+        + "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project ";
     auto layers = [&](const std::string& name) {
         auto r = runLadimo("project show " + (tmp / name).string() + " --json", true);
         EXPECT_EQ(r.status, 0) << r.out;
@@ -229,7 +266,8 @@ TEST(Cli, ProfileStoresConsistentRoutingDistributions)
     ladimo::test::TempDir tmp;
     const std::string project = (tmp / "p.ladimo").string();
     auto r = runLadimo("convert " + stories() + " --data " + stories()
-                       + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --project " + project);
+                       + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project "
+                       + project);
     ASSERT_EQ(r.status, 0) << r.out;
     r = runLadimo("profile " + project + " --self-sample 2048 --seed 5 --bins 10 --json", true);
     ASSERT_EQ(r.status, 0) << r.out;
