@@ -90,6 +90,9 @@ struct MoeLayer {
     {
         return 3 * router.size(1) * sizes[static_cast<std::size_t>(expert)];
     }
+    // Parameters each token touches under a routing mask [T, N] (route()): the sum of
+    // expertParameters over its chosen experts, what DispatchStats counts, per token.
+    std::vector<int64_t> tokenParameters(const torch::Tensor& mask) const;
 };
 
 // Stores gate and up of every expert in one [N, 2S, H] block (expert e's gate rows, then its up
