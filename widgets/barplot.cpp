@@ -119,7 +119,7 @@ void BarPlot::redraw()
     for (const auto* vs : {&m_values, &m_comparison})
         for (double v : *vs)
             top = std::max(top, v);
-    m_plot->yAxis->setRange(0, top > 0 ? top * (compare ? 1.25 : 1.1) : 1);
+    m_plot->yAxis->setRange(0, top > 0 ? top * (compare ? 1.25 : marked ? 1.9 : 1.1) : 1); // room for the legend
     m_count = static_cast<int>(m_values.size());
     m_plot->replot();
 }

@@ -160,6 +160,7 @@ RoutingView::RoutingView(QWidget* parent) : QWidget(parent)
     hotLabel->setBuddy(m_hotAbove);
     m_markers = new QLabel;
     m_markers->setObjectName("expertMarkers");
+    m_markers->setTextFormat(Qt::PlainText);
     m_markers->setWordWrap(true);
     m_markers->setTextInteractionFlags(Qt::TextSelectableByMouse);
     m_markers->setToolTip(tr("Dead and hot experts of every layer by their share of the layer's tokens"));
@@ -398,7 +399,7 @@ void RoutingView::fillMarkers()
                 + tr("layer %1: %2").arg(m.layer).arg(h.join(", "));
     }
     const auto t = loadThresholds();
-    m_markers->setText(tr("<b>Dead experts</b> (share < %1/N): %2. <b>Hot experts</b> (share > %3/N): %4.")
+    m_markers->setText(tr("Dead experts (share < %1/N): %2. Hot experts (share > %3/N): %4.")
                            .arg(t.deadBelow)
                            .arg(dead.isEmpty() ? tr("none") : dead)
                            .arg(t.hotAbove)

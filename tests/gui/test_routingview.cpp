@@ -423,7 +423,7 @@ TEST(RoutingView, MarksDeadAndHotExpertsOfEveryLayer)
     EXPECT_EQ(markers[2].dead, (std::vector<int>{0}));
     const QString text = view.markersText();
     EXPECT_TRUE(text.contains("layer 1: 0, 2; layer 2: 0")) << text.toStdString();
-    EXPECT_TRUE(text.contains("Hot experts</b> (share > 2.5/N): layer 1: 3")) << text.toStdString();
+    EXPECT_TRUE(text.contains("Hot experts (share > 2.5/N): layer 1: 3")) << text.toStdString();
     EXPECT_EQ(view.heatmap()->rowLabel(1), QString("L1 \u20202 \u25b21"));
     EXPECT_EQ(view.heatmap()->rowLabel(0), QString("L0"));
 
