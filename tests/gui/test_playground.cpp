@@ -257,6 +257,18 @@ TEST(Playground, PolicySliderReroutesInTheSameEventLoopTurnWithoutRegenerating)
     EXPECT_EQ(p.routeCount(), routes + 2);
     for (const auto& t : p.routing()->tokens)
         ASSERT_EQ(t.layers[0].k, 2);
+    // Redo and undo by keyboard from the Playground (focus off the prompt box, whose own undo wins).
+    ASSERT_TRUE(w.selectView("playground"));
+    w.activateWindow();
+    ASSERT_TRUE(QTest::qWaitForWindowActive(&w));
+    p.heatmap()->setFocus();
+    QTest::keyClick(p.heatmap(), Qt::Key_Z, Qt::ControlModifier | Qt::ShiftModifier);
+    EXPECT_EQ(p.routeCount(), routes + 3);
+    EXPECT_EQ(p.routing()->tokens.front().layers[0].k, 5);
+    QTest::keyClick(p.heatmap(), Qt::Key_Z, Qt::ControlModifier);
+    EXPECT_EQ(p.routeCount(), routes + 4);
+    EXPECT_EQ(p.routing()->tokens.front().layers[0].k, 2);
+    EXPECT_EQ(p.generationCount(), generations);
 }
 
 TEST(Playground, StopCancelsWithin100MsAndTheEventLoopNeverStalls)
