@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -212,6 +213,17 @@ TEST(Playground, GeneratesDenseAndPolicySideBySideAndRoutesAsTheCli)
     EXPECT_EQ(map->selectedColumn(), 4);
     p.selectToken(2);
     EXPECT_EQ(map->selectedColumn(), 2);
+    // Exported like every plot: the picture, and a row per token with a column per layer.
+    test::TempDir out;
+    EXPECT_TRUE(map->save(QString::fromStdString((out / "map.png").string())));
+    EXPECT_TRUE(map->save(QString::fromStdString((out / "map.svg").string())));
+    EXPECT_GT(std::filesystem::file_size(out / "map.png"), 1000u);
+    EXPECT_GT(std::filesystem::file_size(out / "map.svg"), 1000u);
+    const auto csv = map->csvTable();
+    EXPECT_EQ(csv.header, (QStringList{"index", "token", "layer 0", "layer 1", "layer 2", "layer 3", "layer 4"}));
+    ASSERT_EQ(csv.rows.size(), static_cast<qsizetype>(converted.size()));
+    EXPECT_EQ(csv.rows[3][2].toInt(), shown.tokens[3].layers[0].k);
+    EXPECT_TRUE(map->saveCsv(QString::fromStdString((out / "map.csv").string())));
     // Routing the prompt itself equals `ladimo route --prompt`.
     ASSERT_TRUE(p.routePrompt());
     const auto rp
