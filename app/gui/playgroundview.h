@@ -1,8 +1,8 @@
 // PlaygroundView: try the conversion on a prompt. "Generate" continues the prompt with the dense
 // model and with the converted model under the Policy view's current rules side by side, each on
-// its own worker thread, streamed token by token with tokens per second; Stop cancels both at
-// their next token. The converted text (or the prompt, "Route prompt") is then routed
-// (core::routeTokens): each token coloured by the compute it cost (experts used, activated FFN
+// its own worker thread (a pool of the view's own), streamed token by token in 20 ms batches with
+// tokens per second; Stop cancels both at their next token. The converted text is then routed
+// (core::routeTokens) on a worker, the prompt ("Route prompt") at once: each token coloured by the compute it cost (experts used, activated FFN
 // parameters) or by its KL to the dense model, a tooltip per token with every layer's experts and
 // weights, and a token x layer heatmap whose selected column follows the selected token. A Policy
 // view edit re-routes the shown tokens at once, on the GUI thread (no regeneration); undo / redo of
