@@ -1,7 +1,9 @@
 #include "widgets/barplot.h"
 
 #include <QVBoxLayout>
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <qcustomplot.h>
 
 namespace ladimo::widgets {
@@ -32,6 +34,18 @@ void BarPlot::setBars(const QStringList& labels, const QVector<double>& values, 
     m_name = name;
     m_comparison.clear();
     m_comparisonName.clear();
+    m_low.clear();
+    m_high.clear();
+    redraw();
+}
+
+void BarPlot::setMarks(const QVector<int>& low, const QString& lowName, const QVector<int>& high,
+                       const QString& highName)
+{
+    m_low = low;
+    m_high = high;
+    m_lowName = lowName;
+    m_highName = highName;
     redraw();
 }
 
@@ -70,7 +84,31 @@ void BarPlot::redraw()
     add(m_values, m_name.isEmpty() ? tr("bars") : m_name, QColor(70, 120, 190));
     if (compare)
         add(m_comparison, m_comparisonName, QBrush(QColor(220, 110, 40), Qt::BDiagPattern));
-    m_plot->legend->setVisible(compare);
+    // Marked bars over their own (same place), in a colour of their mark; at least a stub tall, so
+    // an empty bar still shows its mark. Not with a comparison (the labels still say it).
+    double highest = 0;
+    for (double v : m_values)
+        highest = std::max(highest, v);
+    bool marked = false;
+    for (const auto& [marks, name, colour] : {std::make_tuple(&m_low, &m_lowName, QColor(150, 150, 150)),
+                                              std::make_tuple(&m_high, &m_highName, QColor(210, 40, 40))}) {
+        QVector<double> keys, values;
+        for (int i : *marks)
+            if (i >= 0 && i < m_values.size()) {
+                keys << i;
+                values << std::max(m_values[i], 0.02 * highest);
+            }
+        if (keys.isEmpty() || compare)
+            continue;
+        auto* bars = new QCPBars(m_plot->xAxis, m_plot->yAxis);
+        bars->setName(*name);
+        bars->setBrush(colour);
+        bars->setPen(QPen(colour.darker(140), 1.5));
+        bars->setWidth(0.75);
+        bars->setData(keys, values, true);
+        marked = true;
+    }
+    m_plot->legend->setVisible(compare || marked);
     QSharedPointer<QCPAxisTickerText> ticker(new QCPAxisTickerText);
     for (int i = 0; i < m_labels.size(); ++i)
         ticker->addTick(i, m_labels[i]);
@@ -81,7 +119,7 @@ void BarPlot::redraw()
     for (const auto* vs : {&m_values, &m_comparison})
         for (double v : *vs)
             top = std::max(top, v);
-    m_plot->yAxis->setRange(0, top > 0 ? top * (compare ? 1.25 : 1.1) : 1);
+    m_plot->yAxis->setRange(0, top > 0 ? top * (compare ? 1.25 : marked ? 1.9 : 1.1) : 1); // room for the legend
     m_count = static_cast<int>(m_values.size());
     m_plot->replot();
 }

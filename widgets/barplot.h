@@ -1,5 +1,6 @@
 // BarPlot: a labelled bar chart (per-layer parameters, expert load, ...), optionally with a second
-// set of bars beside the first for comparison (hatched, with a legend). Export as PNG/SVG/PDF and
+// set of bars beside the first for comparison (hatched, with a legend) and marked bars in colours
+// of their own (low / high). Export as PNG/SVG/PDF and
 // CSV from the context menu or the keyboard (plotexport.h). Takes neutral types; the plotting
 // library stays an implementation detail. GUI thread only.
 #pragma once
@@ -25,6 +26,11 @@ public:
     void setBars(const QStringList& labels, const QVector<double>& values, const QString& name = {});
     // Bars of another layer or run beside the first ones; empty values remove them.
     void setComparison(const QString& name, const QVector<double>& values);
+    // Marks bars (by index) as low or high: drawn in their own colours and named in the legend
+    // (the Routing view's dead and hot experts). Cleared by setBars; empty lists remove them.
+    void setMarks(const QVector<int>& low, const QString& lowName, const QVector<int>& high, const QString& highName);
+    QVector<int> lowMarks() const { return m_low; }
+    QVector<int> highMarks() const { return m_high; }
     int barCount() const { return m_count; }
     bool hasComparison() const { return !m_comparison.isEmpty(); }
     QVector<double> values() const { return m_values; }
@@ -46,6 +52,8 @@ private:
     QStringList m_labels;
     QVector<double> m_values, m_comparison;
     QString m_name, m_comparisonName;
+    QVector<int> m_low, m_high;
+    QString m_lowName, m_highName;
 };
 
 } // namespace ladimo::widgets

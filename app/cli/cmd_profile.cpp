@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "common/error.h"
 #include "project/profile.h"
+#include "routing/expertload.h"
 #include "routing/profile.h"
 
 namespace ladimo::cli {
@@ -22,6 +23,7 @@ void registerProfileCommand(CLI::App& app)
         int64_t seqLen = 256;
         int bins = 20;
         int64_t sensitivityTokens = 8192;
+        core::ExpertLoadThresholds markers;
         bool json = false;
     };
     auto o = std::make_shared<Opts>();
@@ -35,10 +37,17 @@ void registerProfileCommand(CLI::App& app)
     cmd->add_option("--sensitivity-tokens", o->sensitivityTokens,
                     "Tokens for the per-layer sensitivity (KL to dense with one layer converted); 0 = skip")
         ->capture_default_str();
+    cmd->add_option("--dead-below", o->markers.deadBelow,
+                    "Mark an expert dead when its share of tokens is below this many times the even share 1/N")
+        ->capture_default_str();
+    cmd->add_option("--hot-above", o->markers.hotAbove,
+                    "Mark an expert hot when its share of tokens is above this many times the even share 1/N")
+        ->capture_default_str();
     cmd->add_flag("--json", o->json, "Machine-readable output");
     cmd->callback([o] {
         if (!isProjectFile(o->model.path))
             throw core::Error("profile needs a project file (*.ladimo), got '" + o->model.path + "'");
+        o->markers.validate(); // before the work, not after it
         const std::string projectFile = o->model.path;
         ProgressPrinter printer;
         core::ProjectProfileRequest request;
@@ -55,8 +64,11 @@ void registerProfileCommand(CLI::App& app)
         const auto result = core::profileProject(request);
         const auto& profiles = result.profiles;
         nlohmann::json out = nlohmann::json::array();
-        for (const auto& p : profiles)
-            out.push_back(core::toJson(p));
+        const auto markers = core::expertLoadMarkers(profiles, o->markers);
+        for (std::size_t i = 0; i < profiles.size(); ++i) {
+            out.push_back(core::toJson(profiles[i]));
+            out.back()["expert_markers"] = core::toJson(markers[i]);
+        }
         if (o->json) {
             std::cout << out.dump(2) << "\n";
             return;
@@ -70,6 +82,16 @@ void registerProfileCommand(CLI::App& app)
             for (const auto& e : j["error_by_k"])
                 std::printf(" %.4f", e.get<double>());
             std::printf("\n");
+        }
+        // Dead and hot experts of every layer, by their share of the layer's tokens (top-1).
+        for (const bool dead : {true, false}) {
+            std::string list;
+            for (const auto& m : markers)
+                for (const int e : dead ? m.dead : m.hot)
+                    list += (list.empty() ? "" : ", ") + std::string("layer ") + std::to_string(m.layer) + " expert "
+                        + std::to_string(e);
+            std::printf("%s experts (share %s %.2f / N): %s\n", dead ? "dead" : "hot", dead ? "<" : ">",
+                        dead ? o->markers.deadBelow : o->markers.hotAbove, list.empty() ? "none" : list.c_str());
         }
     });
 }

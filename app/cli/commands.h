@@ -22,5 +22,6 @@ void registerTradeoffCommand(CLI::App& app);
 void registerExportCommand(CLI::App& app);
 void registerImportCommand(CLI::App& app);
 void registerRunCommand(CLI::App& app);
+void registerRouteCommand(CLI::App& app);
 
 } // namespace ladimo::cli

@@ -30,6 +30,7 @@ int main(int argc, char** argv)
     ladimo::cli::registerCaptureCommand(app);
     ladimo::cli::registerAssembleCommand(app);
     ladimo::cli::registerProfileCommand(app);
+    ladimo::cli::registerRouteCommand(app);
     ladimo::cli::registerLatencyCommand(app);
     ladimo::cli::registerPolicyCommand(app);
     ladimo::cli::registerTradeoffCommand(app);

@@ -41,6 +41,7 @@
 
 #include "calibrationview.h"
 #include "pipelineview.h"
+#include "playgroundview.h"
 #include "common/error.h"
 #include "conversiontablemodel.h"
 #include "evaluateview.h"
@@ -200,6 +201,11 @@ void MainWindow::buildUi()
     m_tradeoffView = new TradeoffView(m_policyView);
     m_tabs->addTab(m_tradeoffView, tr("Tradeoff"));
     m_tabs->setTabToolTip(m_tabs->count() - 1, tr("Error against cost of every policy; click a point to apply it"));
+    m_playground = new PlaygroundView(m_session, m_policyView->model());
+    m_tabs->addTab(m_playground, tr("Playground"));
+    m_tabs->setTabToolTip(m_tabs->count() - 1,
+                          tr("A prompt through the dense and the converted model side by side: every token's "
+                             "experts, compute and KL under the current policy"));
     m_evaluateView = new EvaluateView;
     m_tabs->addTab(m_evaluateView, tr("Evaluate"));
     connect(m_evaluateView, &EvaluateView::evaluationFinished, this, [this](bool cancelled, const QString& error) {
@@ -330,6 +336,7 @@ void MainWindow::showModel(const OpenedModel& m)
                 ? tr("No routing profile yet: press Profile in the Convert view (or run ladimo profile P.ladimo).")
                 : tr("Open a project (*.ladimo) with a conversion run and a routing profile."));
     const bool runDone = m.run && m.run->run.status == core::RunStatus::Done;
+    m_playground->setProject(m);
     if (m.isProject && runDone)
         m_evaluateView->setProject(m.path, static_cast<int>(m.run->run.experts), m.run->run.trainTopK, m.policies,
                                    m.evaluations);

@@ -1,8 +1,9 @@
 // MainWindow: the workbench window. Opens a model directory or a *.ladimo project (menu, recent
 // files, drag and drop, command line, "Open demo"), reads it off the GUI thread, and shows the
 // Model view (architecture, parameter counts, per-layer table), the Convert view (the latest
-// run's settings, per-layer results and loss curves), the Routing view and the Policy view
-// (per-layer rules with sliders beside the tradeoff plot). GUI thread only.
+// run's settings, per-layer results and loss curves), the Routing view, the Policy view
+// (per-layer rules with sliders beside the tradeoff plot) and the Playground (a prompt through the
+// dense and the converted model, every token's experts). GUI thread only.
 #pragma once
 
 #include <QMainWindow>
@@ -34,6 +35,7 @@ namespace ladimo::gui {
 
 class CalibrationView;
 class PipelineView;
+class PlaygroundView;
 class EvaluateView;
 class ExportView;
 class RoutingView;
@@ -62,6 +64,7 @@ public:
     RoutingView* routingView() const { return m_routingView; }
     PolicyView* policyView() const { return m_policyView; }
     TradeoffView* tradeoffView() const { return m_tradeoffView; }
+    PlaygroundView* playgroundView() const { return m_playground; }
     EvaluateView* evaluateView() const { return m_evaluateView; }
     ExportView* exportView() const { return m_exportView; }
     CalibrationView* calibrationView() const { return m_calibration; }
@@ -70,7 +73,7 @@ public:
     QString stepToolTip(core::PipelineStep step) const;
     QString currentPath() const { return m_current.path; }
     QString summaryText() const;
-    // "model", "convert", "routing", "policy", "tradeoff", "evaluate", "export" (a tab's name).
+    // "model", "convert", "routing", "policy", "tradeoff", "playground", "evaluate", "export" (a tab's name).
     bool selectView(const QString& name);
 
     // Convert view: starts converting the open model into the open project (or the project file
@@ -145,6 +148,7 @@ private:
     RoutingView* m_routingView = nullptr;
     PolicyView* m_policyView = nullptr;
     TradeoffView* m_tradeoffView = nullptr;
+    PlaygroundView* m_playground = nullptr;
     EvaluateView* m_evaluateView = nullptr;
     ExportView* m_exportView = nullptr;
     PipelineView* m_pipeline = nullptr;

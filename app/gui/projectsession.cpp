@@ -13,9 +13,24 @@
 #include "common/error.h"
 #include "common/fileutil.h"
 #include "model/tokenizer.h"
+#include "project/route.h"
 #include "routing/policy.h"
 
 namespace ladimo::gui {
+
+std::shared_ptr<const core::RouteModel> ProjectSession::readRouteModel(const QString& projectPath, QString* error)
+{
+    try {
+        core::LatestRunHints hints;
+        hints.noRun = "; convert it first (Convert view)";
+        hints.unfinished = "; finish the conversion first (Convert view)";
+        return core::loadRouteModel(projectPath.toStdString(), {}, hints);
+    } catch (const std::exception& e) {
+        if (error)
+            *error = QString::fromStdString(e.what());
+        return nullptr;
+    }
+}
 
 namespace {
 

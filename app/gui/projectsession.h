@@ -11,6 +11,7 @@
 #include <QString>
 #include <QTimer>
 
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -23,6 +24,10 @@
 
 class QFileSystemWatcher;
 class QUndoStack;
+
+namespace ladimo::core {
+struct RouteModel;
+}
 
 namespace ladimo::gui {
 
@@ -55,6 +60,10 @@ public:
     // Reads (blocking; call on a worker thread). They never throw: errors land in `error`.
     static OpenedModel read(const QString& path);
     static PolicyData readPolicyData(const QString& projectPath);
+    // The project's latest run loaded for routing and generation (the Playground): dense model,
+    // MoE layers, tokenizer and stored policies (core::loadRouteModel). Null with `error` set
+    // when it cannot be loaded.
+    static std::shared_ptr<const core::RouteModel> readRouteModel(const QString& projectPath, QString* error);
 
     // Starts reading `path` in the background; opened or openFailed follows. A read in progress
     // is superseded: only the newest path is reported.

@@ -1,6 +1,7 @@
 #include "routingview.h"
 
 #include <QComboBox>
+#include <QDoubleSpinBox>
 #include <QGridLayout>
 #include <QHBoxLayout>
 #include <QLabel>
@@ -138,8 +139,47 @@ RoutingView::RoutingView(QWidget* parent) : QWidget(parent)
     split->setStretchFactor(0, 2);
     split->setStretchFactor(1, 5);
     split->setSizes({320, 780});
+    auto* markerRow = new QHBoxLayout;
+    m_deadBelow = new QDoubleSpinBox;
+    m_deadBelow->setObjectName("deadBelow");
+    m_deadBelow->setRange(0, 0.99);
+    m_deadBelow->setSingleStep(0.05);
+    m_deadBelow->setValue(core::ExpertLoadThresholds{}.deadBelow);
+    m_deadBelow->setToolTip(tr("An expert is dead when its share of the layer's tokens (top-1) is below this many "
+                               "times the even share 1/N"));
+    m_hotAbove = new QDoubleSpinBox;
+    m_hotAbove->setObjectName("hotAbove");
+    m_hotAbove->setRange(1.05, 100);
+    m_hotAbove->setSingleStep(0.25);
+    m_hotAbove->setValue(core::ExpertLoadThresholds{}.hotAbove);
+    m_hotAbove->setToolTip(tr(
+        "An expert is hot when its share of the layer's tokens (top-1) is above this many times the even share 1/N"));
+    auto* deadLabel = new QLabel(tr("&Dead below:"));
+    deadLabel->setBuddy(m_deadBelow);
+    auto* hotLabel = new QLabel(tr("&hot above:"));
+    hotLabel->setBuddy(m_hotAbove);
+    m_markers = new QLabel;
+    m_markers->setObjectName("expertMarkers");
+    m_markers->setTextFormat(Qt::PlainText);
+    m_markers->setWordWrap(true);
+    m_markers->setTextInteractionFlags(Qt::TextSelectableByMouse);
+    m_markers->setToolTip(tr("Dead and hot experts of every layer by their share of the layer's tokens"));
+    markerRow->addWidget(deadLabel);
+    markerRow->addWidget(m_deadBelow);
+    markerRow->addWidget(hotLabel);
+    markerRow->addWidget(m_hotAbove);
+    markerRow->addWidget(new QLabel(tr("x even share")));
+    markerRow->addSpacing(12);
+    markerRow->addWidget(m_markers, 1);
     layout->addWidget(split, 1);
+    layout->addLayout(markerRow);
 
+    for (QDoubleSpinBox* spin : {m_deadBelow, m_hotAbove})
+        connect(spin, &QDoubleSpinBox::valueChanged, this, [this] {
+            fillMarkers();
+            fillHeatmap();
+            redraw();
+        });
     connect(m_layer, qOverload<int>(&QComboBox::currentIndexChanged), this, [this](int i) { selectLayer(i); });
     connect(m_heatmap, &widgets::HeatmapPlot::rowClicked, this, [this](int row) { selectLayer(row); });
     connect(m_compareLayer, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { redraw(); });
@@ -169,6 +209,7 @@ void RoutingView::clear(const QString& message)
     m_top1Plot->clear();
     m_massPlot->clear();
     m_loadPlot->setBars({}, {});
+    m_markers->clear();
     m_summary->setText(message);
 }
 
@@ -195,6 +236,7 @@ void RoutingView::setProfiles(int64_t runId, const std::vector<core::RoutingProf
         m_compareRun->setEnabled(false); // until other runs are found
     }
     fillCompareLayers();
+    fillMarkers();
     fillHeatmap();
     selectLayer(0);
     setComparisonRuns(others);
@@ -241,8 +283,16 @@ void RoutingView::fillHeatmap()
     }
     QStringList rows;
     QVector<QVector<double>> values;
-    for (const auto& p : profiles) {
-        rows << tr("L%1").arg(p.layer);
+    const auto markers = loadMarkers();
+    for (std::size_t i = 0; i < profiles.size(); ++i) {
+        const auto& p = profiles[i];
+        // Rows with dead (†) or hot (▲) experts say how many.
+        QString row = tr("L%1").arg(p.layer);
+        if (i < markers.size() && !markers[i].dead.empty())
+            row += QStringLiteral(" †%1").arg(markers[i].dead.size());
+        if (i < markers.size() && !markers[i].hot.empty())
+            row += QStringLiteral(" ▲%1").arg(markers[i].hot.size());
+        rows << row;
         values << share(p, 0);
     }
     const auto& edges = profiles.front().binEdges;
@@ -299,6 +349,63 @@ bool RoutingView::setComparison(int index, int run)
 
 QString RoutingView::summaryText() const { return m_summary->text(); }
 
+void RoutingView::setLoadThresholds(const core::ExpertLoadThresholds& t)
+{
+    t.validate();
+    {
+        const QSignalBlocker a(m_deadBelow), b(m_hotAbove);
+        m_deadBelow->setValue(t.deadBelow);
+        m_hotAbove->setValue(t.hotAbove);
+    }
+    fillMarkers();
+    fillHeatmap();
+    redraw();
+}
+
+core::ExpertLoadThresholds RoutingView::loadThresholds() const
+{
+    core::ExpertLoadThresholds t;
+    t.deadBelow = m_deadBelow->value();
+    t.hotAbove = m_hotAbove->value();
+    return t;
+}
+
+std::vector<core::ExpertLoadMarkers> RoutingView::loadMarkers() const
+{
+    return core::expertLoadMarkers(current(), loadThresholds());
+}
+
+QString RoutingView::markersText() const { return m_markers->text(); }
+
+void RoutingView::fillMarkers()
+{
+    const auto markers = loadMarkers();
+    if (markers.empty()) {
+        m_markers->clear();
+        return;
+    }
+    QString dead, hot;
+    for (const auto& m : markers) {
+        QStringList d, h;
+        for (int e : m.dead)
+            d << QString::number(e);
+        for (int e : m.hot)
+            h << QString::number(e);
+        if (!d.isEmpty())
+            dead += (dead.isEmpty() ? QString() : QStringLiteral("; "))
+                + tr("layer %1: %2").arg(m.layer).arg(d.join(", "));
+        if (!h.isEmpty())
+            hot += (hot.isEmpty() ? QString() : QStringLiteral("; "))
+                + tr("layer %1: %2").arg(m.layer).arg(h.join(", "));
+    }
+    const auto t = loadThresholds();
+    m_markers->setText(tr("Dead experts (share < %1/N): %2. Hot experts (share > %3/N): %4.")
+                           .arg(t.deadBelow)
+                           .arg(dead.isEmpty() ? tr("none") : dead)
+                           .arg(t.hotAbove)
+                           .arg(hot.isEmpty() ? tr("none") : hot));
+}
+
 void RoutingView::redraw()
 {
     const int index = currentLayer();
@@ -348,10 +455,19 @@ void RoutingView::redraw()
                               QVector<double>(q->errorByK.begin(), q->errorByK.end()), {1, true});
     }
 
+    const auto marks = core::expertLoadMarkers(p, loadThresholds());
     QStringList labels;
-    for (std::size_t e = 0; e < std::max(p.expertLoad.size(), q ? q->expertLoad.size() : 0); ++e)
-        labels << QString::number(e);
+    for (std::size_t e = 0; e < std::max(p.expertLoad.size(), q ? q->expertLoad.size() : 0); ++e) {
+        const int id = static_cast<int>(e);
+        const bool dead = std::find(marks.dead.begin(), marks.dead.end(), id) != marks.dead.end();
+        const bool hot = std::find(marks.hot.begin(), marks.hot.end(), id) != marks.hot.end();
+        labels << (dead ? tr("%1 dead").arg(e) : hot ? tr("%1 hot").arg(e) : QString::number(e));
+    }
     m_loadPlot->setBars(labels, QVector<double>(p.expertLoad.begin(), p.expertLoad.end()), pName);
+    m_loadPlot->setMarks(QVector<int>(marks.dead.begin(), marks.dead.end()),
+                         tr("dead: < %1% of tokens").arg(100 * marks.deadShare, 0, 'f', 1),
+                         QVector<int>(marks.hot.begin(), marks.hot.end()),
+                         tr("hot: > %1% of tokens").arg(100 * marks.hotShare, 0, 'f', 1));
     if (q)
         m_loadPlot->setComparison(qName, QVector<double>(q->expertLoad.begin(), q->expertLoad.end()));
 

@@ -1,7 +1,8 @@
 // RoutingView: stage 2a in the workbench. For the selected layer: histograms of the routing weight
 // at each rank and of the top-1 weight, the cumulative top-k mass curve (with the error at each k)
 // and the expert load; beside them an all-layers heatmap (layers x top-1 weight bins) where a click
-// selects a layer. A second layer, of this run or of another profiled run of the project, can be
+// selects a layer; dead and hot experts (far below or above an even share of the tokens) are
+// marked in the load plot and listed for all layers. A second layer, of this run or of another profiled run of the project, can be
 // drawn over the first (dashed / hatched, named in the legends). Every plot exports PNG/SVG/CSV
 // from its context menu. The runs come from the project session (projectsession.h); the view
 // reads no file; the rest is arithmetic on stored histograms. GUI thread only.
@@ -13,8 +14,10 @@
 #include <vector>
 
 #include "projectdata.h"
+#include "routing/expertload.h"
 
 class QComboBox;
+class QDoubleSpinBox;
 class QLabel;
 
 namespace ladimo::widgets {
@@ -53,6 +56,12 @@ public:
     widgets::BarPlot* loadPlot() const { return m_loadPlot; }
     widgets::HeatmapPlot* heatmap() const { return m_heatmap; }
     QString summaryText() const;
+    // Dead and hot experts (routing/expertload.h): marked in the expert load plot of the selected
+    // layer and listed for all layers under the plots; the thresholds are the spin boxes'.
+    void setLoadThresholds(const core::ExpertLoadThresholds& thresholds);
+    core::ExpertLoadThresholds loadThresholds() const;
+    std::vector<core::ExpertLoadMarkers> loadMarkers() const;
+    QString markersText() const;
 
 Q_SIGNALS:
     void layerSelected(int index);
@@ -62,6 +71,7 @@ Q_SIGNALS:
 private:
     void setComparisonRuns(const std::vector<RoutingRun>& runs);
     void fillHeatmap();
+    void fillMarkers();
     void fillCompareLayers();
     void redraw();
     const std::vector<core::RoutingProfile>& current() const;
@@ -77,6 +87,9 @@ private:
     widgets::LinePlot* m_top1Plot = nullptr;
     widgets::LinePlot* m_massPlot = nullptr;
     widgets::BarPlot* m_loadPlot = nullptr;
+    QLabel* m_markers = nullptr;
+    QDoubleSpinBox* m_deadBelow = nullptr;
+    QDoubleSpinBox* m_hotAbove = nullptr;
 };
 
 } // namespace ladimo::gui

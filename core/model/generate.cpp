@@ -62,14 +62,18 @@ std::vector<std::vector<int64_t>> generate(const LlamaModel& model, const std::v
         auto next = nextTokens(logits.select(1, logits.size(1) - 1), o.temperature, gen).to(torch::kCPU);
         auto acc = next.accessor<int64_t, 1>();
         bool all = true;
+        std::vector<int64_t> drawn(static_cast<std::size_t>(B), -1);
         for (int64_t b = 0; b < B; ++b) {
             if (!done[static_cast<std::size_t>(b)]) {
+                drawn[static_cast<std::size_t>(b)] = acc[b];
                 out[static_cast<std::size_t>(b)].push_back(acc[b]);
                 if (o.stopId >= 0 && acc[b] == o.stopId)
                     done[static_cast<std::size_t>(b)] = true;
             }
             all = all && done[static_cast<std::size_t>(b)];
         }
+        if (o.onTokens)
+            o.onTokens(drawn);
         if (o.progress)
             o.progress("generate", static_cast<double>(step + 1), static_cast<double>(o.maxNew));
         if (all)

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "common/progress.h"
@@ -21,6 +22,9 @@ struct GenerateOptions {
     const ForwardHooks* hooks = nullptr; // e.g. MoE blocks in place of the FFNs
     ProgressFn progress;
     CancelToken cancel;
+    // After every step: the id each sequence drew (a stopped sequence's repeats nothing: -1), on
+    // the calling thread, for streaming the text as it is made.
+    std::function<void(const std::vector<int64_t>& next)> onTokens;
 };
 
 // prompts: same-length id lists. Returns prompt + generated ids per sequence (a stopped sequence

@@ -475,6 +475,19 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
     return ExpertsFn::apply(x, w, gate, up, down, tokens, counts, training).view(shape);
 }
 
+std::vector<int64_t> MoeLayer::tokenParameters(const torch::Tensor& mask) const
+{
+    const auto m = mask.to(torch::kCPU, torch::kBool).contiguous();
+    const int64_t T = m.size(0), N = numExperts();
+    const bool* chosen = m.data_ptr<bool>();
+    std::vector<int64_t> out(static_cast<std::size_t>(T), routerParameters());
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < N; ++e)
+            if (chosen[t * N + e])
+                out[static_cast<std::size_t>(t)] += expertParameters(e);
+    return out;
+}
+
 torch::Tensor MoeLayer::expertOutputs(const torch::Tensor& x) const
 {
     auto h = torch::silu(torch::einsum("th,nsh->tns", {x, gate})) * torch::einsum("th,nsh->tns", {x, up});

@@ -98,6 +98,9 @@ struct MoeLayer {
     // Parameters every token touches before any expert: the router's product. A token's
     // activated parameters are this plus expertParameters of each expert it uses.
     int64_t routerParameters() const { return router.numel(); }
+    // Parameters each token touches under a routing mask [T, N] (route()): the router's plus
+    // expertParameters over its chosen experts, what DispatchStats counts, per token.
+    std::vector<int64_t> tokenParameters(const torch::Tensor& mask) const;
 };
 
 // Stores gate and up of every expert in one [N, 2S, H] block (expert e's gate rows, then its up

@@ -104,6 +104,8 @@ ProjectEvalResult evaluateProject(const ProjectEvalRequest& r)
     if (moe) {
         const auto& c = model.config();
         j["kl_to_dense"] = res.klToReference;
+        // The exact count behind the fraction (every token and layer), as `ladimo route` sums it.
+        j["activated_ffn_parameters"] = active;
         j["activated_ffn_fraction"] = static_cast<double>(active)
             / (static_cast<double>(tokens) * static_cast<double>(c.numLayers * 3 * c.hiddenSize * c.intermediateSize));
         j["rules"] = rulesToJson(rules);

@@ -17,6 +17,7 @@
 
 #include <cmath>
 
+#include "common/error.h"
 #include "mainwindow.h"
 #include "policytablemodel.h"
 #include "policyview.h"
@@ -393,4 +394,52 @@ TEST(ProjectSession, ReloadsOnOutsideChangesKeepsEditsAndIgnoresItsOwnWrites)
     reopened.clear();
     f.w.session()->storeSetting("test", nlohmann::json{{"x", 1}});
     EXPECT_FALSE(reopened.wait(2500)) << "the session reloaded after its own write";
+}
+
+// Dead and hot experts on constructed profiles: the load plot marks the selected layer's, the
+// label lists every layer's, the heatmap rows count them, and the thresholds follow the controls.
+TEST(RoutingView, MarksDeadAndHotExpertsOfEveryLayer)
+{
+    auto profile = [](int layer, std::vector<double> load) {
+        core::RoutingProfile p;
+        p.layer = layer;
+        p.tokens = 1000;
+        p.binEdges = {0, 0.5, 1};
+        p.rankHistograms = std::vector<std::vector<double>>(load.size(), {500, 500});
+        p.expertLoad = std::move(load);
+        p.errorByK = std::vector<double>(p.expertLoad.size(), 0.1);
+        return p;
+    };
+    // 4 experts: even 0.25; dead below 0.0625, hot above 0.625.
+    std::vector<core::RoutingProfile> profiles = {
+        profile(0, {0.25, 0.25, 0.25, 0.25}), profile(1, {0.02, 0.3, 0.0, 0.68}), profile(2, {0.05, 0.3, 0.3, 0.35})};
+    gui::RoutingView view;
+    view.setProfiles(1, profiles);
+    const auto markers = view.loadMarkers();
+    ASSERT_EQ(markers.size(), 3u);
+    EXPECT_TRUE(markers[0].dead.empty() && markers[0].hot.empty());
+    EXPECT_EQ(markers[1].dead, (std::vector<int>{0, 2}));
+    EXPECT_EQ(markers[1].hot, (std::vector<int>{3}));
+    EXPECT_EQ(markers[2].dead, (std::vector<int>{0}));
+    const QString text = view.markersText();
+    EXPECT_TRUE(text.contains("layer 1: 0, 2; layer 2: 0")) << text.toStdString();
+    EXPECT_TRUE(text.contains("Hot experts (share > 2.5/N): layer 1: 3")) << text.toStdString();
+    EXPECT_EQ(view.heatmap()->rowLabel(1), QString("L1 \u20202 \u25b21"));
+    EXPECT_EQ(view.heatmap()->rowLabel(0), QString("L0"));
+
+    ASSERT_TRUE(view.selectLayer(1));
+    EXPECT_EQ(view.loadPlot()->lowMarks(), (QVector<int>{0, 2}));
+    EXPECT_EQ(view.loadPlot()->highMarks(), (QVector<int>{3}));
+    const auto csv = view.loadPlot()->csvTable();
+    ASSERT_EQ(csv.rows.size(), 4);
+    EXPECT_EQ(csv.rows[0][0], "0 dead");
+    EXPECT_EQ(csv.rows[3][0], "3 hot");
+    EXPECT_EQ(csv.rows[1][0], "1");
+
+    // Stricter thresholds: layer 0 stays even, layer 2's expert 0 is no longer dead.
+    view.setLoadThresholds({0.1, 2.0});
+    EXPECT_TRUE(view.loadMarkers()[2].dead.empty());
+    EXPECT_EQ(view.loadMarkers()[1].hot, (std::vector<int>{3}));
+    EXPECT_TRUE(view.markersText().contains("(share < 0.1/N): layer 1: 0, 2.")) << view.markersText().toStdString();
+    EXPECT_THROW(view.setLoadThresholds({0.5, 0.9}), core::Error);
 }
