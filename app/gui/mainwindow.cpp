@@ -697,8 +697,8 @@ void MainWindow::setJobRunning(const QString& kind)
     m_startButton->setEnabled(!running && open);
     m_profileButton->setEnabled(!running && m_current.isProject && m_current.run.has_value());
     m_cancelButton->setEnabled(running);
-    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_e2eSteps, m_epochs, m_partition, m_gating, m_device,
-                                                      m_projectFile})
+    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_e2eSteps, m_epochs, m_partition,
+                                                      m_gating, m_device, m_projectFile})
         w->setEnabled(!running);
     m_calibration->setEditable(!running);
     m_pipeline->setState(open, running, kind == "pipeline");

@@ -192,7 +192,8 @@ TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
     LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
-        + "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project ";
+        + "/calib.u16 --max-tokens 8192 --epochs 6 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 "
+          "--project ";
     const std::string a = (tmp / "a.ladimo").string(), b = (tmp / "b.ladimo").string();
     auto r = runLadimo(args + a);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -231,7 +232,8 @@ TEST(Cli, TwoCpuWorkersAreReproducibleAndAgreeWithOne)
     LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");
     ladimo::test::TempDir tmp;
     const std::string args = "convert " + stories() + " --data " + stories()
-        + "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project ";
+        + "/calib.u16 --max-tokens 4096 --epochs 3 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 "
+          "--project ";
     auto layers = [&](const std::string& name) {
         auto r = runLadimo("project show " + (tmp / name).string() + " --json", true);
         EXPECT_EQ(r.status, 0) << r.out;
@@ -266,7 +268,8 @@ TEST(Cli, ProfileStoresConsistentRoutingDistributions)
     ladimo::test::TempDir tmp;
     const std::string project = (tmp / "p.ladimo").string();
     auto r = runLadimo("convert " + stories() + " --data " + stories()
-                       + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project "
+                       + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 "
+                         "--e2e-steps 0 --project "
                        + project);
     ASSERT_EQ(r.status, 0) << r.out;
     r = runLadimo("profile " + project + " --self-sample 2048 --seed 5 --bins 10 --json", true);

@@ -30,10 +30,15 @@ std::string stories() { return (ladimo::test::sharedData() / "tinystories260K").
 
 std::vector<std::string> convertArgs(const fs::path& project)
 {
-    return {"convert",         stories(), "--data",    stories() + "/calib.u16",
-            "--max-tokens",    "4096",    "--epochs",  "2",
-            "--router-epochs", "2",       "--experts", "8", "--train-top-k", "6", "--e2e-steps", "0",
-            "--project", project.string()};
+    return {"convert",         stories(),
+            "--data",          stories() + "/calib.u16",
+            "--max-tokens",    "4096",
+            "--epochs",        "2",
+            "--router-epochs", "2",
+            "--experts",       "8",
+            "--train-top-k",   "6",
+            "--e2e-steps",     "0",
+            "--project",       project.string()};
 }
 
 std::string joined(const std::vector<std::string>& args)

@@ -372,7 +372,9 @@ TEST(Policy, CliFlowEstimatesMatchMeasurements)
     const std::string stories = (ladimo::test::sharedData() / "tinystories260K").string();
     const std::string data = " --data " + stories + "/calib.u16 --max-tokens 4096";
     const std::string project = (tmp / "p.ladimo").string();
-    auto r = runLadimo("convert " + stories + data + " --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project " + project);
+    auto r
+        = runLadimo("convert " + stories + data
+                    + " --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 --project " + project);
     ASSERT_EQ(r.status, 0) << r.out;
     r = runLadimo("profile " + project + data);
     ASSERT_EQ(r.status, 0) << r.out;

@@ -25,7 +25,8 @@ std::string ladimoBin() { return std::string(LADIMO_BIN_DIR) + "/ladimo"; }
 std::string convertArgs(const std::string& extra = "")
 {
     return "convert " + stories() + " --data " + stories()
-        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 " + extra + " --project ";
+        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 " + extra
+        + " --project ";
 }
 
 std::string layerFile(int l)

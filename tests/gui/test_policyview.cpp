@@ -358,7 +358,9 @@ TEST(PolicyView, MainWindowShowsTheCliFlowOfTinyStories260K)
     const std::string stories = (test::sharedData() / "tinystories260K").string();
     const std::string data = " --data " + stories + "/calib.u16 --max-tokens 2048";
     const std::string project = (tmp / "p.ladimo").string();
-    auto r = test::runLadimo("convert " + stories + data + " --epochs 1 --router-epochs 1 --experts 8 --train-top-k 6 --e2e-steps 0 --project " + project);
+    auto r = test::runLadimo("convert " + stories + data
+                             + " --epochs 1 --router-epochs 1 --experts 8 --train-top-k 6 --e2e-steps 0 --project "
+                             + project);
     ASSERT_EQ(r.status, 0) << r.out;
     r = test::runLadimo("profile " + project + data);
     ASSERT_EQ(r.status, 0) << r.out;
@@ -419,7 +421,8 @@ const RefineFixture& refineFixture()
         const auto stories = test::sharedData() / "tinystories260K";
         const std::string data = " --data " + (stories / "calib.u16").string() + " --max-tokens 2048";
         const auto project = tmp / "refine.ladimo";
-        auto r = test::runLadimo("convert " + stories.string() + data + " --epochs 1 --router-epochs 1 --experts 8 --train-top-k 6 --e2e-steps 0 --project "
+        auto r = test::runLadimo("convert " + stories.string() + data
+                                 + " --epochs 1 --router-epochs 1 --experts 8 --train-top-k 6 --e2e-steps 0 --project "
                                  + project.string());
         if (r.status != 0)
             return RefineFixture{{}, {}, r.out};
