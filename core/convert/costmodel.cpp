@@ -217,8 +217,11 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
 
     e.assumptions = {
         "float32 training; FLOPs count multiply-adds as 2; backward = 2x forward",
-        "distillation draws k uniformly in [N/2, N] per batch (mean " + std::to_string(kbar).substr(0, 4)
-            + " experts per token); each expert is padded to ceil(I/N) neurons",
+        std::string(s.distill.randomK ? "distillation draws k uniformly in [N/2, N] per batch"
+                                      : "distillation runs the training k")
+            + (s.distill.fullKWeight > 0 ? " and all experts" : "") + " (mean " + std::to_string(kbar).substr(0, 4)
+            + " expert passes per token); each expert is padded to ceil(I/N) neurons; the end-to-end stage is not "
+              "counted",
         "capture: one dense forward pass up to the highest layer that is not already captured on disk, "
         "attention over a mean context of seq_len/2",
         "time: distillation steps at the measured step time, everything else at the measured matmul rate; "
@@ -235,8 +238,12 @@ CostEstimate estimateCost(const CostInputs& in, bool measure)
     std::map<std::string, DeviceSpeed> measured;
     for (const auto& d : devices)
         if (!measured.count(d.str())) {
+            // One routed pass at the mean k measured, at most all experts; the all-experts term
+            // of the loss is a second pass, counted by scaling.
+            const double measuredK = std::min<double>(kbar, N);
             auto speed = measureDevice(d, c.hiddenSize, c.intermediateSize, s.experts,
-                                       static_cast<int>(std::lround(kbar)), s.distill.batch);
+                                       static_cast<int>(std::lround(measuredK)), s.distill.batch);
+            speed.stepSeconds *= kbar / std::max(1.0, measuredK);
             speed.workers = sharing[d.str()];
             measured[d.str()] = speed;
         }
@@ -308,8 +315,8 @@ std::string CostEstimate::describe(int layers) const
     std::string out;
     char buf[512];
     std::snprintf(buf, sizeof buf,
-                  "cost model: %d layer(s), %lld calibration tokens, %lld distillation steps per layer (%.2f experts "
-                  "per token)\n",
+                  "cost model: %d layer(s), %lld calibration tokens, %lld distillation steps per layer (%.2f expert "
+                  "passes per token, the all-experts term included)\n",
                   layers, (long long)tokens, (long long)distillSteps, meanActiveExperts);
     out += buf;
     out += "  FLOPs per layer: " + flopsText(f.total()) + " (capture " + flopsText(f.capture) + ", partition "

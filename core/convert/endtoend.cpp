@@ -53,6 +53,9 @@ EndToEndResult trainEndToEnd(const LlamaModel& dense, std::vector<MoeLayer>& lay
         for (auto* t : {&m.gate, &m.up, &m.down, &m.router}) {
             if (t == &m.router && !o.trainRouters)
                 continue;
+            // A tensor of its own sharing the storage: the values train in place, and a caller's
+            // copy of the layer keeps its own requires_grad flag.
+            *t = t->detach();
             t->set_requires_grad(true);
             params.push_back(*t);
         }

@@ -77,7 +77,7 @@ TEST(ExpertLoad, TokenParametersSumToWhatTheDispatchCounts)
         ASSERT_EQ(perToken.size(), 40u);
         int64_t sum = 0;
         for (int64_t t = 0; t < 40; ++t) {
-            int64_t expected = 0;
+            int64_t expected = N * H; // the router's product, which every token pays
             for (int64_t e = 0; e < N; ++e)
                 expected += mask[t][e].item<bool>() ? 3 * H * l.sizes[static_cast<std::size_t>(e)] : 0;
             EXPECT_EQ(perToken[static_cast<std::size_t>(t)], expected);
