@@ -65,6 +65,10 @@ void registerRunCommand(CLI::App& app)
     cmd->add_option("--train-top-k", s.distill.trainTopK,
                     "Experts per token while distilling (0: the most that fit in --train-active)")
         ->capture_default_str();
+    cmd->add_option("--e2e-steps", s.endToEnd.steps,
+                    "End-to-end stage after the layers: steps of KL(dense || converted) on the calibration windows "
+                    "(0: none; needs the model in memory)")
+        ->capture_default_str();
     cmd->add_option("--train-active", s.trainActive,
                     "With --train-top-k 0: the share of the dense FFN's parameters a token activates while "
                     "distilling, router included")

@@ -66,8 +66,8 @@ struct ConvertSettings {
     Gating gating = Gating::Hard;
     std::string mode = "parallel"; // parallel: X from the dense model; sequential: from converted layers below
     DistillOptions distill;
-    // The end-to-end stage after every layer is done (steps 0: none); its cancel, progress and
-    // seed come from the conversion's. Trains at trainTopK.
+    // The end-to-end stage after every layer is done (steps 0, the default: none); its cancel,
+    // progress and seed come from the conversion's. Trains at trainTopK.
     EndToEndOptions endToEnd;
     int64_t seqLen = 256;
     // Parallel mode trains one layer per device at a time ("cpu,cpu", "cuda:0,cuda:1"); not part

@@ -66,7 +66,6 @@ TEST(PipelineTabs, ConversionMakesStepsDoneLiveLossThenCalibrationEditMakesThemS
     ASSERT_TRUE(w.selectView("convert"));
     child<QLineEdit>(w, "projectFile")->setText(project);
     child<QSpinBox>(w, "epochs")->setValue(2);
-    child<QSpinBox>(w, "e2eSteps")->setValue(0); // the layer-wise stage is what these tests check
 
     // Live loss: points reach the plot before their layer is finished.
     int liveUpdates = 0, liveWhileRunning = 0;

@@ -91,7 +91,7 @@ void openDemoForQuickConversion(MainWindow& w, const QString& project, int token
     child<QComboBox>(w, "dataKind")->setCurrentIndex(0); // self-sample: no data file needed
     child<QSpinBox>(w, "tokens")->setValue(tokens);
     child<QSpinBox>(w, "epochs")->setValue(epochs);
-    child<QSpinBox>(w, "e2eSteps")->setValue(0); // the layer-wise stage is what these tests check
+
     child<QSpinBox>(w, "experts")->setValue(8);
     child<QSpinBox>(w, "trainTopK")->setValue(6);
 }
