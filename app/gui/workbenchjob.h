@@ -35,7 +35,7 @@ struct ConvertRequest {
     int64_t experts = 32;
     int trainTopK = 0; // 0: the most experts that fit in 75% of the FFN's parameters (core::trainTopKFor)
     int epochs = 20;
-    int e2eSteps = 300;          // core::EndToEndOptions::steps
+    int e2eSteps = 0;            // core::EndToEndOptions::steps (300 measured in the README: off by default)
     QString partition = "coact"; // recorded as given, like `ladimo convert --partition`
     QString gating = "hard";
     QString device = "auto";
