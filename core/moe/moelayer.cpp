@@ -464,7 +464,11 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
         // weights (zero for experts not chosen) select. Same values; the counts above are the
         // dispatch's, what a sparse kernel evaluates.
         const int64_t N = numExperts(), S = gate.size(1), H = x.size(1);
-        auto pre = torch::matmul(x, gateUpBlock(gate, up).reshape({N * 2 * S, H}).t()).view({-1, N, 2 * S});
+        // Training needs the concatenation: the fused block is a strided view of `gate` alone, through
+        // which autograd would give up's gradient to gate.
+        const bool grads = torch::GradMode::is_enabled() && (gate.requires_grad() || up.requires_grad());
+        auto block = grads ? torch::cat({gate, up}, 1) : gateUpBlock(gate, up);
+        auto pre = torch::matmul(x, block.reshape({N * 2 * S, H}).t()).view({-1, N, 2 * S});
         auto h = torch::silu(pre.narrow(2, 0, S)) * pre.narrow(2, S, S) * weights.to(x.scalar_type()).unsqueeze(2);
         return torch::matmul(h.reshape({-1, N * S}), down.permute({0, 2, 1}).reshape({N * S, H})).view(shape);
     }

@@ -33,8 +33,8 @@ protected:
         s_dir = std::make_unique<ladimo::test::TempDir>();
         s_project = (*s_dir / "tiny.ladimo").string();
         const std::string data = " --data " + (tinyStories() / "calib.u16").string() + " --max-tokens 4096";
-        auto r = runLadimo("convert " + tinyStories().string() + data + " --epochs 2 --router-epochs 2 --project "
-                           + s_project);
+        auto r = runLadimo("convert " + tinyStories().string() + data
+                           + " --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --project " + s_project);
         if (r.status != 0) {
             s_why = "convert failed: " + r.out;
             return;
@@ -115,7 +115,7 @@ TEST_F(RouteCli, ExpertsAndWeightsAreTheBlocksOwnRoutingOnTheConvertedHiddenStat
                 ASSERT_EQ(tok["id"].get<int64_t>(), window[t]);
                 const auto& rl = tok["layers"][static_cast<std::size_t>(l)];
                 std::set<int> expected;
-                int64_t params = 0;
+                int64_t params = layer->routerParameters(); // every token pays the router
                 for (int e = 0; e < mask.size(1); ++e)
                     if (mask[static_cast<int64_t>(t)][e].item<bool>()) {
                         expected.insert(e);

@@ -22,11 +22,10 @@ std::string stories() { return (ladimo::test::sharedData() / "tinystories260K").
 std::string ladimoBin() { return std::string(LADIMO_BIN_DIR) + "/ladimo"; }
 
 // Small settings, as the Cli tests use: a conversion of tinystories260K takes seconds.
-std::string convertArgs(const std::string& extra = "")
+std::string convertArgs(const std::string& extra = "--experts 8 --train-top-k 6")
 {
     return "convert " + stories() + " --data " + stories()
-        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --e2e-steps 0 " + extra
-        + " --project ";
+        + "/calib.u16 --max-tokens 4096 --epochs 2 --router-epochs 2 " + extra + " --project ";
 }
 
 std::string layerFile(int l)
@@ -277,6 +276,9 @@ TEST(Scale, CostModelCountsFollowTheShapes)
     in.config.headDim = 8;
     in.tokens = 4096;
     in.settings.experts = 8;
+    in.settings.distill.trainTopK = 6; // the formulas below: k drawn in [4, 8], no all-experts term
+    in.settings.distill.randomK = true;
+    in.settings.distill.fullKWeight = 0;
     in.settings.distill.epochs = 2;
     in.settings.distill.routerEpochs = 2;
     in.settings.distill.batch = 512;

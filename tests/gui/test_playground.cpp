@@ -51,7 +51,8 @@ const Fixture& fixture()
         const std::string data = " --data " + (tiny / "calib.u16").string() + " --max-tokens 4096";
         const std::string project = (tmp / "tiny.ladimo").string();
         for (const std::string& args :
-             {"convert " + tiny.string() + data + " --epochs 2 --router-epochs 2 --project " + project,
+             {"convert " + tiny.string() + data + " --epochs 2 --router-epochs 2 --experts 8 --train-top-k 6 --project "
+                  + project,
               "profile " + project + data + " --sensitivity-tokens 0",
               "policy " + project + " --set \"0:2,1:p0.6,2:3,3:p0.8:1-4,4:1\" --name mixed"}) {
             const auto r = test::runLadimo(args);
