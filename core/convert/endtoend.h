@@ -19,8 +19,8 @@
 namespace ladimo::core {
 
 struct EndToEndOptions {
-    // Off unless asked for: on tinystories260K 300 steps took 75% active from +31% to +17%
-    // perplexity over dense, but cost 224 s on a model whose layer-wise conversion takes 83 s
+    // Off unless asked for: on tinystories260K 300 steps took 75% active from +25% to +14%
+    // perplexity over dense, but cost 161 s on a model whose layer-wise conversion takes 79 s
     // (README table); the full-k model drifts from dense unless fullKWeight is set.
     int steps = 0;
     double lr = 1e-3;          // Adam, cosine decay to zero over the steps
