@@ -435,6 +435,34 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
     auto x = xIn.reshape({-1, shape.back()}).contiguous();
     torch::Tensor mask, weights;
     route(routingProbs(x), rule, &mask, &weights);
+    // What the dispatch evaluates: the router for every token, and each expert for its tokens.
+    const auto countStats = [&](const std::vector<int64_t>& counts) {
+        if (!stats)
+            return;
+        stats->parameters += x.size(0) * routerParameters();
+        for (int64_t e = 0; e < numExperts(); ++e) {
+            stats->pairs += counts[static_cast<std::size_t>(e)];
+            stats->parameters += counts[static_cast<std::size_t>(e)] * expertParameters(e);
+        }
+    };
+    if (gate.size(1) < maskedBelowWidth) {
+        // Narrow (fine-grained) experts: the per-expert products would be a few columns wide and
+        // their overhead would dominate; every expert runs on every token as one product, and the
+        // weights (zero for experts not chosen) select. Same values; the counts are the
+        // dispatch's, what a sparse kernel evaluates. No token lists are needed.
+        if (stats) {
+            const auto perExpert = mask.sum(0).to(torch::kCPU, torch::kInt64).contiguous();
+            countStats({perExpert.data_ptr<int64_t>(), perExpert.data_ptr<int64_t>() + numExperts()});
+        }
+        const int64_t N = numExperts(), S = gate.size(1), H = x.size(1);
+        // Training needs the concatenation: the fused block is a strided view of `gate` alone, through
+        // which autograd would give up's gradient to gate.
+        const bool grads = torch::GradMode::is_enabled() && (gate.requires_grad() || up.requires_grad());
+        auto block = grads ? torch::cat({gate, up}, 1) : gateUpBlock(gate, up);
+        auto pre = torch::matmul(x, block.reshape({N * 2 * S, H}).t()).view({-1, N, 2 * S});
+        auto h = torch::silu(pre.narrow(2, 0, S)) * pre.narrow(2, S, S) * weights.to(x.scalar_type()).unsqueeze(2);
+        return torch::matmul(h.reshape({-1, N * S}), down.permute({0, 2, 1}).reshape({N * S, H})).view(shape);
+    }
     // Group tokens by expert: the nonzero entries of the mask, expert-major.
     torch::Tensor tokens, w;
     std::vector<int64_t> counts;
@@ -449,29 +477,9 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
         const auto countTensor = torch::bincount(experts.to(torch::kCPU), {}, numExperts());
         counts.assign(countTensor.data_ptr<int64_t>(), countTensor.data_ptr<int64_t>() + numExperts());
     }
-    if (stats) {
-        stats->parameters += x.size(0) * routerParameters();
-        for (int64_t e = 0; e < numExperts(); ++e) {
-            stats->pairs += counts[static_cast<std::size_t>(e)];
-            stats->parameters += counts[static_cast<std::size_t>(e)] * expertParameters(e);
-        }
-    }
+    countStats(counts);
     if (tokens.size(0) == 0)
         return torch::zeros_like(xIn);
-    if (gate.size(1) < maskedBelowWidth) {
-        // Narrow (fine-grained) experts: the per-expert products would be a few columns wide and
-        // their overhead would dominate; every expert runs on every token as one product, and the
-        // weights (zero for experts not chosen) select. Same values; the counts above are the
-        // dispatch's, what a sparse kernel evaluates.
-        const int64_t N = numExperts(), S = gate.size(1), H = x.size(1);
-        // Training needs the concatenation: the fused block is a strided view of `gate` alone, through
-        // which autograd would give up's gradient to gate.
-        const bool grads = torch::GradMode::is_enabled() && (gate.requires_grad() || up.requires_grad());
-        auto block = grads ? torch::cat({gate, up}, 1) : gateUpBlock(gate, up);
-        auto pre = torch::matmul(x, block.reshape({N * 2 * S, H}).t()).view({-1, N, 2 * S});
-        auto h = torch::silu(pre.narrow(2, 0, S)) * pre.narrow(2, S, S) * weights.to(x.scalar_type()).unsqueeze(2);
-        return torch::matmul(h.reshape({-1, N * S}), down.permute({0, 2, 1}).reshape({N * S, H})).view(shape);
-    }
     // Whether autograd records this call (the backward then needs the pre-activations).
     const bool training = torch::GradMode::is_enabled()
         && (x.requires_grad() || w.requires_grad() || gate.requires_grad() || up.requires_grad()
