@@ -100,6 +100,10 @@ void registerConvertCommand(CLI::App& app)
     cmd->add_option("--project", o->project, "Project file (*.ladimo), created when absent; a rerun resumes")
         ->required();
     cmd->add_option("--experts", o->s.experts, "Experts per layer")->capture_default_str();
+    cmd->add_option("--shared-neurons", o->s.sharedNeurons,
+                    "Always-on neurons per layer (a shared expert every token runs), chosen from the calibration "
+                    "tokens; the rest form the experts")
+        ->capture_default_str();
     cmd->add_option("--partition", o->partition, "coact, contiguous or weights")->capture_default_str();
     cmd->add_option("--gating", o->gating, "hard (chosen experts at weight 1), renorm (Mixtral) or plain")
         ->capture_default_str();

@@ -60,6 +60,10 @@ void registerRunCommand(CLI::App& app)
         ->capture_default_str();
     auto& s = o->request.convert.settings;
     cmd->add_option("--experts", s.experts, "Experts per layer")->capture_default_str();
+    cmd->add_option("--shared-neurons", s.sharedNeurons,
+                    "Always-on neurons per layer (a shared expert every token runs), chosen from the calibration "
+                    "tokens; the rest form the experts")
+        ->capture_default_str();
     cmd->add_option("--partition", o->request.convert.partition, "coact, contiguous or weights")->capture_default_str();
     cmd->add_option("--gating", o->request.convert.gating, "hard, renorm or plain")->capture_default_str();
     cmd->add_option("--train-top-k", s.distill.trainTopK,

@@ -401,6 +401,7 @@ void MainWindow::showRun(const OpenedModel& m)
     // As the user gave them (0: auto), so that the same settings find the same run.
     m_trainTopK->setValue(r.extra.value("train_top_k", r.trainTopK));
     m_e2eSteps->setValue(r.extra.value("e2e_steps", 0));
+    m_sharedNeurons->setValue(r.extra.value("shared_neurons", 0));
     m_epochs->setValue(r.epochs);
     if (const int i = m_partition->findText(QString::fromStdString(r.partition)); i >= 0)
         m_partition->setCurrentIndex(i);
@@ -481,6 +482,10 @@ QWidget* MainWindow::buildConvertForm()
     m_e2eSteps = spin("e2eSteps", 0, 100000, defaults.e2eSteps,
                       tr("End-to-end stage after the layers (--e2e-steps): steps that train every layer's experts "
                          "together on the KL between dense and converted next-token distributions; 0: none"));
+    m_sharedNeurons = spin("sharedNeurons", 0, 1000000, static_cast<int>(defaults.sharedNeurons),
+                           tr("Always-on neurons per layer (--shared-neurons): a shared expert every token runs, "
+                              "the neurons that contribute most on the calibration tokens; the rest form the "
+                              "experts. 0: none"));
     m_epochs
         = spin("epochs", 1, 1000, defaults.epochs, tr("Distillation epochs over the calibration tokens (--epochs)"));
     m_partition = combo("partition", {"coact", "contiguous", "weights"},
@@ -511,6 +516,7 @@ QWidget* MainWindow::buildConvertForm()
     add(0, tr("&Gating:"), m_gating);
     add(1, tr("De&vice:"), m_device);
     add(2, tr("En&d-to-end steps:"), m_e2eSteps);
+    add(3, tr("S&hared neurons:"), m_sharedNeurons);
     ++row;
     m_calibrationSummary = new QLabel;
     m_calibrationSummary->setObjectName("calibrationSummary");
@@ -580,6 +586,7 @@ ConvertRequest MainWindow::convertRequest(const QString& project) const
     r.trainTopK = m_trainTopK->value();
     r.epochs = m_epochs->value();
     r.e2eSteps = m_e2eSteps->value();
+    r.sharedNeurons = m_sharedNeurons->value();
     r.partition = m_partition->currentText();
     r.gating = m_gating->currentText();
     r.device = m_device->currentText();
@@ -697,8 +704,8 @@ void MainWindow::setJobRunning(const QString& kind)
     m_startButton->setEnabled(!running && open);
     m_profileButton->setEnabled(!running && m_current.isProject && m_current.run.has_value());
     m_cancelButton->setEnabled(running);
-    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_e2eSteps, m_epochs, m_partition,
-                                                      m_gating, m_device, m_projectFile})
+    for (QWidget* w : std::initializer_list<QWidget*>{m_experts, m_trainTopK, m_e2eSteps, m_sharedNeurons, m_epochs,
+                                                      m_partition, m_gating, m_device, m_projectFile})
         w->setEnabled(!running);
     m_calibration->setEditable(!running);
     m_pipeline->setState(open, running, kind == "pipeline");

@@ -157,6 +157,7 @@ private:
     QSpinBox* m_trainTopK = nullptr;
     QSpinBox* m_epochs = nullptr;
     QSpinBox* m_e2eSteps = nullptr;
+    QSpinBox* m_sharedNeurons = nullptr;
     CalibrationView* m_calibration = nullptr;
     QLabel* m_calibrationSummary = nullptr;
     QWidget* m_stepPages[core::kPipelineSteps] = {};

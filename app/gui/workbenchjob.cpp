@@ -56,6 +56,7 @@ core::ProjectConvertRequest toCore(const ConvertRequest& r)
     req.projectFile = r.projectFile.toStdString();
     req.load = loadOptions(r.device);
     req.settings.experts = r.experts;
+    req.settings.sharedNeurons = r.sharedNeurons;
     req.settings.distill.trainTopK = r.trainTopK;
     req.settings.distill.epochs = r.epochs;
     req.settings.endToEnd.steps = r.e2eSteps;

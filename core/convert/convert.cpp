@@ -17,27 +17,30 @@ namespace ladimo::core {
 
 nlohmann::json ConvertSettings::toJson() const
 {
-    return {{"experts", experts},
-            {"partition", partitionName(partition)},
-            {"gating", gatingName(gating)},
-            {"mode", mode},
-            {"train_top_k", distill.trainTopK},
-            {"train_active", trainActive},
-            {"random_k", distill.randomK},
-            {"full_k_weight", distill.fullKWeight},
-            {"router_target", routerTargetName(distill.routerTarget)},
-            {"e2e_steps", endToEnd.steps},
-            {"e2e_lr", endToEnd.lr},
-            {"e2e_windows", endToEnd.windows},
-            {"e2e_routers", endToEnd.trainRouters},
-            {"e2e_full_k_weight", endToEnd.fullKWeight},
-            {"epochs", distill.epochs},
-            {"router_epochs", distill.routerEpochs},
-            {"lr", distill.lr},
-            {"router_lr", distill.routerLr},
-            {"batch", distill.batch},
-            {"seed", distill.seed},
-            {"seq_len", seqLen}};
+    nlohmann::json j = {{"experts", experts},
+                        {"partition", partitionName(partition)},
+                        {"gating", gatingName(gating)},
+                        {"mode", mode},
+                        {"train_top_k", distill.trainTopK},
+                        {"train_active", trainActive},
+                        {"random_k", distill.randomK},
+                        {"full_k_weight", distill.fullKWeight},
+                        {"router_target", routerTargetName(distill.routerTarget)},
+                        {"e2e_steps", endToEnd.steps},
+                        {"e2e_lr", endToEnd.lr},
+                        {"e2e_windows", endToEnd.windows},
+                        {"e2e_routers", endToEnd.trainRouters},
+                        {"e2e_full_k_weight", endToEnd.fullKWeight},
+                        {"epochs", distill.epochs},
+                        {"router_epochs", distill.routerEpochs},
+                        {"lr", distill.lr},
+                        {"router_lr", distill.routerLr},
+                        {"batch", distill.batch},
+                        {"seed", distill.seed},
+                        {"seq_len", seqLen}};
+    if (sharedNeurons > 0) // absent when 0, as runs made before shared neurons record it
+        j["shared_neurons"] = sharedNeurons;
+    return j;
 }
 
 CaptureInfo captureFfn(const LlamaModel& model, const std::vector<int64_t>& stream, int64_t seqLen,
@@ -158,8 +161,8 @@ int trainTopKFor(const ConvertSettings& s, const ModelConfig& c)
     if (s.distill.trainTopK > 0)
         return static_cast<int>(std::min<int64_t>(s.distill.trainTopK, s.experts));
     const double H = static_cast<double>(c.hiddenSize), I = static_cast<double>(c.intermediateSize);
-    const double N = static_cast<double>(s.experts);
-    const double perExpert = 3 * H * I / N, budget = s.trainActive * 3 * H * I - N * H;
+    const double N = static_cast<double>(s.experts), M = static_cast<double>(s.sharedNeurons);
+    const double perExpert = 3 * H * (I - M) / N, budget = s.trainActive * 3 * H * I - N * H - 3 * H * M;
     return static_cast<int>(std::clamp<double>(std::floor(budget / perExpert + 1e-9), 1, N));
 }
 
@@ -213,8 +216,9 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         }
         const auto x = xs[static_cast<std::size_t>(l)].to(device);
         const auto y = ys[static_cast<std::size_t>(l)].to(device);
-        auto layer = buildMoeLayer(ffn, partitionNeurons(ffn, x, s.experts, s.partition, s.distill.seed + l), s.experts,
-                                   s.gating);
+        auto layer
+            = buildMoeLayer(ffn, partitionNeurons(ffn, x, s.experts, s.partition, s.distill.seed + l, s.sharedNeurons),
+                            s.experts, s.gating);
         ffn = DenseFfn{}; // the experts are cut; a 7B layer's dense copy is 0.5 GB
         DistillOptions d = s.distill;
         d.seed = s.distill.seed + static_cast<uint64_t>(l);
@@ -239,8 +243,10 @@ std::vector<MoeLayer> convertModel(const LlamaModel& model, const std::vector<in
         res.finalError = r.finalLoss;
         res.lossCurve = r.lossCurve;
         res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        for (auto* t : {&layer.router, &layer.gate, &layer.up, &layer.down})
-            *t = t->to(torch::kCPU);
+        for (auto* t : {&layer.router, &layer.gate, &layer.up, &layer.down, &layer.sharedGate, &layer.sharedUp,
+                        &layer.sharedDown})
+            if (t->defined())
+                *t = t->to(torch::kCPU);
         return std::make_pair(layer, res);
     };
     // A NumericalFault fails just that layer when the caller takes per-layer failures.
@@ -388,7 +394,12 @@ void saveMoeLayer(const std::filesystem::path& file, const MoeLayer& l)
     std::string sizes;
     for (auto s : l.sizes)
         sizes += (sizes.empty() ? "" : ",") + std::to_string(s);
-    writeSafetensors(file, {{"router", l.router}, {"gate", l.gate}, {"up", l.up}, {"down", l.down}},
+    std::vector<std::pair<std::string, torch::Tensor>> tensors
+        = {{"router", l.router}, {"gate", l.gate}, {"up", l.up}, {"down", l.down}};
+    if (l.sharedGate.defined())
+        tensors.insert(tensors.end(),
+                       {{"shared_gate", l.sharedGate}, {"shared_up", l.sharedUp}, {"shared_down", l.sharedDown}});
+    writeSafetensors(file, tensors,
                      {{"gating", gatingName(l.gating)}, {"sizes", sizes}, {"format", "ladimo-moe-layer-1"}});
 }
 
@@ -431,6 +442,18 @@ MoeLayer loadMoeLayer(const std::filesystem::path& file, torch::Device device, t
     for (auto s : l.sizes)
         if (s < 0 || s > l.gate.size(1))
             throw Error(file.string() + ": expert size " + std::to_string(s) + " exceeds the stored width");
+    if (st->find("shared_gate") || st->find("shared_up") || st->find("shared_down")) {
+        if (!st->find("shared_gate") || !st->find("shared_up") || !st->find("shared_down"))
+            throw Error(file.string() + ": shared neurons need all of shared_gate, shared_up and shared_down");
+        l.sharedGate = st->read("shared_gate").to(device, dtype);
+        l.sharedUp = st->read("shared_up").to(device, dtype);
+        l.sharedDown = st->read("shared_down").to(device, dtype);
+        const int64_t H = l.router.size(1), M = l.sharedGate.size(0);
+        if (l.sharedGate.dim() != 2 || l.sharedGate.size(1) != H || l.sharedUp.sizes() != l.sharedGate.sizes()
+            || l.sharedDown.dim() != 2 || l.sharedDown.size(0) != H || l.sharedDown.size(1) != M)
+            throw Error(file.string() + ": expected shared_gate and shared_up [M, " + std::to_string(H)
+                        + "] and shared_down [" + std::to_string(H) + ", M]");
+    }
     fuseGateUp(l);
     return l;
 }

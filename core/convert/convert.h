@@ -59,6 +59,9 @@ struct CaptureInfo {
 struct ConvertSettings {
     ConvertSettings() { distill.trainTopK = 0; } // 0: from trainActive (trainTopKFor)
     int64_t experts = 32;
+    // Always-on neurons per layer (a shared expert every token runs), chosen from the calibration
+    // tokens by how much they contribute; the other neurons form the experts. 0: none.
+    int64_t sharedNeurons = 0;
     // The share of the dense FFN's parameters a token activates while distilling (router
     // included), when distill.trainTopK is 0: the k trained for is the largest that fits.
     double trainActive = 0.75;
@@ -110,8 +113,8 @@ struct ConvertCallbacks {
 };
 
 // The k distillation trains for: distill.trainTopK when set (> 0, at most the experts), else the
-// largest k whose activated parameters (the router's included) stay within trainActive of the
-// dense FFN's, and at least 1.
+// largest k whose activated parameters (the router's and the shared neurons' included) stay
+// within trainActive of the dense FFN's, and at least 1.
 int trainTopKFor(const ConvertSettings& settings, const ModelConfig& config);
 
 // Captured (x, y) of each layer's FFN, flattened to [tokens, H] float32, for the layers and the

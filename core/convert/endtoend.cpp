@@ -50,8 +50,8 @@ EndToEndResult trainEndToEnd(const LlamaModel& dense, std::vector<MoeLayer>& lay
         converted.push_back(l);
         // Gate and up are views of one fused block made without grad: leaves, trained in place
         // as distill() trains them.
-        for (auto* t : {&m.gate, &m.up, &m.down, &m.router}) {
-            if (t == &m.router && !o.trainRouters)
+        for (auto* t : {&m.gate, &m.up, &m.down, &m.router, &m.sharedGate, &m.sharedUp, &m.sharedDown}) {
+            if ((t == &m.router && !o.trainRouters) || !t->defined())
                 continue;
             // A tensor of its own sharing the storage: the values train in place, and a caller's
             // copy of the layer keeps its own requires_grad flag.
@@ -123,8 +123,9 @@ EndToEndResult trainEndToEnd(const LlamaModel& dense, std::vector<MoeLayer>& lay
     torch::NoGradGuard ng;
     for (auto l : converted) {
         auto& m = layers[l];
-        for (auto* t : {&m.gate, &m.up, &m.down, &m.router})
-            *t = t->detach();
+        for (auto* t : {&m.gate, &m.up, &m.down, &m.router, &m.sharedGate, &m.sharedUp, &m.sharedDown})
+            if (t->defined())
+                *t = t->detach();
         fuseGateUp(m);
     }
     const std::size_t tail = std::max<std::size_t>(1, r.curve.size() / 10);

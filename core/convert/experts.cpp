@@ -101,10 +101,48 @@ void zeroExpertPadding(MoeLayer& l)
     }
 }
 
+namespace {
+
+// |silu(g x) (u x)| ||down column|| of every neuron on (at most 4096 of) the tokens x: [T, I].
+torch::Tensor neuronContributions(const DenseFfn& ffn, const torch::Tensor& x)
+{
+    const int64_t T = std::min<int64_t>(x.size(0), 4096);
+    auto xs = x.narrow(0, 0, T).to(torch::kFloat32);
+    auto act = torch::silu(torch::matmul(xs, ffn.gate.to(torch::kFloat32).t()))
+        * torch::matmul(xs, ffn.up.to(torch::kFloat32).t());
+    return act.abs() * ffn.down.to(torch::kFloat32).norm(2, 0).unsqueeze(0);
+}
+
+} // namespace
+
 std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts, Partition strategy,
-                                      uint64_t seed)
+                                      uint64_t seed, int64_t shared)
 {
     torch::NoGradGuard ng;
+    if (shared > 0) {
+        const int64_t I = ffn.gate.size(0);
+        if (shared > I - experts)
+            throw Error("cannot keep " + std::to_string(shared) + " of " + std::to_string(I)
+                        + " FFN neurons always on and split the other " + std::to_string(I - shared) + " into "
+                        + std::to_string(experts) + " experts (at most " + std::to_string(I - experts)
+                        + " shared neurons)");
+        // The shared neurons: the largest mean contributions (ties to the lower index).
+        const auto order = std::get<1>(neuronContributions(ffn, x).mean(0).to(torch::kCPU).sort(0, true));
+        std::vector<bool> isShared(static_cast<std::size_t>(I), false);
+        for (int64_t i = 0; i < shared; ++i)
+            isShared[static_cast<std::size_t>(order[i].item<int64_t>())] = true;
+        std::vector<int64_t> routed;
+        for (int64_t i = 0; i < I; ++i)
+            if (!isShared[static_cast<std::size_t>(i)])
+                routed.push_back(i);
+        const auto idx = torch::tensor(routed, torch::kInt64).to(ffn.gate.device());
+        const DenseFfn rest{ffn.gate.index_select(0, idx), ffn.up.index_select(0, idx), ffn.down.index_select(1, idx)};
+        const auto part = partitionNeurons(rest, x, experts, strategy, seed);
+        std::vector<int64_t> a(static_cast<std::size_t>(I), -1);
+        for (std::size_t j = 0; j < routed.size(); ++j)
+            a[static_cast<std::size_t>(routed[j])] = part[j];
+        return a;
+    }
     const int64_t I = ffn.gate.size(0);
     if (experts < 1 || experts > I)
         throw Error("cannot split " + std::to_string(I) + " FFN neurons into " + std::to_string(experts) + " experts");
@@ -126,12 +164,7 @@ std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& 
         return balancedKMeans(torch::cat({ffn.gate, ffn.up, ffn.down.t()}, 1), experts, seed);
     // Co-activation: a neuron's profile is the magnitude of its contribution over calibration
     // tokens; neurons that fire on the same tokens land in the same expert.
-    const int64_t T = std::min<int64_t>(x.size(0), 4096);
-    auto xs = x.narrow(0, 0, T).to(torch::kFloat32);
-    auto act = torch::silu(torch::matmul(xs, ffn.gate.to(torch::kFloat32).t()))
-        * torch::matmul(xs, ffn.up.to(torch::kFloat32).t());
-    auto contribution = act.abs() * ffn.down.to(torch::kFloat32).norm(2, 0).unsqueeze(0); // [T, I]
-    return balancedKMeans(contribution.t(), experts, seed);
+    return balancedKMeans(neuronContributions(ffn, x).t(), experts, seed);
 }
 
 MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignment, int64_t experts, Gating gating)
@@ -139,8 +172,10 @@ MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignme
     torch::NoGradGuard ng;
     const int64_t H = ffn.gate.size(1);
     std::vector<std::vector<int64_t>> members(static_cast<std::size_t>(experts));
+    std::vector<int64_t> shared;
     for (std::size_t i = 0; i < assignment.size(); ++i)
-        members.at(static_cast<std::size_t>(assignment[i])).push_back(static_cast<int64_t>(i));
+        (assignment[i] < 0 ? shared : members.at(static_cast<std::size_t>(assignment[i])))
+            .push_back(static_cast<int64_t>(i));
     int64_t S = 0;
     for (const auto& m : members)
         S = std::max<int64_t>(S, static_cast<int64_t>(m.size()));
@@ -162,6 +197,12 @@ MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignme
         l.gate[e].narrow(0, 0, n).copy_(ffn.gate.index_select(0, idx));
         l.up[e].narrow(0, 0, n).copy_(ffn.up.index_select(0, idx));
         l.down[e].narrow(1, 0, n).copy_(ffn.down.index_select(1, idx) * scale);
+    }
+    if (!shared.empty()) { // weight 1 under every gating: the routed experts carry the factor
+        auto idx = torch::tensor(shared, torch::kInt64).to(opt.device());
+        l.sharedGate = ffn.gate.index_select(0, idx);
+        l.sharedUp = ffn.up.index_select(0, idx);
+        l.sharedDown = ffn.down.index_select(1, idx);
     }
     l.router = torch::zeros({experts, H}, opt);
     fuseGateUp(l);
@@ -314,6 +355,8 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
     DistillResult r;
     r.initialLoss = relativeError(layer, x, y, RoutingRule::staticK(o.trainTopK));
     std::vector<torch::Tensor> params = {layer.gate, layer.up, layer.down};
+    if (layer.sharedGate.defined())
+        params.insert(params.end(), {layer.sharedGate, layer.sharedUp, layer.sharedDown});
     for (auto& p : params)
         p.set_requires_grad(true);
     const bool trainRouter = layer.gating != Gating::Hard;
@@ -412,8 +455,10 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
                                   + "; retried from the epoch start with lr x" + std::to_string(lrScale));
         } while (true);
     }
-    for (auto* t : {&layer.gate, &layer.up, &layer.down, &layer.router})
-        *t = t->detach();
+    for (auto* t :
+         {&layer.gate, &layer.up, &layer.down, &layer.router, &layer.sharedGate, &layer.sharedUp, &layer.sharedDown})
+        if (t->defined())
+            *t = t->detach();
     r.finalLoss = relativeError(layer, x, y, RoutingRule::staticK(o.trainTopK));
     r.lrScale = lrScale;
     r.batch = batch;

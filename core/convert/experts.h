@@ -25,10 +25,15 @@ struct DenseFfn {
 };
 
 // Expert index of every neuron, experts of equal size (differing by at most one neuron).
-// `x` (calibration FFN inputs [T, H]) is needed for co-activation clustering.
+// `x` (calibration FFN inputs [T, H]) is needed for co-activation clustering and for choosing
+// shared neurons. With `shared` > 0, that many neurons are always on (index -1): those whose mean
+// contribution |silu(g x) (u x)| ||down column|| over the calibration tokens is largest (neurons
+// that matter often and much); the others are partitioned into the experts.
 std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& x, int64_t experts, Partition strategy,
-                                      uint64_t seed);
+                                      uint64_t seed, int64_t shared = 0);
 
+// The MoE layer of an assignment (partitionNeurons): expert e gets the neurons assigned e, the
+// shared neurons (MoeLayer::sharedGate...) those assigned -1. All experts active = the dense FFN.
 MoeLayer buildMoeLayer(const DenseFfn& ffn, const std::vector<int64_t>& assignment, int64_t experts, Gating gating);
 
 // What the router of a hard-gated layer is fitted to (soft gating always uses Shares: its

@@ -48,8 +48,9 @@ LatestRun loadLatestRun(const std::string& projectFile, const LoadOptions& optio
         for (const auto& file : files) {
             auto m = loadMoeLayer(file, r.model->device(), r.model->dtype());
             if (expertDtype)
-                for (auto* t : {&m.gate, &m.up, &m.down})
-                    *t = t->to(*expertDtype);
+                for (auto* t : {&m.gate, &m.up, &m.down, &m.sharedGate, &m.sharedUp, &m.sharedDown})
+                    if (t->defined())
+                        *t = t->to(*expertDtype);
             resident.push_back(std::move(m));
         }
     r.layers = streamed ? MoeLayers::streamed(std::move(files), r.model->device(), r.model->dtype())

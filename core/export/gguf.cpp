@@ -255,6 +255,10 @@ int64_t expertsUsed(const ExportInput& in, const ExportOptions& options, ExportR
             || m.down.size(2) != m.gate.size(1) || m.gate.size(0) != n || m.down.size(0) != n)
             throw Error("gguf export: layer " + std::to_string(l)
                         + " MoE tensors do not have the shapes router [N, H], gate/up [N, S, H], down [N, H, S]");
+        if (m.sharedNeurons() > 0)
+            throw Error("gguf export: layer " + std::to_string(l) + " has " + std::to_string(m.sharedNeurons())
+                        + " always-on (shared) neurons, which llama.cpp's llama architecture cannot hold (its "
+                          "experts are all routed): convert without --shared-neurons to export as gguf");
         allRenorm = allRenorm && m.gating == Gating::Renorm;
     }
     if (!allRenorm) {

@@ -277,6 +277,10 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             if (m.gating != gating)
                 throw Error(where + " has gating '" + gatingName(m.gating) + "', layer 0 has '" + gatingName(gating)
                             + "' (one gating per export)");
+            if (m.sharedNeurons() > 0)
+                throw Error(where + " has " + std::to_string(m.sharedNeurons())
+                            + " always-on (shared) neurons, which the Mixtral layout cannot hold (every Mixtral "
+                              "expert is routed): convert without --shared-neurons to export as hf-mixtral");
             for (auto s : m.sizes) {
                 if (s < 0 || s > W)
                     throw Error(where + ": expert size " + std::to_string(s) + " exceeds its stored width "

@@ -26,16 +26,17 @@ ExportReport exportPolicyReport(const ExportInput& in, const ExportOptions& opti
     for (std::size_t l = 0; l < layers.size(); ++l) {
         const auto& layer = layers[l];
         const int64_t hidden = layer.router.size(1);
-        int64_t neurons = 0;
-        for (auto s : layer.sizes)
-            neurons += s;
-        nlohmann::json row = {{"layer", l}, {"experts", layer.numExperts()}, {"expert_neurons", layer.sizes}};
+        const int64_t neurons = layer.denseNeurons(), routedNeurons = neurons - layer.sharedNeurons();
+        nlohmann::json row = {{"layer", l},
+                              {"experts", layer.numExperts()},
+                              {"expert_neurons", layer.sizes},
+                              {"shared_neurons", layer.sharedNeurons()}};
         const auto& rule = in.rules.at(l);
         if (rule.isStatic() && neurons > 0) {
             // Static k with experts of equal size (the partitions balance them): k / N of the
-            // neurons, plus the router's N x H, of the dense FFN's 3 x H x neurons.
-            const double routed = 3.0 * hidden * neurons * rule.topK / static_cast<double>(layer.numExperts());
-            row["activated_ffn_fraction"] = (routed + static_cast<double>(layer.numExperts() * hidden))
+            // routed neurons, plus the router's and the shared neurons', of the dense FFN's.
+            const double routed = 3.0 * hidden * routedNeurons * rule.topK / static_cast<double>(layer.numExperts());
+            row["activated_ffn_fraction"] = (routed + static_cast<double>(layer.alwaysOnParameters()))
                 / (3.0 * static_cast<double>(hidden * neurons));
         }
         perLayer.push_back(row);

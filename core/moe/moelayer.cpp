@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numeric>
 
 #include <ATen/Parallel.h>
 
@@ -431,6 +432,22 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
 
 torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rule, DispatchStats* stats) const
 {
+    auto routed = forwardRouted(xIn, rule, stats);
+    return sharedGate.defined() ? routed + sharedOutput(xIn) : routed;
+}
+
+int64_t MoeLayer::denseNeurons() const { return std::accumulate(sizes.begin(), sizes.end(), sharedNeurons()); }
+
+torch::Tensor MoeLayer::sharedOutput(const torch::Tensor& x) const
+{
+    if (!sharedGate.defined())
+        return torch::zeros_like(x);
+    return torch::matmul(torch::silu(torch::matmul(x, sharedGate.t())) * torch::matmul(x, sharedUp.t()),
+                         sharedDown.t());
+}
+
+torch::Tensor MoeLayer::forwardRouted(const torch::Tensor& xIn, const RoutingRule& rule, DispatchStats* stats) const
+{
     const auto shape = xIn.sizes().vec();
     auto x = xIn.reshape({-1, shape.back()}).contiguous();
     torch::Tensor mask, weights;
@@ -439,7 +456,7 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
     const auto countStats = [&](const std::vector<int64_t>& counts) {
         if (!stats)
             return;
-        stats->parameters += x.size(0) * routerParameters();
+        stats->parameters += x.size(0) * alwaysOnParameters();
         for (int64_t e = 0; e < numExperts(); ++e) {
             stats->pairs += counts[static_cast<std::size_t>(e)];
             stats->parameters += counts[static_cast<std::size_t>(e)] * expertParameters(e);
@@ -492,7 +509,7 @@ std::vector<int64_t> MoeLayer::tokenParameters(const torch::Tensor& mask) const
     const auto m = mask.to(torch::kCPU, torch::kBool).contiguous();
     const int64_t T = m.size(0), N = numExperts();
     const bool* chosen = m.data_ptr<bool>();
-    std::vector<int64_t> out(static_cast<std::size_t>(T), routerParameters());
+    std::vector<int64_t> out(static_cast<std::size_t>(T), alwaysOnParameters());
     for (int64_t t = 0; t < T; ++t)
         for (int64_t e = 0; e < N; ++e)
             if (chosen[t * N + e])
@@ -525,7 +542,7 @@ torch::Tensor MoeLayer::forwardOracle(const torch::Tensor& xIn, int k, DispatchS
         weights = kept / kept.sum(-1, true).clamp_min(1e-20);
     }
     if (stats) {
-        stats->parameters += x.size(0) * routerParameters(); // the routing weights need it
+        stats->parameters += x.size(0) * alwaysOnParameters(); // the routing weights need the router
         auto counts = mask.sum(0).to(torch::kCPU);
         for (int64_t e = 0; e < numExperts(); ++e) {
             const auto n = counts[e].item<int64_t>();
@@ -533,7 +550,8 @@ torch::Tensor MoeLayer::forwardOracle(const torch::Tensor& xIn, int k, DispatchS
             stats->parameters += n * expertParameters(e);
         }
     }
-    return (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
+    auto routed = (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
+    return sharedGate.defined() ? routed + sharedOutput(xIn) : routed;
 }
 
 torch::Tensor MoeLayer::forwardNaive(const torch::Tensor& xIn, const RoutingRule& rule) const
@@ -543,7 +561,8 @@ torch::Tensor MoeLayer::forwardNaive(const torch::Tensor& xIn, const RoutingRule
     torch::Tensor mask, weights;
     route(routingProbs(x), rule, &mask, &weights);
     auto all = expertOutputs(x); // [T, N, H]
-    return (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
+    auto routed = (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
+    return sharedGate.defined() ? routed + sharedOutput(xIn) : routed;
 }
 
 void fuseGateUp(MoeLayer& l)

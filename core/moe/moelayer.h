@@ -59,7 +59,7 @@ bool sameRule(const RoutingRule& a, const RoutingRule& b);
 // What one dispatch evaluated: (token, expert) pairs and the expert parameters they touched.
 struct DispatchStats {
     int64_t pairs = 0;
-    int64_t parameters = 0; // the router's included (MoeLayer::routerParameters per token)
+    int64_t parameters = 0; // the router's and shared neurons' included (MoeLayer::alwaysOnParameters per token)
 };
 
 struct MoeLayer {
@@ -68,6 +68,10 @@ struct MoeLayer {
     torch::Tensor down;         // [N, H, S]
     std::vector<int64_t> sizes; // real neurons of each expert
     Gating gating = Gating::Hard;
+    // Always-on neurons (a shared expert): a SwiGLU FFN of M neurons that every token runs,
+    // unweighted, besides its routed experts. Undefined when the layer has none (M = 0).
+    torch::Tensor sharedGate, sharedUp; // [M, H]
+    torch::Tensor sharedDown;           // [H, M]
     // Experts narrower than this many neurons (fine-grained experts of small models) run as one
     // masked product over all experts instead of the grouped dispatch: per-expert products a few
     // columns wide cost more in overhead than the work they skip. Same values and counts either
@@ -75,19 +79,26 @@ struct MoeLayer {
     int64_t maskedBelowWidth = 32;
 
     int64_t numExperts() const { return router.size(0); }
+    int64_t sharedNeurons() const { return sharedGate.defined() ? sharedGate.size(0) : 0; }
+    // The dense FFN's neurons: every expert's plus the shared ones.
+    int64_t denseNeurons() const;
+    // The shared neurons' output for x [T, H] (zeros when there are none).
+    torch::Tensor sharedOutput(const torch::Tensor& x) const;
     // Routing probabilities softmax(x router^T), float32 [T, N].
     torch::Tensor routingProbs(const torch::Tensor& x) const;
     // Chosen experts per token: a bool mask [T, N] and the gate weight of every chosen expert.
     void route(const torch::Tensor& probs, const RoutingRule& rule, torch::Tensor* mask, torch::Tensor* weights) const;
-    // x: [..., H]; dispatches tokens to their experts. `stats` (optional) accumulates what was
-    // evaluated, for counting activated parameters exactly.
+    // x: [..., H]; dispatches tokens to their experts (and adds the shared neurons' output).
+    // `stats` (optional) accumulates what was evaluated, for counting activated parameters exactly.
     torch::Tensor forward(const torch::Tensor& x, const RoutingRule& rule, DispatchStats* stats = nullptr) const;
+    // The routed experts' part of forward alone (no shared neurons); `stats` counts all of it.
+    torch::Tensor forwardRouted(const torch::Tensor& x, const RoutingRule& rule, DispatchStats* stats = nullptr) const;
     // Every expert on every token, masked: the slow reference the dispatch is tested against.
     torch::Tensor forwardNaive(const torch::Tensor& x, const RoutingRule& rule) const;
     // Oracle routing, a ceiling for any router: each token uses the k experts whose own outputs
     // are largest (L2 norm), weighted as the gating does. Computes every expert: evaluation only.
     torch::Tensor forwardOracle(const torch::Tensor& x, int k, DispatchStats* stats = nullptr) const;
-    // Output of each expert alone (unweighted), [T, N, H]; for router fitting and oracles.
+    // Output of each routed expert alone (unweighted), [T, N, H]; for router fitting and oracles.
     torch::Tensor expertOutputs(const torch::Tensor& x) const;
 
     // Parameters one token touches in an expert it uses (gate, up and down rows).
@@ -95,10 +106,12 @@ struct MoeLayer {
     {
         return 3 * router.size(1) * sizes[static_cast<std::size_t>(expert)];
     }
-    // Parameters every token touches before any expert: the router's product. A token's
-    // activated parameters are this plus expertParameters of each expert it uses.
+    // The router's product, which every token runs to choose its experts.
     int64_t routerParameters() const { return router.numel(); }
-    // Parameters each token touches under a routing mask [T, N] (route()): the router's plus
+    // Parameters every token touches whatever it chooses: the router's and the shared neurons'.
+    // A token's activated parameters are this plus expertParameters of each expert it uses.
+    int64_t alwaysOnParameters() const { return routerParameters() + 3 * router.size(1) * sharedNeurons(); }
+    // Parameters each token touches under a routing mask [T, N] (route()): the always-on ones plus
     // expertParameters over its chosen experts, what DispatchStats counts, per token.
     std::vector<int64_t> tokenParameters(const torch::Tensor& mask) const;
 };

@@ -31,7 +31,7 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
     auto cumulative = sorted.cumsum(-1).mean(0);
     std::vector<double> mass(cumulative.data_ptr<double>(), cumulative.data_ptr<double>() + N);
     // Parameters each expert adds per token, to count what a rule activates exactly (plus the
-    // router's, which every token pays).
+    // router's and shared neurons', which every token pays).
     auto expertParams = torch::empty({N}, torch::kFloat64);
     for (int64_t e = 0; e < N; ++e)
         expertParams[e] = static_cast<double>(layer.expertParameters(e));
@@ -43,7 +43,7 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
         auto m = mask.to(torch::kFloat64);
         return std::make_pair(m.sum(-1).mean().item<double>(),
                               m.matmul(expertParams).mean().item<double>()
-                                  + static_cast<double>(layer.routerParameters()));
+                                  + static_cast<double>(layer.alwaysOnParameters()));
     };
     std::vector<double> paramsByK;
     for (int64_t k = 1; k <= N; ++k) {
@@ -59,9 +59,9 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
         meanK.push_back(k);
         paramsByThreshold.push_back(params);
     }
-    const double denseParams = o.denseParameters > 0 ? static_cast<double>(o.denseParameters)
-                                                     : static_cast<double>(3 * x.size(1))
-            * static_cast<double>(std::accumulate(layer.sizes.begin(), layer.sizes.end(), int64_t{0}));
+    const double denseParams = o.denseParameters > 0
+        ? static_cast<double>(o.denseParameters)
+        : static_cast<double>(3 * x.size(1)) * static_cast<double>(layer.denseNeurons());
     p.extra = {{"cumulative_mass", mass},
                {"thresholds", o.thresholds},
                {"error_by_threshold", errorByThreshold},

@@ -187,6 +187,40 @@ TEST(Cli, EndToEndStageIsRecordedWithItsCurveAndItsOwnWeightFiles)
     EXPECT_GE(nlohmann::json::parse(r.out)["kl_to_dense"].get<double>(), 0.0);
 }
 
+// Shared neurons end to end on the bundled demo model (present in every checkout): the run
+// records them, every layer file holds them, `eval` counts them in every token's activated
+// parameters exactly, the end-to-end stage trains with them, and formats that cannot hold them
+// refuse to export, saying why.
+TEST(Cli, SharedNeuronsAreConvertedCountedAndRefusedByMixtralExports)
+{
+    ladimo::test::TempDir tmp;
+    const std::string demo = (ladimo::test::sourceDir() / "resources" / "demo").string();
+    const std::string p = (tmp / "p.ladimo").string();
+    auto r = runLadimo("convert " + demo + " --self-sample 2048 --seq-len 128 --epochs 1 --router-epochs 2 --experts 8 "
+                       + "--shared-neurons 192 --train-top-k 3 --e2e-steps 4 --e2e-windows 2 --project " + p);
+    ASSERT_EQ(r.status, 0) << r.out;
+    {
+        auto project = ladimo::core::Project::open(
+            p, {ladimo::core::Project::Access::ReadOnly, ladimo::core::Project::Verify::Exists});
+        EXPECT_EQ(project.run(1).extra.at("shared_neurons").get<int64_t>(), 192);
+        ASSERT_TRUE(project.endToEnd(1).has_value());
+    }
+    // Demo: 4 layers, hidden 256, 768 neurons: 192 shared and 8 experts of 72. Top-3 activates,
+    // per token and layer, the router (8 x 256), the shared neurons and 3 experts.
+    r = runLadimo("eval " + p + " --self-sample 512 --seq-len 128 --top-k 3 --no-timing --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    const double expected = (8.0 * 256 + 3.0 * 256 * 192 + 3 * 3.0 * 256 * 72) / (3.0 * 256 * 768);
+    EXPECT_NEAR(j.at("activated_ffn_fraction").get<double>(), expected, 1e-9);
+    for (const std::string format : {"hf-mixtral", "gguf"}) {
+        const std::string out = (tmp / ("out-" + format)).string() + (format == "gguf" ? ".gguf" : "");
+        r = runLadimo("export " + p + " --format " + format + " --top-k 3 --out " + out);
+        EXPECT_NE(r.status, 0) << format;
+        EXPECT_NE(r.out.find("shared"), std::string::npos) << r.out;
+        EXPECT_FALSE(std::filesystem::exists(out)) << out;
+    }
+}
+
 TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
 {
     LADIMO_REQUIRE_SHARED("tinystories260K/calib.u16");

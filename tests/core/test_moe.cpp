@@ -13,6 +13,7 @@
 
 #include "common/cputeam.h"
 #include "common/error.h"
+#include "convert/convert.h"
 #include "convert/experts.h"
 #include "model/llama.h"
 #include "moe/moelayer.h"
@@ -315,6 +316,119 @@ TEST(Moe, OracleRoutingIsACeilingForTheRouter)
     const double oracle = (out - f.y).pow(2).sum().item<double>() / f.y.pow(2).sum().item<double>();
     EXPECT_LE(oracle, relativeError(layer, f.x, f.y, RoutingRule::staticK(6)));
     EXPECT_THROW(layer.forwardOracle(f.x, 9), ladimo::core::Error);
+}
+
+// Shared (always-on) neurons: the neurons that contribute most on the calibration tokens; with
+// the routed experts they make up the dense FFN exactly under every gating; every token runs and
+// pays for them; distillation trains them; they survive a save and load.
+TEST(Moe, SharedNeuronsAreTheLargestContributorsAlwaysOnCountedAndTrained)
+{
+    const auto f = fixture(2048);
+    const int64_t I = f.neurons(), H = f.hidden(), M = I / 4, N = 8;
+    const auto assign = partitionNeurons(f.ffn, f.x, N, Partition::Coactivation, 0, M);
+    ASSERT_EQ(static_cast<int64_t>(assign.size()), I);
+    // The M largest mean contributions |silu(g x) (u x)| ||down column||, computed here again.
+    torch::Tensor contribution;
+    {
+        torch::NoGradGuard ng;
+        const auto xs = f.x.narrow(0, 0, std::min<int64_t>(f.x.size(0), 4096));
+        contribution = ((torch::silu(torch::matmul(xs, f.ffn.gate.t())) * torch::matmul(xs, f.ffn.up.t())).abs()
+                        * f.ffn.down.norm(2, 0).unsqueeze(0))
+                           .mean(0);
+    }
+    double leastShared = 1e30, largestRouted = 0;
+    std::vector<int64_t> count(static_cast<std::size_t>(N), 0);
+    for (int64_t i = 0; i < I; ++i) {
+        const double c = contribution[i].item<double>();
+        if (assign[static_cast<std::size_t>(i)] < 0) {
+            leastShared = std::min(leastShared, c);
+        } else {
+            largestRouted = std::max(largestRouted, c);
+            ++count.at(static_cast<std::size_t>(assign[static_cast<std::size_t>(i)]));
+        }
+    }
+    EXPECT_EQ(std::count(assign.begin(), assign.end(), -1), M);
+    EXPECT_GE(leastShared, largestRouted);
+    EXPECT_LE(*std::max_element(count.begin(), count.end()) - *std::min_element(count.begin(), count.end()), 1);
+    EXPECT_THROW(partitionNeurons(f.ffn, f.x, N, Partition::Coactivation, 0, I - N + 1), ladimo::core::Error);
+
+    for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain}) {
+        auto layer = buildMoeLayer(f.ffn, assign, N, gating);
+        ASSERT_EQ(layer.sharedNeurons(), M);
+        EXPECT_EQ(layer.denseNeurons(), I);
+        torch::NoGradGuard ng;
+        const double scale = std::max(1.0, f.y.abs().max().item<double>());
+        EXPECT_LT((layer.forward(f.x, RoutingRule::staticK(N)) - f.y).abs().max().item<double>(), 1e-5 * scale)
+            << gatingName(gating);
+        EXPECT_LT((layer.forwardOracle(f.x, N) - f.y).abs().max().item<double>(), 1e-5 * scale);
+        layer.router = torch::randn({N, H});
+        for (int64_t masked : {int64_t{0}, int64_t{1} << 30}) {
+            layer.maskedBelowWidth = masked;
+            const auto rule = RoutingRule::staticK(3);
+            DispatchStats stats;
+            const auto out = layer.forward(f.x, rule, &stats);
+            EXPECT_LT((out - layer.forwardNaive(f.x, rule)).abs().max().item<double>(), 1e-5 * scale);
+            // Every token pays the router and the shared neurons, then its three experts.
+            torch::Tensor mask, w;
+            layer.route(layer.routingProbs(f.x), rule, &mask, &w);
+            const auto perToken = layer.tokenParameters(mask);
+            EXPECT_EQ(layer.alwaysOnParameters(), N * H + 3 * H * M);
+            for (int64_t t = 0; t < 16; ++t) {
+                int64_t own = N * H + 3 * H * M;
+                for (int64_t e = 0; e < N; ++e)
+                    if (mask[t][e].item<bool>())
+                        own += 3 * H * layer.sizes[static_cast<std::size_t>(e)];
+                EXPECT_EQ(perToken[static_cast<std::size_t>(t)], own) << "token " << t;
+            }
+            EXPECT_EQ(stats.parameters, std::accumulate(perToken.begin(), perToken.end(), int64_t{0}));
+        }
+    }
+
+    // Distillation trains the shared neurons with the experts.
+    auto layer = buildMoeLayer(f.ffn, assign, N, Gating::Hard);
+    const auto before = layer.sharedDown.clone();
+    DistillOptions o;
+    o.epochs = 3;
+    o.routerEpochs = 5;
+    o.batch = 256;
+    o.trainTopK = 3;
+    fitRouter(layer, f.x, o);
+    const auto r = distill(layer, f.x, f.y, o);
+    EXPECT_LT(r.finalLoss, r.initialLoss);
+    EXPECT_GT((layer.sharedDown - before).abs().max().item<double>(), 0.0);
+    EXPECT_FALSE(layer.sharedDown.requires_grad());
+
+    ladimo::test::TempDir dir;
+    saveMoeLayer(dir / "layer.safetensors", layer);
+    const auto back = loadMoeLayer(dir / "layer.safetensors", torch::kCPU, torch::kFloat32);
+    ASSERT_EQ(back.sharedNeurons(), M);
+    EXPECT_TRUE(torch::equal(back.sharedGate, layer.sharedGate));
+    EXPECT_TRUE(torch::equal(back.sharedDown, layer.sharedDown));
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(
+        torch::allclose(back.forward(f.x, RoutingRule::staticK(3)), layer.forward(f.x, RoutingRule::staticK(3))));
+}
+
+// The k trained for under a share of active parameters pays for the router and the shared
+// neurons first: the largest k that fits, checked against the count itself.
+TEST(Moe, TrainTopKLeavesRoomForTheRouterAndTheSharedNeurons)
+{
+    ModelConfig c;
+    c.hiddenSize = 64;
+    c.intermediateSize = 172;
+    for (int64_t shared : {int64_t{0}, int64_t{40}, int64_t{66}})
+        for (double active : {0.5, 0.75}) {
+            ConvertSettings s;
+            s.experts = 32;
+            s.sharedNeurons = shared;
+            s.trainActive = active;
+            const int k = trainTopKFor(s, c);
+            const auto fraction = [&](int kk) {
+                return (32.0 * 64 + 3.0 * 64 * shared + kk * 3.0 * 64 * (172 - shared) / 32) / (3.0 * 64 * 172);
+            };
+            EXPECT_LE(fraction(k), active + 1e-12) << "shared " << shared << " active " << active;
+            EXPECT_GT(fraction(k + 1), active) << "shared " << shared << " active " << active;
+        }
 }
 
 // The CPU team runs every share once per run, share 0 on the caller, and leaves the caller's CPU
