@@ -164,6 +164,7 @@ void MainWindow::buildUi()
     auto* convertLayout = new QVBoxLayout(convertPage);
     convertLayout->addWidget(buildConvertForm());
     m_runSummary = new QLabel(tr("No conversion yet: open a model, choose the settings above and press Start."));
+    m_runSummary->setObjectName("runSummary");
     m_runSummary->setWordWrap(true);
     m_runSummary->setTextInteractionFlags(Qt::TextSelectableByMouse);
     convertLayout->addWidget(m_runSummary);
@@ -183,7 +184,17 @@ void MainWindow::buildUi()
     m_lossPlot->setLogY(true);
     m_lossPlot->setToolTip(tr(
         "Layer-wise distillation loss: MSE of the MoE block against the dense FFN, divided by the FFN output energy"));
-    convertSplit->addWidget(m_lossPlot);
+    m_endToEndPlot = new widgets::LinePlot;
+    m_endToEndPlot->setObjectName("endToEndPlot");
+    m_endToEndPlot->setAxisLabels(tr("end-to-end step"), tr("KL(dense || converted) per token"));
+    m_endToEndPlot->setLogY(true);
+    m_endToEndPlot->setToolTip(tr("End-to-end stage (--e2e-steps): the KL between the dense and the converted "
+                                  "model's next-token distributions on each step's calibration windows"));
+    m_endToEndPlot->hide();
+    auto* plots = new QSplitter(Qt::Vertical);
+    plots->addWidget(m_lossPlot);
+    plots->addWidget(m_endToEndPlot);
+    convertSplit->addWidget(plots);
     convertSplit->setSizes({500, 500});
     convertLayout->addWidget(convertSplit, 1);
     connect(m_conversionView->selectionModel(), &QItemSelectionModel::currentRowChanged, this,
@@ -363,6 +374,7 @@ void MainWindow::showModel(const OpenedModel& m)
 
 void MainWindow::showRun(const OpenedModel& m)
 {
+    showEndToEnd(m.run ? m.endToEnd : std::nullopt);
     if (!m.run) {
         m_conversion->clear();
         m_lossPlot->clear();
@@ -375,9 +387,19 @@ void MainWindow::showRun(const OpenedModel& m)
     int done = 0;
     for (const auto& l : m.run->layers)
         done += l.status == core::LayerStatus::Done;
+    const int64_t shared = r.extra.value("shared_neurons", int64_t{0});
+    QString stage;
+    if (m.endToEnd && m.endToEnd->steps > 0)
+        stage = tr(" End-to-end stage: KL to dense %1 to %2 per token over %3 steps (%4 s).")
+                    .arg(m.endToEnd->initialKl, 0, 'g', 3)
+                    .arg(m.endToEnd->finalKl, 0, 'g', 3)
+                    .arg(m.endToEnd->steps)
+                    .arg(m.endToEnd->wallSeconds, 0, 'f', 0);
+    else if (m.endToEnd)
+        stage = tr(" End-to-end stage skipped: %1").arg(QString::fromStdString(m.endToEnd->note));
     m_runSummary->setText(
-        tr("Run #%1 (%2): %3 experts, %4 partition, %5 gating, trained at top-%6, %7 epochs, lr %8, batch %9, "
-           "%10 mode on %11, seed %12. %13 of %14 layers done.")
+        tr("Run #%1 (%2): %3 experts%15, %4 partition, %5 gating, trained at top-%6, %7 epochs, lr %8, batch %9, "
+           "%10 mode on %11, seed %12. %13 of %14 layers done.%16")
             .arg(r.id)
             .arg(QString::fromLatin1(core::runStatusName(r.status)))
             .arg(r.experts)
@@ -389,7 +411,8 @@ void MainWindow::showRun(const OpenedModel& m)
             .arg(QString::fromStdString(r.mode), QString::fromStdString(r.device))
             .arg(r.seed)
             .arg(done)
-            .arg(m.run->layers.size()));
+            .arg(m.run->layers.size())
+            .arg(shared > 0 ? tr(" + %1 shared neurons").arg(shared) : QString(), stage));
     m_conversion->setSnapshot(*m.run);
     selectConversionLayer(0);
     if (m_jobKind.isEmpty()) {
@@ -429,7 +452,12 @@ void MainWindow::showLossCurve(int row)
         y << std::max(p.loss, 1e-12);
     }
     m_lossPlot->addSeries(tr("layer %1, per batch").arg(row), x, y);
-    // Batches draw k at random, so single-batch losses jump; a moving average shows the trend.
+    addMovingAverage(m_lossPlot, x, y);
+}
+
+void MainWindow::addMovingAverage(widgets::LinePlot* plot, const QVector<double>& x, const QVector<double>& y)
+{
+    // Single batches' losses jump (each batch has other tokens); a moving average shows the trend.
     const int window = std::max(1, static_cast<int>(y.size()) / 40);
     QVector<double> avg(y.size());
     double sum = 0;
@@ -437,7 +465,22 @@ void MainWindow::showLossCurve(int row)
         sum += y[i] - (i >= window ? y[i - window] : 0.0);
         avg[i] = sum / std::min(i + 1, window);
     }
-    m_lossPlot->addSeries(tr("moving average (%1 steps)").arg(window), x, avg);
+    plot->addSeries(tr("moving average (%1 steps)").arg(window), x, avg);
+}
+
+void MainWindow::showEndToEnd(const std::optional<core::EndToEndRecord>& stage)
+{
+    m_endToEndPlot->clear();
+    m_endToEndPlot->setVisible(stage && !stage->curve.empty());
+    if (!stage || stage->curve.empty())
+        return;
+    QVector<double> x, y;
+    for (const auto& p : stage->curve) {
+        x << static_cast<double>(p.step);
+        y << std::max(p.loss, 1e-12);
+    }
+    m_endToEndPlot->addSeries(tr("KL per step"), x, y);
+    addMovingAverage(m_endToEndPlot, x, y);
 }
 
 void MainWindow::showProfiles(const OpenedModel& m)

@@ -57,6 +57,8 @@ public:
     const LayerTableModel* layerModel() const { return m_layers; }
     const ConversionTableModel* conversionModel() const { return m_conversion; }
     const widgets::LinePlot* lossPlot() const { return m_lossPlot; }
+    // The latest run's end-to-end stage: its KL per step (hidden when the run had none).
+    const widgets::LinePlot* endToEndPlot() const { return m_endToEndPlot; }
     void selectConversionLayer(int layer);
     // Routing view: shows the profile at `index` (of the latest run's profiles); false when there is none.
     bool selectRoutingLayer(int index);
@@ -123,6 +125,8 @@ private:
     void showModel(const OpenedModel& m);
     void showRun(const OpenedModel& m);
     void showLossCurve(int row);
+    void showEndToEnd(const std::optional<core::EndToEndRecord>& stage);
+    void addMovingAverage(widgets::LinePlot* plot, const QVector<double>& x, const QVector<double>& y);
     void showProfiles(const OpenedModel& m);
     QWidget* buildConvertForm();
     DataChoice dataChoice() const;
@@ -145,6 +149,7 @@ private:
     QTableView* m_conversionView = nullptr;
     ConversionTableModel* m_conversion = nullptr;
     widgets::LinePlot* m_lossPlot = nullptr;
+    widgets::LinePlot* m_endToEndPlot = nullptr;
     RoutingView* m_routingView = nullptr;
     PolicyView* m_policyView = nullptr;
     TradeoffView* m_tradeoffView = nullptr;

@@ -131,6 +131,7 @@ OpenedModel ProjectSession::read(const QString& path)
             const auto models = p.models();
             if (runId) {
                 m.run = p.snapshot(*runId);
+                m.endToEnd = p.endToEnd(*runId);
                 m.profiles = p.routingProfiles(*runId);
                 m.policies = p.policies();
                 m.evaluations = p.evaluations();

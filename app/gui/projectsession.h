@@ -38,13 +38,14 @@ struct OpenedModel {
     core::ModelConfig config;
     QString tokenizer; // kind, or empty
     bool isProject = false;
-    std::optional<core::RunSnapshot> run;       // the project's latest conversion run
-    std::vector<core::RoutingProfile> profiles; // its routing profiles (ladimo profile)
-    std::vector<RoutingRun> routingRuns;        // every profiled run, newest first (comparison)
-    PolicyData policy;                          // the Policy view's data, when there are profiles
-    std::vector<core::Policy> policies;         // the project's stored policies
-    std::vector<core::Evaluation> evaluations;  // and evaluations
-    std::vector<core::ExportRecord> exports;    // and exports
+    std::optional<core::RunSnapshot> run;         // the project's latest conversion run
+    std::optional<core::EndToEndRecord> endToEnd; // its end-to-end stage, when it ran (or was skipped)
+    std::vector<core::RoutingProfile> profiles;   // its routing profiles (ladimo profile)
+    std::vector<RoutingRun> routingRuns;          // every profiled run, newest first (comparison)
+    PolicyData policy;                            // the Policy view's data, when there are profiles
+    std::vector<core::Policy> policies;           // the project's stored policies
+    std::vector<core::Evaluation> evaluations;    // and evaluations
+    std::vector<core::ExportRecord> exports;      // and exports
     QString calibrationJson;   // the project's calibration setting (core::kCalibrationSetting), or empty
     QString pipelineReport;    // report.txt of the whole-pipeline run beside the project (`ladimo run`), or empty
     core::PipelineFacts facts; // what the pipeline step states derive from

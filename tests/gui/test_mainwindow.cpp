@@ -1,7 +1,9 @@
 // The real workbench window, offscreen: opening a model fills the Model view.
 #include <QAbstractItemModelTester>
 #include <QApplication>
+#include <QLabel>
 #include <QSignalSpy>
+#include <QSpinBox>
 
 #include <gtest/gtest.h>
 
@@ -10,6 +12,7 @@
 #include "layertablemodel.h"
 #include "widgets/lineplot.h"
 #include "mainwindow.h"
+#include "store/project.h"
 #include "testutil.h"
 
 using ladimo::gui::LayerTableModel;
@@ -107,6 +110,71 @@ TEST(MainWindow, OpensAProjectIntoTheConvertView)
     EXPECT_FALSE(w.selectRoutingLayer(3));     // layer 3 has no profile
     EXPECT_EQ(w.rankPlot()->seriesCount(), 4); // ranks 1, 2, middle (3) and last (4) of 4 experts
     EXPECT_EQ(w.rankPlot()->pointCount(0), 2); // one point per bin
+}
+
+// A run with shared neurons and an end-to-end stage: the Convert view plots the stage's KL per
+// step as the project records it, names both in the run summary and takes the shared-neuron count
+// into its form (so Start resumes this run); a run without the stage hides the plot.
+TEST(MainWindow, ShowsTheEndToEndCurveAndTheSharedNeuronsOfARun)
+{
+    ladimo::test::TempDir tmp;
+    auto makeProject = [&](const std::string& name, bool stage) {
+        const auto file = tmp / name;
+        auto p = ladimo::core::Project::create(file);
+        ladimo::core::SourceModel m;
+        m.path = (ladimo::test::sourceDir() / "resources" / "demo").string();
+        ladimo::core::ConversionRun run;
+        run.modelId = p.addModel(m);
+        run.layers = 4;
+        run.experts = 8;
+        run.trainTopK = 3;
+        run.extra = {{"shared_neurons", 192}, {"e2e_steps", stage ? 20 : 0}};
+        const auto id = p.startRun(run);
+        for (int l = 0; l < 4; ++l) {
+            const auto rel = ladimo::core::Project::layerWeightsPath(id, l);
+            ladimo::core::atomicWriteFile(p.prepareFile(rel), std::string("weights"));
+            ladimo::core::LayerOutcome out;
+            out.weightsPath = rel;
+            p.finishLayer(id, l, out, {{0, 0.5}, {1, 0.4}});
+        }
+        if (stage) {
+            ladimo::core::EndToEndRecord r;
+            r.runId = id;
+            r.steps = 20;
+            for (int s = 0; s < 20; ++s)
+                r.curve.push_back({s, 0.3 / (s + 1)});
+            r.initialKl = 0.3;
+            r.finalKl = 0.016;
+            r.wallSeconds = 12;
+            p.finishEndToEnd(r, {});
+        }
+        return QString::fromStdString(file.string());
+    };
+    const QString withStage = makeProject("stage.ladimo", true), without = makeProject("plain.ladimo", false);
+    MainWindow w;
+    w.setProperty("quiet", true);
+    QSignalSpy opened(&w, &MainWindow::modelOpened);
+    w.openPath(withStage);
+    ASSERT_TRUE(opened.wait(10000));
+    const auto* plot = w.endToEndPlot();
+    ASSERT_NE(plot, nullptr);
+    EXPECT_FALSE(plot->isHidden());
+    ASSERT_EQ(plot->seriesCount(), 2); // per step + moving average
+    ASSERT_EQ(plot->pointCount(0), 20);
+    for (int s = 0; s < 20; ++s)
+        EXPECT_DOUBLE_EQ(plot->seriesY(0)[s], 0.3 / (s + 1));
+    auto* shared = w.findChild<QSpinBox*>("sharedNeurons");
+    ASSERT_NE(shared, nullptr);
+    EXPECT_EQ(shared->value(), 192);
+    auto* summary = w.findChild<QLabel*>("runSummary");
+    ASSERT_NE(summary, nullptr);
+    EXPECT_TRUE(summary->text().contains("192 shared neurons")) << summary->text().toStdString();
+    EXPECT_TRUE(summary->text().contains("over 20 steps")) << summary->text().toStdString();
+
+    w.openPath(without);
+    ASSERT_TRUE(opened.wait(10000));
+    EXPECT_TRUE(plot->isHidden());
+    EXPECT_EQ(plot->seriesCount(), 0);
 }
 
 int main(int argc, char** argv)
