@@ -223,6 +223,56 @@ double relativeError(const MoeLayer& layer, const torch::Tensor& x, const torch:
     return num / std::max(den, 1e-30);
 }
 
+std::vector<double> relativeErrors(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y,
+                                   const std::vector<RoutingRule>& rules)
+{
+    torch::NoGradGuard ng;
+    const int64_t N = layer.numExperts(), H = x.size(1);
+    std::vector<double> num(rules.size(), 0.0);
+    double den = 0;
+    // Tokens per chunk: every expert's output of a chunk, [n, N, H], within about 64 MiB.
+    const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (N * H));
+    const auto rank = torch::arange(N, torch::TensorOptions().device(x.device())).unsqueeze(0);
+    for (int64_t s = 0; s < x.size(0); s += chunk) {
+        const int64_t n = std::min<int64_t>(chunk, x.size(0) - s);
+        const auto xc = x.narrow(0, s, n), yc = y.narrow(0, s, n);
+        const auto probs = layer.routingProbs(xc);
+        // route() takes experts in this order: every rule keeps a prefix of it.
+        auto [values, order] = probs.sort(-1, /*descending=*/true);
+        auto outputs = layer.expertOutputs(xc).gather(1, order.unsqueeze(-1).expand({n, N, H}));
+        const auto v = values.to(outputs.scalar_type()).unsqueeze(-1);
+        torch::Tensor prefix; // [n, N, H]: the output with the first k + 1 experts of the order
+        if (layer.gating == Gating::Hard)
+            prefix = outputs.cumsum(1);
+        else if (layer.gating == Gating::Plain)
+            prefix = (outputs * v).cumsum(1);
+        else
+            prefix = (outputs * v).cumsum(1) / v.cumsum(1).clamp_min(1e-20);
+        if (layer.sharedGate.defined())
+            prefix += layer.sharedOutput(xc).unsqueeze(1);
+        const auto sq = (prefix - yc.unsqueeze(1)).pow(2).sum(-1).to(torch::kFloat64); // [n, N]
+        den += yc.pow(2).sum().item<double>();
+        for (std::size_t r = 0; r < rules.size(); ++r) {
+            const auto& rule = rules[r];
+            torch::Tensor k; // experts each token keeps, as route() counts them
+            if (rule.isStatic()) {
+                if (rule.topK < 1 || rule.topK > N)
+                    throw Error("top-k " + std::to_string(rule.topK) + " is outside 1.." + std::to_string(N));
+                num[r] += sq.select(1, rule.topK - 1).sum().item<double>();
+                continue;
+            }
+            const int64_t minK = std::max<int64_t>(1, rule.minK);
+            const int64_t maxK = rule.maxK > 0 ? std::min<int64_t>(rule.maxK, N) : N;
+            auto before = values.cumsum(-1) - values;
+            k = (before < rule.threshold).logical_or(rank < minK).logical_and(rank < maxK).sum(-1);
+            num[r] += sq.gather(1, (k - 1).clamp_min(0).unsqueeze(1)).sum().item<double>();
+        }
+    }
+    for (auto& e : num)
+        e /= std::max(den, 1e-30);
+    return num;
+}
+
 void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& o)
 {
     const int64_t T = x.size(0), N = layer.numExperts();
@@ -401,13 +451,16 @@ DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tens
                     const int k = o.randomK ? kDist(rng) : o.trainTopK;
                     auto xb = x.index_select(0, idx);
                     auto yb = y.index_select(0, idx);
-                    auto out = layer.forward(xb, RoutingRule::staticK(k));
+                    const bool fullTerm = o.fullKWeight > 0 && k < N;
+                    torch::Tensor out, all;
+                    if (fullTerm)
+                        std::tie(out, all) = layer.forwardAndAllExperts(xb, RoutingRule::staticK(k));
+                    else
+                        out = layer.forward(xb, RoutingRule::staticK(k));
                     auto loss = (out - yb).pow(2).sum(-1).mean() / energy; // the curve's figure
                     torch::Tensor objective = loss;
-                    if (o.fullKWeight > 0 && k < N) {
-                        auto all = layer.forward(xb, RoutingRule::staticK(static_cast<int>(N)));
+                    if (fullTerm)
                         objective = loss + o.fullKWeight * (all - yb).pow(2).sum(-1).mean() / energy;
-                    }
                     if (o.faultHook)
                         o.faultHook(step, batch, loss);
                     const double l = loss.item<double>();

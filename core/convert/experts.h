@@ -104,6 +104,12 @@ void fitRouter(MoeLayer& layer, const torch::Tensor& x, const DistillOptions& op
 // Normalised MSE ||MoE(x) - y||^2 / ||y||^2 at a rule, no gradient.
 double relativeError(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y, const RoutingRule& rule);
 
+// relativeError of each rule at once: every expert's output is computed once and the outputs of
+// every k are its prefix sums in routing order (about (N + 1) / 2 times less work than a forward
+// per rule over all k); equal to relativeError up to float rounding.
+std::vector<double> relativeErrors(const MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y,
+                                   const std::vector<RoutingRule>& rules);
+
 // Distils experts (and the router for soft gating) on (x, y) pairs; returns the loss curve.
 DistillResult distill(MoeLayer& layer, const torch::Tensor& x, const torch::Tensor& y, const DistillOptions& options);
 

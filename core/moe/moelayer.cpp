@@ -436,6 +436,46 @@ torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rul
     return sharedGate.defined() ? routed + sharedOutput(xIn) : routed;
 }
 
+torch::Tensor MoeLayer::maskedActivations(const torch::Tensor& x) const
+{
+    const int64_t N = numExperts(), S = gate.size(1), H = x.size(1);
+    // Training needs the concatenation: the fused block is a strided view of `gate` alone, through
+    // which autograd would give up's gradient to gate.
+    const bool grads = torch::GradMode::is_enabled() && (gate.requires_grad() || up.requires_grad());
+    auto block = grads ? torch::cat({gate, up}, 1) : gateUpBlock(gate, up);
+    auto pre = torch::matmul(x, block.reshape({N * 2 * S, H}).t()).view({-1, N, 2 * S});
+    return torch::silu(pre.narrow(2, 0, S)) * pre.narrow(2, S, S);
+}
+
+torch::Tensor MoeLayer::maskedDown(const torch::Tensor& h) const
+{
+    const int64_t N = numExperts(), S = gate.size(1), H = down.size(1);
+    return torch::matmul(h.reshape({-1, N * S}), down.permute({0, 2, 1}).reshape({N * S, H}));
+}
+
+std::pair<torch::Tensor, torch::Tensor> MoeLayer::forwardAndAllExperts(const torch::Tensor& xIn,
+                                                                       const RoutingRule& rule) const
+{
+    const auto all = RoutingRule::staticK(static_cast<int>(numExperts()));
+    if (gate.size(1) >= maskedBelowWidth)
+        return {forward(xIn, rule), forward(xIn, all)};
+    // The masked product computes every expert's activations anyway: both outputs weigh the same ones.
+    const auto shape = xIn.sizes().vec();
+    auto x = xIn.reshape({-1, shape.back()}).contiguous();
+    const auto probs = routingProbs(x);
+    torch::Tensor mask, weights, allMask, allWeights;
+    route(probs, rule, &mask, &weights);
+    route(probs, all, &allMask, &allWeights);
+    const auto h = maskedActivations(x);
+    auto out = maskedDown(h * weights.to(x.scalar_type()).unsqueeze(2)).view(shape);
+    auto full = maskedDown(gating == Gating::Hard ? h : h * allWeights.to(x.scalar_type()).unsqueeze(2)).view(shape);
+    if (sharedGate.defined()) {
+        const auto shared = sharedOutput(xIn);
+        return {out + shared, full + shared};
+    }
+    return {out, full};
+}
+
 int64_t MoeLayer::denseNeurons() const { return std::accumulate(sizes.begin(), sizes.end(), sharedNeurons()); }
 
 torch::Tensor MoeLayer::sharedOutput(const torch::Tensor& x) const
@@ -471,14 +511,7 @@ torch::Tensor MoeLayer::forwardRouted(const torch::Tensor& xIn, const RoutingRul
             const auto perExpert = mask.sum(0).to(torch::kCPU, torch::kInt64).contiguous();
             countStats({perExpert.data_ptr<int64_t>(), perExpert.data_ptr<int64_t>() + numExperts()});
         }
-        const int64_t N = numExperts(), S = gate.size(1), H = x.size(1);
-        // Training needs the concatenation: the fused block is a strided view of `gate` alone, through
-        // which autograd would give up's gradient to gate.
-        const bool grads = torch::GradMode::is_enabled() && (gate.requires_grad() || up.requires_grad());
-        auto block = grads ? torch::cat({gate, up}, 1) : gateUpBlock(gate, up);
-        auto pre = torch::matmul(x, block.reshape({N * 2 * S, H}).t()).view({-1, N, 2 * S});
-        auto h = torch::silu(pre.narrow(2, 0, S)) * pre.narrow(2, S, S) * weights.to(x.scalar_type()).unsqueeze(2);
-        return torch::matmul(h.reshape({-1, N * S}), down.permute({0, 2, 1}).reshape({N * S, H})).view(shape);
+        return maskedDown(maskedActivations(x) * weights.to(x.scalar_type()).unsqueeze(2)).view(shape);
     }
     // Group tokens by expert: the nonzero entries of the mask, expert-major.
     torch::Tensor tokens, w;

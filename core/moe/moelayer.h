@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/types.h>
@@ -93,6 +94,9 @@ struct MoeLayer {
     torch::Tensor forward(const torch::Tensor& x, const RoutingRule& rule, DispatchStats* stats = nullptr) const;
     // The routed experts' part of forward alone (no shared neurons); `stats` counts all of it.
     torch::Tensor forwardRouted(const torch::Tensor& x, const RoutingRule& rule, DispatchStats* stats = nullptr) const;
+    // forward under `rule` and with every expert, as a pair: for distillation's all-experts term.
+    // Narrow experts (the masked product) compute their activations once for both.
+    std::pair<torch::Tensor, torch::Tensor> forwardAndAllExperts(const torch::Tensor& x, const RoutingRule& rule) const;
     // Every expert on every token, masked: the slow reference the dispatch is tested against.
     torch::Tensor forwardNaive(const torch::Tensor& x, const RoutingRule& rule) const;
     // Oracle routing, a ceiling for any router: each token uses the k experts whose own outputs
@@ -114,6 +118,12 @@ struct MoeLayer {
     // Parameters each token touches under a routing mask [T, N] (route()): the always-on ones plus
     // expertParameters over its chosen experts, what DispatchStats counts, per token.
     std::vector<int64_t> tokenParameters(const torch::Tensor& mask) const;
+
+private:
+    // The masked product of narrow experts: every expert's SwiGLU activations [T, N, S] for x
+    // [T, H], and the down projection of (weighted) activations back to [T, H].
+    torch::Tensor maskedActivations(const torch::Tensor& x) const;
+    torch::Tensor maskedDown(const torch::Tensor& h) const;
 };
 
 // Stores gate and up of every expert in one [N, 2S, H] block (expert e's gate rows, then its up

@@ -45,17 +45,19 @@ RoutingProfile profileLayer(const MoeLayer& layer, const torch::Tensor& x, const
                               m.matmul(expertParams).mean().item<double>()
                                   + static_cast<double>(layer.alwaysOnParameters()));
     };
-    std::vector<double> paramsByK;
-    for (int64_t k = 1; k <= N; ++k) {
-        const auto rule = RoutingRule::staticK(static_cast<int>(k));
-        p.errorByK.push_back(relativeError(layer, x, y, rule));
-        paramsByK.push_back(usage(rule).second);
-    }
-    std::vector<double> errorByThreshold, meanK, paramsByThreshold;
-    for (double t : o.thresholds) {
-        const auto rule = RoutingRule::topP(t);
-        errorByThreshold.push_back(relativeError(layer, x, y, rule));
-        const auto [k, params] = usage(rule);
+    std::vector<RoutingRule> rules;
+    for (int64_t k = 1; k <= N; ++k)
+        rules.push_back(RoutingRule::staticK(static_cast<int>(k)));
+    for (double t : o.thresholds)
+        rules.push_back(RoutingRule::topP(t));
+    const auto errors = relativeErrors(layer, x, y, rules);
+    p.errorByK.assign(errors.begin(), errors.begin() + N);
+    const std::vector<double> errorByThreshold(errors.begin() + N, errors.end());
+    std::vector<double> paramsByK, meanK, paramsByThreshold;
+    for (int64_t k = 1; k <= N; ++k)
+        paramsByK.push_back(usage(rules[static_cast<std::size_t>(k - 1)]).second);
+    for (std::size_t i = 0; i < o.thresholds.size(); ++i) {
+        const auto [k, params] = usage(rules[static_cast<std::size_t>(N) + i]);
         meanK.push_back(k);
         paramsByThreshold.push_back(params);
     }

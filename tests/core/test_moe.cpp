@@ -288,7 +288,9 @@ TEST(Moe, ProfileEstimatesEqualTheDispatchCounts)
         layer.forward(f.x, RoutingRule::staticK(k), &stats);
         const auto e = estimateRule(tables, 0, RoutingRule::staticK(k));
         EXPECT_DOUBLE_EQ(e.params * T, static_cast<double>(stats.parameters)) << "k=" << k;
-        EXPECT_DOUBLE_EQ(e.error, relativeError(layer, f.x, f.y, RoutingRule::staticK(k)));
+        // The profile sums prefixes of the expert outputs (relativeErrors), not a forward per k.
+        const double direct = relativeError(layer, f.x, f.y, RoutingRule::staticK(k));
+        EXPECT_NEAR(e.error, direct, 1e-5 * direct + 1e-9) << "k=" << k; // k = N: both are rounding (1e-14)
     }
     for (double p : {0.5, 0.62, 0.83, 0.9, 0.96}) {
         DispatchStats stats;
@@ -407,6 +409,68 @@ TEST(Moe, SharedNeuronsAreTheLargestContributorsAlwaysOnCountedAndTrained)
     torch::NoGradGuard ng;
     EXPECT_TRUE(
         torch::allclose(back.forward(f.x, RoutingRule::staticK(3)), layer.forward(f.x, RoutingRule::staticK(3))));
+}
+
+// All rules' errors at once (prefix sums of the expert outputs in routing order) equal a forward
+// per rule, for every gating, static and top-p rules, with and without shared neurons; the pair
+// forward of distillation's all-experts term equals two forwards, values and gradients, in both
+// dispatch paths.
+TEST(Moe, ErrorsOfAllRulesAtOnceAndThePairForwardEqualSeparateForwards)
+{
+    const auto f = fixture(1024);
+    const int64_t N = 8;
+    const std::vector<RoutingRule> rules
+        = {RoutingRule::staticK(1), RoutingRule::staticK(5),      RoutingRule::staticK(8),
+           RoutingRule::topP(0.3),  RoutingRule::topP(0.8, 2, 6), RoutingRule::topP(0.95)};
+    for (int64_t shared : {int64_t{0}, f.neurons() / 5})
+        for (auto gating : {Gating::Hard, Gating::Renorm, Gating::Plain}) {
+            torch::manual_seed(3);
+            auto layer
+                = buildMoeLayer(f.ffn, partitionNeurons(f.ffn, f.x, N, Partition::Coactivation, 0, shared), N, gating);
+            layer.router = torch::randn({N, f.hidden()}) * 0.3;
+            const auto errors = relativeErrors(layer, f.x, f.y, rules);
+            ASSERT_EQ(errors.size(), rules.size());
+            for (std::size_t r = 0; r < rules.size(); ++r) {
+                const double direct = relativeError(layer, f.x, f.y, rules[r]);
+                EXPECT_NEAR(errors[r], direct, 1e-5 * direct + 1e-9)
+                    << gatingName(gating) << " shared " << shared << " rule " << r;
+            }
+            for (int64_t masked : {int64_t{0}, int64_t{1} << 30}) {
+                layer.maskedBelowWidth = masked;
+                auto run = [&](bool pair) {
+                    auto l = layer;
+                    l.gate = layer.gate.detach().clone().set_requires_grad(true);
+                    l.up = layer.up.detach().clone().set_requires_grad(true);
+                    l.down = layer.down.detach().clone().set_requires_grad(true);
+                    l.router = layer.router.detach().clone().set_requires_grad(gating != Gating::Hard);
+                    if (shared > 0)
+                        l.sharedUp = layer.sharedUp.detach().clone().set_requires_grad(true);
+                    const auto x = f.x.narrow(0, 0, 256);
+                    torch::Tensor out, all;
+                    if (pair)
+                        std::tie(out, all) = l.forwardAndAllExperts(x, RoutingRule::staticK(3));
+                    else
+                        out = l.forward(x, RoutingRule::staticK(3)),
+                        all = l.forward(x, RoutingRule::staticK(static_cast<int>(N)));
+                    (out.pow(2).sum() + 0.5 * all.pow(2).sum()).backward();
+                    std::vector<torch::Tensor> res
+                        = {out.detach(), all.detach(), l.gate.grad(), l.up.grad(), l.down.grad()};
+                    if (gating != Gating::Hard)
+                        res.push_back(l.router.grad());
+                    if (shared > 0)
+                        res.push_back(l.sharedUp.grad());
+                    return res;
+                };
+                const auto a = run(true), b = run(false);
+                ASSERT_EQ(a.size(), b.size());
+                for (std::size_t i = 0; i < a.size(); ++i) {
+                    ASSERT_TRUE(a[i].defined() && b[i].defined()) << i;
+                    const double scale = std::max(1e-6, b[i].abs().max().item<double>());
+                    EXPECT_LT((a[i] - b[i]).abs().max().item<double>(), 1e-4 * scale)
+                        << gatingName(gating) << " shared " << shared << " masked " << masked << " tensor " << i;
+                }
+            }
+        }
 }
 
 // The k trained for under a share of active parameters pays for the router and the shared
