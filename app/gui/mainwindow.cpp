@@ -186,7 +186,7 @@ void MainWindow::buildUi()
         "Layer-wise distillation loss: MSE of the MoE block against the dense FFN, divided by the FFN output energy"));
     m_endToEndPlot = new widgets::LinePlot;
     m_endToEndPlot->setObjectName("endToEndPlot");
-    m_endToEndPlot->setAxisLabels(tr("end-to-end step"), tr("KL(dense || converted) per token"));
+    m_endToEndPlot->setAxisLabels(tr("end-to-end step"), tr("KL to dense per token"));
     m_endToEndPlot->setLogY(true);
     m_endToEndPlot->setToolTip(tr("End-to-end stage (--e2e-steps): the KL between the dense and the converted "
                                   "model's next-token distributions on each step's calibration windows"));
