@@ -258,7 +258,7 @@ int64_t expertsUsed(const ExportInput& in, const ExportOptions& options, ExportR
         if (m.sharedNeurons() > 0)
             throw Error("gguf export: layer " + std::to_string(l) + " has " + std::to_string(m.sharedNeurons())
                         + " always-on (shared) neurons, which llama.cpp's llama architecture cannot hold (its "
-                          "experts are all routed): convert without --shared-neurons to export as gguf");
+                          "experts are all routed): export as hf-qwen2-moe, or convert without --shared-neurons");
         allRenorm = allRenorm && m.gating == Gating::Renorm;
     }
     if (!allRenorm) {

@@ -160,8 +160,17 @@ private:
 const char* const kTokenizerFiles[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                                        "special_tokens_map.json", "generation_config.json"};
 
-// What Mixtral computes differently from the workbench under this policy, one plain sentence each.
-std::vector<std::string> mixtralDifferences(const PolicyRules& rules, Gating gating, int k, int64_t experts)
+// The Hugging Face MoE layouts the conversion exports to.
+//  Mixtral: block_sparse_moe.{gate, experts.E.w1/w2/w3}; every expert routed.
+//  Qwen2-MoE: mlp.{gate, experts.E.gate_proj/up_proj/down_proj, shared_expert.*,
+//  shared_expert_gate}; always-on neurons go to the shared expert (its sigmoid gate of zeros
+//  weighs it 0.5, so its down projection is doubled: exact), q/k/v carry (zero) biases, and
+//  norm_topk_prob chooses renormalised (true) or plain (false) softmax weights.
+enum class HfLayout { Mixtral, Qwen2Moe };
+
+// What the layout computes differently from the workbench under this policy, one plain sentence each.
+std::vector<std::string> mixtralDifferences(const PolicyRules& rules, Gating gating, int k, int64_t experts,
+                                            HfLayout layout)
 {
     std::vector<std::string> notes;
     std::map<std::string, std::vector<int>> byRule;
@@ -178,13 +187,17 @@ std::vector<std::string> mixtralDifferences(const PolicyRules& rules, Gating gat
         const auto& layers = byRule[d];
         const bool topP = d.rfind("p=", 0) == 0;
         notes.push_back(std::string(layers.size() == 1 ? "layer " : "layers ") + layerList(layers) + " used "
-                        + (topP ? "top-p " + d.substr(2) : "top-k " + d.substr(2))
-                        + "; Mixtral uses k=" + std::to_string(k) + " everywhere");
+                        + (topP ? "top-p " + d.substr(2) : "top-k " + d.substr(2)) + "; "
+                        + (layout == HfLayout::Qwen2Moe ? "Qwen2-MoE" : "Mixtral") + " uses k=" + std::to_string(k)
+                        + " everywhere");
     }
     if (gating == Gating::Hard)
-        notes.push_back("hard gating (weight 1 per chosen expert) becomes renormalised softmax weights "
-                        "(the chosen experts' weights sum to 1)");
-    else if (gating == Gating::Plain)
+        notes.push_back(layout == HfLayout::Qwen2Moe
+                            ? "hard gating (weight 1 per chosen expert) becomes plain softmax weights "
+                              "(norm_topk_prob false: each chosen expert weighs its routing probability)"
+                            : "hard gating (weight 1 per chosen expert) becomes renormalised softmax weights "
+                              "(the chosen experts' weights sum to 1)");
+    else if (gating == Gating::Plain && layout == HfLayout::Mixtral)
         notes.push_back("plain softmax weights (not renormalised over the chosen experts) become renormalised "
                         "softmax weights (the chosen experts' weights sum to 1)");
     return notes;
@@ -200,10 +213,28 @@ bool declaresMixtral(const nlohmann::json& j)
     return it != j.end() && it->is_array() && !it->empty() && it->front() == "MixtralForCausalLM";
 }
 
+ExportReport exportHf(const ExportInput& in, const ExportOptions& options, HfLayout layout);
+
 } // namespace
 
 ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options)
 {
+    return exportHf(in, options, HfLayout::Mixtral);
+}
+
+ExportReport exportHfQwen2Moe(const ExportInput& in, const ExportOptions& options)
+{
+    if (!in.layers)
+        throw Error("export: qwen2-moe writes a conversion; this export has no MoE layers");
+    return exportHf(in, options, HfLayout::Qwen2Moe);
+}
+
+namespace {
+
+ExportReport exportHf(const ExportInput& in, const ExportOptions& options, HfLayout layout)
+{
+    const bool qwen = layout == HfLayout::Qwen2Moe;
+    const char* const layoutName = qwen ? "Qwen2-MoE" : "Mixtral";
     if (!in.model)
         throw Error("export: no model given");
     torch::NoGradGuard noGrad;
@@ -258,6 +289,8 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         const int64_t H = c.hiddenSize;
         int64_t N = 0;
         int64_t S = 0; // the common expert width: the largest real expert of any layer
+        int64_t M = 0; // the common shared-expert width (Qwen2-MoE): the most shared neurons of any layer
+        nlohmann::json shared = nlohmann::json::array();
         const Gating gating = layers.front().gating;
         nlohmann::json sizes = nlohmann::json::array(), widths = nlohmann::json::array();
         for (int l = 0; l < L; ++l) {
@@ -277,10 +310,18 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             if (m.gating != gating)
                 throw Error(where + " has gating '" + gatingName(m.gating) + "', layer 0 has '" + gatingName(gating)
                             + "' (one gating per export)");
-            if (m.sharedNeurons() > 0)
+            if (m.sharedNeurons() > 0 && !qwen)
                 throw Error(where + " has " + std::to_string(m.sharedNeurons())
                             + " always-on (shared) neurons, which the Mixtral layout cannot hold (every Mixtral "
-                              "expert is routed): convert without --shared-neurons to export as hf-mixtral");
+                              "expert is routed): export as hf-qwen2-moe, whose shared expert holds them");
+            if (m.sharedNeurons() > 0
+                && (m.sharedGate.dim() != 2 || m.sharedGate.size(1) != H || m.sharedUp.sizes() != m.sharedGate.sizes()
+                    || m.sharedDown.sizes().vec() != std::vector<int64_t>{H, m.sharedNeurons()}))
+                throw Error(where + ": shared neurons shared_gate " + shapeString(m.sharedGate.sizes().vec())
+                            + ", shared_down " + shapeString(m.sharedDown.sizes().vec()) + " do not match hidden size "
+                            + std::to_string(H));
+            M = std::max(M, m.sharedNeurons());
+            shared.push_back(m.sharedNeurons());
             for (auto s : m.sizes) {
                 if (s < 0 || s > W)
                     throw Error(where + ": expert size " + std::to_string(s) + " exceeds its stored width "
@@ -294,12 +335,18 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             throw Error("export: every expert is empty");
         for (const auto& w : weights) {
             const auto& n = w.name;
-            if (c.attentionBias
-                || (n.find(".self_attn.") != std::string::npos && n.size() > 5
-                    && n.compare(n.size() - 5, 5, ".bias") == 0))
+            const bool bias = n.find(".self_attn.") != std::string::npos && n.size() > 5
+                && n.compare(n.size() - 5, 5, ".bias") == 0;
+            if (!qwen && (c.attentionBias || bias))
                 throw Error("export: the model has attention biases, which Mixtral's attention does not have "
                             "(Hugging Face MixtralAttention uses bias=False)");
+            if (qwen && bias && n.find(".o_proj.") != std::string::npos)
+                throw Error("export: the model has an output projection bias (" + n
+                            + "), which Qwen2-MoE's attention does not have (only q, k and v carry biases)");
         }
+        // A shared expert of at least one neuron: a layer without shared neurons gets zero rows, exact.
+        if (qwen)
+            M = std::max<int64_t>(M, 1);
 
         PolicyRules rules = in.rules;
         if (rules.empty() && options.expertsPerToken > 0)
@@ -314,19 +361,23 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
             throw Error("export: experts per token " + std::to_string(k) + " is outside 1.." + std::to_string(N));
         if (k == 0) {
             if (!uniform)
-                throw Error("export: policy '" + in.policyName
-                            + "' is not one static top-k in every layer, but Mixtral uses one k (num_experts_per_tok) "
-                              "for all layers: choose the k to write (--top-k K); the export then states what changes");
-            if (gating != Gating::Renorm)
-                throw Error(std::string("export: the conversion used '") + gatingName(gating)
-                            + "' gating, but Mixtral renormalises the softmax weights over the chosen experts: choose "
-                              "the k to write (--top-k K) to accept that change; the export then states what changes");
+                throw Error(
+                    "export: policy '" + in.policyName + "' is not one static top-k in every layer, but " + layoutName
+                    + " uses one k (num_experts_per_tok) for all layers: choose the k to write (--top-k K); the "
+                      "export then states what changes");
+            if (gating == Gating::Hard || (gating == Gating::Plain && !qwen))
+                throw Error(std::string("export: the conversion used '") + gatingName(gating) + "' gating, but "
+                            + layoutName
+                            + (qwen ? " weighs the chosen experts by their softmax weights"
+                                    : " renormalises the softmax weights over the chosen experts")
+                            + ": choose the k to write (--top-k K) to accept that change; the export then states "
+                              "what changes");
             k = uniformK;
         }
         if (k < 1 || k > N)
             throw Error("export: top-k " + std::to_string(k) + " is outside 1.." + std::to_string(N));
         report.expertsPerToken = k;
-        report.notes = mixtralDifferences(rules, gating, k, N);
+        report.notes = mixtralDifferences(rules, gating, k, N, layout);
         report.exact = report.notes.empty();
 
         for (const auto& w : weights) {
@@ -339,25 +390,53 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
                 continue;
             const int l = std::stoi(name.substr(std::string("model.layers.").size()));
             const MoeLayer* m = &layers[static_cast<std::size_t>(l)];
-            const std::string p = "model.layers." + std::to_string(l) + ".block_sparse_moe.";
+            const std::string layerPrefix = "model.layers." + std::to_string(l) + ".";
+            const std::string p = layerPrefix + (qwen ? "mlp." : "block_sparse_moe.");
             entries.push_back({p + "gate.weight", {N, H}, [m] { return m->router; }, 0});
+            if (qwen) {
+                // Qwen2 attention has q/k/v biases: zeros where the model has none.
+                for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
+                    const std::string b = layerPrefix + "self_attn." + proj + ".bias";
+                    const int64_t rows = (proj[0] == 'q' ? c.numHeads : c.numKvHeads) * c.headDim;
+                    if (!has(b))
+                        entries.push_back({b, {rows}, [rows] { return torch::zeros({rows}); }, 0});
+                }
+                const int64_t ms = m->sharedNeurons();
+                const std::string x = p + "shared_expert.";
+                auto sharedRows = [m, ms, M](const torch::Tensor MoeLayer::*t) {
+                    return ms == 0 ? torch::zeros({M, m->router.size(1)})
+                                   : torch::constant_pad_nd((*m).*t, {0, 0, 0, M - ms});
+                };
+                entries.push_back(
+                    {x + "gate_proj.weight", {M, H}, [=] { return sharedRows(&MoeLayer::sharedGate); }, 0});
+                entries.push_back({x + "up_proj.weight", {M, H}, [=] { return sharedRows(&MoeLayer::sharedUp); }, 0});
+                // sigmoid(0) = 0.5 weighs the shared expert: twice its down projection is exact.
+                entries.push_back({x + "down_proj.weight",
+                                   {H, M},
+                                   [m, ms, M] {
+                                       return ms == 0 ? torch::zeros({m->router.size(1), M})
+                                                      : torch::constant_pad_nd(2 * m->sharedDown, {0, M - ms});
+                                   },
+                                   0});
+                entries.push_back({p + "shared_expert_gate.weight", {1, H}, [H] { return torch::zeros({1, H}); }, 0});
+            }
             for (int64_t e = 0; e < N; ++e) {
                 // Real neurons only, zero-padded to the common width: exact, whatever the stored padding held.
                 const std::string x = p + "experts." + std::to_string(e) + ".";
                 const int64_t s = m->sizes[static_cast<std::size_t>(e)];
-                entries.push_back({x + "w1.weight",
+                entries.push_back({x + (qwen ? "gate_proj.weight" : "w1.weight"),
                                    {S, H},
                                    [m, e, s, S] {
                                        return torch::constant_pad_nd(m->gate[e].narrow(0, 0, s), {0, 0, 0, S - s});
                                    },
                                    0});
-                entries.push_back({x + "w2.weight",
+                entries.push_back({x + (qwen ? "down_proj.weight" : "w2.weight"),
                                    {H, S},
                                    [m, e, s, S] {
                                        return torch::constant_pad_nd(m->down[e].narrow(1, 0, s), {0, S - s});
                                    },
                                    0});
-                entries.push_back({x + "w3.weight",
+                entries.push_back({x + (qwen ? "up_proj.weight" : "w3.weight"),
                                    {S, H},
                                    [m, e, s, S] {
                                        return torch::constant_pad_nd(m->up[e].narrow(0, 0, s), {0, 0, 0, S - s});
@@ -369,14 +448,29 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
         const auto policy = policyDocument(in.policyName, rules, gating, N);
         config = c.toJson();
         config.erase("attention_bias");
-        config["architectures"] = {"MixtralForCausalLM"};
-        config["model_type"] = "mixtral";
-        config["intermediate_size"] = S;
-        config["num_local_experts"] = N;
+        if (qwen) {
+            config["architectures"] = {"Qwen2MoeForCausalLM"};
+            config["model_type"] = "qwen2_moe";
+            config["moe_intermediate_size"] = S;
+            config["shared_expert_intermediate_size"] = M;
+            config["num_experts"] = N;
+            config["norm_topk_prob"] = gating == Gating::Renorm;
+            config["decoder_sparse_step"] = 1;
+            config["mlp_only_layers"] = nlohmann::json::array();
+            config["use_sliding_window"] = static_cast<bool>(c.slidingWindow);
+            config["sliding_window"] = c.slidingWindow ? nlohmann::json(*c.slidingWindow) : nlohmann::json(nullptr);
+            config["max_window_layers"] = L;
+            config["router_aux_loss_coef"] = 0.001;
+        } else {
+            config["architectures"] = {"MixtralForCausalLM"};
+            config["model_type"] = "mixtral";
+            config["intermediate_size"] = S;
+            config["num_local_experts"] = N;
+            config["sliding_window"] = c.slidingWindow ? nlohmann::json(*c.slidingWindow) : nlohmann::json(nullptr);
+            config["router_aux_loss_coef"] = 0.02;
+        }
         config["num_experts_per_tok"] = k;
-        config["sliding_window"] = c.slidingWindow ? nlohmann::json(*c.slidingWindow) : nlohmann::json(nullptr);
         config["output_router_logits"] = false;
-        config["router_aux_loss_coef"] = 0.02;
         config["router_jitter_noise"] = 0.0;
         config["attention_dropout"] = 0.0;
         config["use_cache"] = true;
@@ -389,6 +483,7 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
                {"exact", report.exact},
                {"notes", report.notes},
                {"expert_sizes", sizes},
+               {"shared_neurons", shared},
                {"layer_widths", widths},
                {"source_model",
                 in.modelDir.empty() ? std::string() : fs::absolute(in.modelDir).lexically_normal().string()},
@@ -487,6 +582,8 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
     });
     return report;
 }
+
+} // namespace
 
 bool isHfMixtralDir(const fs::path& dir)
 {

@@ -28,6 +28,13 @@ namespace ladimo::core {
 // model has what Mixtral cannot hold (attention biases), or when the disk has too little space.
 ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options);
 
+// The same in the Hugging Face Qwen2-MoE layout (Qwen2MoeForCausalLM), which has a shared expert:
+// the conversion's always-on neurons (--shared-neurons) go there, exactly (a zero shared-expert
+// gate gives sigmoid 0.5 and the down projection is doubled); q/k/v get zero biases (Qwen2's
+// attention has them); plain and renorm gating are exact (norm_topk_prob false / true). The
+// workbench does not read it back (`ladimo eval` reads hf-mixtral and gguf exports).
+ExportReport exportHfQwen2Moe(const ExportInput& in, const ExportOptions& options);
+
 // A Mixtral directory read back: the attention/embedding part as a LlamaModel whose dense FFN
 // tensors are undefined (forward without MoE hooks throws an Error), one MoeLayer per layer
 // (experts narrowed to the recorded widths, real sizes restored) and the routing to run them with.

@@ -219,6 +219,13 @@ TEST(Cli, SharedNeuronsAreConvertedCountedAndRefusedByMixtralExports)
         EXPECT_NE(r.out.find("shared"), std::string::npos) << r.out;
         EXPECT_FALSE(std::filesystem::exists(out)) << out;
     }
+    // Qwen2-MoE's shared expert holds them (hard gating: the k is chosen, the notes say what changes).
+    const std::string qwen = (tmp / "qwen").string();
+    r = runLadimo("export " + p + " --format hf-qwen2-moe --top-k 3 --out " + qwen);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto config = nlohmann::json::parse(ladimo::core::readTextFile(qwen + "/config.json"));
+    EXPECT_EQ(config.at("shared_expert_intermediate_size").get<int64_t>(), 192);
+    EXPECT_EQ(config.at("num_experts").get<int64_t>(), 8);
 }
 
 TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)

@@ -85,7 +85,9 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
     r = ladimo::test::runLadimo("export " + (out / "project.ladimo").string() + " --format nonsense --out "
                                 + (out / "x").string());
     EXPECT_NE(r.status, 0);
-    EXPECT_NE(r.out.find("expected hf-mixtral, gguf, hf-llama, gguf-llama or policy-json"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("expected hf-mixtral, hf-qwen2-moe, gguf, hf-llama, gguf-llama or policy-json"),
+              std::string::npos)
+        << r.out;
 
     // A rerun does nothing again and reports the same figures.
     r = ladimo::test::runLadimo(args, true);

@@ -246,6 +246,99 @@ TEST(ExportHfMixtral, F32RoundTripSingleFileAndShardedGivesTheSameLogits)
     }
 }
 
+// Qwen2-MoE export of a conversion with shared neurons (layer 0: 14 always-on neurons and 8
+// experts of 7; layer 1: none, so its shared expert is zero rows), computed here from the written
+// tensors with Qwen2-MoE's own block (softmax router, top-k, optional renormalisation, experts,
+// plus sigmoid(shared_expert_gate x) times the shared expert): equal to the workbench's block for
+// plain and renorm gating. q/k/v get zero biases; hard gating needs a chosen k and says what
+// changes; Mixtral refuses shared neurons and names the format that holds them.
+TEST(ExportHfQwen2Moe, SharedExpertAndRoutedExpertsComputeTheWorkbenchBlock)
+{
+    TempDir tmp;
+    auto expectMentions = [](const std::string& error, const std::vector<std::string>& words) {
+        for (const auto& w : words)
+            EXPECT_NE(error.find(w), std::string::npos) << "'" << w << "' not in: " << error;
+    };
+    for (auto gating : {Gating::Renorm, Gating::Plain, Gating::Hard}) {
+        SCOPED_TRACE(gatingName(gating));
+        auto f = tinyFixture(tmp / ("dense-" + std::string(gatingName(gating))), gating);
+        const int64_t H = 32, N = 8;
+        for (int l = 0; l < 2; ++l) {
+            torch::NoGradGuard ng;
+            const auto& w = f.model->weights().layers[static_cast<std::size_t>(l)];
+            const int64_t shared = l == 0 ? 14 : 0;
+            std::vector<int64_t> assign(70);
+            for (int64_t i = 0; i < 70; ++i)
+                assign[static_cast<std::size_t>(i)] = i < shared ? -1 : (i - shared) * N / (70 - shared);
+            auto m = buildMoeLayer(DenseFfn{w.gate, w.up, w.down}, assign, N, gating);
+            m.router = f.layers[static_cast<std::size_t>(l)].router;
+            f.layers[static_cast<std::size_t>(l)] = std::move(m);
+        }
+        ASSERT_EQ(f.layers[0].sharedNeurons(), 14);
+        ExportInput in{f.modelDir, f.model.get(), &f.layers, f.rules, "uniform-3", nlohmann::json()};
+        ExportOptions o;
+        o.out = tmp / ("qwen-" + std::string(gatingName(gating)));
+        if (gating == Gating::Hard) {
+            expectMentions(errorOf([&] { exportHfQwen2Moe(in, o); }), {"hard", "--top-k"});
+            EXPECT_FALSE(fs::exists(o.out));
+            o.expertsPerToken = 3;
+        }
+        const auto report = exportHfQwen2Moe(in, o);
+        EXPECT_EQ(report.exact, gating != Gating::Hard);
+        if (gating == Gating::Hard)
+            EXPECT_NE(report.notes.front().find("plain softmax weights"), std::string::npos) << report.notes.front();
+        const auto config = readJson(o.out / "config.json");
+        EXPECT_EQ(config.at("model_type"), "qwen2_moe");
+        EXPECT_EQ(config.at("architectures")[0], "Qwen2MoeForCausalLM");
+        EXPECT_EQ(config.at("num_experts").get<int64_t>(), N);
+        EXPECT_EQ(config.at("num_experts_per_tok").get<int64_t>(), 3);
+        EXPECT_EQ(config.at("moe_intermediate_size").get<int64_t>(), 9); // layer 1: 70 neurons, experts of 9 and 8
+        EXPECT_EQ(config.at("shared_expert_intermediate_size").get<int64_t>(), 14);
+        EXPECT_EQ(config.at("norm_topk_prob").get<bool>(), gating == Gating::Renorm);
+        EXPECT_EQ(config.at("ladimo").at("shared_neurons"), nlohmann::json({14, 0}));
+        const auto st = SafetensorsFile::open(o.out / "model.safetensors");
+        EXPECT_EQ(st->read("model.layers.1.self_attn.q_proj.bias").sizes().vec(), std::vector<int64_t>{32});
+        EXPECT_EQ(st->read("model.layers.1.self_attn.k_proj.bias").sizes().vec(), std::vector<int64_t>{16});
+        EXPECT_EQ(st->read("model.layers.0.self_attn.v_proj.bias").abs().sum().item<double>(), 0.0);
+        EXPECT_EQ(st->find("model.layers.0.block_sparse_moe.gate.weight"), nullptr);
+        torch::manual_seed(5);
+        const auto x = torch::randn({64, H});
+        for (int l = 0; l < 2; ++l) {
+            torch::NoGradGuard ng;
+            const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+            auto swiglu = [&](const std::string& e, const torch::Tensor& in) {
+                return torch::matmul(torch::silu(torch::matmul(in, st->read(e + "gate_proj.weight").t()))
+                                         * torch::matmul(in, st->read(e + "up_proj.weight").t()),
+                                     st->read(e + "down_proj.weight").t());
+            };
+            const auto probs = torch::softmax(torch::matmul(x, st->read(p + "gate.weight").t()), -1);
+            auto [topW, topI] = probs.topk(3, -1);
+            if (config.at("norm_topk_prob").get<bool>())
+                topW = topW / topW.sum(-1, true);
+            auto out = torch::zeros({64, H});
+            for (int64_t t = 0; t < 64; ++t)
+                for (int64_t j = 0; j < 3; ++j) {
+                    const auto e = p + "experts." + std::to_string(topI[t][j].item<int64_t>()) + ".";
+                    out[t] += topW[t][j] * swiglu(e, x.narrow(0, t, 1))[0];
+                }
+            out += torch::sigmoid(torch::matmul(x, st->read(p + "shared_expert_gate.weight").t()))
+                * swiglu(p + "shared_expert.", x);
+            // Hard gating weighs each chosen expert 1, not its probability: only the chosen set agrees.
+            const auto expected = f.layers[static_cast<std::size_t>(l)].forward(x, RoutingRule::staticK(3));
+            if (gating != Gating::Hard)
+                EXPECT_LT(maxDiff(out, expected), 1e-5) << "layer " << l;
+            else
+                EXPECT_GT(maxDiff(out, expected), 1e-3) << "layer " << l;
+        }
+        if (gating == Gating::Renorm) {
+            ExportOptions mo;
+            mo.out = tmp / "mixtral";
+            expectMentions(errorOf([&] { exportHfMixtral(in, mo); }), {"layer 0", "14", "shared", "hf-qwen2-moe"});
+            EXPECT_FALSE(fs::exists(mo.out));
+        }
+    }
+}
+
 TEST(ExportHfMixtral, Bf16AndF16RoundTripsMatchTheRoundedWeights)
 {
     TempDir tmp;
