@@ -225,7 +225,7 @@ ExportReport exportHfMixtral(const ExportInput& in, const ExportOptions& options
 ExportReport exportHfQwen2Moe(const ExportInput& in, const ExportOptions& options)
 {
     if (!in.layers)
-        throw Error("export: qwen2-moe writes a conversion; this export has no MoE layers");
+        throw Error("export: hf-qwen2-moe writes a conversion, and this export has no converted layers");
     return exportHf(in, options, HfLayout::Qwen2Moe);
 }
 
