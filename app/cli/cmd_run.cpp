@@ -73,18 +73,19 @@ void registerRunCommand(CLI::App& app)
                     "End-to-end stage after the layers: steps of KL(dense || converted) on the calibration windows "
                     "(0: none; needs the model in memory)")
         ->capture_default_str();
-    cmd->add_option("--train-active", s.trainActive,
-                    "With --train-top-k 0: the share of the dense FFN's parameters a token activates while "
-                    "distilling, router included")
-        ->capture_default_str();
+    auto* trainActive
+        = cmd->add_option("--train-active", s.trainActive,
+                          "With --train-top-k 0: the share of the dense FFN's parameters a token activates while "
+                          "distilling, router included (default: --budget-params)");
     cmd->add_option("--epochs", s.distill.epochs, "Distillation epochs")->capture_default_str();
     cmd->add_option("--seq-len", s.seqLen, "Window length (calibration, profile, evaluation)")->capture_default_str();
     cmd->add_option("--format", o->request.exportFormat, "Export format: " + core::exportFormatNames(true))
         ->capture_default_str();
     cmd->add_option("--export-dtype", o->request.exportDtype, "Export dtype: f32, bf16 or f16")->capture_default_str();
     cmd->add_flag("--json", o->json, "Print the report as JSON (as OUT/report.json holds it)");
-    cmd->callback([o] {
+    cmd->callback([o, trainActive] {
         auto& r = o->request;
+        r.trainAtBudget = trainActive->count() == 0;
         if (!core::exportFormat(r.exportFormat).moe)
             throw core::Error("--format must write the conversion (" + core::exportFormatNames(true) + "), got '"
                               + r.exportFormat + "'");

@@ -108,6 +108,8 @@ PipelineReport runPipeline(const PipelineRequest& r)
     // Stage 1.
     steps.run("convert", [&](PipelineStepReport& s) {
         ProjectConvertRequest req = r.convert;
+        if (r.trainAtBudget && req.settings.distill.trainTopK == 0)
+            req.settings.trainActive = r.budgetParams;
         req.projectFile = report.projectFile;
         req.data = calibration;
         req.prepareOnly = false;

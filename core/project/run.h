@@ -35,7 +35,10 @@ struct PipelineRequest {
     // Held-out evaluation data; empty: as many tokens as calibration's, sampled with another
     // seed (never the calibration tokens).
     std::optional<DataSource> evaluation;
-    double budgetParams = 0.75;       // activated FFN parameters (router included) of the dense FFN's
+    double budgetParams = 0.75; // activated FFN parameters (router included) of the dense FFN's
+    // With convert.settings.distill.trainTopK 0 (auto), distil for the budget: settings.trainActive
+    // becomes budgetParams (a conversion trained for the budget's k is better there: README table).
+    bool trainAtBudget = true;
     std::string rules = "both";       // rule kinds searched: static, threshold, both
     int refineEvaluations = 12;       // measured refinement of the search's choice (0: none)
     int64_t sensitivityTokens = 8192; // windows are convert.settings.seqLen long in every step

@@ -132,6 +132,32 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
         << fourth["policy"];
 }
 
+// With the training k left to the budget, the pipeline distils for its parameter budget (4
+// experts on the demo: k 1 fits 50% with the router, k 2 fits 75%); --train-active overrides it.
+TEST(RunCli, AutomaticTrainingKFollowsTheBudget)
+{
+    ladimo::test::TempDir tmp;
+    const auto demo = (ladimo::test::sourceDir() / "resources" / "demo").string();
+    const auto project = (tmp.path() / "p.ladimo").string();
+    const std::string common = " --project " + project
+        + " --self-sample 512 --seq-len 128 --experts 4 --epochs 1 --refine-evals 0 --eval-tokens 256"
+          " --budget-params 0.5 --json";
+    auto r = ladimo::test::runLadimo("run " + demo + " --out " + (tmp.path() / "a").string() + common, true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    r = ladimo::test::runLadimo(
+        "run " + demo + " --out " + (tmp.path() / "b").string() + common + " --train-active 0.75", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    r = ladimo::test::runLadimo("project show " + project + " --json", true);
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto shown = nlohmann::json::parse(r.out);
+    std::vector<std::pair<double, int>> runs; // (train_active, trained k) of each run
+    for (const auto& run : shown.at("runs"))
+        runs.emplace_back(run.at("extra").at("train_active").get<double>(), run.at("train_top_k").get<int>());
+    ASSERT_EQ(runs.size(), 2u) << r.out;
+    EXPECT_EQ(runs[0], std::make_pair(0.5, 1));
+    EXPECT_EQ(runs[1], std::make_pair(0.75, 2));
+}
+
 TEST(RunCli, BadArgumentsAreNamed)
 {
     ladimo::test::TempDir tmp;
