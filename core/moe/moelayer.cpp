@@ -430,10 +430,20 @@ struct ExpertsFn : public torch::autograd::Function<ExpertsFn> {
 
 } // namespace
 
+namespace {
+
+// The routed experts' output plus the shared neurons' (when the layer has any) for the same x.
+torch::Tensor plusShared(const MoeLayer& l, const torch::Tensor& routed, const torch::Tensor& x)
+{
+    return l.sharedGate.defined() ? routed + l.sharedOutput(x) : routed;
+}
+
+} // namespace
+
 torch::Tensor MoeLayer::forward(const torch::Tensor& xIn, const RoutingRule& rule, DispatchStats* stats) const
 {
     auto routed = forwardRouted(xIn, rule, stats);
-    return sharedGate.defined() ? routed + sharedOutput(xIn) : routed;
+    return plusShared(*this, routed, xIn);
 }
 
 torch::Tensor MoeLayer::maskedActivations(const torch::Tensor& x) const
@@ -469,11 +479,10 @@ std::pair<torch::Tensor, torch::Tensor> MoeLayer::forwardAndAllExperts(const tor
     const auto h = maskedActivations(x);
     auto out = maskedDown(h * weights.to(x.scalar_type()).unsqueeze(2)).view(shape);
     auto full = maskedDown(gating == Gating::Hard ? h : h * allWeights.to(x.scalar_type()).unsqueeze(2)).view(shape);
-    if (sharedGate.defined()) {
-        const auto shared = sharedOutput(xIn);
-        return {out + shared, full + shared};
-    }
-    return {out, full};
+    if (!sharedGate.defined())
+        return {out, full};
+    const auto shared = sharedOutput(xIn); // once for both
+    return {out + shared, full + shared};
 }
 
 int64_t MoeLayer::denseNeurons() const { return std::accumulate(sizes.begin(), sizes.end(), sharedNeurons()); }
@@ -584,7 +593,7 @@ torch::Tensor MoeLayer::forwardOracle(const torch::Tensor& xIn, int k, DispatchS
         }
     }
     auto routed = (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
-    return sharedGate.defined() ? routed + sharedOutput(xIn) : routed;
+    return plusShared(*this, routed, xIn);
 }
 
 torch::Tensor MoeLayer::forwardNaive(const torch::Tensor& xIn, const RoutingRule& rule) const
@@ -595,7 +604,7 @@ torch::Tensor MoeLayer::forwardNaive(const torch::Tensor& xIn, const RoutingRule
     route(routingProbs(x), rule, &mask, &weights);
     auto all = expertOutputs(x); // [T, N, H]
     auto routed = (all * weights.to(x.scalar_type()).unsqueeze(-1)).sum(1).view(shape);
-    return sharedGate.defined() ? routed + sharedOutput(xIn) : routed;
+    return plusShared(*this, routed, xIn);
 }
 
 void fuseGateUp(MoeLayer& l)
