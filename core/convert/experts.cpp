@@ -126,7 +126,7 @@ std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& 
                         + " FFN neurons always on and split the other " + std::to_string(I - shared) + " into "
                         + std::to_string(experts) + " experts (at most " + std::to_string(I - experts)
                         + " shared neurons)");
-        // The shared neurons: the largest mean contributions (ties to the lower index).
+        // The shared neurons: those with the largest mean contributions.
         const auto order
             = std::get<1>(neuronContributions(ffn, x).mean(0).to(torch::kCPU).sort(0, true)).contiguous();
         std::vector<bool> isShared(static_cast<std::size_t>(I), false);
