@@ -127,8 +127,7 @@ std::vector<int64_t> partitionNeurons(const DenseFfn& ffn, const torch::Tensor& 
                         + std::to_string(experts) + " experts (at most " + std::to_string(I - experts)
                         + " shared neurons)");
         // The shared neurons: those with the largest mean contributions.
-        const auto order
-            = std::get<1>(neuronContributions(ffn, x).mean(0).to(torch::kCPU).sort(0, true)).contiguous();
+        const auto order = std::get<1>(neuronContributions(ffn, x).mean(0).to(torch::kCPU).sort(0, true)).contiguous();
         std::vector<bool> isShared(static_cast<std::size_t>(I), false);
         for (int64_t i = 0; i < shared; ++i)
             isShared[static_cast<std::size_t>(order.data_ptr<int64_t>()[i])] = true;
