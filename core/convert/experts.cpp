@@ -232,7 +232,6 @@ std::vector<double> relativeErrors(const MoeLayer& layer, const torch::Tensor& x
     double den = 0;
     // Tokens per chunk: every expert's output of a chunk, [n, N, H], within about 64 MiB.
     const int64_t chunk = std::max<int64_t>(1, (int64_t{16} << 20) / (N * H));
-    const auto rank = torch::arange(N, torch::TensorOptions().device(x.device())).unsqueeze(0);
     for (int64_t s = 0; s < x.size(0); s += chunk) {
         const int64_t n = std::min<int64_t>(chunk, x.size(0) - s);
         const auto xc = x.narrow(0, s, n), yc = y.narrow(0, s, n);
@@ -254,17 +253,16 @@ std::vector<double> relativeErrors(const MoeLayer& layer, const torch::Tensor& x
         den += yc.pow(2).sum().item<double>();
         for (std::size_t r = 0; r < rules.size(); ++r) {
             const auto& rule = rules[r];
-            torch::Tensor k; // experts each token keeps, as route() counts them
             if (rule.isStatic()) {
                 if (rule.topK < 1 || rule.topK > N)
                     throw Error("top-k " + std::to_string(rule.topK) + " is outside 1.." + std::to_string(N));
                 num[r] += sq.select(1, rule.topK - 1).sum().item<double>();
                 continue;
             }
-            const int64_t minK = std::max<int64_t>(1, rule.minK);
-            const int64_t maxK = rule.maxK > 0 ? std::min<int64_t>(rule.maxK, N) : N;
-            auto before = values.cumsum(-1) - values;
-            k = (before < rule.threshold).logical_or(rank < minK).logical_and(rank < maxK).sum(-1);
+            // How many experts each token keeps: route()'s own choice, a prefix of the order.
+            torch::Tensor mask, weights;
+            layer.route(probs, rule, &mask, &weights);
+            const auto k = mask.sum(-1);
             num[r] += sq.gather(1, (k - 1).clamp_min(0).unsqueeze(1)).sum().item<double>();
         }
     }
