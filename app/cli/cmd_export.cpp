@@ -95,9 +95,12 @@ void registerExportCommand(CLI::App& app)
             for (const auto& n : report.notes)
                 std::printf("  - %s\n", n.c_str());
         } else if (moe) {
-            const char* target = gguf ? "llama.cpp" : "Mixtral";
-            std::printf("policy %s, %s %d: %s%s%s\n", res.policyName.c_str(),
-                        gguf ? "llama.expert_used_count" : "num_experts_per_tok", report.expertsPerToken,
+            const bool qwen = o->format == "gguf-qwen2moe" || o->format == "hf-qwen2-moe";
+            const char* target = gguf ? "llama.cpp" : qwen ? "Qwen2-MoE" : "Mixtral";
+            const char* key = !gguf ? "num_experts_per_tok"
+                : qwen              ? "qwen2moe.expert_used_count"
+                                    : "llama.expert_used_count";
+            std::printf("policy %s, %s %d: %s%s%s\n", res.policyName.c_str(), key, report.expertsPerToken,
                         report.exact ? "exact (" : "NOT exact; what changes under ", target,
                         report.exact ? " computes what the workbench computes)" : ":");
             for (const auto& n : report.notes)

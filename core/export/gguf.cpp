@@ -1,10 +1,12 @@
-// GGUF v3 writer for llama.cpp's "llama" architecture (dense or MoE). The layout follows
+// GGUF v3 writer for llama.cpp's "llama" architecture (dense or MoE) and its "qwen2moe"
+// architecture (routed experts plus a shared expert). The layout follows
 // ggml's gguf.cpp: header, key/value metadata, tensor infos, then tensor data, every tensor
 // aligned to general.alignment. Tensors are converted one at a time while writing, so a large
 // model is never held twice in memory.
 #include "export/gguf.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -232,21 +234,27 @@ Vocab vocabFor(const fs::path& modelDir, const ModelConfig& cfg, ExportReport* r
     return v;
 }
 
+// Which llama.cpp architecture the file is for: "llama" (dense, or every expert routed) or
+// "qwen2moe" (routed experts plus a shared expert that holds the always-on neurons).
+enum class GgufArch { Llama, Qwen2Moe };
+
 // Checks the converted layers and decides the k llama.cpp uses; fills exactness notes.
-int64_t expertsUsed(const ExportInput& in, const ExportOptions& options, ExportReport* report)
+int64_t expertsUsed(const ExportInput& in, const ExportOptions& options, GgufArch arch, ExportReport* report)
 {
+    const bool qwen = arch == GgufArch::Qwen2Moe;
+    const std::string archName = qwen ? "qwen2moe" : "llama";
     const auto& layers = *in.layers;
     const auto& cfg = in.model->config();
     if (static_cast<int64_t>(layers.size()) != cfg.numLayers)
         throw Error("gguf export: " + std::to_string(layers.size()) + " converted layers for a model of "
                     + std::to_string(cfg.numLayers) + " layers; llama.cpp needs every layer converted");
     const int64_t n = layers.front().router.defined() ? layers.front().numExperts() : 0;
-    bool allRenorm = true;
+    bool allMatch = true; // every layer uses the gating llama.cpp computes for this architecture
     for (std::size_t l = 0; l < layers.size(); ++l) {
         const auto& m = layers[l];
         if (!m.router.defined() || !m.gate.defined() || !m.up.defined() || !m.down.defined())
-            throw Error("gguf export: layer " + std::to_string(l)
-                        + " has no MoE block; llama.cpp's llama architecture needs every layer converted");
+            throw Error("gguf export: layer " + std::to_string(l) + " has no MoE block; llama.cpp's " + archName
+                        + " architecture needs every layer converted");
         if (m.numExperts() != n)
             throw Error("gguf export: layer " + std::to_string(l) + " has " + std::to_string(m.numExperts())
                         + " experts, layer 0 has " + std::to_string(n) + "; llama.cpp needs one expert count");
@@ -255,18 +263,28 @@ int64_t expertsUsed(const ExportInput& in, const ExportOptions& options, ExportR
             || m.down.size(2) != m.gate.size(1) || m.gate.size(0) != n || m.down.size(0) != n)
             throw Error("gguf export: layer " + std::to_string(l)
                         + " MoE tensors do not have the shapes router [N, H], gate/up [N, S, H], down [N, H, S]");
-        if (m.sharedNeurons() > 0)
+        if (m.sharedNeurons() > 0 && !qwen)
             throw Error("gguf export: layer " + std::to_string(l) + " has " + std::to_string(m.sharedNeurons())
                         + " always-on (shared) neurons, which llama.cpp's llama architecture cannot hold (its "
-                          "experts are all routed): export as hf-qwen2-moe, or convert without --shared-neurons");
-        allRenorm = allRenorm && m.gating == Gating::Renorm;
+                          "experts are all routed): export as gguf-qwen2moe or hf-qwen2-moe, or convert without "
+                          "--shared-neurons");
+        if (m.sharedNeurons() > 0
+            && (m.sharedGate.dim() != 2 || m.sharedGate.size(1) != cfg.hiddenSize
+                || m.sharedUp.sizes() != m.sharedGate.sizes()
+                || m.sharedDown.sizes().vec() != std::vector<int64_t>{cfg.hiddenSize, m.sharedNeurons()}))
+            throw Error("gguf export: layer " + std::to_string(l)
+                        + " shared-neuron tensors do not have the shapes shared_gate/up [M, H], shared_down [H, M]");
+        allMatch = allMatch && m.gating == (qwen ? Gating::Plain : Gating::Renorm);
     }
-    if (!allRenorm) {
+    if (!allMatch) {
         report->exact = false;
         report->notes.push_back(
-            "the conversion uses " + std::string(gatingName(layers.front().gating))
-            + " gating; llama.cpp weighs the chosen experts by their softmax probabilities renormalised over the "
-              "top-k (renorm gating), so its outputs differ from the workbench's");
+            "the conversion uses " + std::string(gatingName(layers.front().gating)) + " gating; llama.cpp's " + archName
+            + (qwen ? " weighs the chosen experts by their softmax probabilities over all experts, not renormalised "
+                      "(plain gating)"
+                    : " weighs the chosen experts by their softmax probabilities renormalised over the top-k "
+                      "(renorm gating)")
+            + ", so its outputs differ from the workbench's");
     }
     int k = 0;
     const bool uniform = isUniformStatic(in.rules, &k);
@@ -305,10 +323,17 @@ torch::Tensor toCpu(const torch::Tensor& t, TensorType type)
 
 } // namespace
 
-ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
+namespace {
+
+ExportReport exportGgufAs(const ExportInput& in, const ExportOptions& options, GgufArch arch)
 {
+    const bool qwen = arch == GgufArch::Qwen2Moe;
+    const std::string a = qwen ? "qwen2moe" : "llama"; // general.architecture and the metadata keys' prefix
     if (!in.model)
         throw Error("gguf export: no model given");
+    if (qwen && in.layers == nullptr)
+        throw Error("gguf export: llama.cpp's qwen2moe architecture holds a converted model; export the dense "
+                    "source model as gguf-llama");
     if (options.out.empty())
         throw Error("gguf export: no output file given");
     if (options.dtype != "f32" && options.dtype != "f16")
@@ -326,24 +351,28 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     if (cfg.slidingWindow && *cfg.slidingWindow < cfg.maxPositions) {
         report.exact = false;
         report.notes.push_back("the model attends within a sliding window of " + std::to_string(*cfg.slidingWindow)
-                               + " tokens; llama.cpp's llama architecture attends to the whole context, so "
+                               + " tokens; llama.cpp's " + a
+                               + " architecture attends to the whole context, so "
                                  "sequences longer than the window differ");
     }
     if (matType == TensorType::F16 && in.model->dtype() != torch::kFloat16)
         report.notes.push_back("matrices are rounded to float16 (norms stay float32); logits differ from the "
                                "workbench within float16 precision");
 
-    const int64_t k = moe ? expertsUsed(in, options, &report) : 0;
+    const int64_t k = moe ? expertsUsed(in, options, arch, &report) : 0;
     const Vocab vocab = vocabFor(in.modelDir, cfg, &report);
 
-    // Largest expert over all layers: llama.cpp has one expert size; zero padding is exact.
-    int64_t expertSize = 0;
+    // Largest expert over all layers: llama.cpp has one expert size; zero padding is exact. The
+    // same for the shared expert (qwen2moe), at least one neuron: zero rows contribute nothing.
+    int64_t expertSize = 0, sharedSize = 1;
     if (moe)
-        for (const auto& m : *in.layers)
+        for (const auto& m : *in.layers) {
             expertSize = std::max(expertSize, m.gate.size(1));
+            sharedSize = std::max(sharedSize, m.sharedNeurons());
+        }
 
     Metadata md;
-    md.str("general.architecture", "llama");
+    md.str("general.architecture", a);
     std::string name
         = in.modelDir.empty() ? std::string("model") : fs::path(in.modelDir).lexically_normal().filename().string();
     if (name.empty())
@@ -353,21 +382,25 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     md.str("general.name", name);
     md.u32("general.alignment", static_cast<uint32_t>(kAlignment));
     md.u32("general.file_type", matType == TensorType::F32 ? kFileTypeF32 : kFileTypeF16);
-    md.u32("llama.context_length", static_cast<uint32_t>(cfg.maxPositions));
-    md.u32("llama.embedding_length", static_cast<uint32_t>(cfg.hiddenSize));
-    md.u32("llama.block_count", static_cast<uint32_t>(cfg.numLayers));
-    md.u32("llama.feed_forward_length", static_cast<uint32_t>(moe ? expertSize : cfg.intermediateSize));
-    md.u32("llama.attention.head_count", static_cast<uint32_t>(cfg.numHeads));
-    md.u32("llama.attention.head_count_kv", static_cast<uint32_t>(cfg.numKvHeads));
-    md.u32("llama.attention.key_length", static_cast<uint32_t>(cfg.headDim));
-    md.u32("llama.attention.value_length", static_cast<uint32_t>(cfg.headDim));
-    md.f32("llama.rope.freq_base", static_cast<float>(cfg.ropeTheta));
-    md.u32("llama.rope.dimension_count", static_cast<uint32_t>(cfg.headDim));
-    md.f32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(cfg.rmsNormEps));
-    md.u32("llama.vocab_size", static_cast<uint32_t>(cfg.vocabSize));
+    md.u32(a + ".context_length", static_cast<uint32_t>(cfg.maxPositions));
+    md.u32(a + ".embedding_length", static_cast<uint32_t>(cfg.hiddenSize));
+    md.u32(a + ".block_count", static_cast<uint32_t>(cfg.numLayers));
+    md.u32(a + ".feed_forward_length", static_cast<uint32_t>(moe && !qwen ? expertSize : cfg.intermediateSize));
+    md.u32(a + ".attention.head_count", static_cast<uint32_t>(cfg.numHeads));
+    md.u32(a + ".attention.head_count_kv", static_cast<uint32_t>(cfg.numKvHeads));
+    md.u32(a + ".attention.key_length", static_cast<uint32_t>(cfg.headDim));
+    md.u32(a + ".attention.value_length", static_cast<uint32_t>(cfg.headDim));
+    md.f32(a + ".rope.freq_base", static_cast<float>(cfg.ropeTheta));
+    md.u32(a + ".rope.dimension_count", static_cast<uint32_t>(cfg.headDim));
+    md.f32(a + ".attention.layer_norm_rms_epsilon", static_cast<float>(cfg.rmsNormEps));
+    md.u32(a + ".vocab_size", static_cast<uint32_t>(cfg.vocabSize));
     if (moe) {
-        md.u32("llama.expert_count", static_cast<uint32_t>(in.layers->front().numExperts()));
-        md.u32("llama.expert_used_count", static_cast<uint32_t>(k));
+        md.u32(a + ".expert_count", static_cast<uint32_t>(in.layers->front().numExperts()));
+        md.u32(a + ".expert_used_count", static_cast<uint32_t>(k));
+        if (qwen) {
+            md.u32(a + ".expert_feed_forward_length", static_cast<uint32_t>(expertSize));
+            md.u32(a + ".expert_shared_feed_forward_length", static_cast<uint32_t>(sharedSize));
+        }
         // The full LaDiMo policy, so a later import can restore what llama.cpp cannot express.
         md.str(
             "ladimo.routing_policy",
@@ -397,8 +430,12 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
                            [t, type, transform]() { return toCpu(transform ? transform(t) : t, type); }});
     };
     const int64_t heads = cfg.numHeads, kvHeads = cfg.numKvHeads;
-    auto permQ = [heads](const torch::Tensor& t) { return permuteForRope(t, heads); };
-    auto permK = [kvHeads](const torch::Tensor& t) { return permuteForRope(t, kvHeads); };
+    // qwen2moe rotates halves (NEOX RoPE), as Hugging Face does: its Q/K rows stay in place.
+    std::function<torch::Tensor(const torch::Tensor&)> permQ, permK;
+    if (!qwen) {
+        permQ = [heads](const torch::Tensor& t) { return permuteForRope(t, heads); };
+        permK = [kvHeads](const torch::Tensor& t) { return permuteForRope(t, kvHeads); };
+    }
 
     // A weight of the dense model under its Hugging Face name, read when written.
     auto addDense = [&](const std::string& tname, const std::string& hfName, TensorType type,
@@ -413,6 +450,29 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
                            }});
     };
     const auto has = [&](const std::string& hfName) { return byName.count(hfName) > 0; };
+
+    // qwen2moe's shared expert: its output is weighed by sigmoid(ffn_gate_inp_shexp . x), which
+    // llama.cpp computes as silu(z) / z, so a gate of zeros would give 0/0. A gate of 2^-64 gives
+    // z ~ 1e-19 and a weight of 0.5 to float rounding; twice the down projection makes it 1.
+    auto addSharedExpert = [&](const std::string& p, const MoeLayer& m) {
+        const int64_t ms = m.sharedNeurons(), H = cfg.hiddenSize;
+        const auto shared = [&m, ms, H](torch::Tensor MoeLayer::*t) {
+            return ms > 0
+                ? m.*t
+                : torch::zeros(t == &MoeLayer::sharedDown ? std::vector<int64_t>{H, 0} : std::vector<int64_t>{0, H},
+                               m.gate.options());
+        };
+        const int64_t pad = sharedSize - ms;
+        auto padRows = [pad](const torch::Tensor& t) { return torch::constant_pad_nd(t, {0, 0, 0, pad}); };
+        auto padColsTwice = [pad](const torch::Tensor& t) { return torch::constant_pad_nd(2 * t, {0, pad}); };
+        add(p + "ffn_gate_inp_shexp.weight", torch::full({H}, std::ldexp(1.0, -64), torch::kFloat32), TensorType::F32);
+        add(p + "ffn_gate_shexp.weight", shared(&MoeLayer::sharedGate), matType, padRows);
+        tensors.back().shape = {sharedSize, H};
+        add(p + "ffn_up_shexp.weight", shared(&MoeLayer::sharedUp), matType, padRows);
+        tensors.back().shape = {sharedSize, H};
+        add(p + "ffn_down_shexp.weight", shared(&MoeLayer::sharedDown), matType, padColsTwice);
+        tensors.back().shape = {H, sharedSize};
+    };
 
     addDense("token_embd.weight", "model.embed_tokens.weight", matType);
     for (int64_t l = 0; l < cfg.numLayers; ++l) {
@@ -453,11 +513,15 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
             tensors.back().shape = gu;
             add(p + "ffn_down_exps.weight", m.down, matType, padCols);
             tensors.back().shape = {m.numExperts(), cfg.hiddenSize, expertSize};
+            if (qwen)
+                addSharedExpert(p, m);
         }
     }
     addDense("output_norm.weight", "model.norm.weight", TensorType::F32);
     if (has("lm_head.weight"))
         addDense("output.weight", "lm_head.weight", matType);
+    else if (qwen) // qwen2moe has no tied head: the embedding is the output matrix, exactly
+        addDense("output.weight", "model.embed_tokens.weight", matType);
 
     // Header, metadata and tensor infos; then data at aligned offsets.
     Bytes head;
@@ -531,6 +595,18 @@ ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
     report.bytes = static_cast<int64_t>(total);
     report.expertsPerToken = static_cast<int>(k);
     return report;
+}
+
+} // namespace
+
+ExportReport exportGguf(const ExportInput& in, const ExportOptions& options)
+{
+    return exportGgufAs(in, options, GgufArch::Llama);
+}
+
+ExportReport exportGgufQwen2Moe(const ExportInput& in, const ExportOptions& options)
+{
+    return exportGgufAs(in, options, GgufArch::Qwen2Moe);
 }
 
 } // namespace ladimo::core

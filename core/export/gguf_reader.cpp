@@ -205,7 +205,9 @@ LoadedMixtral loadGguf(const fs::path& file, const LoadOptions& options)
         return it->second;
     };
     if (!md.count("general.architecture") || md["general.architecture"] != "llama")
-        throw Error(src + ": general.architecture is not 'llama' (only llama.cpp's llama architecture is read)");
+        throw Error(src
+                    + ": general.architecture is not 'llama' (only llama.cpp's llama architecture is read; a "
+                      "gguf-qwen2moe export is not read back)");
     ModelConfig c;
     c.hiddenSize = need("llama.embedding_length").get<int64_t>();
     c.numLayers = need("llama.block_count").get<int64_t>();

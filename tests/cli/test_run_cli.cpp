@@ -85,7 +85,7 @@ TEST(RunCli, WholePipelineConvertsTunesEvaluatesExportsAndResumes)
     r = ladimo::test::runLadimo("export " + (out / "project.ladimo").string() + " --format nonsense --out "
                                 + (out / "x").string());
     EXPECT_NE(r.status, 0);
-    EXPECT_NE(r.out.find("expected hf-mixtral, hf-qwen2-moe, gguf, hf-llama, gguf-llama or policy-json"),
+    EXPECT_NE(r.out.find("expected hf-mixtral, hf-qwen2-moe, gguf, gguf-qwen2moe, hf-llama, gguf-llama or policy-json"),
               std::string::npos)
         << r.out;
 

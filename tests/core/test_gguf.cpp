@@ -42,8 +42,9 @@ const LlamaModel& demoModel()
 
 // The demo model converted without distillation: every layer split into `experts` experts
 // (co-activation partition on self-sampled calibration tokens), renormalised softmax gating,
-// router fitted to the experts' output norms.
-std::vector<MoeLayer> convertDemo(int64_t experts)
+// router fitted to the experts' output norms. With `shared`, layer l keeps shared + l always-on
+// neurons (unequal widths, so the exporters' padding is exercised).
+std::vector<MoeLayer> convertDemo(int64_t experts, Gating gating = Gating::Renorm, int64_t shared = 0)
 {
     torch::manual_seed(0);
     const auto& model = demoModel();
@@ -60,8 +61,9 @@ std::vector<MoeLayer> convertDemo(int64_t experts)
         const auto& w = model.weights().layers[static_cast<std::size_t>(l)];
         const DenseFfn ffn{w.gate, w.up, w.down};
         const auto& x = xs[static_cast<std::size_t>(l)];
-        auto layer = buildMoeLayer(ffn, partitionNeurons(ffn, x, experts, Partition::Coactivation, 0), experts,
-                                   Gating::Renorm);
+        auto layer = buildMoeLayer(
+            ffn, partitionNeurons(ffn, x, experts, Partition::Coactivation, 0, shared > 0 ? shared + l : 0), experts,
+            gating);
         DistillOptions o;
         o.routerEpochs = 10;
         o.batch = 256;
@@ -74,6 +76,13 @@ std::vector<MoeLayer> convertDemo(int64_t experts)
 const std::vector<MoeLayer>& demoMoe8()
 {
     static const std::vector<MoeLayer> layers = convertDemo(8);
+    return layers;
+}
+
+// For llama.cpp's qwen2moe: plain gating (what it computes) and 40..43 always-on neurons.
+const std::vector<MoeLayer>& demoQwen()
+{
+    static const std::vector<MoeLayer> layers = convertDemo(8, Gating::Plain, 40);
     return layers;
 }
 
@@ -295,13 +304,14 @@ constexpr int kNewTokens = 32;
 
 // Exports, runs llama.cpp and the workbench greedily on the same prompt, compares the ids;
 // returns the workbench's ids (prompt + generated).
-std::vector<int64_t> expectSameGreedy(const ExportInput& in, const ForwardHooks* hooks, const std::string& label)
+std::vector<int64_t> expectSameGreedy(const ExportInput& in, const ForwardHooks* hooks, const std::string& label,
+                                      ExportReport (*write)(const ExportInput&, const ExportOptions&) = &exportGguf)
 {
     ladimo::test::TempDir tmp;
     ExportOptions o;
     o.out = tmp / "model.gguf";
     o.dtype = "f32";
-    const auto report = exportGguf(in, o);
+    const auto report = write(in, o);
     EXPECT_TRUE(report.exact) << (report.notes.empty() ? "" : report.notes.front());
 
     const auto tok = Tokenizer::loadForModel(demoDir());
@@ -663,4 +673,98 @@ TEST(Gguf, LlamaCppMoeGreedyEqualsWorkbench)
     const auto hooks2 = moeHooks(layers, rules2);
     const auto top2 = expectSameGreedy(moeInput(layers, rules2, "k2"), &hooks2, "moe top-2");
     EXPECT_NE(top2, top6);
+}
+
+// ---- qwen2moe: routed experts plus a shared expert ----------------------------------------
+
+// The file holds llama.cpp's qwen2moe layout, and llama.cpp's qwen2moe block computed from the
+// file's tensors (softmax over all experts, top-k not renormalised; shared expert weighed by
+// silu(z)/z of its gate) equals the workbench's MoE block with plain gating.
+TEST(Gguf, Qwen2MoeSharedExpertAndRoutedExpertsComputeTheWorkbenchBlock)
+{
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
+    const auto& layers = demoQwen();
+    const auto& c = demoModel().config();
+    const auto& w = demoModel().weights();
+    ASSERT_EQ(layers[3].sharedNeurons(), 43);
+    ladimo::test::TempDir tmp;
+    ExportOptions o;
+    o.out = tmp / "q.gguf";
+    const auto report = exportGgufQwen2Moe(moeInput(layers, uniformRules(4, RoutingRule::staticK(3)), "k3"), o);
+    EXPECT_TRUE(report.exact) << (report.notes.empty() ? "" : report.notes.front());
+    const auto g = GgufFile::load(o.out);
+    EXPECT_EQ(g.at("general.architecture").string(), "qwen2moe");
+    EXPECT_EQ(g.at("qwen2moe.block_count").integer(), c.numLayers);
+    EXPECT_EQ(g.at("qwen2moe.expert_count").integer(), 8);
+    EXPECT_EQ(g.at("qwen2moe.expert_used_count").integer(), 3);
+    const int64_t S = g.at("qwen2moe.expert_feed_forward_length").integer();
+    EXPECT_EQ(S, layers.front().gate.size(1));
+    EXPECT_EQ(g.at("qwen2moe.expert_shared_feed_forward_length").integer(), 43);
+    EXPECT_EQ(g.find("llama.block_count"), nullptr);
+    // Hugging Face's rotate-half RoPE is qwen2moe's (NEOX): Q/K rows as they are; no tied head.
+    expectSame(g, "blk.0.attn_q.weight", w.layers[0].q, false);
+    expectSame(g, "blk.0.attn_k.weight", w.layers[0].k, false);
+    expectSame(g, "output.weight", w.lmHead.defined() ? w.lmHead : w.embed, false);
+
+    torch::NoGradGuard ng;
+    const auto x = torch::randn({64, c.hiddenSize});
+    for (int64_t l = 0; l < c.numLayers; ++l) {
+        SCOPED_TRACE("layer " + std::to_string(l));
+        const std::string p = "blk." + std::to_string(l) + ".";
+        const auto router = g.tensor(p + "ffn_gate_inp.weight");             // [N, H]
+        const auto gate = g.tensor(p + "ffn_gate_exps.weight");              // [N, S, H]
+        const auto up = g.tensor(p + "ffn_up_exps.weight");                  // [N, S, H]
+        const auto down = g.tensor(p + "ffn_down_exps.weight");              // [N, H, S]
+        const auto gateInpShexp = g.tensor(p + "ffn_gate_inp_shexp.weight"); // [H]
+        const auto gateShexp = g.tensor(p + "ffn_gate_shexp.weight");        // [M, H]
+        const auto upShexp = g.tensor(p + "ffn_up_shexp.weight");
+        const auto downShexp = g.tensor(p + "ffn_down_shexp.weight"); // [H, M]
+        ASSERT_EQ(gateShexp.sizes(), (std::vector<int64_t>{43, c.hiddenSize}));
+        ASSERT_EQ(downShexp.sizes(), (std::vector<int64_t>{c.hiddenSize, 43}));
+        const auto probs = torch::softmax(torch::matmul(x, router.t()), -1);
+        const auto [topW, topI] = probs.topk(3, -1);
+        auto routed = torch::zeros_like(x);
+        for (int64_t t = 0; t < x.size(0); ++t)
+            for (int64_t j = 0; j < 3; ++j) {
+                const int64_t e = topI[t][j].item<int64_t>();
+                const auto xt = x[t];
+                const auto h = torch::silu(torch::matmul(gate[e], xt)) * torch::matmul(up[e], xt);
+                routed[t] += topW[t][j] * torch::matmul(down[e], h);
+            }
+        const auto z = torch::matmul(x, gateInpShexp).unsqueeze(-1); // [T, 1]
+        ASSERT_TRUE((z != 0).all().item<bool>());
+        const auto sharedH = torch::silu(torch::matmul(x, gateShexp.t())) * torch::matmul(x, upShexp.t());
+        const auto theirs = routed + torch::matmul(sharedH, downShexp.t()) * (torch::silu(z) / z);
+        const auto& m = layers[static_cast<std::size_t>(l)];
+        const auto ours = m.forward(x, RoutingRule::staticK(3));
+        const double scale = ours.abs().max().item<double>();
+        EXPECT_LT((theirs - ours).abs().max().item<double>(), 1e-5 * scale);
+    }
+
+    // What it cannot hold is refused or reported: the dense model, renorm gating.
+    EXPECT_THROW(exportGgufQwen2Moe(denseInput(), o), Error);
+    const auto renorm = exportGgufQwen2Moe(moeInput(demoMoe8(), uniformRules(4, RoutingRule::staticK(3)), "k3"), o);
+    EXPECT_FALSE(renorm.exact);
+    ASSERT_FALSE(renorm.notes.empty());
+    EXPECT_NE(renorm.notes.front().find("renorm"), std::string::npos) << renorm.notes.front();
+    // llama's GGUF layout refuses shared neurons and names this one.
+    try {
+        exportGguf(moeInput(layers, uniformRules(4, RoutingRule::staticK(3)), "k3"), o);
+        ADD_FAILURE() << "shared neurons were written to the llama architecture";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("gguf-qwen2moe"), std::string::npos) << e.what();
+    }
+}
+
+// A real llama.cpp runs the qwen2moe export of a conversion with shared neurons and continues the
+// prompt with the workbench's greedy ids.
+TEST(Gguf, LlamaCppQwen2MoeGreedyEqualsWorkbench)
+{
+    LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
+    if (const auto why = llamaNodeMissing(); !why.empty())
+        GTEST_SKIP() << "llama.cpp comparison skipped: " << why;
+    const auto& layers = demoQwen();
+    const auto rules = uniformRules(4, RoutingRule::staticK(3));
+    const auto hooks = moeHooks(layers, rules);
+    expectSameGreedy(moeInput(layers, rules, "k3"), &hooks, "qwen2moe top-3", &exportGgufQwen2Moe);
 }
