@@ -6,6 +6,7 @@
 
 #include "common/fileutil.h"
 #include "store/project.h"
+#include "ggufreader.h"
 #include "testutil.h"
 
 namespace {
@@ -226,6 +227,16 @@ TEST(Cli, SharedNeuronsAreConvertedCountedAndRefusedByMixtralExports)
     const auto config = nlohmann::json::parse(ladimo::core::readTextFile(qwen + "/config.json"));
     EXPECT_EQ(config.at("shared_expert_intermediate_size").get<int64_t>(), 192);
     EXPECT_EQ(config.at("num_experts").get<int64_t>(), 8);
+    // So does llama.cpp's qwen2moe GGUF layout; the report names its k and what hard gating changes.
+    const std::string gguf = (tmp / "qwen.gguf").string();
+    r = runLadimo("export " + p + " --format gguf-qwen2moe --top-k 3 --out " + gguf);
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_NE(r.out.find("qwen2moe.expert_used_count 3: NOT exact"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("hard gating"), std::string::npos) << r.out;
+    const auto g = ladimo::test::GgufFile::load(gguf);
+    EXPECT_EQ(g.at("general.architecture").string(), "qwen2moe");
+    EXPECT_EQ(g.at("qwen2moe.expert_shared_feed_forward_length").integer(), 192);
+    EXPECT_EQ(g.tensor("blk.0.ffn_down_shexp.weight").size(1), 192);
 }
 
 TEST(Cli, CtrlCDuringConversionKeepsFinishedLayersAndResumesToTheSameResult)
