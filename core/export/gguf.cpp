@@ -321,10 +321,6 @@ torch::Tensor toCpu(const torch::Tensor& t, TensorType type)
     return t.detach().to(torch::kCPU, type == TensorType::F32 ? torch::kFloat32 : torch::kFloat16).contiguous();
 }
 
-} // namespace
-
-namespace {
-
 ExportReport exportGgufAs(const ExportInput& in, const ExportOptions& options, GgufArch arch)
 {
     const bool qwen = arch == GgufArch::Qwen2Moe;

@@ -684,6 +684,7 @@ TEST(Gguf, Qwen2MoeSharedExpertAndRoutedExpertsComputeTheWorkbenchBlock)
 {
     LADIMO_REQUIRE_SPM(); // the demo / shared tokenizer.model
     const auto& layers = demoQwen();
+    const auto& renormLayers = demoMoe8(); // converted (with autograd) before the no-grad block below
     const auto& c = demoModel().config();
     const auto& w = demoModel().weights();
     ASSERT_EQ(layers[3].sharedNeurons(), 43);
@@ -743,7 +744,7 @@ TEST(Gguf, Qwen2MoeSharedExpertAndRoutedExpertsComputeTheWorkbenchBlock)
 
     // What it cannot hold is refused or reported: the dense model, renorm gating.
     EXPECT_THROW(exportGgufQwen2Moe(denseInput(), o), Error);
-    const auto renorm = exportGgufQwen2Moe(moeInput(demoMoe8(), uniformRules(4, RoutingRule::staticK(3)), "k3"), o);
+    const auto renorm = exportGgufQwen2Moe(moeInput(renormLayers, uniformRules(4, RoutingRule::staticK(3)), "k3"), o);
     EXPECT_FALSE(renorm.exact);
     ASSERT_FALSE(renorm.notes.empty());
     EXPECT_NE(renorm.notes.front().find("renorm"), std::string::npos) << renorm.notes.front();
