@@ -33,9 +33,9 @@ struct ConvertRequest {
     QString modelPath;   // the dense model folder
     QString projectFile; // *.ladimo, created when absent; a rerun with the same settings resumes
     int64_t experts = 32;
-    int64_t sharedNeurons = 0; // core::ConvertSettings::sharedNeurons: always-on neurons per layer
-    int trainTopK = 0;         // 0: the most experts that fit in 75% of the FFN's parameters (core::trainTopKFor)
-    int epochs = 20;
+    int64_t sharedNeurons = 0;   // core::ConvertSettings::sharedNeurons: always-on neurons per layer
+    int trainTopK = 0;           // 0: the most experts that fit in 75% of the FFN's parameters (core::trainTopKFor)
+    int epochs = 10;             // core::DistillOptions::epochs
     int e2eSteps = 0;            // core::EndToEndOptions::steps (300 measured in the README: off by default)
     QString partition = "coact"; // recorded as given, like `ladimo convert --partition`
     QString gating = "hard";
