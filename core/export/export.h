@@ -61,6 +61,10 @@ inline void writeExport(const std::filesystem::path& out, const std::function<vo
     }
 }
 
+// Throws an Error naming `where` when m's always-on neurons are not shared_gate/up [M, H] and
+// shared_down [H, M] (export/hf_mixtral.cpp; nothing to check without shared neurons).
+void requireSharedNeuronShapes(const MoeLayer& m, int64_t hidden, const std::string& where);
+
 // What an export wrote and whether the target format computes exactly what the workbench does.
 struct ExportReport {
     bool exact = true;

@@ -268,12 +268,7 @@ int64_t expertsUsed(const ExportInput& in, const ExportOptions& options, GgufArc
                         + " always-on (shared) neurons, which llama.cpp's llama architecture cannot hold (its "
                           "experts are all routed): export as gguf-qwen2moe or hf-qwen2-moe, or convert without "
                           "--shared-neurons");
-        if (m.sharedNeurons() > 0
-            && (m.sharedGate.dim() != 2 || m.sharedGate.size(1) != cfg.hiddenSize
-                || m.sharedUp.sizes() != m.sharedGate.sizes()
-                || m.sharedDown.sizes().vec() != std::vector<int64_t>{cfg.hiddenSize, m.sharedNeurons()}))
-            throw Error("gguf export: layer " + std::to_string(l)
-                        + " shared-neuron tensors do not have the shapes shared_gate/up [M, H], shared_down [H, M]");
+        requireSharedNeuronShapes(m, cfg.hiddenSize, "gguf export: layer " + std::to_string(l));
         allMatch = allMatch && m.gating == (qwen ? Gating::Plain : Gating::Renorm);
     }
     if (!allMatch) {

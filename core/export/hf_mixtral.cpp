@@ -314,12 +314,7 @@ ExportReport exportHf(const ExportInput& in, const ExportOptions& options, HfLay
                 throw Error(where + " has " + std::to_string(m.sharedNeurons())
                             + " always-on (shared) neurons, which the Mixtral layout cannot hold (every Mixtral "
                               "expert is routed): export as hf-qwen2-moe, whose shared expert holds them");
-            if (m.sharedNeurons() > 0
-                && (m.sharedGate.dim() != 2 || m.sharedGate.size(1) != H || m.sharedUp.sizes() != m.sharedGate.sizes()
-                    || m.sharedDown.sizes().vec() != std::vector<int64_t>{H, m.sharedNeurons()}))
-                throw Error(where + ": shared neurons shared_gate " + shapeString(m.sharedGate.sizes().vec())
-                            + ", shared_down " + shapeString(m.sharedDown.sizes().vec()) + " do not match hidden size "
-                            + std::to_string(H));
+            requireSharedNeuronShapes(m, H, where);
             M = std::max(M, m.sharedNeurons());
             shared.push_back(m.sharedNeurons());
             for (auto s : m.sizes) {
@@ -723,6 +718,15 @@ LoadedMixtral loadHfMixtral(const fs::path& dir, const LoadOptions& options)
         m.gating = gating;
     return LoadedMixtral{std::move(model),    std::move(layers), std::move(rules), gating,
                          static_cast<int>(k), policyName,        sourceModel,      ladimo};
+}
+
+void requireSharedNeuronShapes(const MoeLayer& m, int64_t hidden, const std::string& where)
+{
+    if (m.sharedNeurons() > 0
+        && (m.sharedGate.dim() != 2 || m.sharedGate.size(1) != hidden || m.sharedUp.sizes() != m.sharedGate.sizes()
+            || m.sharedDown.sizes().vec() != std::vector<int64_t>{hidden, m.sharedNeurons()}))
+        throw Error(where + ": shared neurons shared_gate " + shapeString(m.sharedGate.sizes().vec()) + ", shared_down "
+                    + shapeString(m.sharedDown.sizes().vec()) + " do not match hidden size " + std::to_string(hidden));
 }
 
 } // namespace ladimo::core
