@@ -515,16 +515,17 @@ torch::Tensor LlamaModel::attention(const LayerWeights& l, int layer, const torc
 
     // Grouped-query attention without materialising repeated K/V: fold the `rep` query heads
     // that share a key/value head into the query-length dimension.
-    auto qg = q.reshape({B, Hkv, rep * T, D});
-    auto scores = torch::matmul(qg, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(D)); // [B,Hkv,rep*T,S]
-    scores = scores.view({B, Hkv, rep, T, S});
+    // The scale goes on the queries (T x D values) rather than the scores (T x S), and the mask is
+    // applied in place: passes over the score tensor are what a long window's attention costs.
+    auto qg = (q * (1.0 / std::sqrt(static_cast<double>(D)))).reshape({B, Hkv, rep * T, D});
+    auto scores = torch::matmul(qg, k.transpose(-1, -2)).view({B, Hkv, rep, T, S}).to(torch::kFloat32);
 
     auto qpos = torch::arange(startPos, startPos + T, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
     auto kpos = torch::arange(0, S, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
     auto masked = kpos.unsqueeze(0) > qpos.unsqueeze(1); // [T,S]
     if (m_config.slidingWindow)
         masked = masked.logical_or(kpos.unsqueeze(0) <= qpos.unsqueeze(1) - *m_config.slidingWindow);
-    auto probs = torch::softmax(scores.to(torch::kFloat32).masked_fill(masked, -INFINITY), -1).to(q.scalar_type());
+    auto probs = torch::softmax(scores.masked_fill_(masked, -INFINITY), -1).to(q.scalar_type());
     auto out = torch::matmul(probs.view({B, Hkv, rep * T, S}), v); // [B,Hkv,rep*T,D]
     out = out.view({B, H, T, D}).transpose(1, 2).reshape({B, T, H * D});
     return linear(out, l.o, l.oBias);
