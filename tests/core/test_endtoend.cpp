@@ -1,11 +1,15 @@
 // The end-to-end stage (convert/endtoend.h) on the tiny random model: it lowers the KL between
 // the dense and the converted next-token distributions, keeps the padding of unequal experts at
 // zero, leaves the routers alone unless asked, is reproducible and honours cancellation.
+#include <random>
+
 #include <gtest/gtest.h>
 
+#include "common/cputeam.h"
 #include "common/error.h"
 #include "convert/convert.h"
 #include "convert/endtoend.h"
+#include "testutil.h"
 #include "tinymodel.h"
 
 using namespace ladimo::core;
@@ -103,6 +107,63 @@ TEST(EndToEnd, SameSeedSameWeightsAndCancelStopsIt)
     auto c = start;
     o.cancel.cancel();
     EXPECT_THROW(trainEndToEnd(model, c, rules, calibration, o), Cancelled);
+}
+
+// On the CPU each step's windows are split over the CPU team and the shares' gradients add up; the
+// training must be the one a single share gives (up to the BLAS's rounding), the dense targets
+// taken from the stage's cache (windows drawn again) included. A trained model (tinystories260K
+// where ../shared is present, else the bundled demo model): the tiny random one's next-token
+// distributions are so flat that its KL is rounding noise.
+TEST(EndToEnd, SplittingStepsOverTheCpuTeamTrainsAsOneShareDoes)
+{
+    const auto shared = ladimo::test::sharedData() / "tinystories260K";
+    const auto model = LlamaModel::load(std::filesystem::exists(shared / "model.safetensors")
+                                            ? shared
+                                            : ladimo::test::sourceDir() / "resources" / "demo");
+    std::vector<int64_t> calibration(32 * 24);
+    std::mt19937_64 rng(5);
+    for (auto& t : calibration)
+        t = static_cast<int64_t>(3 + rng() % 250);
+    ConvertSettings s;
+    s.experts = 8;
+    s.seqLen = 32;
+    s.distill.epochs = 1;
+    s.distill.routerEpochs = 1;
+    s.distill.trainTopK = 4;
+    const auto start = convertModel(model, calibration, s, {});
+    EndToEndOptions o;
+    o.steps = 6; // 24 draws of 24 windows: the cache serves about a third of them
+    o.lr = 1e-3;
+    o.seqLen = 32;
+    o.windows = 4;
+    o.fullKWeight = 0.5;
+    const std::vector<RoutingRule> rules(start.size(), RoutingRule::staticK(4));
+    auto deepCopy = [&] {
+        auto layers = start;
+        for (auto& l : layers) {
+            l.router = l.router.clone();
+            l.down = l.down.clone();
+            fuseGateUp(l);
+        }
+        return layers;
+    };
+    auto split = deepCopy(), single = deepCopy();
+    const auto a = trainEndToEnd(model, split, rules, calibration, o);
+    EndToEndResult b;
+    {
+        CpuTeam::Solo solo; // one share
+        b = trainEndToEnd(model, single, rules, calibration, o);
+    }
+    ASSERT_EQ(a.curve.size(), b.curve.size());
+    EXPECT_GT(b.curve.front().second, 1e-3);
+    for (std::size_t i = 0; i < a.curve.size(); ++i)
+        EXPECT_NEAR(a.curve[i].second, b.curve[i].second, 1e-3 * b.curve[i].second) << "step " << i;
+    for (std::size_t l = 0; l < split.size(); ++l) {
+        const double moved = (single[l].down - start[l].down).abs().max().item<double>();
+        const double apart = (split[l].down - single[l].down).abs().max().item<double>();
+        EXPECT_GT(moved, 1e-4) << "layer " << l << " did not train";
+        EXPECT_LT(apart, 0.02 * moved) << "layer " << l << ": split and single-share training differ";
+    }
 }
 
 TEST(EndToEnd, TooLittleDataAndMismatchedRulesAreErrorsThatSaySo)
