@@ -95,19 +95,19 @@ EndToEndResult trainEndToEnd(const LlamaModel& dense, std::vector<MoeLayer>& lay
     std::mutex cacheMutex;
     auto denseLogProbs = [&](const std::vector<std::size_t>& picks) {
         std::vector<torch::Tensor> rows(picks.size());
-        std::vector<int64_t> missing;
+        std::vector<std::size_t> missing;
         {
             std::lock_guard<std::mutex> lock(cacheMutex);
             for (std::size_t i = 0; i < picks.size(); ++i) {
                 rows[i] = denseCache[picks[i]];
                 if (!rows[i].defined())
-                    missing.push_back(static_cast<int64_t>(i));
+                    missing.push_back(i);
             }
         }
         if (!missing.empty()) {
             std::vector<int64_t> ids;
             for (auto i : missing) {
-                const auto& w = windows[picks[static_cast<std::size_t>(i)]];
+                const auto& w = windows[picks[i]];
                 ids.insert(ids.end(), w.begin(), w.end());
             }
             torch::NoGradGuard ng;
@@ -115,7 +115,7 @@ EndToEndResult trainEndToEnd(const LlamaModel& dense, std::vector<MoeLayer>& lay
             auto lp = torch::log_softmax(dense.forward(tokens).to(torch::kFloat32), -1);
             std::lock_guard<std::mutex> lock(cacheMutex);
             for (std::size_t j = 0; j < missing.size(); ++j) {
-                const auto i = static_cast<std::size_t>(missing[j]);
+                const auto i = missing[j];
                 rows[i] = lp[static_cast<int64_t>(j)];
                 if (!denseCache[picks[i]].defined() && cached < cacheCapacity) {
                     denseCache[picks[i]] = rows[i].clone();
