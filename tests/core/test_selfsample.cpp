@@ -1,5 +1,6 @@
 // Data-free calibration: self-sampling is reproducible and really samples the model's own
 // distribution (perplexity on its samples ~= exp(mean predictive entropy)).
+#include "common/cputeam.h"
 #include "eval/perplexity.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -63,4 +64,41 @@ TEST(SelfSample, PerplexityOnOwnSamplesMatchesPredictiveEntropy)
     // E[NLL of a sample] = entropy; with ~2000 tokens the sampling noise is a few percent.
     EXPECT_NEAR(r.nll, entropy, 0.05 * entropy) << "nll " << r.nll << " entropy " << entropy;
     EXPECT_NEAR(r.perplexity, std::exp(entropy), 0.15 * std::exp(entropy));
+}
+
+// A resident model on the CPU samples its chunks on the CPU team; each chunk draws from its own
+// generator, so the tokens are those of one chunk after another (CpuTeam::Solo).
+TEST(SelfSample, ChunksOnTheCpuTeamGiveTheTokensOfOneChunkAfterAnother)
+{
+    const auto dir = modelDir();
+    if (!std::filesystem::exists(dir / "model.safetensors"))
+        GTEST_SKIP() << "neither the demo model nor tinystories260K is present";
+    const auto model = LlamaModel::load(dir);
+    SelfSampleOptions o;
+    o.tokens = 9 * 64; // nine sequences: four chunks of two and a last one of one
+    o.seqLen = 64;
+    o.batch = 2;
+    o.seed = 11;
+    double lastDone = 0;
+    int reports = 0;
+    o.progress = [&](const std::string& what, double done, double total) {
+        EXPECT_EQ(what, "self-sample");
+        EXPECT_EQ(total, 9 * 64.0);
+        EXPECT_GE(done, lastDone);
+        lastDone = done;
+        ++reports;
+    };
+    const auto split = selfSample(model, o);
+    EXPECT_EQ(lastDone, 9 * 64.0);
+    EXPECT_GE(reports, 1);
+    std::vector<int64_t> solo;
+    {
+        CpuTeam::Solo one;
+        o.progress = nullptr;
+        solo = selfSample(model, o);
+    }
+    ASSERT_EQ(split.size(), 9u * 64u);
+    EXPECT_EQ(split, solo);
+    for (std::size_t i = 0; i < split.size(); i += 64)
+        EXPECT_EQ(split[i], model.config().bosTokenId);
 }
