@@ -129,7 +129,8 @@ void registerConvertCommand(CLI::App& app)
     cmd->add_option("--e2e-lr", o->s.endToEnd.lr, "End-to-end learning rate (Adam, cosine)")->capture_default_str();
     cmd->add_option("--e2e-windows", o->s.endToEnd.windows, "Calibration windows per end-to-end step")
         ->capture_default_str();
-    cmd->add_flag("--e2e-routers", o->s.endToEnd.trainRouters, "Train the routers too in the end-to-end stage");
+    cmd->add_flag("--e2e-routers", o->s.endToEnd.trainRouters,
+                  "Train the routers too in the end-to-end stage (hard gating: straight-through gradient)");
     cmd->add_option("--e2e-full-k-weight", o->s.endToEnd.fullKWeight,
                     "End-to-end: weight of the KL with every expert active (keeps the full model dense; 0: off)")
         ->capture_default_str();

@@ -42,7 +42,8 @@ struct SelfSampleOptions {
     CancelToken cancel;
 };
 
-// Reproducible: the same (model, seed, seqLen, batch) gives the same tokens.
+// Reproducible: the same (model, seed, seqLen, batch) gives the same tokens, whether the batches
+// run one after another or, for a resident model on the CPU, spread over the CPU team.
 std::vector<int64_t> selfSample(const LlamaModel& model, const SelfSampleOptions& options);
 
 } // namespace ladimo::core

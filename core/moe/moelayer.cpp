@@ -60,7 +60,11 @@ void MoeLayer::route(const torch::Tensor& probs, const RoutingRule& rule, torch:
     auto m = torch::zeros_like(keep).scatter(-1, order, keep);
     *mask = m;
     if (gating == Gating::Hard) {
-        *weights = m.to(probs.scalar_type());
+        const auto hard = m.to(probs.scalar_type());
+        // A router being trained (the end-to-end stage's --e2e-routers) gets a straight-through
+        // gradient: each chosen expert still weighs exactly 1, and its router probability gets
+        // the gradient of scaling its output.
+        *weights = probs.requires_grad() ? hard + (probs - probs.detach()) * hard : hard;
     } else if (gating == Gating::Plain) {
         *weights = probs * m.to(probs.scalar_type());
     } else {

@@ -45,6 +45,17 @@ double klAt(const LlamaModel& model, std::vector<MoeLayer>& layers, const std::v
         .initialKl;
 }
 
+// 60 steps of 8 windows of 16 tokens: enough to move the tiny model's KL.
+EndToEndOptions shortStage()
+{
+    EndToEndOptions o;
+    o.steps = 60;
+    o.lr = 3e-3;
+    o.seqLen = 16;
+    o.windows = 8;
+    return o;
+}
+
 } // namespace
 
 TEST(EndToEnd, LowersTheKlKeepsPaddingZeroAndLeavesRoutersAlone)
@@ -54,11 +65,7 @@ TEST(EndToEnd, LowersTheKlKeepsPaddingZeroAndLeavesRoutersAlone)
     auto layers = convertedLayers(model, calibration);
     const auto routers = layers[0].router.clone();
     const double before = klAt(model, layers, calibration);
-    EndToEndOptions o;
-    o.steps = 60;
-    o.lr = 3e-3;
-    o.seqLen = 16;
-    o.windows = 8;
+    auto o = shortStage();
     std::vector<int64_t> steps;
     o.onStep = [&](int64_t step, double) { steps.push_back(step); };
     const auto r = trainEndToEnd(model, layers, std::vector<RoutingRule>(layers.size(), RoutingRule::staticK(3)),
@@ -79,6 +86,41 @@ TEST(EndToEnd, LowersTheKlKeepsPaddingZeroAndLeavesRoutersAlone)
             }
         }
     }
+}
+
+// Hard gating weighs every chosen expert 1, so a router has no gradient of its own: asked to
+// train them, the stage passes the gradient of scaling each chosen expert's output to its router
+// probability (straight through), and the forward pass stays exactly the hard one.
+TEST(EndToEnd, TrainsHardGatedRoutersStraightThrough)
+{
+    const auto model = tinyModel();
+    const auto calibration = tinyCalibration(16 * 32);
+    auto layers = convertedLayers(model, calibration);
+    ASSERT_EQ(layers[0].gating, Gating::Hard);
+    {
+        auto probe = layers[0];
+        const auto x = torch::randn({40, model.config().hiddenSize});
+        torch::Tensor plain;
+        {
+            torch::NoGradGuard ng;
+            plain = probe.forward(x, RoutingRule::staticK(3));
+        }
+        probe.router = probe.router.detach().clone().set_requires_grad(true);
+        const auto traced = probe.forward(x, RoutingRule::staticK(3));
+        EXPECT_TRUE(torch::equal(traced.detach(), plain));
+        traced.pow(2).sum().backward();
+        ASSERT_TRUE(probe.router.grad().defined());
+        EXPECT_GT(probe.router.grad().abs().sum().item<double>(), 0.0);
+    }
+    const auto routers = layers[0].router.clone();
+    const double before = klAt(model, layers, calibration);
+    auto o = shortStage();
+    o.trainRouters = true;
+    trainEndToEnd(model, layers, std::vector<RoutingRule>(layers.size(), RoutingRule::staticK(3)), calibration, o);
+    EXPECT_GT((layers[0].router - routers).abs().max().item<double>(), 1e-4);
+    EXPECT_FALSE(layers[0].router.requires_grad());
+    const double after = klAt(model, layers, calibration);
+    EXPECT_LT(after, 0.8 * before) << "KL before " << before << " after " << after;
 }
 
 TEST(EndToEnd, SameSeedSameWeightsAndCancelStopsIt)
