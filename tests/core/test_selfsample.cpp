@@ -102,3 +102,27 @@ TEST(SelfSample, ChunksOnTheCpuTeamGiveTheTokensOfOneChunkAfterAnother)
     for (std::size_t i = 0; i < split.size(); i += 64)
         EXPECT_EQ(split[i], model.config().bosTokenId);
 }
+
+// Cancelling while the chunks run on the team stops every share: the call throws Cancelled
+// after the chunk that saw the request, not after all of them.
+TEST(SelfSample, CancelStopsEveryChunk)
+{
+    const auto dir = modelDir();
+    if (!std::filesystem::exists(dir / "model.safetensors"))
+        GTEST_SKIP() << "neither the demo model nor tinystories260K is present";
+    const auto model = LlamaModel::load(dir);
+    SelfSampleOptions o;
+    o.tokens = 64 * 2 * 64; // 64 chunks of two sequences
+    o.seqLen = 64;
+    o.batch = 2;
+    CancelToken cancel;
+    o.cancel = cancel;
+    double lastDone = 0;
+    o.progress = [&](const std::string&, double done, double) {
+        lastDone = done;
+        cancel.cancel();
+    };
+    EXPECT_THROW(selfSample(model, o), Cancelled);
+    EXPECT_GT(lastDone, 0);
+    EXPECT_LT(lastDone, o.tokens / 4.0); // stopped within the first chunks
+}
