@@ -124,10 +124,12 @@ std::vector<int64_t> selfSample(const LlamaModel& model, const SelfSampleOptions
             o.progress("self-sample", static_cast<double>(finished.load() * o.seqLen),
                        static_cast<double>(sequences * o.seqLen));
     };
-    const bool split = !model.streamed() && model.device().is_cpu() && CpuTeam::instance().size() > 1 && chunks > 1;
-    if (split) {
-        std::atomic<int64_t> next{0};
-        CpuTeam::instance().run([&](int share, int) {
+    const bool split = !model.streamed() && model.device().is_cpu();
+    const int shares = split ? static_cast<int>(std::min<int64_t>(CpuTeam::instance().size(), chunks)) : 1;
+    std::atomic<int64_t> next{0};
+    // One share runs every chunk on the calling thread, the BLAS left as it is.
+    CpuTeam::instance().run(
+        [&](int share, int) {
             for (int64_t c = next++; c < chunks; c = next++) {
                 try {
                     runChunk(c);
@@ -138,14 +140,10 @@ std::vector<int64_t> selfSample(const LlamaModel& model, const SelfSampleOptions
                 if (share == 0) // the calling thread: callbacks stay on it
                     report();
             }
-        });
-        report();
-    } else {
-        for (int64_t c = 0; c < chunks; ++c) {
-            runChunk(c);
-            report();
-        }
-    }
+        },
+        shares);
+    if (shares > 1)
+        report(); // the other shares' last chunks
     std::vector<int64_t> stream;
     stream.reserve(static_cast<std::size_t>(sequences * o.seqLen));
     for (const auto& c : made)
