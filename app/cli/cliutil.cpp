@@ -76,16 +76,20 @@ core::ProgressFn ProgressPrinter::fn()
     return [this, terminal](const std::string& stage, double done, double total) {
         const auto now = std::chrono::steady_clock::now();
         const double elapsed = std::chrono::duration<double>(now - m_start).count();
+        const double eta
+            = m_clock.secondsLeft(stage, done, total, now); // every report: a stage's pace starts at its first
         const auto every = terminal ? std::chrono::milliseconds(200) : std::chrono::milliseconds(5000);
         if (elapsed < 1.0 || (now - m_last < every && done < total))
             return;
         m_last = now;
         m_printed = terminal;
-        const double eta = done > 0 ? elapsed * (total - done) / done : 0;
+        char left[48] = "";
+        if (eta >= 0)
+            std::snprintf(left, sizeof left, ", ~%.0fs left", eta);
         std::fprintf(stderr,
-                     terminal ? "\r%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)   "
-                              : "%s %.0f/%.0f (%.0f%%, %.0fs elapsed, ~%.0fs left)\n",
-                     stage.c_str(), done, total, total > 0 ? 100.0 * done / total : 0.0, elapsed, eta);
+                     terminal ? "\r%s %.0f/%.0f (%.0f%%, %.0fs elapsed%s)   "
+                              : "%s %.0f/%.0f (%.0f%%, %.0fs elapsed%s)\n",
+                     stage.c_str(), done, total, total > 0 ? 100.0 * done / total : 0.0, elapsed, left);
         std::fflush(stderr);
     };
 }

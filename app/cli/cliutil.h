@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/progress.h"
+#include "common/stageclock.h"
 #include "convert/latestrun.h"
 #include "project/convert.h"
 #include "model/llama.h"
@@ -53,7 +54,7 @@ struct DataOptions {
                               const core::ProgressFn& progress) const;
 };
 
-// Prints "stage done/total (eta)" on stderr only after the job has run for a second (so quick
+// Prints "stage done/total (elapsed, time left in the stage)" on stderr only after the job has run for a second (so quick
 // commands stay quiet): on a terminal one line rewritten at most 5 times a second, into a file or
 // pipe a line every 5 seconds (and each stage's last step).
 class ProgressPrinter {
@@ -64,6 +65,7 @@ public:
 private:
     std::chrono::steady_clock::time_point m_start = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point m_last{};
+    core::StageClock m_clock; // "~Ns left" from the stage's own pace, not the job's
     bool m_printed = false;
 };
 

@@ -743,6 +743,8 @@ void MainWindow::setJobRunning(const QString& kind)
 {
     m_jobKind = kind;
     const bool running = !kind.isEmpty();
+    if (running)
+        m_stageClock.reset(); // a new job reuses the stage names
     const bool open = !m_current.path.isEmpty();
     m_startButton->setEnabled(!running && open);
     m_profileButton->setEnabled(!running && m_current.isProject && m_current.run.has_value());
@@ -905,15 +907,18 @@ void MainWindow::onJobProgressed(const QString& stage, double done, double total
         m_pipeline->showProgress(stage, done, total);
     m_stageProgress->setRange(0, 1000);
     m_stageProgress->setValue(total > 0 ? static_cast<int>(1000.0 * done / total) : 0);
-    QString eta;
+    // Time left: for a conversion's layers, of all of them (the stage "layers"); else of the
+    // stage, at its own pace (the model load, sampling or capture before it not charged).
+    double left = -1;
     if (m_jobKind == "convert" && stage.startsWith("layer ") && m_conversion->rowCount() > 0) {
         const int layers = m_conversion->rowCount();
-        const double fraction = (m_conversion->doneCount() + (total > 0 ? done / total : 0.0)) / layers;
-        m_overallProgress->setValue(static_cast<int>(fraction * layers * 100));
-        const double elapsed = (QDateTime::currentMSecsSinceEpoch() - m_jobStartMs) / 1000.0;
-        if (fraction > 0.02)
-            eta = tr(", about %1 s left").arg(std::max(0.0, elapsed * (1 - fraction) / fraction), 0, 'f', 0);
+        const double layersDone = m_conversion->doneCount() + (total > 0 ? done / total : 0.0);
+        m_overallProgress->setValue(static_cast<int>(layersDone * 100));
+        left = m_stageClock.secondsLeft("layers", layersDone, layers);
+    } else {
+        left = m_stageClock.secondsLeft(stage.toStdString(), done, total);
     }
+    const QString eta = left >= 0 ? tr(", about %1 s left").arg(left, 0, 'f', 0) : QString();
     m_jobStatus->setText(tr("%1: %2 of %3%4").arg(stage).arg(done, 0, 'f', 0).arg(total, 0, 'f', 0).arg(eta));
 }
 

@@ -9,6 +9,7 @@
 #include <QMainWindow>
 #include <QString>
 
+#include "common/stageclock.h"
 #include "model/config.h"
 #include "policyview.h"
 #include "projectsession.h"
@@ -183,6 +184,7 @@ private:
     QString m_jobKind;    // "convert" / "profile" while a job runs
     QString m_jobProject; // the project the running job writes
     qint64 m_jobStartMs = 0;
+    core::StageClock m_stageClock; // the "about N s left" of the job status
     QMenu* m_recentMenu = nullptr;
     ProjectSession* m_session = nullptr;
     OpenedModel m_current; // as shown (the calibration facts follow the view's edits)
