@@ -54,9 +54,9 @@ struct DataOptions {
                               const core::ProgressFn& progress) const;
 };
 
-// Prints "stage done/total (elapsed, time left in the stage)" on stderr only after the job has run for a second (so quick
-// commands stay quiet): on a terminal one line rewritten at most 5 times a second, into a file or
-// pipe a line every 5 seconds (and each stage's last step).
+// Prints "stage done/total (elapsed, time left in the stage)" on stderr only after the job has run
+// for a second (so quick commands stay quiet): on a terminal one line rewritten at most 5 times a
+// second, into a file or pipe a line every 5 seconds (and each stage's last step).
 class ProgressPrinter {
 public:
     core::ProgressFn fn();
